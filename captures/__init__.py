@@ -1,0 +1,1 @@
+"""The loadtape capture format: schema, journal, Parquet writer and reader, importers."""

@@ -1,0 +1,161 @@
+"""`loadtape inspect`: what is in a capture, computed column-wise in one pass over the parts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import hdr
+from .reader import Capture
+from .schema import FORMAT_VERSION
+
+PCTS = (50.0, 90.0, 99.0, 100.0)
+_COLUMNS = [
+    "req_start_ns",
+    "path",
+    "model",
+    "stream",
+    "status",
+    "req_body_size",
+    "resp_body_size",
+    "prompt_tokens",
+    "completion_tokens",
+    "error_kind",
+    "replayable",
+]
+
+
+@dataclass
+class Summary:
+    path: str
+    capture_id: str | None
+    format_version: int
+    rows: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    per_second: Counter[int] = field(default_factory=Counter)
+    paths: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    error_kinds: Counter[str] = field(default_factory=Counter)
+    streamed: int = 0
+    not_replayable: int = 0
+    parts: int = 0
+    notes: list[str] = field(default_factory=list)
+    hists: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        span_s = (self.last_ns - self.first_ns) / 1e9 if self.first_ns and self.last_ns else 0.0
+        return {
+            "path": self.path,
+            "capture_id": self.capture_id,
+            "format_version": self.format_version,
+            "rows": self.rows,
+            "first_request_ns": self.first_ns,
+            "last_request_ns": self.last_ns,
+            "span_s": round(span_s, 6),
+            "mean_rate_per_s": round(self.rows / span_s, 3) if span_s > 0 else None,
+            "peak_rate_per_s": max(self.per_second.values()) if self.per_second else 0,
+            "streamed_share": round(self.streamed / self.rows, 4) if self.rows else 0.0,
+            "not_replayable": self.not_replayable,
+            "top_paths": self.paths.most_common(10),
+            "top_models": self.models.most_common(10),
+            "status_mix": dict(sorted(self.statuses.items())),
+            "error_kinds": dict(self.error_kinds.most_common()),
+            "percentiles": {
+                name: {f"p{p:g}": v for p, v in hdr.percentiles(h, PCTS).items()}
+                for name, h in self.hists.items()
+                if h.total_count
+            },
+            "parts": self.parts,
+            "recovery_notes": self.notes,
+        }
+
+
+def _counter_add(counter: Counter[str], arr: pa.Array, null_label: str | None = None) -> None:
+    vc = pc.value_counts(arr)
+    for item in vc.to_pylist():
+        value = item["values"]
+        if value is None:
+            if null_label is None:
+                continue
+            value = null_label
+        counter[str(value)] += item["counts"]
+
+
+def summarize(cap: Capture) -> Summary:
+    s = Summary(
+        str(cap.path),
+        cap.capture_id,
+        cap.manifest.format_version if cap.manifest else FORMAT_VERSION,
+        parts=len(cap.parts),
+        notes=list(cap.notes),
+    )
+    s.hists = {
+        "req_body_bytes": hdr.new_hist(1 << 40),
+        "resp_body_bytes": hdr.new_hist(1 << 40),
+        "prompt_tokens": hdr.new_hist(1 << 31),
+        "completion_tokens": hdr.new_hist(1 << 31),
+    }
+    sources = {
+        "req_body_bytes": "req_body_size",
+        "resp_body_bytes": "resp_body_size",
+        "prompt_tokens": "prompt_tokens",
+        "completion_tokens": "completion_tokens",
+    }
+    for batch in cap.batches(_COLUMNS):
+        n = batch.num_rows
+        if not n:
+            continue
+        s.rows += n
+        starts = batch["req_start_ns"]
+        lo, hi = pc.min(starts).as_py(), pc.max(starts).as_py()
+        s.first_ns = lo if s.first_ns is None else min(s.first_ns, lo)
+        s.last_ns = hi if s.last_ns is None else max(s.last_ns, hi)
+        secs = starts.to_numpy() // 1_000_000_000
+        uniq, counts = np.unique(secs, return_counts=True)
+        for sec, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+            s.per_second[sec] += c
+        _counter_add(s.paths, batch["path"])
+        _counter_add(s.models, batch["model"])
+        _counter_add(s.statuses, batch["status"], null_label="no response")
+        _counter_add(s.error_kinds, batch["error_kind"])
+        s.streamed += pc.sum(pc.cast(pc.fill_null(batch["stream"], False), pa.int64())).as_py() or 0
+        s.not_replayable += n - (pc.sum(pc.cast(batch["replayable"], pa.int64())).as_py() or 0)
+        for name, col in sources.items():
+            vals = pc.drop_null(batch[col]).to_numpy(zero_copy_only=False)
+            hdr.record_many(s.hists[name], vals)
+    return s
+
+
+def render_text(s: Summary) -> str:
+    j = s.to_json()
+    lines = [
+        f"capture      {j['path']}  (id {j['capture_id']}, format v{j['format_version']}, {j['parts']} part(s))",
+        f"requests     {j['rows']}",
+    ]
+    if j["rows"]:
+        lines += [
+            f"time span    {j['span_s']:.3f} s",
+            f"rate         mean {j['mean_rate_per_s'] or 0:.2f}/s, peak {j['peak_rate_per_s']}/s (1 s bins)",
+            f"streamed     {j['streamed_share'] * 100:.1f} %",
+            "status mix   " + ", ".join(f"{k}: {v}" for k, v in j["status_mix"].items()),
+            "top paths    " + ", ".join(f"{k} ({v})" for k, v in j["top_paths"][:5]),
+        ]
+        if j["top_models"]:
+            lines.append("top models   " + ", ".join(f"{k} ({v})" for k, v in j["top_models"][:5]))
+        if j["error_kinds"]:
+            lines.append("errors       " + ", ".join(f"{k}: {v}" for k, v in j["error_kinds"].items()))
+        if j["not_replayable"]:
+            lines.append(f"not replayable {j['not_replayable']}")
+        for name, ps in j["percentiles"].items():
+            lines.append(f"{name:<18}" + "  ".join(f"{k} {v}" for k, v in ps.items()))
+    if j["recovery_notes"]:
+        lines.append("journal recovery:")
+        lines += [f"  {n}" for n in j["recovery_notes"]]
+    return "\n".join(lines)

@@ -1,0 +1,443 @@
+"""Read a capture: records in request-start order across all parts, in bounded memory.
+
+Each part is sorted by request start. `Capture.rows()` merges them k-way, opening a part only when
+the merge reaches the first request start in it (known from Parquet statistics), so memory holds
+one batch per part that overlaps the current instant, not one per part. Parts are read with
+`pre_buffer=False` and a small read buffer: pyarrow would otherwise buffer a whole file.
+
+Journal segments still on disk (a live writer's, or in a read-only directory) are read in place as
+extra sorted runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import store
+from .errors import CaptureError
+from .schema import COLUMNS, HEADER_COLUMNS, SCHEMA, Record, records_to_table
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which records to read. Every set field must match (AND); None means any."""
+
+    methods: frozenset[str] | None = None
+    path_globs: tuple[str, ...] | None = None
+    models: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None  # "200", "2xx", "error" (no response)
+    start_ns: int | None = None  # request start >= this
+    end_ns: int | None = None  # request start < this
+
+    def columns(self) -> set[str]:
+        cols = {"req_start_ns"} if self.start_ns is not None or self.end_ns is not None else set()
+        if self.methods is not None:
+            cols.add("method")
+        if self.path_globs is not None:
+            cols.add("path")
+        if self.models is not None:
+            cols.add("model")
+        if self.statuses is not None:
+            cols.add("status")
+        return cols
+
+    def is_empty(self) -> bool:
+        return not self.columns()
+
+    def mask(self, batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
+        """A boolean mask for the batch, or None if everything passes."""
+        conds: list[Any] = []
+        if self.start_ns is not None:
+            conds.append(pc.greater_equal(batch["req_start_ns"], self.start_ns))
+        if self.end_ns is not None:
+            conds.append(pc.less(batch["req_start_ns"], self.end_ns))
+        if self.methods is not None:
+            conds.append(pc.is_in(pc.utf8_upper(batch["method"]), pa.array(sorted(self.methods))))
+        if self.path_globs is not None:
+            regex = "|".join(f"(?:{_glob_regex(g)})" for g in self.path_globs)
+            conds.append(pc.match_substring_regex(batch["path"], f"(?s)^(?:{regex})$"))
+        if self.models is not None:
+            conds.append(pc.is_in(batch["model"], pa.array(sorted(self.models), pa.string())))
+        if self.statuses is not None:
+            conds.append(_status_mask(batch["status"], self.statuses))
+        if not conds:
+            return None
+        out = conds[0]
+        for c in conds[1:]:
+            out = pc.and_kleene(out, c)
+        return pc.fill_null(out, False)
+
+
+def _glob_regex(glob: str) -> str:
+    """A path glob as an RE2 regex: `*` any run of characters (slashes too), `?` one character,
+    `[...]` a class. (fnmatch.translate emits lookaheads RE2 does not support.)"""
+    out = []
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[":
+            j = glob.find("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(ch))
+            else:
+                cls = glob[i + 1 : j].replace("\\", "\\\\")
+                if cls.startswith("!"):
+                    cls = "^" + cls[1:]
+                out.append(f"[{cls}]")
+                i = j
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def glob_match(glob: str, text: str) -> bool:
+    """The same matching in Python (for code paths that filter single records)."""
+    return re.fullmatch(_glob_regex(glob), text, re.S) is not None
+
+
+def _status_mask(status: pa.Array, specs: frozenset[str]) -> pa.Array:
+    conds: list[Any] = []
+    for spec in specs:
+        if spec == "error":
+            conds.append(pc.is_null(status))
+        elif re.fullmatch(r"[1-5]xx", spec):
+            lo = int(spec[0]) * 100
+            conds.append(pc.and_(pc.greater_equal(status, lo), pc.less(status, lo + 100)))
+        else:
+            conds.append(pc.equal(status, int(spec)))
+    out = conds[0]
+    for c in conds[1:]:
+        out = pc.or_kleene(out, c)
+    return out
+
+
+def parse_status_spec(text: str) -> frozenset[str]:
+    """'200,5xx,error' -> frozenset; raises ValueError naming the bad part."""
+    out = set()
+    for part in (p.strip().lower() for p in text.split(",")):
+        if part == "error" or re.fullmatch(r"[1-5]xx", part) or re.fullmatch(r"[1-5]\d\d", part):
+            out.add(part)
+        else:
+            raise ValueError(f"bad status {part!r} (want e.g. 200, 5xx or error)")
+    return frozenset(out)
+
+
+@dataclass
+class _Run:
+    """One sorted source: a Parquet part or an in-memory journal segment."""
+
+    order: int
+    min_start: int
+    max_start: int
+    rows_total: int
+    path: Path
+    part: pq.ParquetFile | None = None
+    segment_table: pa.Table | None = None
+
+
+@dataclass
+class PartInfo:
+    path: Path
+    rows: int
+    min_start: int | None
+    max_start: int | None
+    writer_id: str
+    redaction: str
+
+
+class Capture:
+    """An open capture (directory, or a single part file). Recovers dead writers' segments."""
+
+    def __init__(self, path: str | Path, *, recover: bool = True) -> None:
+        self.path = Path(path)
+        self.notes: list[str] = []
+        self._segment_runs: list[_Run] = []
+        if self.path.is_file():
+            self.manifest = None
+            self._part_paths = [self.path]
+        elif self.path.is_dir():
+            self.manifest = store.read_manifest(self.path)
+            has_layout = (self.path / store.PARTS_DIR).is_dir() or (
+                self.path / store.JOURNAL_DIR
+            ).is_dir()
+            if self.manifest is None and not has_layout:
+                raise CaptureError(f"{self.path}: not a capture (no capture.json, parts or journal)")
+            left = store.list_segments(self.path)
+            if recover and left:
+                _, left = store.recover(self.path)
+            self.notes.extend(store.read_recovery_log(self.path))
+            self._part_paths = store.list_parts(self.path)
+            self._load_segments(left)
+        elif self.path.exists():
+            raise CaptureError(f"{self.path}: not a capture (not a file or directory)")
+        else:
+            raise CaptureError(f"{self.path}: no such capture")
+        self._runs: list[_Run] = []
+        self.parts: list[PartInfo] = []
+        for i, p in enumerate(self._part_paths):
+            self._add_part(i, p)
+        for run in self._segment_runs:
+            run.order = len(self._runs)
+            self._runs.append(run)
+
+    @property
+    def capture_id(self) -> str | None:
+        if self.manifest is not None:
+            return self.manifest.capture_id
+        return self.parts[0].path.name if self.parts else None
+
+    def _add_part(self, order: int, path: Path) -> None:
+        pf = store.open_part(path)
+        md = pf.metadata
+        names = pf.schema_arrow.names
+        if "req_start_ns" not in names:
+            raise CaptureError(f"{path}: part has no req_start_ns column (wrong schema)")
+        idx = names.index("req_start_ns")
+        lo: int | None = None
+        hi: int | None = None
+        for rg in range(md.num_row_groups):
+            st = md.row_group(rg).column(idx).statistics
+            if st is None or not st.has_min_max:
+                lo = hi = None
+                break
+            lo = st.min if lo is None else min(lo, st.min)
+            hi = st.max if hi is None else max(hi, st.max)
+        kv = pf.schema_arrow.metadata or {}
+        self.parts.append(
+            PartInfo(
+                path,
+                md.num_rows,
+                lo,
+                hi,
+                kv.get(b"loadtape.writer_id", b"").decode(),
+                kv.get(b"loadtape.redaction", b"{}").decode(),
+            )
+        )
+        if md.num_rows:
+            self._runs.append(
+                _Run(order, lo if lo is not None else -(2**63), hi or 0, md.num_rows, path)
+            )
+
+    def _load_segments(self, segments: list[store.SegmentFile]) -> None:
+        for seg in segments:
+            try:
+                decoded = store.read_segment(seg.path)
+            except CaptureError as exc:
+                self.notes.append(str(exc))
+                continue
+            self.notes.extend(decoded.notes)
+            if not decoded.records:
+                continue
+            decoded.records.sort(key=store.sort_key)
+            table = records_to_table(decoded.records)
+            starts = [r["req_start_ns"] for r in decoded.records]
+            self.notes.append(
+                f"{seg.path}: {len(decoded.records)} records read from an uncompacted journal segment"
+            )
+            self._segment_runs.append(
+                _Run(0, starts[0], starts[-1], len(starts), seg.path, segment_table=table)
+            )
+
+    # -- summary -------------------------------------------------------------------------------
+    def count(self) -> int:
+        return sum(r.rows_total for r in self._runs)
+
+    def time_span(self) -> tuple[int, int] | None:
+        """(first, last) request start in ns, from statistics (no data read)."""
+        if not self._runs:
+            return None
+        return min(r.min_start for r in self._runs), max(r.max_start for r in self._runs)
+
+    # -- reading -------------------------------------------------------------------------------
+    def batches(
+        self,
+        columns: Sequence[str] | None = None,
+        filt: RowFilter | None = None,
+        batch_size: int = 8192,
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches part by part (not merged: for whole-capture statistics)."""
+        cols = _projection(columns)
+        for run in self._runs:
+            yield from _run_batches(run, cols, filt, batch_size)
+
+    def rows(
+        self,
+        columns: Sequence[str] | None = None,
+        filt: RowFilter | None = None,
+        batch_size: int = 1024,
+    ) -> Iterator[Record]:
+        """Records as dicts in (request start, part) order; headers as lists of (name, value)."""
+        cols = _projection(columns)
+        need = list(cols)
+        if "req_start_ns" not in need:
+            need.append("req_start_ns")
+        drop_start = "req_start_ns" not in cols
+        header_cols = [c for c in HEADER_COLUMNS if c in cols]
+        for batch_rows in self._merged(need, filt, batch_size):
+            for row in batch_rows:
+                for hc in header_cols:
+                    h = row[hc]
+                    if h is not None:
+                        row[hc] = [(p["name"], p["value"]) for p in h]
+                if drop_start:
+                    del row["req_start_ns"]
+                yield row
+
+    def _merged(
+        self, cols: list[str], filt: RowFilter | None, batch_size: int
+    ) -> Iterator[list[Record]]:
+        """Yield lists of rows, globally ordered, merging the runs lazily.
+
+        The run with the smallest next key yields every row up to the next competitor's key in
+        one slice (bisect on its start column), so non-overlapping parts cost no per-row heap work.
+        """
+        pending = sorted(self._runs, key=lambda r: (r.min_start, r.order))
+        pending.reverse()  # pop() from the end = smallest min_start
+        # heap entries: (start of current row, run order, cursor)
+        heap: list[tuple[int, int, _Cursor]] = []
+
+        def activate(run: _Run) -> None:
+            cur = _Cursor(run, _run_batches(run, cols, filt, batch_size))
+            if cur.advance_batch():
+                heapq.heappush(heap, (cur.starts[cur.i], run.order, cur))
+
+        while heap or pending:
+            if not heap:
+                activate(pending.pop())
+                continue
+            start, order, cur = heap[0]
+            if pending and (pending[-1].min_start, pending[-1].order) <= (start, order):
+                activate(pending.pop())
+                continue
+            heapq.heappop(heap)
+            # Bound: the smallest key among the other active runs and the next pending run.
+            bound: tuple[int, int] | None = (heap[0][0], heap[0][1]) if heap else None
+            if pending:
+                p = (pending[-1].min_start, pending[-1].order)
+                bound = p if bound is None or p < bound else bound
+            if bound is None:
+                j = len(cur.starts)
+            elif order < bound[1]:
+                j = bisect_right(cur.starts, bound[0], cur.i)
+            else:
+                j = bisect_left(cur.starts, bound[0], cur.i)
+            j = max(j, cur.i + 1)
+            yield cur.rows[cur.i : j]
+            cur.i = j
+            if cur.i >= len(cur.starts) and not cur.advance_batch():
+                continue
+            heapq.heappush(heap, (cur.starts[cur.i], order, cur))
+
+    def records(self, columns: Sequence[str] | None = None, filt: RowFilter | None = None) -> list[Record]:
+        """All matching rows in order (small captures and tests)."""
+        return list(self.rows(columns, filt))
+
+    def table(self, columns: Sequence[str] | None = None, filt: RowFilter | None = None) -> pa.Table:
+        """All matching rows as one unordered table (columnar statistics)."""
+        cols = _projection(columns)
+        batches = list(self.batches(cols, filt))
+        schema = pa.schema([SCHEMA.field(c) for c in cols])
+        return pa.Table.from_batches(batches, schema=schema)
+
+
+class _Cursor:
+    def __init__(self, run: _Run, batches: Iterator[pa.RecordBatch]) -> None:
+        self.run = run
+        self._batches = batches
+        self.rows: list[Record] = []
+        self.starts: list[int] = []
+        self.i = 0
+
+    def advance_batch(self) -> bool:
+        for batch in self._batches:
+            if batch.num_rows == 0:
+                continue
+            self.starts = batch.column("req_start_ns").to_pylist()
+            self.rows = batch.to_pylist()
+            self.i = 0
+            return True
+        return False
+
+    def __lt__(self, other: _Cursor) -> bool:  # never reached: (start, order) is unique
+        return self.run.order < other.run.order
+
+
+def _projection(columns: Iterable[str] | None) -> list[str]:
+    if columns is None:
+        return list(COLUMNS)
+    cols = list(dict.fromkeys(columns))
+    unknown = [c for c in cols if c not in COLUMNS]
+    if unknown:
+        raise CaptureError(f"unknown column(s): {', '.join(unknown)}")
+    return cols
+
+
+def _run_batches(
+    run: _Run, cols: list[str], filt: RowFilter | None, batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    fcols = filt.columns() if filt else set()
+    read_cols = cols + [c for c in sorted(fcols) if c not in cols]
+    if run.segment_table is not None:
+        source: Iterable[pa.RecordBatch] = run.segment_table.select(read_cols).to_batches(
+            batch_size
+        )
+    else:
+        pf = store.open_part(run.path)
+        present = set(pf.schema_arrow.names)
+        missing = [c for c in read_cols if c not in present]
+        source = _fill_missing(
+            pf.iter_batches(
+                batch_size=batch_size,
+                columns=[c for c in read_cols if c in present],
+                use_threads=False,
+            ),
+            read_cols,
+            missing,
+            run.path,
+        )
+    for batch in source:
+        if filt is not None:
+            mask = filt.mask(batch)
+            if mask is not None:
+                batch = batch.filter(mask)
+        if len(read_cols) != len(cols):
+            batch = batch.select(cols)
+        yield batch
+
+
+def _fill_missing(
+    batches: Iterator[pa.RecordBatch], cols: list[str], missing: list[str], path: Path
+) -> Iterator[pa.RecordBatch]:
+    """Columns an older writer did not have are read as nulls (adding a column is compatible)."""
+    try:
+        for batch in batches:
+            if missing:
+                arrays = []
+                for c in cols:
+                    if c in missing:
+                        arrays.append(pa.nulls(batch.num_rows, SCHEMA.field(c).type))
+                    else:
+                        arrays.append(batch.column(c))
+                batch = pa.RecordBatch.from_arrays(arrays, names=cols)
+            yield batch
+    except (OSError, pa.ArrowException) as exc:
+        raise CaptureError(f"{path}: damaged Parquet part ({str(exc).splitlines()[0][:200]})") from None
+
+
+def open_capture(path: str | Path, *, recover: bool = True) -> Capture:
+    return Capture(path, recover=recover)

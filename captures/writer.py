@@ -1,0 +1,246 @@
+"""CaptureWriter: append records to the journal, fsync on a policy, compact sealed segments.
+
+One writer belongs to one thread (the capture addon runs it on its own writer thread). Records are
+written to the OS on every `append_many`/`tick` (so a killed process loses nothing written) and
+fsynced when `sync_interval` has passed since the last fsync or `sync_every` records are pending
+(so a power loss loses at most that window). The owner calls `tick()` at least every
+`sync_interval` so a quiet period still gets its fsync.
+
+Disk errors do not lose records silently: a failed write truncates the segment back to its last
+good frame and keeps the frames pending (up to `max_pending_bytes`); records past that are dropped
+and counted in `lost`. The next call retries. A segment that cannot be compacted stays on disk and
+is retried later; it is already durable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import journal, store
+from .schema import COLUMNS, FORMAT_VERSION, Record, normalize, to_row
+
+
+class CaptureWriter:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        writer_id: str | None = None,
+        capture_id: str | None = None,
+        redaction: dict[str, Any] | None = None,
+        sync_interval: float = 0.1,
+        sync_every: int = 4096,
+        segment_max_records: int = 20_000,
+        segment_max_bytes: int = 32 << 20,
+        segment_max_age: float = 60.0,
+        max_pending_bytes: int = 64 << 20,
+        recover: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = Path(directory)
+        self.manifest = store.ensure_capture(self.root, capture_id)
+        self.capture_id = self.manifest.capture_id
+        self.writer_id = writer_id or store.new_id("w")
+        self.redaction = redaction or {}
+        self.sync_interval = sync_interval
+        self.sync_every = sync_every
+        self.segment_max_records = segment_max_records
+        self.segment_max_bytes = segment_max_bytes
+        self.segment_max_age = segment_max_age
+        self.max_pending_bytes = max_pending_bytes
+        self._clock = clock
+        self._jdir = self.root / store.JOURNAL_DIR
+        self._lock = store.WriterLock(self._jdir, self.writer_id)
+        self.notes: list[str] = []
+        if recover:
+            notes, _ = store.recover(self.root)
+            self.notes.extend(notes)
+        self.seq = 0
+        self.appended = 0  # records accepted
+        self.written = 0  # records handed to the OS
+        self.synced = 0  # records fsynced
+        self.lost = 0  # records dropped because the disk refused them for too long
+        self.parts_written = 0
+        self.last_error: OSError | None = None
+        self._segment = -1
+        self._fd = -1
+        self._seg_records = 0
+        self._seg_size = 0
+        self._seg_opened = 0.0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._pending_records = 0
+        self._last_sync = clock()
+        self._unsynced = 0
+        self._to_compact: list[store.SegmentFile] = []
+        self._closed = False
+
+    # -- segments ------------------------------------------------------------------------------
+    def _open_segment(self) -> None:
+        self._segment += 1
+        path = self._jdir / store.segment_name(self.writer_id, self._segment)
+        header = journal.segment_header(
+            format_version=FORMAT_VERSION,
+            writer_id=self.writer_id,
+            capture_id=self.capture_id,
+            segment=self._segment,
+            columns=COLUMNS,
+            redaction=self.redaction,
+        )
+        fd = store.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        data = journal.encode_frame(header)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            store.fsync_dir(self._jdir)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            self._segment -= 1
+            raise
+        self._fd = fd
+        self._seg_records = 0
+        self._seg_size = len(data)
+        self._seg_opened = self._clock()
+
+    def _seal(self) -> None:
+        """Close the current segment (after a final fsync) and queue it for compaction."""
+        if self._fd < 0:
+            return
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self.synced = self.written
+        self._unsynced = 0
+        path = self._jdir / store.segment_name(self.writer_id, self._segment)
+        self._to_compact.append(store.SegmentFile(path, self.writer_id, self._segment))
+
+    def _compact_pending(self) -> None:
+        while self._to_compact:
+            seg = self._to_compact[0]
+            self.notes.extend(store.compact_segment(self.root, seg))
+            self._to_compact.pop(0)
+            self.parts_written += 1
+
+    # -- appending -----------------------------------------------------------------------------
+    def append(self, record: Record) -> int:
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Iterable[Record]) -> list[int]:
+        """Accept records (assigning capture id, writer id and seq) and write them to the OS.
+
+        Raises OSError if the disk refuses them; they stay pending (see the module docstring)."""
+        seqs = []
+        rows = []
+        for rec in records:
+            full = normalize(
+                {**rec, "capture_id": self.capture_id, "writer_id": self.writer_id, "seq": self.seq}
+            )
+            seqs.append(self.seq)
+            self.seq += 1
+            rows.append(to_row(full))
+        if not rows:
+            return seqs
+        data = journal.encode_frames(rows)
+        self.appended += len(rows)
+        if self._pending_bytes + len(data) > self.max_pending_bytes and self._pending:
+            self.lost += len(rows)
+            self._write_pending()  # try once more; raises if the disk still refuses
+            return seqs
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self._pending_records += len(rows)
+        self._write_pending()
+        return seqs
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        if self._fd < 0:
+            self._open_segment()
+        data = b"".join(self._pending)
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self.last_error = exc
+            # Cut back to the last good frame so the segment stays clean; keep the data pending.
+            try:
+                os.ftruncate(self._fd, self._seg_size)
+            except OSError:
+                pass
+            self._pending = [data]
+            raise
+        self.last_error = None
+        self._seg_size += len(data)
+        self._seg_records += self._pending_records
+        self.written += self._pending_records
+        self._unsynced += self._pending_records
+        self._pending = []
+        self._pending_bytes = 0
+        self._pending_records = 0
+        if self._unsynced >= self.sync_every:
+            self._sync()
+        if self._seg_records >= self.segment_max_records or self._seg_size >= self.segment_max_bytes:
+            self._seal()
+            self._compact_pending()
+
+    def _sync(self) -> None:
+        if self._fd >= 0 and self._unsynced:
+            os.fsync(self._fd)
+        self.synced = self.written
+        self._unsynced = 0
+        self._last_sync = self._clock()
+
+    def tick(self) -> None:
+        """Write pending frames, fsync when due, seal an old segment, retry compaction."""
+        self._write_pending()
+        now = self._clock()
+        if self._unsynced and now - self._last_sync >= self.sync_interval:
+            self._sync()
+        if self._fd >= 0 and now - self._seg_opened >= self.segment_max_age and self._seg_records:
+            self._seal()
+        self._compact_pending()
+
+    def sync(self) -> None:
+        """Write and fsync everything accepted so far."""
+        self._write_pending()
+        self._sync()
+
+    @property
+    def pending_records(self) -> int:
+        return self._pending_records
+
+    def close(self) -> None:
+        """Write, fsync, seal and compact everything; release the writer lock.
+
+        If the disk still refuses, the journal segments stay on disk (recovered on next open)."""
+        if self._closed:
+            return
+        try:
+            self._write_pending()
+            self._seal()
+            self._compact_pending()
+        finally:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            leftover = any(s.writer_id == self.writer_id for s in store.list_segments(self.root))
+            self._lock.release(unlink=not leftover)
+
+    def __enter__(self) -> CaptureWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

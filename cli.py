@@ -1,0 +1,149 @@
+"""loadtape command line: parses arguments and wires the library stages together, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from captures.errors import UserError
+from captures.schema import LOADTAPE_VERSION
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"loadtape: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(LOADTAPE_VERSION, prog_name="loadtape")
+def cli() -> None:
+    """Capture gateway traffic, replay it at 1x-10x, measure honestly, decide."""
+
+
+# -- inspect -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(capture: str, as_json: bool) -> None:
+    """Summarize a capture: size, time span, rates, paths, models, statuses, tokens."""
+    from captures import inspect as insp
+    from captures.reader import Capture
+
+    summary = insp.summarize(Capture(capture))
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        click.echo(insp.render_text(summary))
+
+
+# -- mock-gateway ------------------------------------------------------------------------------
+@cli.command("mock-gateway")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
+@click.option("--port", default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--profile", "default_profile", default="fast-local", show_default=True,
+              help="Latency profile for models not mapped by --model.")
+@click.option("--model", "models", multiple=True, metavar="NAME=PROFILE",
+              help="Map a model name to a profile (instant, fast-local, slow-cloud).")
+@click.option("--slowdown", default=1.0, show_default=True, help="Multiply every delay.")
+@click.option("--max-in-service", default=0, show_default=True, help="0: unlimited.")
+@click.option("--max-queue", default=0, show_default=True)
+@click.option("--overload-status", type=click.Choice(["503", "429"]), default="503", show_default=True)
+@click.option("--stall", default=None, metavar="DUR/EVERY", help="e.g. 1s/3s: stall all responses 1 s every 3 s.")
+@click.option("--error-rate", default=0.0, show_default=True)
+@click.option("--reset-rate", default=0.0, show_default=True)
+@click.option("--malformed-rate", default=0.0, show_default=True)
+@click.option("--drip-rate", default=0.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def mock_gateway(**opts: Any) -> None:
+    """Run the mock OpenAI-compatible gateway until Ctrl-C."""
+    from captures.units import parse_duration
+    from replay.mock_gateway import DEFAULT_MODELS, Faults, GatewayConfig, MockGateway
+
+    models = dict(DEFAULT_MODELS)
+    for item in opts["models"]:
+        name, sep, prof = item.partition("=")
+        if not sep or not name or not prof:
+            raise UserError(f"--model {item!r}: want NAME=PROFILE")
+        models[name] = prof
+    stall_ms = stall_every = 0.0
+    if opts["stall"]:
+        dur, sep, every = opts["stall"].partition("/")
+        try:
+            stall_ms, stall_every = parse_duration(dur) * 1000, parse_duration(every)
+        except ValueError as exc:
+            raise UserError(f"--stall {opts['stall']!r}: {exc} (want e.g. 1s/3s)") from None
+        if not sep:
+            raise UserError(f"--stall {opts['stall']!r}: want DURATION/EVERY, e.g. 1s/3s")
+    config = GatewayConfig(
+        host=opts["host"],
+        port=opts["port"],
+        default_profile=opts["default_profile"],
+        models=models,
+        slowdown=opts["slowdown"],
+        max_in_service=opts["max_in_service"],
+        max_queue=opts["max_queue"],
+        overload_status=int(opts["overload_status"]),
+        seed=opts["seed"],
+        faults=Faults(
+            stall_ms=stall_ms,
+            stall_every_s=stall_every,
+            error_rate=opts["error_rate"],
+            reset_rate=opts["reset_rate"],
+            malformed_rate=opts["malformed_rate"],
+            drip_rate=opts["drip_rate"],
+        ),
+    )
+    try:
+        gw = MockGateway(config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    async def serve() -> None:
+        try:
+            await gw.start()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+        click.echo(f"mock gateway listening on {gw.url}", err=False)
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gw.stop()
+
+    asyncio.run(serve())
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit 2 for bad input, never a traceback for it."""
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("LOADTAPE_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (set LOADTAPE_DEBUG=1 for a traceback)", 3)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

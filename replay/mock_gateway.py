@@ -1,0 +1,499 @@
+"""A mock OpenAI-compatible gateway: the embedded default target of the demo, tests and benchmarks.
+
+Latency model per model profile: TTFT = base + per-prompt-token cost; then one token every
+`itl_ms`; output length = `max_tokens` when the request gives one (finish_reason "length"), else a
+seeded lognormal draw (finish_reason "stop"). Capacity: at most `max_in_service` requests in
+service and `max_queue` waiting; past that a 503 (or 429) with Retry-After. Faults are seeded and
+deterministic per request index: a periodic stall of every response (the coordinated-omission
+case), an error rate, a reset mid-stream, a malformed SSE event, a slow byte-by-byte drip.
+
+It binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiohttp import web
+
+from captures import llm
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    ttft_base_ms: float
+    ttft_per_prompt_token_ms: float
+    itl_ms: float
+    output_tokens_median: int = 64
+    output_tokens_sigma: float = 0.6
+
+
+PROFILES: dict[str, ModelProfile] = {
+    p.name: p
+    for p in (
+        ModelProfile("instant", 0.0, 0.0, 0.0, 16),
+        ModelProfile("fast-local", 15.0, 0.01, 4.0, 48),
+        ModelProfile("slow-cloud", 250.0, 0.05, 20.0, 96),
+    )
+}
+
+DEFAULT_MODELS = {
+    "small": "fast-local",
+    "large": "slow-cloud",
+    "llama-3.1-8b": "fast-local",
+    "gpt-4o-mini": "slow-cloud",
+}
+
+
+@dataclass(frozen=True)
+class Faults:
+    stall_ms: float = 0.0  # stall every response for this long ...
+    stall_every_s: float = 0.0  # ... every this many seconds (0: never)
+    error_rate: float = 0.0  # share of requests answered with error_status
+    error_status: int = 500
+    reset_rate: float = 0.0  # share of streamed requests reset half-way
+    malformed_rate: float = 0.0  # share of streamed requests with one malformed SSE event
+    drip_rate: float = 0.0  # share of responses sent one byte at a time
+    drip_delay_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    default_profile: str = "fast-local"
+    models: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    profiles: dict[str, ModelProfile] = field(default_factory=lambda: dict(PROFILES))
+    slowdown: float = 1.0  # multiply every delay (a "slowed" gateway for regression tests)
+    max_in_service: int = 0  # 0: unlimited
+    max_queue: int = 0
+    overload_status: int = 503
+    retry_after_s: int = 1
+    seed: int = 0
+    faults: Faults = Faults()
+
+    def profile_for(self, model: str | None) -> ModelProfile:
+        name = self.models.get(model or "", self.default_profile)
+        return self.profiles.get(name) or self.profiles[self.default_profile]
+
+    def validate(self) -> None:
+        if self.host not in LOOPBACK:
+            raise ValueError(f"the mock gateway binds loopback only, not {self.host!r}")
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"unknown profile {self.default_profile!r}")
+        for model, prof in self.models.items():
+            if prof not in self.profiles:
+                raise ValueError(f"model {model!r} maps to unknown profile {prof!r}")
+        for name in ("error_rate", "reset_rate", "malformed_rate", "drip_rate"):
+            v = getattr(self.faults, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {v}")
+        if self.slowdown <= 0:
+            raise ValueError("slowdown must be > 0")
+
+
+@dataclass
+class GatewayStats:
+    requests: int = 0
+    completed: int = 0
+    rejected: int = 0
+    errors: int = 0
+    resets: int = 0
+    in_service: int = 0
+    max_in_service_seen: int = 0
+    queued: int = 0
+
+
+@dataclass
+class _Plan:
+    """What one request will get: decided up front from the seeded draw."""
+
+    error: bool
+    reset: bool
+    malformed: bool
+    drip: bool
+    rng: random.Random
+
+
+class MockGateway:
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        self.config = config or GatewayConfig()
+        self.config.validate()
+        self.stats = GatewayStats()
+        self._t0 = time.monotonic()
+        self._runner: web.AppRunner | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._n = 0
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_route("*", "/echo{tail:.*}", self._echo)
+        return app
+
+    async def start(self) -> None:
+        if self.config.max_in_service > 0:
+            self._slots = asyncio.Semaphore(self.config.max_in_service)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1]
+        self._t0 = time.monotonic()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> MockGateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}"
+
+    # -- timing helpers ------------------------------------------------------------------------
+    def _stall_wait(self) -> float:
+        """Seconds until the current stall window ends (0 outside a window)."""
+        f = self.config.faults
+        if f.stall_every_s <= 0 or f.stall_ms <= 0:
+            return 0.0
+        phase = (time.monotonic() - self._t0) % f.stall_every_s
+        stall = f.stall_ms / 1000.0
+        return stall - phase if phase < stall else 0.0
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until a monotonic deadline, also waiting out any stall window."""
+        while True:
+            now = time.monotonic()
+            wait = max(deadline - now, self._stall_wait())
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    def _plan(self, streamed: bool) -> _Plan:
+        n = self._n
+        self._n += 1
+        rng = random.Random(self.config.seed * 1_000_003 + n)
+        f = self.config.faults
+        return _Plan(
+            error=rng.random() < f.error_rate,
+            reset=streamed and rng.random() < f.reset_rate,
+            malformed=streamed and rng.random() < f.malformed_rate,
+            drip=rng.random() < f.drip_rate,
+            rng=rng,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _admit(self) -> AsyncIterator[bool]:
+        """Yield True once admitted into service; False when the queue is full (reject)."""
+        st = self.stats
+        if self._slots is None:
+            st.in_service += 1
+            st.max_in_service_seen = max(st.max_in_service_seen, st.in_service)
+            try:
+                yield True
+            finally:
+                st.in_service -= 1
+            return
+        if self._slots.locked() and st.queued >= self.config.max_queue:
+            st.rejected += 1
+            yield False
+            return
+        st.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            st.queued -= 1
+        st.in_service += 1
+        st.max_in_service_seen = max(st.max_in_service_seen, st.in_service)
+        try:
+            yield True
+        finally:
+            st.in_service -= 1
+            self._slots.release()
+
+    def _overloaded(self) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "gateway overloaded", "type": "overloaded", "code": "overloaded"}},
+            status=self.config.overload_status,
+            headers={"Retry-After": str(self.config.retry_after_s)},
+        )
+
+    # -- handlers ------------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": p} for m, p in self.config.models.items()]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        """Echo for non-LLM traffic. Query knobs: status=, delay_ms=, size= (response bytes)."""
+        self.stats.requests += 1
+        body = await request.read()
+        q = request.query
+        try:
+            status = int(q.get("status", "200"))
+            delay = float(q.get("delay_ms", "0")) / 1000.0 * self.config.slowdown
+            size = int(q.get("size", "-1"))
+        except ValueError:
+            return web.json_response({"error": "bad echo parameter"}, status=400)
+        async with self._admit() as ok:
+            if not ok:
+                return self._overloaded()
+            await self._sleep_until(time.monotonic() + delay)
+            if size >= 0:
+                resp = web.Response(body=b"x" * size, status=status, content_type="text/plain")
+            else:
+                resp = web.json_response(
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "query": request.query_string,
+                        "headers": list(request.headers.items()),
+                        "body_size": len(body),
+                    },
+                    status=status,
+                )
+        self.stats.completed += 1
+        return resp
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            obj = json.loads(await request.read())
+        except ValueError:
+            return web.json_response(
+                {"error": {"message": "body is not JSON", "type": "invalid_request_error"}},
+                status=400,
+            )
+        if not isinstance(obj, dict):
+            return web.json_response(
+                {"error": {"message": "body must be an object", "type": "invalid_request_error"}},
+                status=400,
+            )
+        return obj
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        arrived = time.monotonic()
+        self.stats.requests += 1
+        obj = await self._read_json(request)
+        if isinstance(obj, web.Response):
+            return obj
+        fields = llm.parse_request(json.dumps(obj).encode())
+        model = fields.model or "unknown"
+        streamed = bool(fields.stream)
+        plan = self._plan(streamed)
+        prof = self.config.profile_for(fields.model)
+        prompt_tokens = llm.approx_tokens(fields.prompt_chars or 0)
+        if fields.max_tokens is not None and fields.max_tokens > 0:
+            n_out, finish = fields.max_tokens, "length"
+        else:
+            mu = math.log(max(prof.output_tokens_median, 1))
+            n_out = max(1, int(plan.rng.lognormvariate(mu, prof.output_tokens_sigma)))
+            finish = "stop"
+        k = self.config.slowdown / 1000.0
+        ttft = (prof.ttft_base_ms + prof.ttft_per_prompt_token_ms * prompt_tokens) * k
+        itl = prof.itl_ms * k
+        include_usage = bool((obj.get("stream_options") or {}).get("include_usage"))
+        async with self._admit() as ok:
+            if not ok:
+                return self._overloaded()
+            start = time.monotonic()
+            if plan.error:
+                await self._sleep_until(start + ttft)
+                self.stats.errors += 1
+                return web.json_response(
+                    {"error": {"message": "injected failure", "type": "server_error"}},
+                    status=self.config.faults.error_status,
+                )
+            rid = f"chatcmpl-mock{self._n:08d}"
+            created = int(time.time())
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": n_out,
+                "total_tokens": prompt_tokens + n_out,
+            }
+            texts = [f" tok{i}" for i in range(n_out)]
+            if streamed:
+                resp = await self._stream(
+                    request, plan, rid, model, created, texts, finish, usage, include_usage,
+                    chat=chat, t_first=start + ttft, itl=itl,
+                )  # fmt: skip
+            else:
+                await self._sleep_until(start + ttft + itl * max(n_out - 1, 0))
+                text = "".join(texts)
+                if chat:
+                    body = llm.chat_completion(
+                        rid, model, created, text, finish_reason=finish,
+                        prompt_tokens=prompt_tokens, completion_tokens=n_out,
+                    )  # fmt: skip
+                else:
+                    body = json.dumps(
+                        {
+                            "id": rid,
+                            "object": "text_completion",
+                            "created": created,
+                            "model": model,
+                            "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                            "usage": usage,
+                        }
+                    ).encode()
+                if plan.drip:
+                    resp = await self._drip(request, body, "application/json")
+                else:
+                    resp = web.Response(body=body, content_type="application/json")
+        self.stats.completed += 1
+        del arrived
+        return resp
+
+    async def _stream(
+        self,
+        request: web.Request,
+        plan: _Plan,
+        rid: str,
+        model: str,
+        created: int,
+        texts: list[str],
+        finish: str,
+        usage: dict[str, int],
+        include_usage: bool,
+        *,
+        chat: bool,
+        t_first: float,
+        itl: float,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await self._sleep_until(time.monotonic())  # a stall holds the headers too
+        await resp.prepare(request)
+
+        def event(content: str | None, fin: str | None = None, role: str | None = None) -> bytes:
+            if chat:
+                return llm.chat_chunk(rid, model, created, content=content, finish_reason=fin, role=role)
+            obj = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": content or "", "finish_reason": fin}],
+            }
+            return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+        if chat:
+            await resp.write(event("", role="assistant"))
+        reset_at = len(texts) // 2 if plan.reset else -1
+        bad_at = len(texts) // 2 if plan.malformed else -1
+        for i, text in enumerate(texts):
+            await self._sleep_until(t_first + i * itl)
+            if i == reset_at:
+                self.stats.resets += 1
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            if i == bad_at:
+                await resp.write(b'data: {"id": "' + rid.encode() + b'", "choices": [\n\n')
+            await resp.write(event(text))
+        await resp.write(event(None, fin=finish))
+        if include_usage:
+            if chat:
+                await resp.write(
+                    llm.chat_chunk(rid, model, created, empty_choices=True, usage=usage)
+                )
+            else:
+                obj = {"id": rid, "object": "text_completion", "model": model, "choices": [], "usage": usage}
+                await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        await resp.write(llm.SSE_DONE)
+        await resp.write_eof()
+        return resp
+
+    async def _drip(self, request: web.Request, body: bytes, ctype: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": ctype})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        delay = self.config.faults.drip_delay_ms / 1000.0 * self.config.slowdown
+        for i in range(len(body)):
+            await resp.write(body[i : i + 1])
+            await asyncio.sleep(delay)
+        await resp.write_eof()
+        return resp
+
+
+class ThreadedGateway:
+    """A MockGateway running on its own event loop in a daemon thread (for sync code)."""
+
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        self.gateway = MockGateway(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mock-gateway", daemon=True)
+
+    def start(self) -> ThreadedGateway:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.gateway.start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    @property
+    def stats(self) -> GatewayStats:
+        return self.gateway.stats
+
+    def __enter__(self) -> ThreadedGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_gateway(config: GatewayConfig | None = None, **overrides: Any) -> Iterator[ThreadedGateway]:
+    """`with running_gateway(max_in_service=4) as gw: ... gw.url`"""
+    cfg = replace(config or GatewayConfig(), **overrides)
+    gw = ThreadedGateway(cfg).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
