@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import journal
@@ -54,7 +55,8 @@ PARTS_DIR = "parts"
 FORMAT_NAME = "loadtape-capture"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-ROW_GROUP_SIZE = 4096
+ROW_GROUP_ROWS = 4096
+ROW_GROUP_BYTES = 8 << 20  # readers decode a row group's column chunk at once: keep it small
 
 _SEGMENT_RE = re.compile(r"^(?P<writer>[A-Za-z0-9_.]+)-(?P<segment>\d{6,})\.seg$")
 _PART_RE = re.compile(r"^part-(?P<writer>[A-Za-z0-9_.]+)-(?P<segment>\d{6,})\.parquet$")
@@ -290,7 +292,7 @@ def write_part(root: Path, writer_id: str, segment: int, header: dict[str, Any],
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb", closefd=False) as fh:
-            pq.write_table(table, fh, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+            pq.write_table(table, fh, row_group_size=row_group_rows(table), compression="zstd")
             fh.flush()
         os.fsync(fd)
     except BaseException:
@@ -302,6 +304,12 @@ def write_part(root: Path, writer_id: str, segment: int, header: dict[str, Any],
     os.rename(tmp, target)
     fsync_dir(target.parent)
     return target
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group: ROW_GROUP_ROWS, fewer when rows are large (big bodies)."""
+    per_row = max(1, table.nbytes // max(table.num_rows, 1))
+    return max(64, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 
 def compact_segment(root: Path, seg: SegmentFile) -> list[str]:

@@ -133,7 +133,18 @@ class CaptureWriter:
     def append_many(self, records: Iterable[Record]) -> list[int]:
         """Accept records (assigning capture id, writer id and seq) and write them to the OS.
 
+        A batch larger than the room left in the segment is split so segments keep their size.
         Raises OSError if the disk refuses them; they stay pending (see the module docstring)."""
+        recs = list(records)
+        seqs: list[int] = []
+        i = 0
+        while i < len(recs):
+            room = max(1, self.segment_max_records - self._seg_records - self._pending_records)
+            seqs += self._append_chunk(recs[i : i + room])
+            i += room
+        return seqs
+
+    def _append_chunk(self, records: list[Record]) -> list[int]:
         seqs = []
         rows = []
         for rec in records:
