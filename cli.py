@@ -46,15 +46,32 @@ def inspect(capture: str, as_json: bool) -> None:
 @cli.command("mock-gateway")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
 @click.option("--port", default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--profile", "default_profile", default="fast-local", show_default=True,
-              help="Latency profile for models not mapped by --model.")
-@click.option("--model", "models", multiple=True, metavar="NAME=PROFILE",
-              help="Map a model name to a profile (instant, fast-local, slow-cloud).")
+@click.option(
+    "--profile",
+    "default_profile",
+    default="fast-local",
+    show_default=True,
+    help="Latency profile for models not mapped by --model.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME=PROFILE",
+    help="Map a model name to a profile (instant, fast-local, slow-cloud).",
+)
 @click.option("--slowdown", default=1.0, show_default=True, help="Multiply every delay.")
 @click.option("--max-in-service", default=0, show_default=True, help="0: unlimited.")
 @click.option("--max-queue", default=0, show_default=True)
-@click.option("--overload-status", type=click.Choice(["503", "429"]), default="503", show_default=True)
-@click.option("--stall", default=None, metavar="DUR/EVERY", help="e.g. 1s/3s: stall all responses 1 s every 3 s.")
+@click.option(
+    "--overload-status", type=click.Choice(["503", "429"]), default="503", show_default=True
+)
+@click.option(
+    "--stall",
+    default=None,
+    metavar="DUR/EVERY",
+    help="e.g. 1s/3s: stall all responses 1 s every 3 s.",
+)
 @click.option("--error-rate", default=0.0, show_default=True)
 @click.option("--reset-rate", default=0.0, show_default=True)
 @click.option("--malformed-rate", default=0.0, show_default=True)
@@ -108,7 +125,9 @@ def mock_gateway(**opts: Any) -> None:
         try:
             await gw.start()
         except OSError as exc:
-            raise UserError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+            raise UserError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
         click.echo(f"mock gateway listening on {gw.url}", err=False)
         sys.stdout.flush()
         stop = asyncio.Event()
@@ -141,7 +160,9 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("LOADTAPE_DEBUG"):
             raise
-        fail(f"internal error: {type(exc).__name__}: {exc} (set LOADTAPE_DEBUG=1 for a traceback)", 3)
+        fail(
+            f"internal error: {type(exc).__name__}: {exc} (set LOADTAPE_DEBUG=1 for a traceback)", 3
+        )
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -27,7 +27,8 @@ def new_hist(highest: int, lowest: int = 1, digits: int = SIGNIFICANT_DIGITS) ->
 
 
 def _counts_view(h: HdrHistogram) -> np.ndarray:
-    return np.ctypeslib.as_array(h.counts)
+    view: np.ndarray = np.ctypeslib.as_array(h.counts)
+    return view
 
 
 def counts_indices(h: HdrHistogram, values: np.ndarray) -> np.ndarray:
@@ -38,7 +39,9 @@ def counts_indices(h: HdrHistogram, values: np.ndarray) -> np.ndarray:
     _, exp = np.frexp(masked.astype(np.float64))
     bucket = exp.astype(np.int64) - h.unit_magnitude - (h.sub_bucket_half_count_magnitude + 1)
     sub = v >> (bucket + h.unit_magnitude)
-    return ((bucket + 1) << h.sub_bucket_half_count_magnitude) + sub - h.sub_bucket_half_count
+    idx: np.ndarray = ((bucket + 1) << h.sub_bucket_half_count_magnitude) + sub
+    idx -= h.sub_bucket_half_count
+    return idx
 
 
 def record_many(h: HdrHistogram, values: Iterable[int] | np.ndarray) -> int:

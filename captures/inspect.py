@@ -136,13 +136,15 @@ def summarize(cap: Capture) -> Summary:
 def render_text(s: Summary) -> str:
     j = s.to_json()
     lines = [
-        f"capture      {j['path']}  (id {j['capture_id']}, format v{j['format_version']}, {j['parts']} part(s))",
+        f"capture      {j['path']}  (id {j['capture_id']}, "
+        f"format v{j['format_version']}, {j['parts']} part(s))",
         f"requests     {j['rows']}",
     ]
     if j["rows"]:
         lines += [
             f"time span    {j['span_s']:.3f} s",
-            f"rate         mean {j['mean_rate_per_s'] or 0:.2f}/s, peak {j['peak_rate_per_s']}/s (1 s bins)",
+            f"rate         mean {j['mean_rate_per_s'] or 0:.2f}/s, "
+            f"peak {j['peak_rate_per_s']}/s (1 s bins)",
             f"streamed     {j['streamed_share'] * 100:.1f} %",
             "status mix   " + ", ".join(f"{k}: {v}" for k, v in j["status_mix"].items()),
             "top paths    " + ", ".join(f"{k} ({v})" for k, v in j["top_paths"][:5]),
@@ -150,7 +152,9 @@ def render_text(s: Summary) -> str:
         if j["top_models"]:
             lines.append("top models   " + ", ".join(f"{k} ({v})" for k, v in j["top_models"][:5]))
         if j["error_kinds"]:
-            lines.append("errors       " + ", ".join(f"{k}: {v}" for k, v in j["error_kinds"].items()))
+            lines.append(
+                "errors       " + ", ".join(f"{k}: {v}" for k, v in j["error_kinds"].items())
+            )
         if j["not_replayable"]:
             lines.append(f"not replayable {j['not_replayable']}")
         for name, ps in j["percentiles"].items():

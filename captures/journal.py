@@ -34,7 +34,7 @@ class JournalError(Exception):
 
 
 def encode_frame(payload_obj: Any) -> bytes:
-    payload = msgpack.packb(payload_obj, use_bin_type=True)
+    payload: bytes = msgpack.packb(payload_obj, use_bin_type=True)
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -58,7 +58,10 @@ class Damage:
     detail: str
 
     def describe(self, path: str) -> str:
-        return f"{path}: {self.kind} frame at byte {self.offset} ({self.detail}); skipped {self.skipped_bytes} bytes"
+        return (
+            f"{path}: {self.kind} frame at byte {self.offset} ({self.detail}); "
+            f"skipped {self.skipped_bytes} bytes"
+        )
 
 
 @dataclass

@@ -129,9 +129,10 @@ def _apply_obj(out: ResponseFields, obj: dict[str, Any]) -> None:
             if isinstance(ch.get("finish_reason"), str):
                 out.finish_reason = ch["finish_reason"]
             delta = ch.get("delta")
-            if isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content")):
-                out.content_events += 1
-            elif isinstance(ch.get("text"), str) and ch["text"]:
+            has_delta = isinstance(delta, dict) and bool(
+                delta.get("content") or delta.get("reasoning_content")
+            )
+            if has_delta or (isinstance(ch.get("text"), str) and ch["text"]):
                 out.content_events += 1
     usage = obj.get("usage")
     if isinstance(usage, dict):

@@ -176,7 +176,9 @@ class Capture:
                 self.path / store.JOURNAL_DIR
             ).is_dir()
             if self.manifest is None and not has_layout:
-                raise CaptureError(f"{self.path}: not a capture (no capture.json, parts or journal)")
+                raise CaptureError(
+                    f"{self.path}: not a capture (no capture.json, parts or journal)"
+                )
             left = store.list_segments(self.path)
             if recover and left:
                 _, left = store.recover(self.path)
@@ -247,7 +249,8 @@ class Capture:
             table = records_to_table(decoded.records)
             starts = [r["req_start_ns"] for r in decoded.records]
             self.notes.append(
-                f"{seg.path}: {len(decoded.records)} records read from an uncompacted journal segment"
+                f"{seg.path}: {len(decoded.records)} records read from an uncompacted "
+                "journal segment"
             )
             self._segment_runs.append(
                 _Run(0, starts[0], starts[-1], len(starts), seg.path, segment_table=table)
@@ -343,11 +346,15 @@ class Capture:
                 continue
             heapq.heappush(heap, (cur.starts[cur.i], order, cur))
 
-    def records(self, columns: Sequence[str] | None = None, filt: RowFilter | None = None) -> list[Record]:
+    def records(
+        self, columns: Sequence[str] | None = None, filt: RowFilter | None = None
+    ) -> list[Record]:
         """All matching rows in order (small captures and tests)."""
         return list(self.rows(columns, filt))
 
-    def table(self, columns: Sequence[str] | None = None, filt: RowFilter | None = None) -> pa.Table:
+    def table(
+        self, columns: Sequence[str] | None = None, filt: RowFilter | None = None
+    ) -> pa.Table:
         """All matching rows as one unordered table (columnar statistics)."""
         cols = _projection(columns)
         batches = list(self.batches(cols, filt))
@@ -436,7 +443,9 @@ def _fill_missing(
                 batch = pa.RecordBatch.from_arrays(arrays, names=cols)
             yield batch
     except (OSError, pa.ArrowException) as exc:
-        raise CaptureError(f"{path}: damaged Parquet part ({str(exc).splitlines()[0][:200]})") from None
+        raise CaptureError(
+            f"{path}: damaged Parquet part ({str(exc).splitlines()[0][:200]})"
+        ) from None
 
 
 def open_capture(path: str | Path, *, recover: bool = True) -> Capture:

@@ -281,7 +281,9 @@ def part_metadata(header: dict[str, Any]) -> dict[bytes, bytes]:
     }
 
 
-def write_part(root: Path, writer_id: str, segment: int, header: dict[str, Any], records: list[Record]) -> Path | None:
+def write_part(
+    root: Path, writer_id: str, segment: int, header: dict[str, Any], records: list[Record]
+) -> Path | None:
     """Write records as a Parquet part atomically. Returns the part path (None if no records)."""
     target = root / PARTS_DIR / part_name(writer_id, segment)
     if not records:
@@ -308,7 +310,7 @@ def write_part(root: Path, writer_id: str, segment: int, header: dict[str, Any],
 
 def row_group_rows(table: pa.Table) -> int:
     """Rows per row group: ROW_GROUP_ROWS, fewer when rows are large (big bodies)."""
-    per_row = max(1, table.nbytes // max(table.num_rows, 1))
+    per_row = max(1, int(table.nbytes) // max(int(table.num_rows), 1))
     return max(64, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 

@@ -82,7 +82,9 @@ def chat_record(
     offsets: list[int] = []
     sizes: list[int] = []
     if status != 200:
-        resp_body = json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()
+        resp_body = json.dumps(
+            {"error": {"message": "overloaded", "type": "server_error"}}
+        ).encode()
         ctype = "application/json"
         offsets, sizes = [0], [len(resp_body)]
         resp_end = resp_start + 100_000
@@ -243,9 +245,7 @@ def synthetic_records(
     return out
 
 
-def write_capture(
-    directory: str | Path, records: Iterable[Record], **writer_kwargs: Any
-) -> Path:
+def write_capture(directory: str | Path, records: Iterable[Record], **writer_kwargs: Any) -> Path:
     """Write records into a capture directory through the real writer; returns the directory."""
     with CaptureWriter(directory, **writer_kwargs) as w:
         w.append_many(records)

@@ -6,7 +6,9 @@ import re
 
 _DUR = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>us|µs|ms|s|m|h)?\s*$")
 _DUR_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?)\s*(?P<unit>b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
+_SIZE = re.compile(
+    r"^\s*(?P<num>\d+(?:\.\d*)?)\s*(?P<unit>b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I
+)
 _SIZE_UNITS = {
     None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6,
     "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30,

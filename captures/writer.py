@@ -14,6 +14,7 @@ is retried later; it is already durable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -179,10 +180,8 @@ class CaptureWriter:
         except OSError as exc:
             self.last_error = exc
             # Cut back to the last good frame so the segment stays clean; keep the data pending.
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._seg_size)
-            except OSError:
-                pass
             self._pending = [data]
             raise
         self.last_error = None
@@ -195,7 +194,10 @@ class CaptureWriter:
         self._pending_records = 0
         if self._unsynced >= self.sync_every:
             self._sync()
-        if self._seg_records >= self.segment_max_records or self._seg_size >= self.segment_max_bytes:
+        if (
+            self._seg_records >= self.segment_max_records
+            or self._seg_size >= self.segment_max_bytes
+        ):
             self._seal()
             self._compact_pending()
 

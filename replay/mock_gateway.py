@@ -241,7 +241,13 @@ class MockGateway:
 
     def _overloaded(self) -> web.Response:
         return web.json_response(
-            {"error": {"message": "gateway overloaded", "type": "overloaded", "code": "overloaded"}},
+            {
+                "error": {
+                    "message": "gateway overloaded",
+                    "type": "overloaded",
+                    "code": "overloaded",
+                }
+            },
             status=self.config.overload_status,
             headers={"Retry-After": str(self.config.retry_after_s)},
         )
@@ -403,7 +409,9 @@ class MockGateway:
 
         def event(content: str | None, fin: str | None = None, role: str | None = None) -> bytes:
             if chat:
-                return llm.chat_chunk(rid, model, created, content=content, finish_reason=fin, role=role)
+                return llm.chat_chunk(
+                    rid, model, created, content=content, finish_reason=fin, role=role
+                )
             obj = {
                 "id": rid,
                 "object": "text_completion",
@@ -434,7 +442,13 @@ class MockGateway:
                     llm.chat_chunk(rid, model, created, empty_choices=True, usage=usage)
                 )
             else:
-                obj = {"id": rid, "object": "text_completion", "model": model, "choices": [], "usage": usage}
+                obj = {
+                    "id": rid,
+                    "object": "text_completion",
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
                 await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         await resp.write(llm.SSE_DONE)
         await resp.write_eof()
@@ -458,7 +472,9 @@ class ThreadedGateway:
     def __init__(self, config: GatewayConfig | None = None) -> None:
         self.gateway = MockGateway(config)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="mock-gateway", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mock-gateway", daemon=True
+        )
 
     def start(self) -> ThreadedGateway:
         self._thread.start()
@@ -489,7 +505,9 @@ class ThreadedGateway:
 
 
 @contextlib.contextmanager
-def running_gateway(config: GatewayConfig | None = None, **overrides: Any) -> Iterator[ThreadedGateway]:
+def running_gateway(
+    config: GatewayConfig | None = None, **overrides: Any
+) -> Iterator[ThreadedGateway]:
     """`with running_gateway(max_in_service=4) as gw: ... gw.url`"""
     cfg = replace(config or GatewayConfig(), **overrides)
     gw = ThreadedGateway(cfg).start()

@@ -54,7 +54,9 @@ def records(draw: st.DrawFn) -> Record:
         "stream": draw(st.one_of(st.none(), st.booleans())),
         "max_tokens": draw(st.one_of(st.none(), small_int)),
         "prompt_tokens": draw(st.one_of(st.none(), small_int)),
-        "error_kind": draw(st.one_of(st.none(), st.sampled_from(["client_abort", "upstream_reset"]))),
+        "error_kind": draw(
+            st.one_of(st.none(), st.sampled_from(["client_abort", "upstream_reset"]))
+        ),
         "replayable": draw(st.booleans()),
         "redacted": draw(st.one_of(st.none(), st.lists(text, max_size=3))),
     }
@@ -64,9 +66,13 @@ def _strip(rec: Record) -> Record:
     return {k: v for k, v in rec.items() if k not in ("capture_id", "writer_id", "seq")}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rows=st.lists(records(), min_size=1, max_size=12))
-def test_roundtrip_arbitrary_rows(tmp_path_factory: pytest.TempPathFactory, rows: list[Record]) -> None:
+def test_roundtrip_arbitrary_rows(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[Record]
+) -> None:
     d = tmp_path_factory.mktemp("cap")
     with CaptureWriter(d, segment_max_records=5) as w:
         for r in rows:
@@ -88,9 +94,10 @@ def test_roundtrip_arbitrary_rows(tmp_path_factory: pytest.TempPathFactory, rows
 def test_reader_orders_across_overlapping_parts(tmp_path: Path) -> None:
     recs = synthetic_records(3000, rate=200, seed=3)
     # Two writers, interleaved in time, several segments each: parts overlap.
-    with CaptureWriter(tmp_path, segment_max_records=200) as a, CaptureWriter(
-        tmp_path, segment_max_records=300
-    ) as b:
+    with (
+        CaptureWriter(tmp_path, segment_max_records=200) as a,
+        CaptureWriter(tmp_path, segment_max_records=300) as b,
+    ):
         for i in range(0, len(recs), 50):
             (a if (i // 50) % 2 else b).append_many(recs[i : i + 50])
     cap = Capture(tmp_path)

@@ -29,7 +29,9 @@ def _header() -> dict[str, object]:
 def _rows(n: int) -> list[list[object]]:
     out = []
     for i in range(n):
-        rec = normalize({**chat_record(start_ns=1000 + i), "capture_id": "c", "writer_id": "w", "seq": i})
+        rec = normalize(
+            {**chat_record(start_ns=1000 + i), "capture_id": "c", "writer_id": "w", "seq": i}
+        )
         out.append(to_row(rec))
     return out
 

@@ -176,10 +176,14 @@ MEMORY_PROBE = textwrap.dedent(
 )
 
 
-def test_reader_memory_stays_bounded_on_a_capture_much_larger_than_its_buffer(tmp_path: Path) -> None:
+def test_reader_memory_stays_bounded_on_a_capture_much_larger_than_its_buffer(
+    tmp_path: Path,
+) -> None:
     n, body = 12_000, 8_192  # ~100 MB of incompressible bodies
     cap = str(tmp_path / "cap")
-    subprocess.run([sys.executable, "-c", MAKE_BIG, cap, str(n), str(body)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", MAKE_BIG, cap, str(n), str(body)], check=True, timeout=300
+    )
     out = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, cap],
         capture_output=True,
@@ -194,4 +198,5 @@ def test_reader_memory_stays_bounded_on_a_capture_much_larger_than_its_buffer(tm
     # holds a few of those, a fixed amount whatever the capture's size.
     assert arrow_peak < 4 * store.ROW_GROUP_BYTES, (arrow_peak, size)
     assert py_peak < 2 * store.ROW_GROUP_BYTES, (py_peak, size)
-    print(f"capture {size / 1e6:.0f} MB: arrow peak {arrow_peak / 1e6:.1f} MB, python peak {py_peak / 1e6:.1f} MB")
+    print(f"capture {size / 1e6:.0f} MB: arrow peak {arrow_peak / 1e6:.1f} MB, ", end="")
+    print(f"python peak {py_peak / 1e6:.1f} MB")
