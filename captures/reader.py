@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from . import store
 from .errors import CaptureError
-from .schema import COLUMNS, HEADER_COLUMNS, SCHEMA, Record, records_to_table
+from .schema import COLUMNS, HEADER_COLUMNS, SCHEMA, Record
 
 
 @dataclass(frozen=True)
@@ -243,14 +243,14 @@ class Capture:
                 self.notes.append(str(exc))
                 continue
             self.notes.extend(decoded.notes)
-            if not decoded.records:
+            table, bad = store.table_from_rows(decoded.rows)
+            if bad:
+                self.notes.append(f"{seg.path}: {bad} record(s) did not fit the schema; skipped")
+            if not table.num_rows:
                 continue
-            decoded.records.sort(key=store.sort_key)
-            table = records_to_table(decoded.records)
-            starts = [r["req_start_ns"] for r in decoded.records]
+            starts = table.column("req_start_ns").to_pylist()
             self.notes.append(
-                f"{seg.path}: {len(decoded.records)} records read from an uncompacted "
-                "journal segment"
+                f"{seg.path}: {table.num_rows} records read from an uncompacted journal segment"
             )
             self._segment_runs.append(
                 _Run(0, starts[0], starts[-1], len(starts), seg.path, segment_table=table)

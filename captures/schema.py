@@ -7,7 +7,10 @@ the Parquet parts store it with `SCHEMA`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import metadata
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -86,7 +89,7 @@ HEADER_COLUMNS = ("req_headers", "resp_headers")
 
 # Defaults for the non-nullable columns a caller may leave out.
 _DEFAULTS: Record = {
-    "req_headers": [],
+    "req_headers": (),
     "req_body_size": 0,
     "req_body_truncated": False,
     "replayable": True,
@@ -118,59 +121,127 @@ class RecordError(ValueError):
     """A record does not fit the schema."""
 
 
-def normalize(record: Record) -> Record:
-    """Return a full record: every column present, defaults filled, required columns checked."""
-    out: Record = dict.fromkeys(COLUMNS)
-    out.update(_DEFAULTS)
-    for key, value in record.items():
-        if key not in out:
-            raise RecordError(f"unknown column {key!r}")
-        out[key] = value
-    missing = [name for name in REQUIRED if out[name] is None]
-    if missing:
-        raise RecordError(f"missing required column(s): {', '.join(sorted(missing))}")
-    return out
+_INDEX = {name: i for i, name in enumerate(COLUMNS)}
+_COLUMN_SET = frozenset(COLUMNS)
+_DEFAULT_ROW = tuple(_DEFAULTS.get(name) for name in COLUMNS)
+_REQUIRED_IDX = tuple(i for i, name in enumerate(COLUMNS) if name in REQUIRED)
+START_IDX = _INDEX["req_start_ns"]
+SEQ_IDX = _INDEX["seq"]
 
 
-def to_row(record: Record) -> list[Any]:
-    """A normalized record as a positional list in COLUMNS order (the journal's frame payload)."""
-    row = [record[name] for name in COLUMNS]
-    for name in HEADER_COLUMNS:
-        i = _INDEX[name]
-        if row[i] is not None:
-            row[i] = [list(pair) for pair in row[i]]
+_DEFAULT_RECORD = dict(zip(COLUMNS, _DEFAULT_ROW, strict=True))
+_GET_ROW = itemgetter(*COLUMNS)
+
+
+_IDENTITY = (_INDEX["capture_id"], _INDEX["writer_id"], _INDEX["seq"])
+
+
+def to_row(record: Record, identity: tuple[str, str, int] | None = None) -> list[Any]:
+    """A record as a positional list in COLUMNS order (the journal's frame payload), with
+    defaults filled, identity (capture id, writer id, seq) set if given, required columns
+    checked."""
+    full = {**_DEFAULT_RECORD, **record}
+    if len(full) != len(COLUMNS):
+        unknown = sorted(set(record) - _COLUMN_SET)
+        raise RecordError(f"unknown column(s): {', '.join(unknown)}")
+    row = list(_GET_ROW(full))
+    if identity is not None:
+        row[_IDENTITY[0]], row[_IDENTITY[1]], row[_IDENTITY[2]] = identity
+    for i in _REQUIRED_IDX:
+        if row[i] is None:
+            missing = [COLUMNS[j] for j in _REQUIRED_IDX if row[j] is None]
+            raise RecordError(f"missing required column(s): {', '.join(missing)}")
     return row
 
 
-def from_row(columns: tuple[str, ...] | list[str], row: list[Any]) -> Record:
-    """Inverse of to_row for a row written with the given column list (may be an older one)."""
+def normalize(record: Record) -> Record:
+    """A full record: every column present, defaults filled, required columns checked."""
+    return dict(zip(COLUMNS, to_row(record), strict=True))
+
+
+def remap_row(columns: Sequence[str], row: Sequence[Any]) -> Sequence[Any]:
+    """A row written with another column list (an older or newer writer) in COLUMNS order."""
     if len(row) != len(columns):
         raise RecordError(f"row has {len(row)} values for {len(columns)} columns")
-    rec: Record = dict.fromkeys(COLUMNS)
-    rec.update(_DEFAULTS)
+    if tuple(columns) == COLUMNS:
+        return row
+    out = list(_DEFAULT_ROW)
     for name, value in zip(columns, row, strict=True):
-        if name in rec:
-            rec[name] = value
+        i = _INDEX.get(name)
+        if i is not None:
+            out[i] = value
+    return out
+
+
+def from_row(columns: Sequence[str], row: Sequence[Any]) -> Record:
+    """A journal row as a record dict, headers as (name, value) tuples."""
+    rec = dict(zip(COLUMNS, remap_row(columns, row), strict=True))
     for name in HEADER_COLUMNS:
         if rec[name] is not None:
             rec[name] = [(str(n), str(v)) for n, v in rec[name]]
     return rec
 
 
-_INDEX = {name: i for i, name in enumerate(COLUMNS)}
+def _headers_array(values: Sequence[Any]) -> pa.Array:
+    """list<struct<name, value>> from sequences of (name, value) pairs, built from flat arrays."""
+    offsets = [0]
+    names: list[str] = []
+    vals: list[str] = []
+    nulls = []
+    n = 0
+    for v in values:
+        if v is None:
+            nulls.append(True)
+        else:
+            nulls.append(False)
+            for name, value in v:
+                names.append(name)
+                vals.append(value)
+            n = len(names)
+        offsets.append(n)
+    struct = pa.StructArray.from_arrays(
+        [pa.array(names, pa.string()), pa.array(vals, pa.string())], names=["name", "value"]
+    )
+    mask = pa.array(nulls, pa.bool_()) if any(nulls) else None
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, mask=mask)
 
 
-def records_to_table(records: list[Record], metadata: dict[bytes, bytes] | None = None) -> pa.Table:
-    """Normalized records to an Arrow table with SCHEMA (column-wise, faster than from_pylist)."""
+def _binary_array(values: Sequence[bytes | None]) -> pa.Array:
+    """A binary column from one joined buffer and offsets (~5x faster than pa.array)."""
+    nulls = [v is None for v in values]
+    has_null = any(nulls)
+    clean = [b"" if v is None else v for v in values] if has_null else values
+    data = b"".join(clean)  # type: ignore[arg-type]
+    if len(data) >= 2**31:
+        return pa.array(values, pa.binary())  # offsets would overflow int32: let Arrow chunk it
+    offsets = pa.array(list(accumulate(map(len, clean), initial=0)), pa.int32())  # type: ignore[arg-type]
+    validity = pa.array([not n for n in nulls], pa.bool_()).buffers()[1] if has_null else None
+    return pa.Array.from_buffers(
+        pa.binary(), len(values), [validity, offsets.buffers()[1], pa.py_buffer(data)]
+    )
+
+
+def rows_to_table(
+    rows: Sequence[Sequence[Any]], metadata: dict[bytes, bytes] | None = None
+) -> pa.Table:
+    """Positional rows (COLUMNS order) to an Arrow table with SCHEMA, column by column."""
     arrays = []
-    for name, typ, _ in _FIELDS:
-        values = [r[name] for r in records]
+    for i, (name, typ, _) in enumerate(_FIELDS):
+        values = [row[i] for row in rows]
         if name in HEADER_COLUMNS:
-            values = [
-                None if v is None else [{"name": n, "value": val} for n, val in v] for v in values
-            ]
-        arrays.append(pa.array(values, type=typ))
+            arrays.append(_headers_array(values))
+        elif typ == pa.binary():
+            arrays.append(_binary_array(values))
+        else:
+            arrays.append(pa.array(values, type=typ))
     return pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata(metadata or {}))
+
+
+def records_to_table(
+    records: Sequence[Record], metadata: dict[bytes, bytes] | None = None
+) -> pa.Table:
+    """Record dicts to an Arrow table with SCHEMA."""
+    return rows_to_table([to_row(r) for r in records], metadata)
 
 
 def headers_get(headers: Headers | None, name: str) -> str | None:

@@ -24,8 +24,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,11 @@ from .schema import (
     META_LOADTAPE_VERSION,
     META_REDACTION,
     META_WRITER_ID,
-    Record,
+    SEQ_IDX,
+    START_IDX,
     RecordError,
-    from_row,
-    records_to_table,
+    remap_row,
+    rows_to_table,
 )
 
 MANIFEST = "capture.json"
@@ -235,16 +237,16 @@ def list_parts(root: Path) -> list[Path]:
 
 
 @dataclass
-class SegmentRecords:
-    """The records decoded from one segment, with what was wrong with it."""
+class SegmentRows:
+    """The rows decoded from one segment (COLUMNS order), with what was wrong with it."""
 
     path: Path
     header: dict[str, Any]
-    records: list[Record]
+    rows: list[Sequence[Any]]
     notes: list[str] = field(default_factory=list)
 
 
-def read_segment(path: Path) -> SegmentRecords:
+def read_segment(path: Path) -> SegmentRows:
     """Decode a segment; damage becomes notes, never an exception (except an unusable header)."""
     try:
         scan = journal.scan_file(path)
@@ -255,20 +257,21 @@ def read_segment(path: Path) -> SegmentRecords:
     check_version(header.get("format_version"), str(path))
     columns = tuple(header.get("columns") or ())
     notes = [d.describe(str(path)) for d in scan.damage]
-    records: list[Record] = []
+    rows: list[Sequence[Any]] = []
     bad = 0
-    for frame in scan.frames:
-        try:
-            records.append(from_row(columns, frame))
-        except (RecordError, TypeError, ValueError):
-            bad += 1
+    with journal.gc_paused():
+        for frame in scan.frames:
+            try:
+                rows.append(remap_row(columns, frame))
+            except (RecordError, TypeError):
+                bad += 1
     if bad:
         notes.append(f"{path}: {bad} frame(s) with a valid CRC did not decode as records; skipped")
-    return SegmentRecords(path, header, records, notes)
+    return SegmentRows(path, header, rows, notes)
 
 
-def sort_key(rec: Record) -> tuple[int, int]:
-    return (rec["req_start_ns"], rec["seq"])
+def sort_rows(rows: list[Sequence[Any]]) -> None:
+    rows.sort(key=itemgetter(START_IDX, SEQ_IDX))
 
 
 def part_metadata(header: dict[str, Any]) -> dict[bytes, bytes]:
@@ -281,15 +284,31 @@ def part_metadata(header: dict[str, Any]) -> dict[bytes, bytes]:
     }
 
 
-def write_part(
-    root: Path, writer_id: str, segment: int, header: dict[str, Any], records: list[Record]
-) -> Path | None:
-    """Write records as a Parquet part atomically. Returns the part path (None if no records)."""
+def table_from_rows(
+    rows: list[Sequence[Any]], metadata: dict[bytes, bytes] | None = None
+) -> tuple[pa.Table, int]:
+    """Sorted rows as a table; rows that do not fit the schema are dropped and counted, so one
+    bad record cannot stop a whole segment from being compacted."""
+    sort_rows(rows)
+    try:
+        with journal.gc_paused():
+            return rows_to_table(rows, metadata), 0
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        good = []
+        for row in rows:
+            try:
+                rows_to_table([row])
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                continue
+            good.append(row)
+        return rows_to_table(good, metadata), len(rows) - len(good)
+
+
+def write_part(root: Path, writer_id: str, segment: int, table: pa.Table) -> Path | None:
+    """Write a table as a Parquet part atomically. Returns the part path (None if empty)."""
     target = root / PARTS_DIR / part_name(writer_id, segment)
-    if not records:
+    if table.num_rows == 0:
         return None
-    records.sort(key=sort_key)
-    table = records_to_table(records, part_metadata(header))
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
@@ -314,20 +333,32 @@ def row_group_rows(table: pa.Table) -> int:
     return max(64, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 
-def compact_segment(root: Path, seg: SegmentFile) -> list[str]:
+def compact_segment(
+    root: Path,
+    seg: SegmentFile,
+    rows: list[Sequence[Any]] | None = None,
+    header: dict[str, Any] | None = None,
+) -> list[str]:
     """Compact one sealed segment into a part and delete the segment. Returns notes on damage.
 
-    Raises OSError if the part cannot be written; the segment is then left where it is."""
+    The live writer passes the rows it wrote (no re-decoding); recovery reads them back from the
+    segment. Raises OSError if the part cannot be written; the segment is then left in place."""
     part = root / PARTS_DIR / part_name(seg.writer_id, seg.segment)
     if part.exists():
         # A previous compaction renamed the part but died before deleting the segment.
-        seg.path.unlink()
+        seg.path.unlink(missing_ok=True)
         return []
-    decoded = read_segment(seg.path)
-    write_part(root, seg.writer_id, seg.segment, decoded.header, decoded.records)
-    seg.path.unlink()
+    notes: list[str] = []
+    if rows is None or header is None:
+        decoded = read_segment(seg.path)
+        rows, header, notes = decoded.rows, decoded.header, decoded.notes
+    table, bad = table_from_rows(rows, part_metadata(header))
+    if bad:
+        notes.append(f"{seg.path}: {bad} record(s) did not fit the schema; skipped")
+    write_part(root, seg.writer_id, seg.segment, table)
+    seg.path.unlink(missing_ok=True)
     fsync_dir(seg.path.parent)
-    return decoded.notes
+    return notes
 
 
 def recover(root: Path) -> tuple[list[str], list[SegmentFile]]:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import journal, store
-from .schema import COLUMNS, FORMAT_VERSION, Record, normalize, to_row
+from .compactor import ProcessCompactor
+from .schema import COLUMNS, FORMAT_VERSION, Record, to_row
 
 
 class CaptureWriter:
@@ -39,6 +40,7 @@ class CaptureWriter:
         segment_max_bytes: int = 32 << 20,
         segment_max_age: float = 60.0,
         max_pending_bytes: int = 64 << 20,
+        compaction: str = "inline",
         recover: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -53,6 +55,10 @@ class CaptureWriter:
         self.segment_max_bytes = segment_max_bytes
         self.segment_max_age = segment_max_age
         self.max_pending_bytes = max_pending_bytes
+        if compaction not in ("inline", "process"):
+            raise ValueError(f"compaction must be 'inline' or 'process', not {compaction!r}")
+        self.compaction = compaction
+        self._compactor: ProcessCompactor | None = None
         self._clock = clock
         self._jdir = self.root / store.JOURNAL_DIR
         self._lock = store.WriterLock(self._jdir, self.writer_id)
@@ -73,11 +79,15 @@ class CaptureWriter:
         self._seg_size = 0
         self._seg_opened = 0.0
         self._pending: list[bytes] = []
+        self._pending_rows: list[Sequence[Any]] = []
         self._pending_bytes = 0
         self._pending_records = 0
         self._last_sync = clock()
         self._unsynced = 0
-        self._to_compact: list[store.SegmentFile] = []
+        self._seg_rows: list[Sequence[Any]] = []  # rows of the open segment, for compaction
+        self._seg_header: dict[str, Any] = {}
+        # sealed segments waiting for compaction, with their rows (None: re-read from disk)
+        self._to_compact: list[tuple[store.SegmentFile, list[Sequence[Any]] | None]] = []
         self._closed = False
 
     # -- segments ------------------------------------------------------------------------------
@@ -104,6 +114,8 @@ class CaptureWriter:
             self._segment -= 1
             raise
         self._fd = fd
+        self._seg_header = header
+        self._seg_rows = []
         self._seg_records = 0
         self._seg_size = len(data)
         self._seg_opened = self._clock()
@@ -118,12 +130,59 @@ class CaptureWriter:
         self.synced = self.written
         self._unsynced = 0
         path = self._jdir / store.segment_name(self.writer_id, self._segment)
-        self._to_compact.append(store.SegmentFile(path, self.writer_id, self._segment))
+        seg = store.SegmentFile(path, self.writer_id, self._segment)
+        self._to_compact.append((seg, self._seg_rows if self.compaction == "inline" else None))
+        self._seg_rows = []
+
+    def _compactor_started(self) -> ProcessCompactor | None:
+        if self._compactor is None:
+            try:
+                self._compactor = ProcessCompactor(self.root)
+            except OSError as exc:
+                self.notes.append(f"compactor process did not start ({exc}); compacting inline")
+                self.compaction = "inline"
+                return None
+        return None if self._compactor.dead else self._compactor
+
+    def _collect_compactor(self) -> None:
+        """Take the child's results; segments it failed or dropped go back to the queue."""
+        if self._compactor is None:
+            return
+        for r in self._compactor.poll():
+            if r.ok:
+                self.parts_written += 1
+                self.notes.extend(r.notes)
+            else:
+                self.notes.append(f"compactor: segment {r.segment}: {r.error}; retrying inline")
+                seg = store.SegmentFile(
+                    self._jdir / store.segment_name(self.writer_id, r.segment),
+                    self.writer_id,
+                    r.segment,
+                )
+                self._to_compact.append((seg, None))
+        for seg in self._compactor.orphans():
+            self._to_compact.append((seg, None))
 
     def _compact_pending(self) -> None:
+        if self.compaction == "process":
+            self._collect_compactor()
+            comp = self._compactor_started() if self._to_compact else self._compactor
+            while self._to_compact and comp is not None and not comp.dead:
+                seg, rows = self._to_compact[0]
+                if rows is not None or not comp.submit(seg):
+                    break  # rows in hand (or the child is gone): compact inline below
+                self._to_compact.pop(0)
+            if comp is None or not comp.dead:
+                return
+            self._collect_compactor()
         while self._to_compact:
-            seg = self._to_compact[0]
-            self.notes.extend(store.compact_segment(self.root, seg))
+            seg, rows = self._to_compact[0]
+            try:
+                self.notes.extend(store.compact_segment(self.root, seg, rows, self._seg_header))
+            except OSError:
+                # The segment is durable on disk; free the rows and re-read it on the retry.
+                self._to_compact[0] = (seg, None)
+                raise
             self._to_compact.pop(0)
             self.parts_written += 1
 
@@ -149,12 +208,10 @@ class CaptureWriter:
         seqs = []
         rows = []
         for rec in records:
-            full = normalize(
-                {**rec, "capture_id": self.capture_id, "writer_id": self.writer_id, "seq": self.seq}
-            )
+            row = to_row(rec, (self.capture_id, self.writer_id, self.seq))
             seqs.append(self.seq)
             self.seq += 1
-            rows.append(to_row(full))
+            rows.append(row)
         if not rows:
             return seqs
         data = journal.encode_frames(rows)
@@ -164,6 +221,7 @@ class CaptureWriter:
             self._write_pending()  # try once more; raises if the disk still refuses
             return seqs
         self._pending.append(data)
+        self._pending_rows.extend(rows)
         self._pending_bytes += len(data)
         self._pending_records += len(rows)
         self._write_pending()
@@ -187,6 +245,9 @@ class CaptureWriter:
         self.last_error = None
         self._seg_size += len(data)
         self._seg_records += self._pending_records
+        if self.compaction == "inline":
+            self._seg_rows.extend(self._pending_rows)
+        self._pending_rows = []
         self.written += self._pending_records
         self._unsynced += self._pending_records
         self._pending = []
@@ -237,6 +298,11 @@ class CaptureWriter:
             self._write_pending()
             self._seal()
             self._compact_pending()
+            if self._compactor is not None:
+                self._compactor.close()
+                self._collect_compactor()
+                self.compaction = "inline"
+                self._compact_pending()
         finally:
             self._closed = True
             if self._fd >= 0:

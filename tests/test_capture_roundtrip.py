@@ -189,7 +189,7 @@ def test_crash_after_rename_before_unlink_does_not_duplicate(tmp_path: Path) -> 
     w.append_many([chat_record(start_ns=i) for i in range(10)])
     w.sync()
     w._seal()
-    seg = w._to_compact[0]
+    seg, _ = w._to_compact[0]
     keep = seg.path.read_bytes()
     w._compact_pending()
     seg.path.write_bytes(keep)  # the segment reappears as if the unlink never happened
