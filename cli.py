@@ -42,6 +42,85 @@ def inspect(capture: str, as_json: bool) -> None:
         click.echo(insp.render_text(summary))
 
 
+# -- capture -----------------------------------------------------------------------------------
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--upstream", help="Where the gateway is (reverse mode), e.g. http://127.0.0.1:8000.")
+@click.option(
+    "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT (port 0: any)."
+)
+@click.option("--out", required=True, type=click.Path(path_type=str), help="Capture directory.")
+@click.option(
+    "--mode", type=click.Choice(["reverse", "regular"]), default="reverse", show_default=True
+)
+@click.option(
+    "--body-limit", default="4m", show_default=True, help="Keep at most this much of a body."
+)
+@click.option(
+    "--session-key",
+    default="header:X-Session-Id,user,connection",
+    show_default=True,
+    help="Session key sources, first match wins: header:NAME, user, connection, none.",
+)
+@click.option("--redact-header", "redact_headers", multiple=True, help="Another header to redact.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["continue", "stop"]),
+    default="continue",
+    show_default=True,
+    help="If the capture directory cannot be written: keep proxying, or stop.",
+)
+@click.option("--confdir", type=click.Path(path_type=str), help="mitmproxy conf dir (its CA).")
+@click.option("--duration", default=None, help="Stop after this long (e.g. 10m); default: Ctrl-C.")
+@click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
+def capture(**opts: Any) -> None:
+    """Record gateway traffic through mitmproxy into a capture directory.
+
+    Extra arguments after `--` go to mitmdump as they are."""
+    from pathlib import Path
+
+    from captures.units import parse_duration
+    from proxy_addons import launch
+
+    host, sep, port = opts["listen"].rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--listen {opts['listen']!r}: want HOST:PORT")
+    options = {
+        "capture_body_limit": opts["body_limit"],
+        "capture_session_key": opts["session_key"],
+        "capture_on_error": opts["on_error"],
+    }
+    if opts["redact_headers"]:
+        options["capture_redact_headers"] = ",".join(opts["redact_headers"])
+    try:
+        duration = parse_duration(opts["duration"]) if opts["duration"] else None
+    except ValueError as exc:
+        raise UserError(f"--duration: {exc}") from None
+    config = launch.CaptureConfig(
+        out=Path(opts["out"]).resolve(),
+        upstream=opts["upstream"],
+        mode=opts["mode"],
+        listen_host=host.strip("[]") or "127.0.0.1",
+        listen_port=int(port),
+        confdir=Path(opts["confdir"]).resolve() if opts["confdir"] else None,
+        options=options,
+        extra_args=list(opts["mitmdump_args"]),
+    )
+    proc = launch.CaptureProcess(config).start()
+    click.echo(
+        f"capture proxy listening on {proc.url}  ->  {opts['upstream'] or '(regular proxy)'}",
+        err=True,
+    )
+    click.echo(f"recording into {config.out}  (proxy log: {proc.log_path})", err=True)
+    if opts["mode"] == "regular":
+        click.echo(f"for HTTPS, clients must trust mitmproxy's CA: {proc.ca_cert()}", err=True)
+    click.echo("Ctrl-C to stop", err=True)
+    final = launch.run_until_signal(proc, live=sys.stderr.isatty(), duration=duration)
+    click.echo(f"capture stopped: {launch.describe_status(final)}", err=True)
+    if final and final.get("notes"):
+        for note in final["notes"]:
+            click.echo(f"  journal: {note}", err=True)
+
+
 # -- mock-gateway ------------------------------------------------------------------------------
 @cli.command("mock-gateway")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")

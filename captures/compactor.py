@@ -30,6 +30,7 @@ class Result:
     ok: bool
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    rejected: int = 0
 
 
 class ProcessCompactor:
@@ -62,6 +63,7 @@ class ProcessCompactor:
                         bool(obj["ok"]),
                         obj.get("notes", []),
                         obj.get("error", ""),
+                        int(obj.get("rejected", 0)),
                     )
                 )
             except (ValueError, KeyError, TypeError):
@@ -128,8 +130,13 @@ def serve(root: Path, lines: IO[str], out: IO[str]) -> None:
         except (ValueError, KeyError, TypeError):
             continue
         try:
-            notes = store.compact_segment(root, seg)
-            res = {"segment": seg.segment, "ok": True, "notes": notes}
+            done = store.compact_segment(root, seg)
+            res = {
+                "segment": seg.segment,
+                "ok": True,
+                "notes": done.notes,
+                "rejected": done.rejected,
+            }
         except Exception as exc:  # reported to the writer, which retries inline
             res = {"segment": seg.segment, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(res) + "\n")

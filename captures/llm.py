@@ -163,6 +163,8 @@ def parse_response(
             if isinstance(obj, dict):
                 _apply_obj(out, obj)
         return out
+    if "json" not in ctype and not text.lstrip().startswith("{"):
+        return out
     try:
         obj = json.loads(text)
     except ValueError:

@@ -333,13 +333,19 @@ def row_group_rows(table: pa.Table) -> int:
     return max(64, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 
+@dataclass
+class Compacted:
+    notes: list[str] = field(default_factory=list)  # damage found, records skipped
+    rejected: int = 0  # records that did not fit the schema (counted as lost)
+
+
 def compact_segment(
     root: Path,
     seg: SegmentFile,
     rows: list[Sequence[Any]] | None = None,
     header: dict[str, Any] | None = None,
-) -> list[str]:
-    """Compact one sealed segment into a part and delete the segment. Returns notes on damage.
+) -> Compacted:
+    """Compact one sealed segment into a part and delete the segment.
 
     The live writer passes the rows it wrote (no re-decoding); recovery reads them back from the
     segment. Raises OSError if the part cannot be written; the segment is then left in place."""
@@ -347,7 +353,7 @@ def compact_segment(
     if part.exists():
         # A previous compaction renamed the part but died before deleting the segment.
         seg.path.unlink(missing_ok=True)
-        return []
+        return Compacted()
     notes: list[str] = []
     if rows is None or header is None:
         decoded = read_segment(seg.path)
@@ -358,7 +364,7 @@ def compact_segment(
     write_part(root, seg.writer_id, seg.segment, table)
     seg.path.unlink(missing_ok=True)
     fsync_dir(seg.path.parent)
-    return notes
+    return Compacted(notes, bad)
 
 
 def recover(root: Path) -> tuple[list[str], list[SegmentFile]]:
@@ -383,7 +389,7 @@ def recover(root: Path) -> tuple[list[str], list[SegmentFile]]:
         try:
             for seg in segs:
                 try:
-                    notes.extend(compact_segment(root, seg))
+                    notes.extend(compact_segment(root, seg).notes)
                 except CaptureError as exc:
                     notes.append(f"{exc}; segment left in place")
                     left.append(seg)

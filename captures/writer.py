@@ -71,6 +71,7 @@ class CaptureWriter:
         self.written = 0  # records handed to the OS
         self.synced = 0  # records fsynced
         self.lost = 0  # records dropped because the disk refused them for too long
+        self.rejected = 0  # records that did not fit the schema at compaction (also lost)
         self.parts_written = 0
         self.last_error: OSError | None = None
         self._segment = -1
@@ -152,6 +153,7 @@ class CaptureWriter:
             if r.ok:
                 self.parts_written += 1
                 self.notes.extend(r.notes)
+                self.rejected += r.rejected
             else:
                 self.notes.append(f"compactor: segment {r.segment}: {r.error}; retrying inline")
                 seg = store.SegmentFile(
@@ -178,7 +180,9 @@ class CaptureWriter:
         while self._to_compact:
             seg, rows = self._to_compact[0]
             try:
-                self.notes.extend(store.compact_segment(self.root, seg, rows, self._seg_header))
+                done = store.compact_segment(self.root, seg, rows, self._seg_header)
+                self.notes.extend(done.notes)
+                self.rejected += done.rejected
             except OSError:
                 # The segment is durable on disk; free the rows and re-read it on the retry.
                 self._to_compact[0] = (seg, None)

@@ -17,8 +17,10 @@ import contextlib
 import json
 import math
 import random
+import ssl
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -82,6 +84,7 @@ class GatewayConfig:
     overload_status: int = 503
     retry_after_s: int = 1
     seed: int = 0
+    gzip: bool = False  # gzip non-streamed responses (Content-Encoding: gzip)
     faults: Faults = Faults()
 
     def profile_for(self, model: str | None) -> ModelProfile:
@@ -128,15 +131,19 @@ class _Plan:
 
 
 class MockGateway:
-    def __init__(self, config: GatewayConfig | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.config = config or GatewayConfig()
         self.config.validate()
+        self.ssl_context = ssl_context
         self.stats = GatewayStats()
         self._t0 = time.monotonic()
         self._runner: web.AppRunner | None = None
         self._slots: asyncio.Semaphore | None = None
         self._n = 0
         self.port = 0
+        self.cookies_issued: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -153,7 +160,10 @@ class MockGateway:
             self._slots = asyncio.Semaphore(self.config.max_in_service)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024)
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, backlog=1024,
+            ssl_context=self.ssl_context,
+        )  # fmt: skip
         await site.start()
         server = site._server
         assert server is not None
@@ -176,7 +186,8 @@ class MockGateway:
     @property
     def url(self) -> str:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     # -- timing helpers ------------------------------------------------------------------------
     def _stall_wait(self) -> float:
@@ -261,7 +272,9 @@ class MockGateway:
         return web.json_response({"object": "list", "data": data})
 
     async def _echo(self, request: web.Request) -> web.StreamResponse:
-        """Echo for non-LLM traffic. Query knobs: status=, delay_ms=, size= (response bytes)."""
+        """Echo for non-LLM traffic. Query knobs: status=, delay_ms=, size= (response bytes),
+        gzip=1 (with size=), header=Name:Value (added to the response, repeatable), set_cookie=1
+        (a random session cookie, kept in `cookies_issued`)."""
         self.stats.requests += 1
         body = await request.read()
         q = request.query
@@ -277,6 +290,8 @@ class MockGateway:
             await self._sleep_until(time.monotonic() + delay)
             if size >= 0:
                 resp = web.Response(body=b"x" * size, status=status, content_type="text/plain")
+                if q.get("gzip") == "1":
+                    resp.enable_compression(web.ContentCoding.gzip)
             else:
                 resp = web.json_response(
                     {
@@ -288,6 +303,13 @@ class MockGateway:
                     },
                     status=status,
                 )
+            if q.get("set_cookie") == "1":
+                self.cookies_issued.append(f"sid={uuid.uuid4().hex}")
+                resp.headers.add("Set-Cookie", f"{self.cookies_issued[-1]}; HttpOnly")
+            for item in q.getall("header", []):
+                name, sep, value = item.partition(":")
+                if sep and name:
+                    resp.headers.add(name.strip(), value.strip())
         self.stats.completed += 1
         return resp
 
@@ -313,7 +335,6 @@ class MockGateway:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
-        arrived = time.monotonic()
         self.stats.requests += 1
         obj = await self._read_json(request)
         if isinstance(obj, web.Response):
@@ -381,8 +402,9 @@ class MockGateway:
                     resp = await self._drip(request, body, "application/json")
                 else:
                     resp = web.Response(body=body, content_type="application/json")
+                    if self.config.gzip:
+                        resp.enable_compression(web.ContentCoding.gzip)
         self.stats.completed += 1
-        del arrived
         return resp
 
     async def _stream(
@@ -469,8 +491,10 @@ class MockGateway:
 class ThreadedGateway:
     """A MockGateway running on its own event loop in a daemon thread (for sync code)."""
 
-    def __init__(self, config: GatewayConfig | None = None) -> None:
-        self.gateway = MockGateway(config)
+    def __init__(
+        self, config: GatewayConfig | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.gateway = MockGateway(config, ssl_context)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="mock-gateway", daemon=True
@@ -506,11 +530,13 @@ class ThreadedGateway:
 
 @contextlib.contextmanager
 def running_gateway(
-    config: GatewayConfig | None = None, **overrides: Any
+    config: GatewayConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    **overrides: Any,
 ) -> Iterator[ThreadedGateway]:
     """`with running_gateway(max_in_service=4) as gw: ... gw.url`"""
     cfg = replace(config or GatewayConfig(), **overrides)
-    gw = ThreadedGateway(cfg).start()
+    gw = ThreadedGateway(cfg, ssl_context).start()
     try:
         yield gw
     finally:

@@ -1,0 +1,183 @@
+"""Benchmark: what the capture addon costs the proxy.
+
+The same load through bare mitmdump and through mitmdump with the capture addon, in one run,
+against the same upstream (the mock gateway, instant profile, in its own process), alternating
+the two a few times. Load comes from wrk (Debian package `wrk`), which is C and cheap, so the
+proxy is what saturates.
+
+- throughput: wrk -c 32 closed loop, req/s, for two workloads: small JSON GETs and streamed chat
+  completions (SSE, ~10 chunks each);
+- added latency: wrk -c 1 (one request at a time, no queueing), p50 and p99.
+
+Goal (issue 3): >= 0.95x throughput, <= 0.2 ms added at p50.
+
+    python bench/capture_overhead.py [--seconds 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDON = ROOT / "proxy_addons" / "capture.py"
+BIN = Path(sys.executable).parent
+
+CHAT_BODY = json.dumps(
+    {
+        "model": "fast",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": True,
+        "max_tokens": 8,
+        "stream_options": {"include_usage": True},
+    }
+)
+CHAT_LUA = f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{CHAT_BODY}'
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def start_proxy(upstream: str, with_addon: bool, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    args = [
+        str(BIN / "mitmdump"), "--mode", f"reverse:{upstream}",
+        "--listen-host", "127.0.0.1", "--listen-port", str(port),
+        "--set", "flow_detail=0", "--set", "termlog_verbosity=warn",
+        "--set", "connection_strategy=lazy",
+    ]  # fmt: skip
+    if with_addon:
+        cap = Path(tempfile.mkdtemp(dir=work))
+        args += ["-s", str(ADDON), "--set", f"capture_dir={cap / 'cap'}",
+                 "--set", f"capture_redaction_key_file={work / 'key'}"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, conns: int, seconds: float, script: Path | None) -> dict[str, float]:
+    args = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", url]
+    if script is not None:
+        args[1:1] = ["-s", str(script)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        assert m, out
+        lat[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, **lat, "non_2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default="bench/out")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("capture_overhead: needs wrk (apt-get install wrk)")
+    work = Path(tempfile.mkdtemp(prefix="loadtape-overhead-"))
+    up_port = free_port()
+    gw = subprocess.Popen(
+        [str(BIN / "loadtape"), "mock-gateway", "--port", str(up_port), "--profile", "instant"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+        wait_port(up_port)
+        upstream = f"http://127.0.0.1:{up_port}"
+        lua = work / "chat.lua"
+        lua.write_text(CHAT_LUA)
+        workloads = {
+            "json_get": ("/echo/x?size=256", None),
+            "sse_chat": ("/v1/chat/completions", lua),
+        }
+        for name, (path, script) in workloads.items():
+            results[name] = {"bare": [], "addon": []}
+            for rnd in range(args.rounds):
+                for mode in ("bare", "addon") if rnd % 2 == 0 else ("addon", "bare"):
+                    proc, port = start_proxy(upstream, mode == "addon", work)
+                    try:
+                        url = f"http://127.0.0.1:{port}{path}"
+                        wrk(url, 4, 1.0, script)  # warm up
+                        thr = wrk(url, 32, args.seconds, script)
+                        lat = wrk(url, 1, args.seconds / 2, script)
+                    finally:
+                        stop(proc)
+                    results[name][mode].append(
+                        {"rps": thr["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+                         "non_2xx": thr["non_2xx"] + lat["non_2xx"]}
+                    )  # fmt: skip
+                    print(f"{name:9} round {rnd} {mode:5}: {thr['rps']:7.0f} req/s  "
+                          f"1-conn p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms",
+                          flush=True)  # fmt: skip
+        print()
+        summary = {}
+        for name, modes in results.items():
+            med = {
+                m: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                for m, runs in modes.items()
+            }
+            ratio = med["addon"]["rps"] / med["bare"]["rps"]
+            d50 = med["addon"]["p50_ms"] - med["bare"]["p50_ms"]
+            d99 = med["addon"]["p99_ms"] - med["bare"]["p99_ms"]
+            summary[name] = {"bare": med["bare"], "addon": med["addon"], "throughput_ratio": ratio,
+                             "added_p50_ms": d50, "added_p99_ms": d99}  # fmt: skip
+            print(f"{name:9} medians: bare {med['bare']['rps']:.0f} req/s, addon "
+                  f"{med['addon']['rps']:.0f} req/s -> {ratio:.3f}x; added latency p50 "
+                  f"{d50:+.3f} ms, p99 {d99:+.3f} ms")  # fmt: skip
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "capture_overhead.json").write_text(
+            json.dumps({"runs": results, "summary": summary}, indent=2)
+        )
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

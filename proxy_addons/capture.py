@@ -1,0 +1,324 @@
+"""loadtape capture addon for mitmproxy: real gateway traffic into the capture format.
+
+    mitmdump -s proxy_addons/capture.py --set capture_dir=DIR --set flow_detail=0 \\
+        --mode reverse:http://127.0.0.1:8000
+
+or `loadtape capture --upstream http://127.0.0.1:8000 --out DIR`.
+
+Every response is streamed through (`flow.response.stream` is a callable that notes each chunk's
+arrival time and size and keeps the body up to the body limit), so the proxy adds no buffering
+delay to SSE streams. Chunk times are when mitmproxy handled each chunk; `proxy_inflight` records
+how many flows were in flight when the request started, so a reader can tell when the proxy itself
+was busy. The hooks only build a small snapshot; redaction, encoding and disk I/O happen on the
+writer thread (proxy_addons/sink.py), compaction in a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+try:  # loaded by mitmdump -s as a file: make sure the package import works either way
+    from proxy_addons.sink import CaptureSink, Snapshot, parse_session_sources
+except ImportError:  # pragma: no cover - loadtape not installed in mitmdump's environment
+    raise ImportError(
+        "the loadtape capture addon needs loadtape installed in mitmdump's Python environment"
+    ) from None
+
+from captures.errors import UserError
+from captures.redact import (
+    RedactionPolicy,
+    Redactor,
+    key_fingerprint,
+    key_path,
+    load_or_create_key,
+)
+from captures.units import parse_duration, parse_size
+
+log = logging.getLogger("loadtape.capture")
+
+META_KEY = "loadtape.capture"
+
+
+class _Chunks:
+    """The response stream callable: passes every chunk on unchanged, notes time and size."""
+
+    __slots__ = ("kept", "limit", "parts", "sizes", "times", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.times: list[float] = []
+        self.sizes: list[int] = []
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+        self.limit = limit
+
+    def __call__(self, data: bytes) -> bytes:
+        if data:
+            self.times.append(time.time())
+            n = len(data)
+            self.sizes.append(n)
+            self.total += n
+            if self.kept < self.limit:
+                piece = data if self.kept + n <= self.limit else data[: self.limit - self.kept]
+                self.parts.append(piece)
+                self.kept += len(piece)
+        return data
+
+
+def _bad(message: str) -> exceptions.OptionsError:
+    return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
+
+
+def _globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    pats = [p for p in patterns if p]
+    if not pats:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in pats), re.I)
+
+
+class CaptureAddon:
+    def __init__(self) -> None:
+        self.sink: CaptureSink | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._include_hosts: re.Pattern[str] | None = None
+        self._exclude_hosts: re.Pattern[str] | None = None
+        self._include_paths: re.Pattern[str] | None = None
+        self._exclude_paths: re.Pattern[str] | None = None
+        self._methods: frozenset[bytes] = frozenset()
+        self._body_limit = 4 << 20
+        self._dir: Path | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+
+    # -- options -------------------------------------------------------------------------------
+    def load(self, loader: Any) -> None:
+        add = loader.add_option
+        add("capture_dir", str | None, None, "Capture directory to write (created 0700).")
+        add("capture_body_limit", str, "4m", "Keep at most this much of each body (e.g. 64k, 4m).")
+        add("capture_flush_interval", str, "100ms", "fsync the journal at least this often.")
+        add(
+            "capture_session_key",
+            str,
+            "header:X-Session-Id,user,connection",
+            "Where a request's session key comes from, first match wins: header:NAME, user "
+            "(the OpenAI user field), connection (the client connection), none.",
+        )
+        add("capture_include_hosts", Sequence[str], [], "Only record these hosts (globs).")
+        add("capture_exclude_hosts", Sequence[str], [], "Never record these hosts (globs).")
+        add("capture_include_paths", Sequence[str], [], "Only record these paths (globs).")
+        add("capture_exclude_paths", Sequence[str], [], "Never record these paths (globs).")
+        add("capture_methods", Sequence[str], [], "Only record these methods.")
+        add("capture_redact", str, "on", "Redact secrets before writing: on or off.", ["on", "off"])
+        add(
+            "capture_allow_secrets",
+            bool,
+            False,
+            "Required together with capture_redact=off: store secrets in clear text.",
+        )
+        add("capture_redact_headers", Sequence[str], [], "More header names to redact.")
+        add("capture_redact_query", Sequence[str], [], "More query parameter names to redact.")
+        add("capture_redact_json_keys", Sequence[str], [], "More JSON body keys to redact.")
+        add(
+            "capture_redaction_key_file",
+            str | None,
+            None,
+            "Key for redaction markers (default ~/.config/loadtape/redaction.key, never in the "
+            "capture).",
+        )
+        add(
+            "capture_on_error",
+            str,
+            "continue",
+            "When the capture directory cannot be written: continue (traffic flows, loss is "
+            "counted and reported) or stop (shut the proxy down).",
+            ["continue", "stop"],
+        )
+        add("capture_queue_size", int, 10_000, "Records waiting for the writer before drops.")
+        add("capture_queue_bytes", str, "256m", "Bytes waiting for the writer before drops.")
+        add("capture_compaction", str, "process", "Where compaction runs.", ["process", "inline"])
+        add("capture_status_file", str | None, None, "Write live counters here (JSON).")
+
+    def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        try:
+            self._body_limit = parse_size(o.capture_body_limit)
+            flush = parse_duration(o.capture_flush_interval)
+            queue_bytes = parse_size(o.capture_queue_bytes)
+            sources = parse_session_sources(o.capture_session_key)
+        except ValueError as exc:
+            raise _bad(f"capture: {exc}") from None
+        if o.capture_redact == "off" and not o.capture_allow_secrets:
+            raise _bad(
+                "capture: capture_redact=off stores API keys and cookies in clear text; "
+                "set capture_allow_secrets=true as well if that is really wanted"
+            )
+        if o.capture_queue_size < 1:
+            raise _bad("capture: capture_queue_size must be >= 1")
+        self._include_hosts = _globs(o.capture_include_hosts)
+        self._exclude_hosts = _globs(o.capture_exclude_hosts)
+        self._include_paths = _globs(o.capture_include_paths)
+        self._exclude_paths = _globs(o.capture_exclude_paths)
+        self._methods = frozenset(m.upper().encode() for m in o.capture_methods)
+        if "capture_dir" not in updated or not o.capture_dir:
+            return
+        if self.sink is not None:
+            raise _bad("capture: capture_dir cannot change while capturing")
+        directory = Path(o.capture_dir).expanduser().resolve()
+        policy = RedactionPolicy.build(
+            enabled=o.capture_redact == "on",
+            extra_headers=o.capture_redact_headers,
+            extra_query=o.capture_redact_query,
+            extra_json_keys=o.capture_redact_json_keys,
+        )
+        kpath = key_path(o.capture_redaction_key_file)
+        if kpath.is_relative_to(directory):
+            raise _bad("capture: the redaction key must not live in the capture")
+        try:
+            key = load_or_create_key(kpath)
+            self.sink = CaptureSink(
+                directory,
+                Redactor(policy, key),
+                policy.describe(key_fingerprint(key)),
+                session_sources=sources,
+                body_limit=self._body_limit,
+                queue_records=o.capture_queue_size,
+                queue_bytes=queue_bytes,
+                flush_interval=flush,
+                on_error=o.capture_on_error,
+                status_file=Path(o.capture_status_file) if o.capture_status_file else None,
+                compaction=o.capture_compaction,
+                on_fatal=self._fatal,
+            )
+        except UserError as exc:
+            raise _bad(f"capture: {exc}") from None
+        except OSError as exc:
+            raise _bad(f"capture: cannot write to {directory}: {exc.strerror or exc}") from None
+        self._dir = directory
+        self.sink.start()
+        if getattr(o, "flow_detail", 0) > 0:
+            log.warning(
+                "capture: mitmdump prints every URL (flow_detail=%d), query secrets included; "
+                "use --set flow_detail=0 (loadtape capture does)",
+                o.flow_detail,
+            )
+        log.info("capture: recording into %s (redaction %s)", directory, o.capture_redact)
+
+    def running(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._listen_task = self._loop.create_task(self._report_listen_addrs())
+
+    async def _report_listen_addrs(self) -> None:
+        """Put the bound addresses in the status file (how `--listen HOST:0` learns its port)."""
+        server = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+        for _ in range(200):
+            addrs = server.listen_addrs() if server is not None else []
+            if addrs and self.sink is not None:
+                self.sink.listen = [[str(a[0]), int(a[1])] for a in addrs]
+                return
+            await asyncio.sleep(0.05)
+
+    def _fatal(self, reason: str) -> None:
+        """Called from the writer thread under capture_on_error=stop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(ctx.master.shutdown)
+
+    # -- traffic -------------------------------------------------------------------------------
+    def _wanted(self, req: http.Request) -> bool:
+        if self._methods and req.data.method.upper() not in self._methods:
+            return False
+        host = req.host
+        if self._include_hosts is not None and not self._include_hosts.fullmatch(host):
+            return False
+        if self._exclude_hosts is not None and self._exclude_hosts.fullmatch(host):
+            return False
+        if self._include_paths is not None or self._exclude_paths is not None:
+            path = req.path.partition("?")[0]
+            if self._include_paths is not None and not self._include_paths.fullmatch(path):
+                return False
+            if self._exclude_paths is not None and self._exclude_paths.fullmatch(path):
+                return False
+        return True
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        if not self._wanted(flow.request):
+            sink.stats.filtered += 1
+            return
+        sink.inflight += 1
+        flow.metadata[META_KEY] = sink.inflight
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if META_KEY in flow.metadata and flow.response is not None:
+            flow.response.stream = _Chunks(self._body_limit)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        sink = self.sink
+        inflight = flow.metadata.pop(META_KEY, None)
+        if sink is None or inflight is None:
+            return
+        sink.inflight -= 1
+        req = flow.request.data
+        snap = Snapshot(
+            conn_id=flow.client_conn.id,
+            inflight=inflight,
+            req_start=req.timestamp_start,
+            req_end=req.timestamp_end,
+            method=req.method,
+            scheme=req.scheme,
+            host=req.host,
+            port=req.port,
+            path=req.path,
+            http_version=req.http_version,
+            req_headers=req.headers.fields,
+            req_body=req.content,
+        )
+        resp = flow.response
+        if resp is not None:
+            rd = resp.data
+            snap.status = rd.status_code
+            snap.reason = rd.reason
+            snap.resp_headers = rd.headers.fields
+            snap.resp_start = rd.timestamp_start
+            snap.resp_end = rd.timestamp_end
+            chunks = resp.stream
+            if isinstance(chunks, _Chunks):
+                snap.chunk_times = chunks.times
+                snap.chunk_sizes = chunks.sizes
+                snap.resp_parts = chunks.parts
+                snap.resp_total = chunks.total
+            else:
+                snap.resp_body = rd.content
+            snap.websocket = rd.status_code == 101
+        if flow.error is not None:
+            snap.error = flow.error.msg
+        sink.offer(snap)
+
+    def done(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            s = self.sink.stats
+            log.info(
+                "capture: %d records (%d streamed, %d errors), %d dropped, %d lost, into %s",
+                s.records, s.streamed, s.errors, s.dropped, s.lost, self._dir,
+            )  # fmt: skip
+            self.sink = None
+
+
+addons = [CaptureAddon()]

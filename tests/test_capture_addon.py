@@ -1,0 +1,263 @@
+"""The capture addon at the unit level, with mitmproxy's own test helpers (taddons, tflow).
+
+Tests are async because taddons.context uses the running loop (it would leak a new one)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow
+
+from captures import llm
+from captures.reader import Capture
+from proxy_addons.capture import CaptureAddon, _Chunks
+from proxy_addons.sink import error_kind, parse_session_sources
+
+
+@pytest.fixture()
+def key_file(tmp_path: Path) -> Path:
+    return tmp_path / "keys" / "redaction.key"
+
+
+def configure(tctx: Any, addon: CaptureAddon, directory: Path, key_file: Path, **opts: Any) -> None:
+    tctx.configure(
+        addon,
+        capture_dir=str(directory),
+        capture_redaction_key_file=str(key_file),
+        capture_compaction="inline",
+        **opts,
+    )
+
+
+def chat_flow(
+    stream: bool, *, secret_header: str = "Bearer sk-test1234567890abcdefgh"
+) -> http.HTTPFlow:
+    body = json.dumps(
+        {
+            "model": "small",
+            "messages": [{"role": "user", "content": "hi there"}],
+            "stream": stream,
+            "max_tokens": 3,
+            "user": "tenant-a",
+        }
+    ).encode()
+    req = http.Request.make(
+        "POST",
+        "http://127.0.0.1:8000/v1/chat/completions?api_key=abc&x=1",
+        body,
+        {"Content-Type": "application/json", "authorization": secret_header, "X-Session-Id": "s-9"},
+    )
+    f = tflow.tflow(req=req)
+    f.request.timestamp_start = 1000.0
+    f.request.timestamp_end = 1000.001
+    return f
+
+
+def respond(
+    addon: CaptureAddon, f: http.HTTPFlow, chunks: list[bytes], ctype: str, **headers: str
+) -> None:
+    f.response = http.Response.make(200, b"", {"Content-Type": ctype, **headers})
+    f.response.timestamp_start = 1000.01
+    addon.responseheaders(f)
+    stream = f.response.stream
+    assert isinstance(stream, _Chunks)
+    for c in chunks:
+        assert stream(c) == c  # passed on unchanged
+    assert stream(b"") == b""
+    f.response.timestamp_end = 1000.2
+    addon.response(f)
+
+
+async def test_streamed_and_plain_flows_are_recorded(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file)
+        f1 = chat_flow(stream=True)
+        addon.requestheaders(f1)
+        events = [
+            llm.chat_chunk("r", "small", 0, role="assistant", content=""),
+            llm.chat_chunk("r", "small", 0, content="a"),
+            llm.chat_chunk("r", "small", 0, content="b"),
+            llm.chat_chunk("r", "small", 0, finish_reason="length"),
+            llm.chat_chunk(
+                "r",
+                "small",
+                0,
+                empty_choices=True,
+                usage={"prompt_tokens": 2, "completion_tokens": 2},
+            ),
+            llm.SSE_DONE,
+        ]
+        respond(addon, f1, events, "text/event-stream")
+        f2 = chat_flow(stream=False)
+        addon.requestheaders(f2)
+        plain = llm.chat_completion("r", "small", 0, "ab", prompt_tokens=2, completion_tokens=2)
+        respond(
+            addon, f2, [gzip.compress(plain)], "application/json", **{"Content-Encoding": "gzip"}
+        )
+        addon.done()
+    rows = Capture(tmp_path / "cap").records()
+    assert len(rows) == 2
+    s, p = sorted(rows, key=lambda r: r["stream"], reverse=True)
+    assert s["stream"] is True and s["chunk_sizes"] == [len(e) for e in events]
+    assert len(s["chunk_offsets_us"]) == 6 and s["resp_body"] == b"".join(events)
+    assert (s["finish_reason"], s["completion_tokens"], s["prompt_tokens"]) == ("length", 2, 2)
+    assert s["model"] == "small" and s["max_tokens"] == 3 and s["user"] == "tenant-a"
+    assert s["session_key"] == "s-9"
+    assert s["req_start_ns"] == 1_000_000_000_000 and s["resp_start_ns"] == 1_000_010_000_000
+    assert p["resp_content_encoding"] == "gzip" and gzip.decompress(p["resp_body"]) == plain
+    assert p["completion_tokens"] == 2
+    for r in rows:
+        assert r["path"] == "/v1/chat/completions"
+        assert "abc" not in (r["query"] or "") and r["query"].endswith("&x=1")
+        auth = dict(r["req_headers"])["authorization"]
+        assert auth.startswith("Bearer [REDACTED:authorization:") and "sk-test" not in auth
+        assert "query:api_key" in r["redacted"] and "req_headers:authorization" in r["redacted"]
+
+
+async def test_same_secret_same_marker_different_secret_different_marker(
+    tmp_path: Path, key_file: Path
+) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file)
+        for secret in (
+            "Bearer tenant-one-key-aaaa",
+            "Bearer tenant-one-key-aaaa",
+            "Bearer tenant-two-key-bbbb",
+        ):
+            f = chat_flow(False, secret_header=secret)
+            addon.requestheaders(f)
+            respond(addon, f, [b"{}"], "application/json")
+        addon.done()
+    auths = [dict(r["req_headers"])["authorization"] for r in Capture(tmp_path / "cap").records()]
+    assert auths[0] == auths[1] != auths[2]
+
+
+async def test_body_limit_keeps_prefix_and_full_size(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file, capture_body_limit="10")
+        f = tflow.tflow()
+        addon.requestheaders(f)
+        respond(addon, f, [b"0123456", b"789abcdef"], "text/plain")
+        addon.done()
+    (r,) = Capture(tmp_path / "cap").records()
+    assert (
+        r["resp_body"] == b"0123456789" and r["resp_body_size"] == 16 and r["resp_body_truncated"]
+    )
+    assert r["chunk_sizes"] == [7, 9]
+
+
+async def test_error_flow_is_recorded_with_kind(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file)
+        f = tflow.tflow(err=True)
+        f.error.msg = "Connect call failed ('127.0.0.1', 9)"  # type: ignore[union-attr]
+        addon.requestheaders(f)
+        addon.error(f)
+        addon.done()
+    (r,) = Capture(tmp_path / "cap").records()
+    assert r["status"] is None and r["error_kind"] == "upstream_refused"
+
+
+async def test_filters(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file,
+                  capture_include_paths=["/v1/*"], capture_methods=["POST"])  # fmt: skip
+        wanted, unwanted = chat_flow(False), tflow.tflow()  # tflow is GET /path
+        addon.requestheaders(wanted)
+        addon.requestheaders(unwanted)
+        respond(addon, wanted, [b"{}"], "application/json")
+        unwanted.response = http.Response.make(200, b"x")
+        addon.responseheaders(unwanted)
+        assert unwanted.response.stream is False  # not recorded: not even streamed through us
+        addon.response(unwanted)
+        assert addon.sink is not None and addon.sink.stats.filtered == 1
+        addon.done()
+    assert [r["path"] for r in Capture(tmp_path / "cap").records()] == ["/v1/chat/completions"]
+
+
+async def test_full_queue_drops_and_counts_instead_of_blocking(
+    tmp_path: Path, key_file: Path
+) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file, capture_queue_size=1)
+        sink = addon.sink
+        assert sink is not None
+        sink._thread = __import__("threading").Thread(target=lambda: None)  # writer not running
+        for _ in range(5):
+            f = chat_flow(False)
+            addon.requestheaders(f)
+            respond(addon, f, [b"{}"], "application/json")
+        assert sink.stats.dropped == 4
+        addon.sink = None
+        sink.writer.close()
+
+
+async def test_configure_rejects_bad_options(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="capture_allow_secrets"):
+            configure(tctx, addon, tmp_path / "a", key_file, capture_redact="off")
+        with pytest.raises(exceptions.OptionsError, match="bad size"):
+            configure(tctx, addon, tmp_path / "b", key_file, capture_body_limit="lots")
+        with pytest.raises(exceptions.OptionsError, match="session key source"):
+            configure(tctx, addon, tmp_path / "c", key_file, capture_session_key="cookie")
+        with pytest.raises(exceptions.OptionsError, match="must not live in the capture"):
+            configure(tctx, addon, tmp_path / "d", tmp_path / "d" / "k")
+
+
+async def test_redaction_off_needs_both_options(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(
+            tctx,
+            addon,
+            tmp_path / "cap",
+            key_file,
+            capture_redact="off",
+            capture_allow_secrets=True,
+        )
+        f = chat_flow(False)
+        addon.requestheaders(f)
+        respond(addon, f, [b"{}"], "application/json")
+        addon.done()
+    (r,) = Capture(tmp_path / "cap").records()
+    assert dict(r["req_headers"])["authorization"] == "Bearer sk-test1234567890abcdefgh"
+    assert json.loads(Capture(tmp_path / "cap").parts[0].redaction) == {"mode": "off"}
+
+
+async def test_key_file_is_private_and_outside(tmp_path: Path, key_file: Path) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file)
+        addon.done()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
+    key = key_file.read_bytes()
+    for p in (tmp_path / "cap").rglob("*"):
+        if p.is_file():
+            assert key not in p.read_bytes()
+
+
+def test_error_kinds_and_session_sources() -> None:
+    assert error_kind("Client disconnected.") == "client_abort"
+    assert error_kind("peer closed connection") == "upstream_reset"
+    assert error_kind("Connect call failed ('127.0.0.1', 1)") == "upstream_refused"
+    assert error_kind("Connection killed.") == "killed"
+    assert error_kind("TLS handshake failed") == "tls"
+    assert error_kind("something new") == "other"
+    assert parse_session_sources("header:X-A, user,connection") == [
+        ("header", "X-A"), ("user", ""), ("connection", ""),
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        parse_session_sources("header:")

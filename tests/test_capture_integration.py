@@ -1,0 +1,161 @@
+"""A real mitmdump with the capture addon in front of the mock gateway (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from captures.reader import Capture
+from proxy_addons.launch import CaptureConfig, CaptureProcess
+from replay.mock_gateway import ThreadedGateway, running_gateway
+
+
+def start_proxy(
+    tmp: Path, upstream: str | None, mode: str = "reverse", **options: str
+) -> CaptureProcess:
+    cfg = CaptureConfig(
+        out=tmp / "cap",
+        upstream=upstream,
+        mode=mode,
+        listen_port=0,
+        confdir=tmp / "mitmconf",
+        options={"capture_redaction_key_file": str(tmp / "key" / "redaction.key"), **options},
+    )
+    return CaptureProcess(cfg).start()
+
+
+def chat_body(stream: bool, n: int, tag: str) -> dict[str, Any]:
+    return {
+        "model": "small",
+        "messages": [{"role": "user", "content": f"request {tag}"}],
+        "stream": stream,
+        "max_tokens": n,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+async def test_reverse_mode_records_every_request(tmp_path: Path) -> None:
+    with running_gateway() as gw:
+        proc = start_proxy(tmp_path, gw.url)
+        try:
+            sent: dict[str, dict[str, Any]] = {}
+            conn = aiohttp.TCPConnector(limit=1)  # one keep-alive connection for all of these
+            async with aiohttp.ClientSession(proc.url, connector=conn) as s:
+                for i, stream in enumerate([False, True, False, True]):
+                    tag = f"ka{i}"
+                    async with s.post(
+                        "/v1/chat/completions",
+                        json=chat_body(stream, 5, tag),
+                        headers={"X-Tag": tag},
+                    ) as r:
+                        sent[tag] = {"status": r.status, "body": await r.read(), "stream": stream}
+                gz_headers = {"X-Tag": "gz", "Accept-Encoding": "gzip"}
+                async with s.get(
+                    "/echo/big?size=3000&gzip=1", headers=gz_headers, auto_decompress=False
+                ) as r:
+                    assert r.headers["Content-Encoding"] == "gzip"
+                    sent["gz"] = {"status": r.status, "body": await r.read(), "stream": False}
+            # A client that aborts mid-stream.
+            async with aiohttp.ClientSession(proc.url) as s:
+                r = await s.post(
+                    "/v1/chat/completions",
+                    json=chat_body(True, 300, "abort"),
+                    headers={"X-Tag": "abort"},
+                )
+                await r.content.readany()
+                r.close()
+                await asyncio.sleep(0.5)
+            final = proc.stop()
+        finally:
+            proc.kill()
+    assert final is not None and final["done"] and final["dropped"] == 0 and final["lost"] == 0
+    rows = Capture(tmp_path / "cap").records()
+    by_tag = {dict(r["req_headers"]).get("X-Tag"): r for r in rows}
+    assert set(by_tag) == {*sent, "abort"}
+    assert len({by_tag[f"ka{i}"]["conn_id"] for i in range(4)}) == 1, "keep-alive: one connection"
+    for tag, want in sent.items():
+        row = by_tag[tag]
+        assert row["status"] == want["status"] == 200
+        assert row["resp_body"] == want["body"], tag
+        assert sum(row["chunk_sizes"]) == len(want["body"])
+        assert row["error_kind"] is None
+        if want["stream"]:
+            # role + 5 tokens + finish + usage + [DONE]: tokens come ~4 ms apart, so at least one
+            # chunk per token; the last events may arrive together.
+            assert 6 <= len(row["chunk_sizes"]) <= 9, row["chunk_sizes"]
+            assert row["completion_tokens"] == 5 and row["finish_reason"] == "length"
+            assert row["chunk_offsets_us"] == sorted(row["chunk_offsets_us"])
+        elif tag.startswith("ka"):
+            assert json.loads(row["resp_body"])["usage"]["completion_tokens"] == 5
+            assert row["req_body"] == json.dumps(chat_body(False, 5, tag)).encode()
+    gz = by_tag["gz"]
+    assert gz["resp_content_encoding"] == "gzip" and gzip.decompress(gz["resp_body"]) == b"x" * 3000
+    ab = by_tag["abort"]
+    assert ab["error_kind"] == "client_abort", (ab["error_kind"], ab["error_message"])
+    assert ab["status"] == 200 and 1 <= len(ab["chunk_sizes"]) < 300
+    starts = [r["req_start_ns"] for r in rows]
+    assert starts == sorted(starts)
+
+
+async def test_upstream_refused_is_an_error_row(tmp_path: Path) -> None:
+    proc = start_proxy(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    try:
+        async with aiohttp.ClientSession(proc.url) as s, s.get("/v1/models") as r:
+            assert r.status == 502
+        final = proc.stop()
+    finally:
+        proc.kill()
+    assert final is not None and final["errors"] == 1
+    (row,) = Capture(tmp_path / "cap").records()
+    assert row["status"] is None and row["error_kind"] == "upstream_refused", row["error_message"]
+
+
+async def test_regular_proxy_mode_http_and_https(
+    tmp_path: Path, server_ssl: ssl.SSLContext
+) -> None:
+    with running_gateway() as plain, running_gateway(ssl_context=server_ssl) as tls:
+        assert tls.url.startswith("https://")
+        proc = start_proxy(tmp_path, None, mode="regular", ssl_insecure="true")
+        try:
+            client_ssl = ssl.create_default_context(cafile=str(proc.ca_cert()))
+            async with aiohttp.ClientSession() as s:
+                for gw, name in ((plain, "http"), (tls, "https")):
+                    for stream in (False, True):
+                        async with s.post(
+                            f"{gw.url}/v1/chat/completions",
+                            json=chat_body(stream, 3, name),
+                            proxy=proc.url,
+                            ssl=client_ssl if name == "https" else None,
+                        ) as r:
+                            assert r.status == 200
+                            await r.read()
+            final = proc.stop()
+        finally:
+            proc.kill()
+    assert final is not None and final["records"] == 4
+    rows = Capture(tmp_path / "cap").records()
+    assert sorted((r["scheme"], bool(r["stream"])) for r in rows) == [
+        ("http", False), ("http", True), ("https", False), ("https", True),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["status"] == 200 and r["completion_tokens"] == 3
+        assert r["port"] in (plain.gateway.port, tls.gateway.port)
+
+
+def _gw_stats(gw: ThreadedGateway) -> int:
+    return gw.stats.completed
