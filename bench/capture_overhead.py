@@ -7,6 +7,11 @@ proxy is what saturates.
 
 - throughput: wrk -c 32 closed loop, req/s, for two workloads: small JSON GETs and streamed chat
   completions (SSE, ~10 chunks each);
+- peers: bare mitmdump (which buffers whole bodies, SSE streams included, so its clients see no
+  token until the stream ends) and mitmdump with stream_large_bodies=1 (streams every body, as a
+  proxy in front of an LLM gateway must);
+- CPU per request of the proxy process (all its threads, plus its children: the compactor),
+  from /proc/PID/stat around the throughput run: steadier than req/s on a shared machine;
 - added latency: wrk -c 1 (one request at a time, no queueing), p50 and p99.
 
 Goal (issue 3): >= 0.95x throughput, <= 0.2 ms added at p50.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -66,7 +72,7 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def start_proxy(upstream: str, with_addon: bool, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_proxy(upstream: str, mode: str, work: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     args = [
         str(BIN / "mitmdump"), "--mode", f"reverse:{upstream}",
@@ -74,7 +80,9 @@ def start_proxy(upstream: str, with_addon: bool, work: Path) -> tuple[subprocess
         "--set", "flow_detail=0", "--set", "termlog_verbosity=warn",
         "--set", "connection_strategy=lazy",
     ]  # fmt: skip
-    if with_addon:
+    if mode == "bare-streaming":
+        args += ["--set", "stream_large_bodies=1"]  # mitmdump streaming every body, no addon
+    if mode == "addon":
         cap = Path(tempfile.mkdtemp(dir=work))
         args += ["-s", str(ADDON), "--set", f"capture_dir={cap / 'cap'}",
                  "--set", f"capture_redaction_key_file={work / 'key'}"]  # fmt: skip
@@ -93,6 +101,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / _TCK
 
 
 def wrk(url: str, conns: int, seconds: float, script: Path | None) -> dict[str, float]:
@@ -107,7 +123,8 @@ def wrk(url: str, conns: int, seconds: float, script: Path | None) -> dict[str, 
         assert m, out
         lat[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, **lat, "non_2xx": float(errors.group(1)) if errors else 0.0}
+    n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, **lat, "requests": n, "non_2xx": float(errors.group(1)) if errors else 0.0}
 
 
 def main() -> None:
@@ -134,40 +151,53 @@ def main() -> None:
             "json_get": ("/echo/x?size=256", None),
             "sse_chat": ("/v1/chat/completions", lua),
         }
+        modes = ("bare", "bare-streaming", "addon")
         for name, (path, script) in workloads.items():
-            results[name] = {"bare": [], "addon": []}
+            results[name] = {m: [] for m in modes}
             for rnd in range(args.rounds):
-                for mode in ("bare", "addon") if rnd % 2 == 0 else ("addon", "bare"):
-                    proc, port = start_proxy(upstream, mode == "addon", work)
+                order = modes[rnd % 3 :] + modes[: rnd % 3]  # rotate: no mode always goes first
+                for mode in order:
+                    proc, port = start_proxy(upstream, mode, work)
                     try:
                         url = f"http://127.0.0.1:{port}{path}"
                         wrk(url, 4, 1.0, script)  # warm up
+                        c0 = cpu_seconds(proc.pid)
                         thr = wrk(url, 32, args.seconds, script)
+                        cpu_us = (cpu_seconds(proc.pid) - c0) / thr["requests"] * 1e6
                         lat = wrk(url, 1, args.seconds / 2, script)
                     finally:
                         stop(proc)
                     results[name][mode].append(
-                        {"rps": thr["rps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
-                         "non_2xx": thr["non_2xx"] + lat["non_2xx"]}
+                        {"rps": thr["rps"], "cpu_us_per_req": cpu_us, "p50_ms": lat["p50_ms"],
+                         "p99_ms": lat["p99_ms"], "non_2xx": thr["non_2xx"] + lat["non_2xx"]}
                     )  # fmt: skip
-                    print(f"{name:9} round {rnd} {mode:5}: {thr['rps']:7.0f} req/s  "
+                    print(f"{name:9} round {rnd} {mode:14}: {thr['rps']:7.0f} req/s  "
+                          f"{cpu_us:6.0f} us CPU/req  "
                           f"1-conn p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms",
                           flush=True)  # fmt: skip
         print()
-        summary = {}
-        for name, modes in results.items():
+        summary: dict[str, dict[str, object]] = {}
+        for name, by_mode in results.items():
             med = {
                 m: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                for m, runs in modes.items()
+                for m, runs in by_mode.items()
             }
-            ratio = med["addon"]["rps"] / med["bare"]["rps"]
-            d50 = med["addon"]["p50_ms"] - med["bare"]["p50_ms"]
-            d99 = med["addon"]["p99_ms"] - med["bare"]["p99_ms"]
-            summary[name] = {"bare": med["bare"], "addon": med["addon"], "throughput_ratio": ratio,
-                             "added_p50_ms": d50, "added_p99_ms": d99}  # fmt: skip
-            print(f"{name:9} medians: bare {med['bare']['rps']:.0f} req/s, addon "
-                  f"{med['addon']['rps']:.0f} req/s -> {ratio:.3f}x; added latency p50 "
-                  f"{d50:+.3f} ms, p99 {d99:+.3f} ms")  # fmt: skip
+            summary[name] = {"medians": med}
+            a = med["addon"]
+            for peer in ("bare", "bare-streaming"):
+                b = med[peer]
+                cmp = {
+                    "throughput_ratio": a["rps"] / b["rps"],
+                    "cpu_ratio": b["cpu_us_per_req"] / a["cpu_us_per_req"],
+                    "added_p50_ms": a["p50_ms"] - b["p50_ms"],
+                    "added_p99_ms": a["p99_ms"] - b["p99_ms"],
+                }
+                summary[name][f"vs_{peer}"] = cmp
+                print(f"{name:9} addon vs {peer:14}: {a['rps']:5.0f} vs {b['rps']:5.0f} req/s "
+                      f"-> {cmp['throughput_ratio']:.3f}x; CPU/req {a['cpu_us_per_req']:.0f} vs "
+                      f"{b['cpu_us_per_req']:.0f} us -> {cmp['cpu_ratio']:.3f}x; added latency "
+                      f"p50 {cmp['added_p50_ms']:+.3f} ms, "
+                      f"p99 {cmp['added_p99_ms']:+.3f} ms")  # fmt: skip
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "capture_overhead.json").write_text(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_DECODED = 64 << 20  # never inflate a body beyond this for parsing
+SSE_TAIL = 8192  # bytes at the end of an SSE body that hold the finish and usage events
 
 
 @dataclass
@@ -27,7 +28,6 @@ class ResponseFields:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     model: str | None = None
-    content_events: int = 0
 
 
 def decode_body(body: bytes | None, content_encoding: str | None) -> bytes | None:
@@ -68,14 +68,19 @@ def _text_len(content: Any) -> int:
 
 
 def parse_request(body: bytes | None, content_encoding: str | None = None) -> RequestFields:
-    out = RequestFields()
     raw = decode_body(body, content_encoding)
     if not raw or raw[:1] not in (b"{", b" ", b"\n", b"\r", b"\t"):
-        return out
+        return RequestFields()
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return out
+        return RequestFields()
+    return request_fields(obj)
+
+
+def request_fields(obj: Any) -> RequestFields:
+    """The LLM fields of an already parsed request body."""
+    out = RequestFields()
     if not isinstance(obj, dict):
         return out
     if isinstance(obj.get("model"), str):
@@ -124,16 +129,8 @@ def _apply_obj(out: ResponseFields, obj: dict[str, Any]) -> None:
     choices = obj.get("choices")
     if isinstance(choices, list):
         for ch in choices:
-            if not isinstance(ch, dict):
-                continue
-            if isinstance(ch.get("finish_reason"), str):
+            if isinstance(ch, dict) and isinstance(ch.get("finish_reason"), str):
                 out.finish_reason = ch["finish_reason"]
-            delta = ch.get("delta")
-            has_delta = isinstance(delta, dict) and bool(
-                delta.get("content") or delta.get("reasoning_content")
-            )
-            if has_delta or (isinstance(ch.get("text"), str) and ch["text"]):
-                out.content_events += 1
     usage = obj.get("usage")
     if isinstance(usage, dict):
         out.prompt_tokens = _int(usage.get("prompt_tokens"))
@@ -153,6 +150,10 @@ def parse_response(
     except UnicodeDecodeError:
         return out
     if "text/event-stream" in ctype or text.startswith("data:"):
+        # finish_reason and usage come in the last events: parse only the tail of long streams.
+        if len(text) > SSE_TAIL:
+            cut = text.find("\n\n", len(text) - SSE_TAIL)
+            text = text[cut + 2 :] if cut >= 0 else text[-SSE_TAIL:]
         for data in iter_sse_data(text):
             if data.strip() == "[DONE]":
                 continue

@@ -59,6 +59,7 @@ _BYTES_PATTERNS = tuple(
 MARKER_RE = re.compile(r"\[REDACTED:[a-z_\-]+:[0-9a-f]{8}\]")
 
 DEFAULT_KEY_FILE = Path("~/.config/loadtape/redaction.key")
+_UNPARSED: Any = object()
 
 
 @dataclass(frozen=True)
@@ -221,20 +222,21 @@ class Redactor:
         content_type: str | None,
         where: str,
         notes: list[str],
+        *,
+        decoded: Decoded | None = None,
     ) -> bytes | None:
-        """Redact a body as sent (re-encoded the same way); None if it cannot be inspected."""
+        """Redact a body as sent (re-encoded the same way); None if it cannot be inspected.
+
+        `decoded` (from `decode_and_parse`) saves decoding and parsing a body twice."""
         if not body or not self.policy.enabled:
             return body
         enc = (content_encoding or "").strip().lower()
-        if enc in ("", "identity"):
-            plain = body
-        else:
-            try:
-                plain = _decode(body, enc)
-            except Exception:
-                notes.append(f"{where}:undecodable")
-                return None
-        red = self.plain_body(plain, content_type, where, notes)
+        d = decoded or decode_and_parse(body, content_encoding, content_type)
+        if d.plain is None:
+            notes.append(f"{where}:undecodable")
+            return None
+        plain = d.plain
+        red = self.plain_body(plain, content_type, where, notes, obj=d.obj)
         if red is plain:
             return body
         if enc in ("", "identity"):
@@ -246,17 +248,19 @@ class Redactor:
             return None
 
     def plain_body(
-        self, plain: bytes, content_type: str | None, where: str, notes: list[str]
+        self,
+        plain: bytes,
+        content_type: str | None,
+        where: str,
+        notes: list[str],
+        *,
+        obj: Any = _UNPARSED,
     ) -> bytes:
         """Redact decoded bytes. Returns the same object when nothing changed."""
-        ctype = (content_type or "").lower()
-        first = plain.lstrip()[:1]
-        if "json" in ctype or first in (b"{", b"["):
-            try:
-                obj = json.loads(plain)
-            except (ValueError, UnicodeDecodeError):
-                obj = _NOT_JSON
-            if obj is not _NOT_JSON:
+        if obj is _UNPARSED:
+            obj = parse_json(plain, content_type)
+        if obj is not NOT_JSON or looks_like_json(plain, content_type):
+            if obj is not NOT_JSON:
                 hits: list[str] = []
                 new = self._walk(obj, "$", hits)
                 if hits:
@@ -313,7 +317,41 @@ class Redactor:
         return pat.sub(sub, raw)
 
 
-_NOT_JSON = object()
+NOT_JSON: Any = object()  # parse_json's answer for a body that is not (complete) JSON
+
+
+def looks_like_json(plain: bytes, content_type: str | None) -> bool:
+    return "json" in (content_type or "").lower() or plain.lstrip()[:1] in (b"{", b"[")
+
+
+def parse_json(plain: bytes, content_type: str | None) -> Any:
+    if not looks_like_json(plain, content_type):
+        return NOT_JSON
+    try:
+        return json.loads(plain)
+    except (ValueError, UnicodeDecodeError):
+        return NOT_JSON
+
+
+@dataclass
+class Decoded:
+    plain: bytes | None  # None: the content encoding could not be undone
+    obj: Any  # the parsed JSON, or NOT_JSON
+
+
+def decode_and_parse(
+    body: bytes, content_encoding: str | None, content_type: str | None
+) -> Decoded:
+    """Undo the content encoding (gzip, deflate, br, zstd) and parse JSON, once."""
+    enc = (content_encoding or "").strip().lower()
+    if enc in ("", "identity"):
+        plain = body
+    else:
+        try:
+            plain = _decode(body, enc)
+        except Exception:
+            return Decoded(None, NOT_JSON)
+    return Decoded(plain, parse_json(plain, content_type))
 
 
 def _kindsafe(name: str) -> str:

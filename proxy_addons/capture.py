@@ -5,12 +5,15 @@
 
 or `loadtape capture --upstream http://127.0.0.1:8000 --out DIR`.
 
-Every response is streamed through (`flow.response.stream` is a callable that notes each chunk's
-arrival time and size and keeps the body up to the body limit), so the proxy adds no buffering
-delay to SSE streams. Chunk times are when mitmproxy handled each chunk; `proxy_inflight` records
-how many flows were in flight when the request started, so a reader can tell when the proxy itself
-was busy. The hooks only build a small snapshot; redaction, encoding and disk I/O happen on the
-writer thread (proxy_addons/sink.py), compaction in a child process.
+Streamed responses (SSE, bodies of unknown length, bodies above `capture_stream_above`) go through
+a callable set as `flow.response.stream` that notes each chunk's arrival time and size and keeps
+the body up to the body limit, so the proxy adds no buffering delay to token streams. Small bodies
+of known length are buffered as bare mitmdump does (streaming costs mitmproxy per-chunk events;
+measured, it was most of the addon's cost) and recorded as one chunk at the response end;
+`capture_stream=all` streams everything. Chunk times are when mitmproxy handled each chunk;
+`proxy_inflight` records how many flows were in flight when the request started, so a reader can
+tell when the proxy itself was busy. The hooks only build a small snapshot; redaction, encoding
+and disk I/O happen on the writer thread (proxy_addons/sink.py), compaction in a child process.
 """
 
 from __future__ import annotations
@@ -28,19 +31,15 @@ from mitmproxy import ctx, exceptions, http
 
 try:  # loaded by mitmdump -s as a file: make sure the package import works either way
     from proxy_addons.sink import CaptureSink, Snapshot, parse_session_sources
+    from proxy_addons.worker import SinkConfig, WorkerClient
 except ImportError:  # pragma: no cover - loadtape not installed in mitmdump's environment
     raise ImportError(
         "the loadtape capture addon needs loadtape installed in mitmdump's Python environment"
     ) from None
 
+from captures import store
 from captures.errors import UserError
-from captures.redact import (
-    RedactionPolicy,
-    Redactor,
-    key_fingerprint,
-    key_path,
-    load_or_create_key,
-)
+from captures.redact import key_path, load_or_create_key
 from captures.units import parse_duration, parse_size
 
 log = logging.getLogger("loadtape.capture")
@@ -87,7 +86,7 @@ def _globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
 
 class CaptureAddon:
     def __init__(self) -> None:
-        self.sink: CaptureSink | None = None
+        self.sink: CaptureSink | WorkerClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._include_hosts: re.Pattern[str] | None = None
         self._exclude_hosts: re.Pattern[str] | None = None
@@ -95,6 +94,7 @@ class CaptureAddon:
         self._exclude_paths: re.Pattern[str] | None = None
         self._methods: frozenset[bytes] = frozenset()
         self._body_limit = 4 << 20
+        self._stream_above = 256 << 10
         self._dir: Path | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -143,13 +143,39 @@ class CaptureAddon:
         )
         add("capture_queue_size", int, 10_000, "Records waiting for the writer before drops.")
         add("capture_queue_bytes", str, "256m", "Bytes waiting for the writer before drops.")
-        add("capture_compaction", str, "process", "Where compaction runs.", ["process", "inline"])
+        add(
+            "capture_writer",
+            str,
+            "process",
+            "Where records are built and written: process (a worker process, off the proxy's "
+            "GIL) or thread (a thread inside the proxy).",
+            ["process", "thread"],
+        )
+        add(
+            "capture_compaction",
+            str,
+            "process",
+            "With capture_writer=thread, where compaction runs.",
+            ["process", "inline"],
+        )
         add("capture_status_file", str | None, None, "Write live counters here (JSON).")
+        add(
+            "capture_stream",
+            str,
+            "auto",
+            "Which responses to stream through with per-chunk timing: auto (SSE, unknown length, "
+            "or larger than capture_stream_above) or all.",
+            ["auto", "all"],
+        )
+        add("capture_stream_above", str, "256k", "In auto mode, stream bodies larger than this.")
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
         try:
             self._body_limit = parse_size(o.capture_body_limit)
+            self._stream_above = (
+                -1 if o.capture_stream == "all" else parse_size(o.capture_stream_above)
+            )
             flush = parse_duration(o.capture_flush_interval)
             queue_bytes = parse_size(o.capture_queue_bytes)
             sources = parse_session_sources(o.capture_session_key)
@@ -172,31 +198,31 @@ class CaptureAddon:
         if self.sink is not None:
             raise _bad("capture: capture_dir cannot change while capturing")
         directory = Path(o.capture_dir).expanduser().resolve()
-        policy = RedactionPolicy.build(
-            enabled=o.capture_redact == "on",
-            extra_headers=o.capture_redact_headers,
-            extra_query=o.capture_redact_query,
-            extra_json_keys=o.capture_redact_json_keys,
-        )
         kpath = key_path(o.capture_redaction_key_file)
         if kpath.is_relative_to(directory):
             raise _bad("capture: the redaction key must not live in the capture")
+        config = SinkConfig(
+            directory=str(directory),
+            key_file=str(kpath),
+            redact=o.capture_redact == "on",
+            extra_headers=list(o.capture_redact_headers),
+            extra_query=list(o.capture_redact_query),
+            extra_json_keys=list(o.capture_redact_json_keys),
+            session_sources=[list(x) for x in sources],
+            body_limit=self._body_limit,
+            queue_records=o.capture_queue_size,
+            queue_bytes=queue_bytes,
+            flush_interval=flush,
+            on_error=o.capture_on_error,
+            status_file=o.capture_status_file,
+        )
         try:
-            key = load_or_create_key(kpath)
-            self.sink = CaptureSink(
-                directory,
-                Redactor(policy, key),
-                policy.describe(key_fingerprint(key)),
-                session_sources=sources,
-                body_limit=self._body_limit,
-                queue_records=o.capture_queue_size,
-                queue_bytes=queue_bytes,
-                flush_interval=flush,
-                on_error=o.capture_on_error,
-                status_file=Path(o.capture_status_file) if o.capture_status_file else None,
-                compaction=o.capture_compaction,
-                on_fatal=self._fatal,
-            )
+            load_or_create_key(kpath)  # fail here, with a clear message, not in the worker
+            store.ensure_capture(directory)
+            if o.capture_writer == "process":
+                self.sink = WorkerClient(config, on_fatal=self._fatal)
+            else:
+                self.sink = config.build(compaction=o.capture_compaction, on_fatal=self._fatal)
         except UserError as exc:
             raise _bad(f"capture: {exc}") from None
         except OSError as exc:
@@ -259,8 +285,19 @@ class CaptureAddon:
         flow.metadata[META_KEY] = sink.inflight
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if META_KEY in flow.metadata and flow.response is not None:
-            flow.response.stream = _Chunks(self._body_limit)
+        resp = flow.response
+        if META_KEY not in flow.metadata or resp is None:
+            return
+        if self._stream_above >= 0:
+            headers = resp.headers
+            length = headers.get("content-length", "")
+            if (
+                "event-stream" not in headers.get("content-type", "")
+                and length.isdigit()
+                and int(length) <= self._stream_above
+            ):
+                return  # small, known length: let mitmproxy buffer it, as bare mitmdump does
+        resp.stream = _Chunks(self._body_limit)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._record(flow)

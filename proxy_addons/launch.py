@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -166,11 +167,16 @@ class CaptureProcess:
                 self.kill()
         return self.status()
 
-    def kill(self) -> None:
-        """kill -9 (crash tests)."""
-        if self.proc is not None and self.proc.poll() is None:
+    def kill(self, *, group: bool = False) -> None:
+        """kill -9 of the proxy, or with group=True of the proxy and its capture worker."""
+        if self.proc is None:
+            return
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: pgid == pid
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
 
     def __enter__(self) -> CaptureProcess:
         return self.start()

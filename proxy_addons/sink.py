@@ -13,10 +13,10 @@ resumes); "stop" asks the proxy to shut down instead.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from captures import llm
-from captures.redact import Redactor
+from captures.redact import Redactor, decode_and_parse
 from captures.schema import Headers, Record, headers_get
 from captures.writer import CaptureWriter
 
@@ -83,6 +83,7 @@ class Stats:
     not_replayable: int = 0
     write_error: str | None = None
     writer_notes: list[str] = field(default_factory=list)
+    writer_cpu_s: float = 0.0  # CPU time the writer thread used (what recording costs the proxy)
 
 
 def _h(s: bytes) -> str:
@@ -173,9 +174,13 @@ class CaptureSink:
         self.stats = Stats()
         self.inflight = 0
         self.listen: list[list[Any]] = []  # the proxy's bound addresses, once known
-        self._q: queue.Queue[Snapshot | None] = queue.Queue(maxsize=queue_records)
-        self._queued_bytes = 0
-        self._bytes_lock = threading.Lock()
+        self.proxy_dropped = 0  # dropped before reaching this sink (worker mode: in the proxy)
+        self.queue_records = queue_records
+        self.poll_interval = min(flush_interval / 2, 0.02)
+        self._dq: collections.deque[Snapshot] = collections.deque()
+        self._bytes_in = 0  # updated by the event loop only
+        self._bytes_out = 0  # updated by the writer thread only
+        self._stop = threading.Event()
         self.writer = CaptureWriter(
             directory, redaction=redaction_meta, sync_interval=flush_interval, compaction=compaction
         )
@@ -191,18 +196,19 @@ class CaptureSink:
 
     # -- event-loop side -----------------------------------------------------------------------
     def offer(self, snap: Snapshot) -> bool:
-        """Queue a snapshot without blocking; False (and counted) if there is no room."""
+        """Queue a snapshot without blocking or waking anyone; False (and counted) if full.
+
+        The writer thread polls the deque: waking it for every flow would make the event loop
+        hand over the GIL once per flow, which measured as a larger cost than the work itself."""
         n = snap.nbytes()
-        if self._queued_bytes + n > self.queue_bytes:
+        if (
+            len(self._dq) >= self.queue_records
+            or self._bytes_in - self._bytes_out + n > self.queue_bytes
+        ):
             self.stats.dropped += 1
             return False
-        try:
-            self._q.put_nowait(snap)
-        except queue.Full:
-            self.stats.dropped += 1
-            return False
-        with self._bytes_lock:
-            self._queued_bytes += n
+        self._dq.append(snap)  # deque.append is atomic
+        self._bytes_in += n  # written by this thread only
         return True
 
     # -- writer thread -------------------------------------------------------------------------
@@ -210,40 +216,35 @@ class CaptureSink:
         self._thread.start()
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch: list[Snapshot] = []
-            try:
-                item = self._q.get(timeout=self.flush_interval)
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-                    while len(batch) < 512:
-                        item = self._q.get_nowait()
-                        if item is None:
-                            stop = True
-                            break
-                        batch.append(item)
-            except queue.Empty:
-                pass
-            if batch:
-                with self._bytes_lock:
-                    self._queued_bytes -= sum(s.nbytes() for s in batch)
-                records = []
-                for snap in batch:
-                    try:
-                        records.append(self.build(snap))
-                    except Exception as exc:  # a record we cannot build must not stop capture
-                        self.stats.lost += 1
-                        log.warning(
-                            "capture: could not record a flow: %s: %s", type(exc).__name__, exc
-                        )
-                self._write(records)
-            else:
-                self._write([])
+        while True:
+            stopping = self._stop.wait(self.poll_interval)
+            while True:
+                batch = [self._dq.popleft() for _ in range(min(len(self._dq), 1024))]
+                if not batch:
+                    break
+                self._bytes_out += sum(s.nbytes() for s in batch)
+                self._write(self._build_all(batch))
+            self._write([])  # tick: fsync when due, seal old segments, retry after failures
+            self.stats.writer_cpu_s = time.thread_time()
             self._maybe_status()
+            if stopping and not self._dq:
+                break
         self._close_writer()
+
+    def _build_all(self, batch: list[Snapshot]) -> list[Record]:
+        records = []
+        yielded = time.perf_counter()
+        for snap in batch:
+            try:
+                records.append(self.build(snap))
+            except Exception as exc:  # a record we cannot build must not stop capture
+                self.stats.lost += 1
+                log.warning("capture: could not record a flow: %s: %s", type(exc).__name__, exc)
+            now = time.perf_counter()
+            if now - yielded > 0.0005:
+                time.sleep(0)  # let the proxy's event loop have the GIL: it comes first
+                yielded = now
+        return records
 
     def _write(self, records: list[Record]) -> None:
         lost_before = self.writer.lost
@@ -318,7 +319,7 @@ class CaptureSink:
             "records": s.records,
             "streamed": s.streamed,
             "errors": s.errors,
-            "dropped": s.dropped,
+            "dropped": s.dropped + self.proxy_dropped,
             "lost": s.lost,
             "filtered": s.filtered,
             "not_replayable": s.not_replayable,
@@ -326,6 +327,7 @@ class CaptureSink:
             "inflight": self.inflight,
             "pending": self.writer.pending_records,
             "parts": self.writer.parts_written,
+            "writer_cpu_s": round(s.writer_cpu_s, 3),
             "write_error": s.write_error,
             "notes": s.writer_notes,
             "done": self._stopped,
@@ -361,7 +363,7 @@ class CaptureSink:
             if not self._stopped:
                 self._close_writer()
             return
-        self._q.put(None)
+        self._stop.set()
         self._thread.join(timeout)
 
     # -- building records (writer thread) ------------------------------------------------------
@@ -376,9 +378,14 @@ class CaptureSink:
         req_ce = req_map.get("content-encoding")
         raw_req = s.req_body
         req_size = len(raw_req) if raw_req is not None else 0
-        # Parse and redact the whole request body, then cut it to the body limit.
-        fields = llm.parse_request(raw_req, req_ce)
-        req_body = red.body(raw_req, req_ce, req_ct, "req_body", notes)
+        # Decode and parse the whole request body once (LLM fields and redaction share it),
+        # redact it, then cut it to the body limit.
+        if raw_req:
+            decoded = decode_and_parse(raw_req, req_ce, req_ct)
+            fields = llm.request_fields(decoded.obj)
+            req_body = red.body(raw_req, req_ce, req_ct, "req_body", notes, decoded=decoded)
+        else:
+            fields, req_body = llm.RequestFields(), raw_req
         req_trunc = False
         if req_body is not None and len(req_body) > self.body_limit:
             req_body, req_trunc = req_body[: self.body_limit], True

@@ -15,8 +15,9 @@ from mitmproxy.test import taddons, tflow
 
 from captures import llm
 from captures.reader import Capture
+from captures.redact import RedactionPolicy, Redactor
 from proxy_addons.capture import CaptureAddon, _Chunks
-from proxy_addons.sink import error_kind, parse_session_sources
+from proxy_addons.sink import CaptureSink, Snapshot, error_kind, parse_session_sources
 
 
 @pytest.fixture()
@@ -25,12 +26,12 @@ def key_file(tmp_path: Path) -> Path:
 
 
 def configure(tctx: Any, addon: CaptureAddon, directory: Path, key_file: Path, **opts: Any) -> None:
+    settings = {"capture_writer": "thread", "capture_compaction": "inline", "capture_stream": "all"}
     tctx.configure(
         addon,
         capture_dir=str(directory),
         capture_redaction_key_file=str(key_file),
-        capture_compaction="inline",
-        **opts,
+        **{**settings, **opts},
     )
 
 
@@ -120,6 +121,42 @@ async def test_streamed_and_plain_flows_are_recorded(tmp_path: Path, key_file: P
         assert "query:api_key" in r["redacted"] and "req_headers:authorization" in r["redacted"]
 
 
+async def test_auto_streaming_streams_sse_and_big_bodies_and_buffers_small_ones(
+    tmp_path: Path, key_file: Path
+) -> None:
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file, capture_stream="auto",
+                  capture_stream_above="1k")  # fmt: skip
+        cases = {
+            "sse": ({"Content-Type": "text/event-stream"}, b"data: x\n\n", True),
+            "small": ({"Content-Type": "application/json"}, b"{}", False),
+            "big": ({"Content-Type": "application/json"}, b"[" + b"1," * 1000 + b"1]", True),
+            "chunked": ({"Transfer-Encoding": "chunked"}, b"", True),
+        }
+        for name, (headers, body, want_stream) in cases.items():
+            f = tflow.tflow()
+            f.request.path = f"/{name}"
+            addon.requestheaders(f)
+            f.response = http.Response.make(200, body, headers)
+            if name == "chunked":
+                f.response.headers.pop("content-length", None)
+            f.response.timestamp_start, f.response.timestamp_end = 1000.0, 1000.5
+            addon.responseheaders(f)
+            assert isinstance(f.response.stream, _Chunks) is want_stream, name
+            if want_stream:
+                assert f.response.stream(body) == body
+                f.response.stream(b"")
+                f.response.content = None
+            addon.response(f)
+        addon.done()
+    rows = {r["path"]: r for r in Capture(tmp_path / "cap").records()}
+    small = rows["/small"]
+    assert small["resp_body"] == b"{}" and small["chunk_sizes"] == [2]
+    assert small["chunk_offsets_us"] == [500_000]  # buffered: one chunk at the response end
+    assert rows["/big"]["resp_body_size"] == len(cases["big"][1])
+
+
 async def test_same_secret_same_marker_different_secret_different_marker(
     tmp_path: Path, key_file: Path
 ) -> None:
@@ -185,22 +222,30 @@ async def test_filters(tmp_path: Path, key_file: Path) -> None:
     assert [r["path"] for r in Capture(tmp_path / "cap").records()] == ["/v1/chat/completions"]
 
 
-async def test_full_queue_drops_and_counts_instead_of_blocking(
-    tmp_path: Path, key_file: Path
-) -> None:
-    addon = CaptureAddon()
-    with taddons.context(addon) as tctx:
-        configure(tctx, addon, tmp_path / "cap", key_file, capture_queue_size=1)
-        sink = addon.sink
-        assert sink is not None
-        sink._thread = __import__("threading").Thread(target=lambda: None)  # writer not running
-        for _ in range(5):
-            f = chat_flow(False)
-            addon.requestheaders(f)
-            respond(addon, f, [b"{}"], "application/json")
-        assert sink.stats.dropped == 4
-        addon.sink = None
-        sink.writer.close()
+def _snapshot(body: bytes = b"") -> Snapshot:
+    return Snapshot(
+        conn_id="c", inflight=1, req_start=1.0, req_end=1.0, method=b"POST", scheme=b"http",
+        host="127.0.0.1", port=1, path=b"/p", http_version=b"HTTP/1.1", req_headers=(),
+        req_body=body,
+    )  # fmt: skip
+
+
+def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    sink = CaptureSink(
+        tmp_path / "cap", Redactor(RedactionPolicy(), b"k" * 32), {},
+        session_sources=[], body_limit=1 << 20, queue_records=3, queue_bytes=1000,
+        compaction="inline",
+    )  # fmt: skip
+    # Not started: nothing drains the queue, so the bounds decide.
+    assert sink.offer(_snapshot(b"x" * 600))
+    assert not sink.offer(_snapshot(b"x" * 600))  # byte bound
+    assert sink.offer(_snapshot()) and sink.offer(_snapshot())
+    assert not sink.offer(_snapshot())  # count bound
+    assert sink.stats.dropped == 2
+    sink.start()
+    sink.close()
+    assert sink.stats.records == 3
+    assert Capture(tmp_path / "cap").count() == 3
 
 
 async def test_configure_rejects_bad_options(tmp_path: Path, key_file: Path) -> None:

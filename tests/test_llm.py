@@ -71,12 +71,21 @@ def test_response_json_and_sse() -> None:
         ]
     )
     f = llm.parse_response(sse, "text/event-stream; charset=utf-8")
-    assert (f.finish_reason, f.prompt_tokens, f.completion_tokens, f.content_events) == (
-        "length",
-        9,
-        2,
-        2,
+    assert (f.finish_reason, f.prompt_tokens, f.completion_tokens) == ("length", 9, 2)
+
+
+def test_long_stream_is_parsed_from_its_tail() -> None:
+    events = [llm.chat_chunk("r", "m", 0, content=f"tok{i} " * 5) for i in range(2000)]
+    events.append(llm.chat_chunk("r", "m", 0, finish_reason="stop"))
+    events.append(
+        llm.chat_chunk(
+            "r", "m", 0, empty_choices=True, usage={"prompt_tokens": 3, "completion_tokens": 2000}
+        )
     )
+    body = b"".join(events) + llm.SSE_DONE
+    assert len(body) > 20 * llm.SSE_TAIL
+    f = llm.parse_response(body, "text/event-stream")
+    assert (f.finish_reason, f.prompt_tokens, f.completion_tokens) == ("stop", 3, 2000)
 
 
 def test_sse_multiline_data_and_crlf() -> None:
