@@ -121,6 +121,156 @@ def capture(**opts: Any) -> None:
             click.echo(f"  journal: {note}", err=True)
 
 
+# -- replay ------------------------------------------------------------------------------------
+def _duration(value: str | None, flag: str) -> float | None:
+    from captures.units import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def _row_filter(opts: dict[str, Any]) -> Any:
+    from captures.reader import RowFilter, parse_status_spec
+
+    try:
+        statuses = parse_status_spec(opts["filter_status"]) if opts["filter_status"] else None
+    except ValueError as exc:
+        raise UserError(f"--filter-status: {exc}") from None
+    return RowFilter(
+        methods=frozenset(m.upper() for m in opts["filter_method"]) or None,
+        path_globs=tuple(opts["filter_path"]) or None,
+        models=frozenset(opts["filter_model"]) or None,
+        statuses=statuses,
+    )
+
+
+def replay_options(f: Any) -> Any:
+    """Options shared by replay and the commands built on it."""
+    opts = [
+        click.option(
+            "--target", required=True, help="Base URL to send to (never the captured host)."
+        ),
+        click.option(
+            "--out", type=click.Path(path_type=str), help="Results directory (default runs/<time>)."
+        ),
+        click.option(
+            "--speed", default=1.0, show_default=True, help="Time scale: 5 = five times faster."
+        ),
+        click.option(
+            "--from", "from_", default=None, metavar="DUR", help="Start this far into the capture."
+        ),
+        click.option("--to", default=None, metavar="DUR", help="End this far into the capture."),
+        click.option("--duration", default=None, metavar="DUR", help="Window length from --from."),
+        click.option(
+            "--loop", "loops", default=1, show_default=True, help="Replay the window N times."
+        ),
+        click.option(
+            "--sessions",
+            type=click.Choice(["none", "ordered"]),
+            default="none",
+            show_default=True,
+            help="ordered: a session's requests in recorded order, each after the last finished.",
+        ),
+        click.option("--concurrency", type=int, default=None, help="Closed loop with N workers."),
+        click.option(
+            "--requests", type=int, default=None, help="Stop after N requests (loops as needed)."
+        ),
+        click.option(
+            "--max-in-flight", default=1000, show_default=True, help="Open-loop in-flight bound."
+        ),
+        click.option("--timeout", default="60s", show_default=True, help="Per-request timeout."),
+        click.option(
+            "--header",
+            "headers",
+            multiple=True,
+            metavar="'NAME: VALUE'",
+            help="Set a header (${VAR} from the environment); 'NAME:' removes it.",
+        ),
+        click.option(
+            "--model-map", multiple=True, metavar="OLD=NEW", help="Rewrite the body's model."
+        ),
+        click.option(
+            "--expect-status",
+            default="",
+            metavar="LIST",
+            help="Statuses that are expected shedding, not failures (e.g. 503,429).",
+        ),
+        click.option("--filter-method", multiple=True, help="Only these methods."),
+        click.option("--filter-path", multiple=True, help="Only these path globs."),
+        click.option("--filter-model", multiple=True, help="Only these models."),
+        click.option(
+            "--filter-status", default=None, help="Only these recorded statuses (200,5xx,error)."
+        ),
+        click.option(
+            "--client", type=click.Choice(["fast", "aiohttp"]), default="fast", show_default=True
+        ),
+        click.option(
+            "--insecure", is_flag=True, help="Do not verify the target's TLS certificate."
+        ),
+        click.option("--keep-host", is_flag=True, help="Send the recorded Host header."),
+        click.option("--quiet", "-q", is_flag=True, help="No live line."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
+    from replay.engine import ReplayOptions
+
+    timeout = _duration(opts["timeout"], "--timeout")
+    assert timeout is not None
+    return ReplayOptions(
+        capture=capture,
+        target=opts["target"],
+        out=opts["out"],
+        speed=opts["speed"],
+        from_s=_duration(opts["from_"], "--from") or 0.0,
+        to_s=_duration(opts["to"], "--to"),
+        duration_s=_duration(opts["duration"], "--duration"),
+        loops=opts["loops"],
+        sessions=opts["sessions"],
+        concurrency=opts["concurrency"],
+        requests=opts["requests"],
+        max_in_flight=opts["max_in_flight"],
+        timeout_s=timeout,
+        headers=list(opts["headers"]),
+        model_map=list(opts["model_map"]),
+        expect_status=opts["expect_status"],
+        filt=_row_filter(opts),
+        client=opts["client"],
+        insecure=opts["insecure"],
+        keep_host=opts["keep_host"],
+    )
+
+
+def live_progress(quiet: bool) -> Any:
+    """A live line on stderr (when it is a terminal) and a function to feed it."""
+    from replay.progress import LiveLine
+
+    return LiveLine(enabled=not quiet and sys.stderr.isatty())
+
+
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=str))
+@replay_options
+def replay(capture: str, **opts: Any) -> int:
+    """Replay a capture against --target with its original timing (scaled by --speed)."""
+    from replay import summary
+    from replay.engine import run_replay
+
+    ropts = build_replay_options(capture, opts)
+    with live_progress(opts["quiet"]) as line:
+        result = run_replay(ropts, on_progress=line.update)
+    summary.render(result.metrics, result.run)
+    click.echo(f"results: {result.out_dir}", err=True)
+    return 130 if result.interrupted else 0
+
+
 # -- mock-gateway ------------------------------------------------------------------------------
 @cli.command("mock-gateway")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")

@@ -49,6 +49,10 @@ def record_many(h: HdrHistogram, values: Iterable[int] | np.ndarray) -> int:
     arr = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=np.int64)
     if arr.size == 0:
         return 0
+    if arr.size < 32:
+        # numpy's fixed cost per call (tens of us) is more than a few record_value calls
+        rec = h.record_value
+        return sum(1 for v in arr.tolist() if v < 0 or not rec(v))
     ok = (arr >= 0) & (arr < 2**53)
     idx = np.full(arr.shape, -1, dtype=np.int64)
     idx[ok] = counts_indices(h, arr[ok])
@@ -56,7 +60,13 @@ def record_many(h: HdrHistogram, values: Iterable[int] | np.ndarray) -> int:
     n_ok = int(ok.sum())
     if n_ok:
         good = arr[ok]
-        _counts_view(h)[:] += np.bincount(idx[ok], minlength=h.counts_len).astype(np.uint64)
+        counts = _counts_view(h)
+        if n_ok * 8 < h.counts_len:
+            # few values: touch only their buckets (a full-length bincount costs ~0.1 ms)
+            u, c = np.unique(idx[ok], return_counts=True)
+            counts[u] += c.astype(np.uint64)
+        else:
+            counts[:] += np.bincount(idx[ok], minlength=h.counts_len).astype(np.uint64)
         h.total_count += n_ok
         h.min_value = min(h.min_value, int(good.min()))
         h.max_value = max(h.max_value, int(good.max()))
@@ -80,5 +90,30 @@ def merged(blobs: Iterable[bytes | str], template: HdrHistogram | None = None) -
     return h
 
 
+def value_at_percentile(h: HdrHistogram, percentile: float) -> int:
+    """What HdrHistogram.get_value_at_percentile returns, from a numpy cumsum instead of a Python
+    loop over every bucket (1.7 ms per call for a 1 us..1 h histogram on the dev machine)."""
+    if h.total_count <= 0:
+        return 0
+    target = max(int(min(percentile, 100.0) * h.total_count / 100 + 0.5), 1)
+    idx = int(np.searchsorted(np.cumsum(_counts_view(h)), target, side="left"))
+    value = h.get_value_from_index(idx)
+    return int(
+        h.get_highest_equivalent_value(value)
+        if percentile
+        else h.get_lowest_equivalent_value(value)
+    )
+
+
 def percentiles(h: HdrHistogram, pcts: Iterable[float]) -> dict[float, int]:
-    return {p: int(h.get_value_at_percentile(p)) for p in pcts}
+    if h.total_count <= 0:
+        return dict.fromkeys(pcts, 0)
+    cum = np.cumsum(_counts_view(h))
+    out = {}
+    for p in pcts:
+        target = max(int(min(p, 100.0) * h.total_count / 100 + 0.5), 1)
+        value = h.get_value_from_index(int(np.searchsorted(cum, target, side="left")))
+        out[p] = int(
+            h.get_highest_equivalent_value(value) if p else h.get_lowest_equivalent_value(value)
+        )
+    return out

@@ -1,0 +1,329 @@
+"""Metrics: HdrHistograms (1 us to 1 h, 3 significant digits) per group, recorded in batches.
+
+Metrics, in microseconds:
+
+| name | from | to |
+|---|---|---|
+| latency | intended send time | response end (coordinated-omission-free) |
+| service | actual send | response end |
+| ttfb | actual send | response headers |
+| ttft | actual send | first token event |
+| itl | one token event | the next (one value per gap) |
+| tpot | first token | response end, divided by output tokens - 1 |
+| lag | intended send time | actual send (schedule lag) |
+
+Groups are (stream, endpoint, model, status class). Values out of the histogram's range are
+counted per metric, never silently dropped. Per-second interval histograms of latency and TTFT (per
+stream) give the over-time views; only the current second's are live, finished ones are kept
+encoded. Histograms merge exactly (`add`), so shards, workers and copies each record their own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from captures import hdr
+
+METRICS = ("latency", "service", "ttfb", "ttft", "itl", "tpot", "lag")
+INTERVAL_METRICS = ("latency", "ttft")
+GroupKey = tuple[str, str, str, str]  # stream, endpoint, model, status class
+HIST_FORMAT = 1
+_OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
+
+
+def status_class(status: int | None, error: str | None) -> str:
+    if error is not None or status is None:
+        return "error"
+    return f"{status // 100}xx"
+
+
+@dataclass
+class GroupStats:
+    count: int = 0
+    ok: int = 0
+    expected: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # error kind or http_<status> -> count
+    statuses: dict[int, int] = field(default_factory=dict)
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    bytes_in: int = 0
+    first_intended_ns: int | None = None
+    last_intended_ns: int | None = None
+    first_end_ns: int | None = None
+    last_end_ns: int | None = None
+
+    def merge(self, o: GroupStats) -> None:
+        self.count += o.count
+        self.ok += o.ok
+        self.expected += o.expected
+        self.failed += o.failed
+        for k, v in o.errors.items():
+            self.errors[k] = self.errors.get(k, 0) + v
+        for s, v in o.statuses.items():
+            self.statuses[s] = self.statuses.get(s, 0) + v
+        self.completion_tokens += o.completion_tokens
+        self.prompt_tokens += o.prompt_tokens
+        self.bytes_in += o.bytes_in
+        for a in ("first_intended_ns", "first_end_ns"):
+            x, y = getattr(self, a), getattr(o, a)
+            setattr(self, a, y if x is None else x if y is None else min(x, y))
+        for a in ("last_intended_ns", "last_end_ns"):
+            x, y = getattr(self, a), getattr(o, a)
+            setattr(self, a, y if x is None else x if y is None else max(x, y))
+
+
+class Metrics:
+    def __init__(self, run_start_ns: int = 0) -> None:
+        self.run_start_ns = run_start_ns  # epoch ns; interval buckets are seconds from here
+        self.hists: dict[GroupKey, dict[str, HdrHistogram]] = {}
+        self.stats: dict[GroupKey, GroupStats] = {}
+        self.out_of_range: dict[str, int] = defaultdict(int)
+        # per stream: second -> metric -> encoded histogram (finished seconds)
+        self.intervals: dict[str, dict[int, dict[str, bytes]]] = defaultdict(dict)
+        self._live: dict[tuple[str, int], dict[str, HdrHistogram]] = {}
+        # per stream, per second: [ok, expected, failed] by completion second
+        self.per_second: dict[str, dict[int, list[int]]] = defaultdict(dict)
+        # all groups together, kept live for the progress line (cheap to read)
+        self.overall = {"latency": hdr.new_latency_hist(), "lag": hdr.new_latency_hist()}
+
+    def group(self, key: GroupKey) -> dict[str, HdrHistogram]:
+        h = self.hists.get(key)
+        if h is None:
+            h = self.hists[key] = {m: hdr.new_latency_hist() for m in METRICS}
+            self.stats[key] = GroupStats()
+        return h
+
+    def _record(self, hists: dict[str, HdrHistogram], metric: str, values: np.ndarray) -> None:
+        if values.size:
+            bad = hdr.record_many(hists[metric], values)
+            if bad:
+                self.out_of_range[metric] += bad
+
+    def record_batch(self, b: dict[str, Any]) -> None:
+        """Record a batch of results (column lists, epoch ns; see results.ResultWriter).
+
+        Vectorized: a flush runs on the event loop, and any stall there would show as lag."""
+        n = len(b["end_ns"])
+        if not n:
+            return
+        intended = np.asarray(b["intended_ns"], dtype=np.int64)
+        sent = np.asarray(b["sent_ns"], dtype=np.int64)
+        end = np.asarray(b["end_ns"], dtype=np.int64)
+        headers = np.array([-1 if v is None else v for v in b["headers_ns"]], dtype=np.int64)
+        first = np.array([-1 if v is None else v for v in b["first_token_ns"]], dtype=np.int64)
+        outcome = np.array([_OUTCOME[o] for o in b["outcome"]], dtype=np.int64)
+        status = np.array([0 if v is None else v for v in b["status"]], dtype=np.int64)
+        ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
+        ptoks = np.array([v or 0 for v in b["prompt_tokens"]], dtype=np.int64)
+        bytes_in = np.asarray(b["bytes_in"], dtype=np.int64)
+        toks = b["token_offsets_us"]
+        ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
+
+        # group index per row
+        gid_of: dict[GroupKey, int] = {}
+        gids = np.empty(n, dtype=np.int64)
+        classes = [status_class(st, e) for st, e in zip(b["status"], b["error_kind"], strict=True)]
+        models = [m or "" for m in b["model"]]
+        for i, key in enumerate(zip(b["stream"], b["endpoint"], models, classes, strict=True)):
+            g = gid_of.get(key)
+            if g is None:
+                g = gid_of[key] = len(gid_of)
+            gids[i] = g
+        ng = len(gid_of)
+        us = 1000
+        latency = (end - intended) // us
+        service = (end - sent) // us
+        lag = np.maximum(sent - intended, 0) // us
+        ttfb = np.where(headers >= 0, (headers - sent) // us, -1)
+        ttft = np.where(first >= 0, (first - sent) // us, -1)
+        n_out = np.where(ctoks > 0, ctoks, ntok_events)
+        tpot = np.where(
+            (first >= 0) & (n_out > 1), (end - first) // np.maximum(n_out - 1, 1) // us, -1
+        )
+        # inter-token gaps: flatten every request's token offsets, diff, drop the seams
+        if ntok_events.sum() > 0:
+            flat = np.fromiter(
+                (t for ts in toks if ts for t in ts), dtype=np.int64, count=int(ntok_events.sum())
+            )
+            owner = np.repeat(gids, ntok_events)
+            d = np.diff(flat)
+            same = np.diff(np.repeat(np.arange(n), ntok_events)) == 0
+            itl, itl_owner = d[same], owner[1:][same]
+        else:
+            itl = itl_owner = np.empty(0, dtype=np.int64)
+
+        hdr.record_many(self.overall["latency"], latency)
+        hdr.record_many(self.overall["lag"], lag)
+        counts = np.bincount(gids * 3 + outcome, minlength=ng * 3).reshape(ng, 3)
+        ctok_sum = np.bincount(gids, weights=ctoks, minlength=ng)
+        ptok_sum = np.bincount(gids, weights=ptoks, minlength=ng)
+        bytes_sum = np.bincount(gids, weights=bytes_in, minlength=ng)
+        for key, g in gid_of.items():
+            sel = gids == g
+            hists = self.group(key)
+            self._record(hists, "latency", latency[sel])
+            self._record(hists, "service", service[sel])
+            self._record(hists, "lag", lag[sel])
+            v = ttfb[sel]
+            self._record(hists, "ttfb", v[v >= 0])
+            v = ttft[sel]
+            self._record(hists, "ttft", v[v >= 0])
+            v = tpot[sel]
+            self._record(hists, "tpot", v[v >= 0])
+            self._record(hists, "itl", itl[itl_owner == g])
+            st = self.stats[key]
+            c_ok, c_exp, c_fail = (int(x) for x in counts[g])
+            st.count += c_ok + c_exp + c_fail
+            st.ok += c_ok
+            st.expected += c_exp
+            st.failed += c_fail
+            st.completion_tokens += int(ctok_sum[g])
+            st.prompt_tokens += int(ptok_sum[g])
+            st.bytes_in += int(bytes_sum[g])
+            vals, cnts = np.unique(status[sel], return_counts=True)
+            for sv, c in zip(vals.tolist(), cnts.tolist(), strict=True):
+                if sv:
+                    st.statuses[sv] = st.statuses.get(sv, 0) + c
+            span = GroupStats(
+                first_intended_ns=int(intended[sel].min()),
+                last_intended_ns=int(intended[sel].max()),
+                first_end_ns=int(end[sel].min()),
+                last_end_ns=int(end[sel].max()),
+            )
+            st.merge(span)
+        for i in np.flatnonzero(outcome == 2).tolist():  # failures: usually few
+            key = next(k for k, g in gid_of.items() if g == gids[i])
+            kind = b["error_kind"][i] or f"http_{b['status'][i]}"
+            errs = self.stats[key].errors
+            errs[kind] = errs.get(kind, 0) + 1
+        self._record_intervals(b["stream"], latency, ttft, outcome, end)
+
+    def _record_intervals(
+        self, streams: list[str], latency: np.ndarray, ttft: np.ndarray, outcome: np.ndarray,
+        end: np.ndarray,
+    ) -> None:  # fmt: skip
+        secs = (end - self.run_start_ns) // 1_000_000_000
+        sid_of: dict[str, int] = {}
+        sids = np.fromiter(
+            (sid_of.setdefault(s, len(sid_of)) for s in streams), dtype=np.int64, count=len(streams)
+        )
+        combo = sids * (1 << 32) + (secs - int(secs.min()))
+        for c in np.unique(combo).tolist():
+            sel = combo == c
+            stream = streams[int(np.flatnonzero(sel)[0])]
+            sec = int(secs[sel][0])
+            ps = self.per_second[stream].setdefault(sec, [0, 0, 0])
+            oc = np.bincount(outcome[sel], minlength=3)
+            for j in range(3):
+                ps[j] += int(oc[j])
+            live = self._live.get((stream, sec))
+            if live is None:
+                live = self._live[(stream, sec)] = {
+                    m: hdr.new_latency_hist() for m in INTERVAL_METRICS
+                }
+            hdr.record_many(live["latency"], np.maximum(latency[sel], 0))
+            t = ttft[sel]
+            hdr.record_many(live["ttft"], t[t >= 0])
+
+    def seal_intervals(self, before_sec: int | None = None) -> None:
+        """Encode and free the live interval histograms of seconds < before_sec (all if None)."""
+        for key in [k for k in self._live if before_sec is None or k[1] < before_sec]:
+            stream, sec = key
+            live = self._live.pop(key)
+            self.intervals[stream][sec] = {m: hdr.encode(h) for m, h in live.items()}
+
+    # -- merged views --------------------------------------------------------------------------
+    def merged(self, keys: Iterable[GroupKey]) -> tuple[dict[str, HdrHistogram], GroupStats]:
+        out = {m: hdr.new_latency_hist() for m in METRICS}
+        st = GroupStats()
+        for k in keys:
+            for m in METRICS:
+                out[m].add(self.hists[k][m])
+            st.merge(self.stats[k])
+        return out, st
+
+    def total(self) -> tuple[dict[str, HdrHistogram], GroupStats]:
+        return self.merged(list(self.hists))
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode(self) -> bytes:
+        self.seal_intervals()
+        doc = {
+            "format": HIST_FORMAT,
+            "run_start_ns": self.run_start_ns,
+            "groups": [
+                {
+                    "key": list(k),
+                    "hists": {m: hdr.encode(h) for m, h in hs.items()},
+                    "stats": self.stats[k].__dict__,
+                }
+                for k, hs in self.hists.items()
+            ],
+            "out_of_range": dict(self.out_of_range),
+            "intervals": {
+                s: {str(sec): v for sec, v in d.items()} for s, d in self.intervals.items()
+            },
+            "per_second": {
+                s: {str(sec): v for sec, v in d.items()} for s, d in self.per_second.items()
+            },
+        }
+        out: bytes = msgpack.packb(doc, use_bin_type=True)
+        return out
+
+    @classmethod
+    def decode(cls, data: bytes) -> Metrics:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if not isinstance(doc, dict) or doc.get("format") != HIST_FORMAT:
+            raise ValueError("not a loadtape histogram file (or a newer format)")
+        m = cls(int(doc["run_start_ns"]))
+        for g in doc["groups"]:
+            stream, endpoint, model, sclass = g["key"]
+            key: GroupKey = (stream, endpoint, model, sclass)
+            m.hists[key] = {name: hdr.decode(blob) for name, blob in g["hists"].items()}
+            st = GroupStats(
+                **{k: v for k, v in g["stats"].items() if k not in ("errors", "statuses")}
+            )
+            st.errors = dict(g["stats"]["errors"])
+            st.statuses = {int(k): v for k, v in g["stats"]["statuses"].items()}
+            m.stats[key] = st
+        m.out_of_range.update(doc.get("out_of_range", {}))
+        for s, d in doc.get("intervals", {}).items():
+            m.intervals[s] = {int(sec): v for sec, v in d.items()}
+        for s, d in doc.get("per_second", {}).items():
+            m.per_second[s] = {int(sec): list(v) for sec, v in d.items()}
+        return m
+
+    def add(self, other: Metrics) -> None:
+        """Merge another run's (or shard's) metrics into this one, exactly."""
+        for k, hs in other.hists.items():
+            mine = self.group(k)
+            for name, h in hs.items():
+                mine[name].add(h)
+            self.stats[k].merge(other.stats[k])
+        for name, v in other.out_of_range.items():
+            self.out_of_range[name] += v
+        other.seal_intervals()
+        self.seal_intervals()
+        for s, d in other.intervals.items():
+            for sec, blobs in d.items():
+                mine_i = self.intervals[s].get(sec)
+                if mine_i is None:
+                    self.intervals[s][sec] = dict(blobs)
+                else:
+                    for name, blob in blobs.items():
+                        h = hdr.decode(mine_i[name])
+                        h.decode_and_add(blob)
+                        mine_i[name] = hdr.encode(h)
+        for s, counts in other.per_second.items():
+            for sec, triple in counts.items():
+                cur = self.per_second[s].setdefault(sec, [0, 0, 0])
+                for i in range(3):
+                    cur[i] += triple[i]

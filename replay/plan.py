@@ -1,0 +1,232 @@
+"""Plan: which request to send at which intended offset from the run's start. Pure: no clock, no
+I/O; capture rows come in through an injected source, so tests are tables.
+
+Time scaling: offset = (t_i - t_first) / speed, where t_first is the first request of the window.
+A window selects requests by their start relative to the capture's first request (`from`, `to`,
+or `from` + `duration`). `loops` repeats the window back to back: each loop starts one window
+period after the previous one (the window's length when it has an end, else the span of its
+requests plus one mean gap, so the pacing carries on across the seam).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from captures.schema import Headers, Record
+
+PLAN_COLUMNS = [
+    "writer_id",
+    "seq",
+    "session_key",
+    "req_start_ns",
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "query",
+    "req_headers",
+    "req_body",
+    "req_body_truncated",
+    "req_content_encoding",
+    "model",
+    "stream",
+    "max_tokens",
+    "status",
+    "resp_start_ns",
+    "resp_end_ns",
+    "chunk_offsets_us",
+    "completion_tokens",
+    "finish_reason",
+    "replayable",
+    "error_kind",
+]
+
+
+@dataclass(slots=True)
+class Request:
+    """A recorded request, before it is rewritten for the target."""
+
+    method: str
+    path: str
+    query: str | None
+    headers: Headers
+    body: bytes | None
+    content_encoding: str | None = None
+    model: str | None = None
+    stream: bool | None = None
+
+
+@dataclass(slots=True)
+class Recorded:
+    """What the recording saw, for response diffs and stream-shape comparisons."""
+
+    status: int | None
+    ttfb_us: int | None
+    duration_us: int | None
+    chunks: int | None
+    first_chunk_us: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class Shot:
+    """One request of the plan: what to send, when (offset from the run's start), tagged."""
+
+    offset_ns: int
+    seq: int
+    request: Request
+    session: str | None = None
+    stream: str = "replay"
+    copy: int = 0
+    source: tuple[str, int] | None = None  # (writer_id, seq) of the capture row
+    recorded: Recorded | None = None
+    loop: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    speed: float = 1.0
+    start_s: float = 0.0  # --from: seconds after the capture's first request
+    end_s: float | None = None  # --to
+    duration_s: float | None = None  # --duration: window length from --from
+    loops: int = 1
+    stream: str = "replay"
+    sessions: bool = True  # keep session keys (for --sessions ordered)
+
+    def validate(self) -> None:
+        if not self.speed > 0:
+            raise ValueError(f"speed must be > 0, got {self.speed}")
+        if self.loops < 1:
+            raise ValueError(f"loop count must be >= 1, got {self.loops}")
+        if self.start_s < 0:
+            raise ValueError("--from must be >= 0")
+        if self.end_s is not None and self.duration_s is not None:
+            raise ValueError("give --to or --duration, not both")
+        if self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError("--to must be after --from")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError("--duration must be > 0")
+
+    def window_ns(self, capture_first_ns: int) -> tuple[int, int | None]:
+        lo = capture_first_ns + round(self.start_s * 1e9)
+        if self.end_s is not None:
+            return lo, capture_first_ns + round(self.end_s * 1e9)
+        if self.duration_s is not None:
+            return lo, lo + round(self.duration_s * 1e9)
+        return lo, None
+
+
+def not_replayable(row: Record) -> str | None:
+    """Why a recorded exchange cannot be replayed (None: it can). Reported, never fatal."""
+    if not row.get("replayable", True):
+        return "not replayable (websocket or tunnel)"
+    if row.get("req_body_truncated"):
+        return "request body was cut by the capture's body limit"
+    if (row.get("method") or "").upper() == "CONNECT":
+        return "CONNECT tunnel"
+    return None
+
+
+def recorded_info(row: Record) -> Recorded:
+    start, rs, re_ = row.get("req_start_ns"), row.get("resp_start_ns"), row.get("resp_end_ns")
+    offsets = row.get("chunk_offsets_us") or None
+    first_content = None
+    if offsets:
+        # SSE: the first chunk is usually the role event; the first content arrives with the
+        # second. For a plain body there is one chunk.
+        first_content = offsets[1] if row.get("stream") and len(offsets) > 1 else offsets[0]
+    return Recorded(
+        status=row.get("status"),
+        ttfb_us=(rs - start) // 1000 if rs and start else None,
+        duration_us=(re_ - start) // 1000 if re_ and start else None,
+        chunks=len(offsets) if offsets else None,
+        first_chunk_us=first_content,
+        completion_tokens=row.get("completion_tokens"),
+        finish_reason=row.get("finish_reason"),
+    )
+
+
+def request_of(row: Record) -> Request:
+    return Request(
+        method=row["method"],
+        path=row["path"],
+        query=row.get("query"),
+        headers=list(row.get("req_headers") or ()),
+        body=row.get("req_body"),
+        content_encoding=row.get("req_content_encoding"),
+        model=row.get("model"),
+        stream=row.get("stream"),
+    )
+
+
+@dataclass
+class PlanStats:
+    """What the plan skipped, and why (reported by the run)."""
+
+    planned: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def plan_replay(
+    source: Callable[[int, int | None], Iterable[Record]],
+    capture_first_ns: int,
+    opts: PlanOptions,
+    stats: PlanStats | None = None,
+) -> Iterator[Shot]:
+    """Shots in intended-offset order.
+
+    `source(lo_ns, hi_ns)` yields capture rows with lo <= req_start < hi (hi None: to the end) in
+    request-start order; it is called once per loop, so a plan over a large capture streams."""
+    opts.validate()
+    st = stats if stats is not None else PlanStats()
+    lo, hi = opts.window_ns(capture_first_ns)
+    t_first: int | None = None
+    t_last = 0
+    count = 0
+    period_ns = 0
+    seq = 0
+    for loop in range(opts.loops):
+        base = loop * period_ns
+        for row in source(lo, hi):
+            t = row["req_start_ns"]
+            if t_first is None:
+                t_first = t
+            if loop == 0:
+                t_last = t
+                count += 1
+            reason = not_replayable(row)
+            if reason is not None:
+                if loop == 0:
+                    st.skip(reason)
+                continue
+            offset = base + round((t - t_first) / opts.speed)
+            yield Shot(
+                offset_ns=offset,
+                seq=seq,
+                request=request_of(row),
+                session=row.get("session_key") if opts.sessions else None,
+                stream=opts.stream,
+                source=(row["writer_id"], row["seq"]) if row.get("writer_id") else None,
+                recorded=recorded_info(row),
+                loop=loop,
+            )
+            seq += 1
+            if loop == 0:
+                st.planned += 1
+        if t_first is None:
+            return  # an empty window: nothing to loop
+        if loop == 0:
+            if hi is not None:
+                window = hi - t_first
+            else:
+                mean_gap = (t_last - t_first) / (count - 1) if count > 1 else 1e9
+                window = round(t_last - t_first + mean_gap)
+            period_ns = round(window / opts.speed)

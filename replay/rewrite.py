@@ -1,0 +1,235 @@
+"""Rewrite: a recorded request made ready for the target.
+
+- The target is always given (`--target`): a replay never goes to the host found in the capture.
+- Hop-by-hop headers are dropped, `Host` is the target's (or the recorded one with keep_host),
+  `Content-Length` is recomputed.
+- Redacted values are never sent as they are: a header, query parameter or JSON field whose value
+  is a redaction marker is dropped (set the header yourself: `--header 'Authorization: Bearer
+  ${GATEWAY_KEY}'`). Markers inside free text (a prompt that contained a key) stay: they are data.
+- `--header 'Name: value'` sets (replaces) a header, with ${VAR} expanded from the environment
+  once at start; `--header 'Name:'` removes one; `--model-map old=new` rewrites the body's model.
+
+The result is a `Prepared` request whose HTTP/1.1 bytes are built once, before the run, so the
+send path only writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from captures.errors import UserError
+from captures.redact import MARKER_RE
+from captures.schema import Headers
+
+from .plan import Request
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+     "upgrade", "proxy-authorization", "proxy-authenticate", "content-length", "host",
+     "expect"}
+)  # fmt: skip
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_QUOTED_MARKER = re.compile(r"%5BREDACTED%3A", re.I)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # prefix for every request path ("" or "/gateway")
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_target(url: str) -> Target:
+    """`--target URL`: http or https, a host, an optional port and base path."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UserError(f"--target {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UserError(f"--target {url!r}: want an http:// or https:// URL")
+    if not parts.hostname:
+        raise UserError(f"--target {url!r}: no host")
+    if parts.query or parts.fragment:
+        raise UserError(f"--target {url!r}: a base URL takes no query or fragment")
+    return Target(
+        url=url,
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or (443 if parts.scheme == "https" else 80),
+        base_path=parts.path.rstrip("/"),
+    )
+
+
+def expand_env(template: str, env: Mapping[str, str], what: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in env:
+            raise UserError(f"{what}: environment variable {name} is not set")
+        return env[name]
+
+    return _ENV.sub(sub, template)
+
+
+def parse_header_args(
+    args: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[list[tuple[str, str]], set[str]]:
+    """`--header 'Name: value'` (set, ${VAR} expanded) and `--header 'Name:'` (remove)."""
+    env = os.environ if env is None else env
+    sets: list[tuple[str, str]] = []
+    removes: set[str] = set()
+    for arg in args:
+        name, sep, value = arg.partition(":")
+        name = name.strip()
+        if not sep or not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise UserError(f"--header {arg!r}: want 'Name: value' (or 'Name:' to remove it)")
+        value = value.strip()
+        if not value:
+            removes.add(name.lower())
+            continue
+        if "\r" in value or "\n" in value:
+            raise UserError(f"--header {name}: a value cannot contain a line break")
+        sets.append((name, expand_env(value, env, f"--header {name}")))
+    return sets, removes
+
+
+def parse_model_map(args: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for arg in args:
+        old, sep, new = arg.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise UserError(f"--model-map {arg!r}: want OLD=NEW")
+        out[old.strip()] = new.strip()
+    return out
+
+
+@dataclass(slots=True)
+class Prepared:
+    method: str
+    target: Target
+    path: str  # with query
+    headers: Headers
+    body: bytes
+    raw: bytes  # the whole HTTP/1.1 request
+    model: str | None
+    stream: bool
+
+    @property
+    def url(self) -> str:
+        return f"{self.target.scheme}://{self.target.host_header}{self.path}"
+
+
+class Rewriter:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        set_headers: Sequence[tuple[str, str]] = (),
+        remove_headers: set[str] | frozenset[str] = frozenset(),
+        model_map: Mapping[str, str] | None = None,
+        keep_host: bool = False,
+    ) -> None:
+        self.target = target
+        self.set_headers = list(set_headers)
+        self._set_names = {n.lower() for n, _ in set_headers}
+        self.remove = set(remove_headers) | self._set_names
+        self.model_map = dict(model_map or {})
+        self.keep_host = keep_host
+        self.dropped_redacted = 0  # redacted values left out, for the run's report
+
+    def prepare(self, req: Request) -> Prepared:
+        body = req.body or b""
+        model = req.model
+        if body and (self.model_map or b"[REDACTED:" in body):
+            body, model = self._rewrite_body(body, req.content_encoding, model)
+        headers: Headers = []
+        recorded_host = None
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == "host":
+                recorded_host = value
+            if lname in HOP_BY_HOP or lname in self.remove:
+                continue
+            if MARKER_RE.search(value):
+                self.dropped_redacted += 1
+                continue
+            headers.append((name, value))
+        host = recorded_host if self.keep_host and recorded_host else self.target.host_header
+        headers.insert(0, ("Host", host))
+        headers.extend(self.set_headers)
+        if body or req.method.upper() in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(len(body))))
+        path = self.target.base_path + (req.path if req.path.startswith("/") else "/" + req.path)
+        query = self._query(req.query)
+        if query:
+            path = f"{path}?{query}"
+        head = f"{req.method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
+        raw = head.encode("utf-8") + b"\r\n" + body
+        return Prepared(req.method, self.target, path, headers, body, raw, model, bool(req.stream))
+
+    def _query(self, query: str | None) -> str | None:
+        if not query or "REDACTED" not in query:
+            return query
+        kept = []
+        for item in query.split("&"):
+            if _QUOTED_MARKER.search(item) or "[REDACTED:" in item:
+                self.dropped_redacted += 1
+                continue
+            kept.append(item)
+        return "&".join(kept)
+
+    def _rewrite_body(
+        self, body: bytes, encoding: str | None, model: str | None
+    ) -> tuple[bytes, str | None]:
+        enc = (encoding or "").lower()
+        try:
+            plain = zlib.decompress(body, 16 + zlib.MAX_WBITS) if enc == "gzip" else body
+            obj = json.loads(plain) if enc in ("", "identity", "gzip") else None
+        except (ValueError, zlib.error):
+            return body, model
+        if not isinstance(obj, dict):
+            return body, model
+        changed = self._drop_markers(obj)
+        if isinstance(obj.get("model"), str) and obj["model"] in self.model_map:
+            obj["model"] = self.model_map[obj["model"]]
+            model = obj["model"]
+            changed = True
+        if not changed:
+            return body, model
+        out = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        if enc == "gzip":
+            c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+            out = c.compress(out) + c.flush()
+        return out, model
+
+    def _drop_markers(self, obj: Any) -> bool:
+        """Remove JSON fields whose whole value is a redaction marker (a key we do not have)."""
+        changed = False
+        if isinstance(obj, dict):
+            for k in list(obj):
+                v = obj[k]
+                if isinstance(v, str) and MARKER_RE.fullmatch(v):
+                    del obj[k]
+                    self.dropped_redacted += 1
+                    changed = True
+                else:
+                    changed |= self._drop_markers(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                changed |= self._drop_markers(v)
+        return changed
