@@ -271,6 +271,26 @@ def replay(capture: str, **opts: Any) -> int:
     return 130 if result.interrupted else 0
 
 
+# -- demo --------------------------------------------------------------------------------------
+@cli.command()
+@click.option(
+    "--dir", "root", default="loadtape-demo", show_default=True, type=click.Path(path_type=str)
+)
+@click.option("--seconds", default=10.0, show_default=True, help="How long to drive traffic.")
+@click.option("--sessions", default=12, show_default=True, help="Virtual users.")
+def demo(root: str, seconds: float, sessions: int) -> None:
+    """Mock gateway, capture through the real proxy, replay at 1x and 5x, report. Loopback only."""
+    from pathlib import Path
+
+    from replay import summary
+    from replay.demo import run_demo
+
+    def show(r: Any) -> None:
+        summary.render(r.metrics, r.run)
+
+    run_demo(Path(root), seconds=seconds, sessions=sessions, say=lambda m: click.echo(m), show=show)
+
+
 # -- mock-gateway ------------------------------------------------------------------------------
 @cli.command("mock-gateway")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")

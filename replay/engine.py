@@ -177,7 +177,6 @@ def run_replay(
     popts = planmod.PlanOptions(
         speed=opts.speed, start_s=opts.from_s, end_s=opts.to_s, duration_s=opts.duration_s,
         loops=opts.loops if opts.requests is None else 10**9, stream=opts.stream,
-        sessions=opts.sessions == "ordered",
     )  # fmt: skip
     try:
         popts.validate()

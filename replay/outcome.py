@@ -9,6 +9,7 @@ status is not an error kind: the results decide success, expected shedding or fa
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import ssl
 import zlib
@@ -72,8 +73,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
             return "timeout", msg
     except ImportError:  # pragma: no cover
         pass
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+            return "reset", msg
+        if exc.errno == errno.ETIMEDOUT:
+            return "timeout", msg
     if isinstance(exc, OSError):
-        return "connect", msg
+        return "connect", msg  # refused, unreachable, name resolution
     return "protocol", msg
 
 

@@ -96,7 +96,6 @@ class PlanOptions:
     duration_s: float | None = None  # --duration: window length from --from
     loops: int = 1
     stream: str = "replay"
-    sessions: bool = True  # keep session keys (for --sessions ordered)
 
     def validate(self) -> None:
         if not self.speed > 0:
@@ -212,7 +211,7 @@ def plan_replay(
                 offset_ns=offset,
                 seq=seq,
                 request=request_of(row),
-                session=row.get("session_key") if opts.sessions else None,
+                session=row.get("session_key"),
                 stream=opts.stream,
                 source=(row["writer_id"], row["seq"]) if row.get("writer_id") else None,
                 recorded=recorded_info(row),

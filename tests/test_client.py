@@ -1,0 +1,168 @@
+"""Both senders against real servers on loopback: timings, SSE token events, usage, every
+failure turned into an error kind (never an exception), keep-alive reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+import pytest
+from faultserver import FaultServer
+
+from replay.client import FastClient
+from replay.client_aiohttp import AiohttpClient
+from replay.mock_gateway import GatewayConfig, MockGateway
+from replay.outcome import Outcome
+from replay.plan import Request
+from replay.rewrite import Rewriter, parse_target
+
+CLIENTS = ["fast", "aiohttp"]
+
+
+def make(kind: str, url: str, timeout: float = 5.0, insecure: bool = False) -> Any:
+    t = parse_target(url)
+    if kind == "fast":
+        return FastClient(t, timeout=timeout, insecure=insecure)
+    return AiohttpClient(t, workers=8, timeout=timeout, insecure=insecure)
+
+
+async def send(client: Any, url: str, path: str, method: str = "GET", body: bytes | None = None,
+               headers: list[tuple[str, str]] | None = None) -> Outcome:  # fmt: skip
+    req = Rewriter(parse_target(url)).prepare(Request(method, path, None, headers or [], body))
+    fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    client.submit(req, fut.set_result)
+    return await asyncio.wait_for(fut, 30)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_plain_request_and_keep_alive(kind: str) -> None:
+    async with FaultServer() as srv:
+        c = make(kind, srv.url)
+        try:
+            outs = [await send(c, srv.url, "/ok") for _ in range(3)]
+        finally:
+            await c.close()
+    for o in outs:
+        assert o.error is None and o.status == 200
+        assert o.sent_ns <= o.headers_ns <= o.end_ns  # type: ignore[operator]
+        assert (o.prompt_tokens, o.completion_tokens) == (3, 4)
+    if kind == "fast":
+        assert c.connects == 1  # one keep-alive connection for all three
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_streamed_chat_token_events_and_usage(kind: str) -> None:
+    async with MockGateway(GatewayConfig(default_profile="fast-local")) as gw:
+        c = make(kind, gw.url)
+        body = b'{"model":"small","messages":[{"role":"user","content":"hi"}],"stream":true,' \
+               b'"max_tokens":12,"stream_options":{"include_usage":true}}'  # fmt: skip
+        try:
+            o = await send(
+                c,
+                gw.url,
+                "/v1/chat/completions",
+                "POST",
+                body,
+                [("Content-Type", "application/json")],
+            )
+        finally:
+            await c.close()
+    assert o.error is None and o.status == 200
+    assert len(o.token_ns) == 12 and o.first_token_ns == o.token_ns[0]
+    assert (o.completion_tokens, o.finish_reason) == (12, "length")
+    ttft_ms = (o.first_token_ns - o.sent_ns) / 1e6  # type: ignore[operator]
+    gaps_ms = [(b - a) / 1e6 for a, b in zip(o.token_ns, o.token_ns[1:], strict=False)]
+    assert 14 <= ttft_ms < 60, ttft_ms  # fast-local: 15 ms + 0.01 ms/token
+    assert 3 <= sorted(gaps_ms)[len(gaps_ms) // 2] < 10, gaps_ms  # 4 ms per token
+
+
+@pytest.mark.parametrize(
+    ("path", "kind_wanted"),
+    [
+        ("/close", "reset"),
+        ("/reset-headers", "reset"),
+        ("/reset-body", "reset"),
+        ("/invalid", "protocol"),
+        ("/hang", "timeout"),
+    ],
+)
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_failures_become_error_kinds(kind: str, path: str, kind_wanted: str) -> None:
+    async with FaultServer() as srv:
+        c = make(kind, srv.url, timeout=0.5)
+        try:
+            o = await send(c, srv.url, path)
+        finally:
+            await c.close()
+    assert o.error == kind_wanted, (o.error, o.error_msg)
+    assert o.error_msg and o.end_ns >= o.sent_ns
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_connection_refused_is_a_connect_error(kind: str) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    url = f"http://127.0.0.1:{port}"
+    c = make(kind, url)
+    try:
+        o = await send(c, url, "/")
+    finally:
+        await c.close()
+    assert o.error == "connect" and o.status is None
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_statuses_retry_after_and_framings(kind: str) -> None:
+    async with FaultServer() as srv:
+        c = make(kind, srv.url)
+        try:
+            busy = await send(c, srv.url, "/503")
+            cd = await send(c, srv.url, "/close-delimited")
+            ch = await send(c, srv.url, "/chunked")
+            head = await send(c, srv.url, "/ok", "HEAD")
+            drip = await send(c, srv.url, "/drip?gap=0.001")
+        finally:
+            await c.close()
+    assert busy.error is None and busy.status == 503 and busy.retry_after == "2"
+    assert cd.error is None and cd.status == 200 and cd.bytes_in > 0
+    assert ch.error is None and ch.status == 200
+    assert head.error is None and head.status == 200
+    assert drip.error is None and drip.status == 200
+
+
+async def test_stale_keep_alive_connection_is_retried_not_failed() -> None:
+    """A reused connection the target had already closed fails before any response byte: the
+    request goes again on a new connection instead of being reported as a failure."""
+    async with FaultServer() as srv:
+        c = FastClient(parse_target(srv.url), timeout=2)
+        try:
+            assert (await send(c, srv.url, "/ok")).status == 200
+            (conn,) = c._idle
+            req = Rewriter(parse_target(srv.url)).prepare(Request("GET", "/ok", None, [], None))
+            fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            c.submit(req, fut.set_result)  # goes out on the idle (reused) connection
+            assert conn.reused and conn.out is not None
+            conn.connection_lost(None)  # as if the target's FIN had been in flight
+            o = await asyncio.wait_for(fut, 5)
+        finally:
+            await c.close()
+    assert o.error is None and o.status == 200
+    assert c.resends == 1 and c.connects == 2
+
+
+async def test_https_verifies_unless_insecure(server_ssl: ssl.SSLContext) -> None:
+    async with MockGateway(GatewayConfig(default_profile="instant"), ssl_context=server_ssl) as gw:
+        strict = FastClient(parse_target(gw.url), timeout=5)
+        loose = FastClient(parse_target(gw.url), timeout=5, insecure=True)
+        try:
+            refused = await send(strict, gw.url, "/health")
+            ok = await send(loose, gw.url, "/health")
+        finally:
+            await strict.close()
+            await loose.close()
+    assert refused.error == "tls", refused.error_msg
+    assert ok.error is None and ok.status == 200

@@ -1,0 +1,242 @@
+"""Plan and scheduler as tables on virtual time: no clock, no sockets, no sleeping."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from captures.schema import Record
+from replay.plan import PlanOptions, PlanStats, Request, Shot, plan_replay
+from replay.schedule import Scheduler, simulate
+
+MS = 1_000_000
+S = 1_000_000_000
+T0 = 10**18
+
+
+def rows(starts_ms: Iterable[float], **extra: Any) -> list[Record]:
+    out = []
+    for i, t in enumerate(starts_ms):
+        r: Record = {
+            "writer_id": "w",
+            "seq": i,
+            "req_start_ns": T0 + round(t * MS),
+            "method": "GET",
+            "path": f"/r{i}",
+            "replayable": True,
+        }
+        for k, v in extra.items():
+            r[k] = v(i) if callable(v) else v
+        out.append(r)
+    return out
+
+
+def source(data: list[Record]) -> Any:
+    def src(lo: int, hi: int | None) -> list[Record]:
+        return [
+            r for r in data if r["req_start_ns"] >= lo and (hi is None or r["req_start_ns"] < hi)
+        ]
+
+    return src
+
+
+def offsets(data: list[Record], **opts: Any) -> list[float]:
+    return [s.offset_ns / MS for s in plan_replay(source(data), T0, PlanOptions(**opts))]
+
+
+@pytest.mark.parametrize(
+    ("starts", "opts", "want"),
+    [
+        ([0, 100, 250, 1000], {}, [0, 100, 250, 1000]),
+        ([0, 100, 250, 1000], {"speed": 5}, [0, 20, 50, 200]),
+        ([0, 100, 250, 1000], {"speed": 0.5}, [0, 200, 500, 2000]),
+        ([0, 100, 250, 1000], {"speed": 10}, [0, 10, 25, 100]),
+        ([0, 0, 0, 0.001], {}, [0, 0, 0, 0.001]),  # many requests in the same instant keep it
+        # window: from/to relative to the capture's first request; offsets from the first inside
+        ([0, 100, 250, 1000, 1500], {"start_s": 0.2, "end_s": 1.2}, [0, 750]),
+        ([0, 100, 250, 1000, 1500], {"start_s": 0.1, "duration_s": 0.2}, [0, 150]),
+        # loops: the next loop starts one period later (span + mean gap without a window end)
+        ([0, 100, 200], {"loops": 3}, [0, 100, 200, 300, 400, 500, 600, 700, 800]),
+        ([0, 100, 200], {"loops": 2, "speed": 2}, [0, 50, 100, 150, 200, 250]),
+        # with a window end the period is the window's length
+        ([0, 100, 200], {"loops": 2, "end_s": 0.5}, [0, 100, 200, 500, 600, 700]),
+        ([], {"loops": 3}, []),
+    ],
+)
+def test_plan_offsets(starts: list[float], opts: dict[str, Any], want: list[float]) -> None:
+    assert offsets(rows(starts), **opts) == pytest.approx(want)
+
+
+def test_plan_skips_what_cannot_be_replayed_and_says_why() -> None:
+    data = rows([0, 10, 20, 30], replayable=lambda i: i != 1, req_body_truncated=lambda i: i == 2)
+    stats = PlanStats()
+    shots = list(plan_replay(source(data), T0, PlanOptions(), stats))
+    assert [s.request.path for s in shots] == ["/r0", "/r3"]
+    assert stats.planned == 2
+    assert stats.skipped == {
+        "not replayable (websocket or tunnel)": 1,
+        "request body was cut by the capture's body limit": 1,
+    }
+
+
+def test_plan_keeps_tags_sessions_and_sources() -> None:
+    data = rows([0, 5], session_key=lambda i: f"s{i}")
+    shots = list(plan_replay(source(data), T0, PlanOptions(stream="prod", loops=2)))
+    assert [(s.stream, s.session, s.source, s.loop, s.seq) for s in shots] == [
+        ("prod", "s0", ("w", 0), 0, 0), ("prod", "s1", ("w", 1), 0, 1),
+        ("prod", "s0", ("w", 0), 1, 2), ("prod", "s1", ("w", 1), 1, 3),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"speed": 0},
+        {"speed": -1},
+        {"loops": 0},
+        {"start_s": -1},
+        {"end_s": 1, "duration_s": 1},
+        {"start_s": 2, "end_s": 1},
+        {"duration_s": 0},
+    ],
+)
+def test_plan_rejects_bad_options(opts: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        list(plan_replay(source(rows([0])), T0, PlanOptions(**opts)))
+
+
+def test_plan_is_lazy() -> None:
+    calls = {"rows": 0}
+
+    def src(lo: int, hi: int | None) -> Any:
+        for r in rows(range(10**6)):
+            calls["rows"] += 1
+            yield r
+
+    it = plan_replay(src, T0, PlanOptions())
+    assert [next(it).seq for _ in range(3)] == [0, 1, 2]
+    assert calls["rows"] == 3
+
+
+# -- scheduler ---------------------------------------------------------------------------------
+def shots(offsets_ms: Iterable[float], sessions: Iterable[str | None] | None = None) -> list[Shot]:
+    sess = list(sessions) if sessions is not None else None
+    return [
+        Shot(offset_ns=round(o * MS), seq=i, request=Request("GET", "/", None, [], None),
+             session=sess[i] if sess else None)
+        for i, o in enumerate(offsets_ms)
+    ]  # fmt: skip
+
+
+def run(
+    sched: Scheduler, service_ms: float | list[float], **kw: Any
+) -> list[tuple[float, float, float]]:
+    """(due, sent, done) in ms per shot, in seq order."""
+
+    def service(s: Shot) -> int:
+        return round((service_ms[s.seq] if isinstance(service_ms, list) else service_ms) * MS)
+
+    out = simulate(sched, service, **kw)
+    return [
+        (d / MS, sent / MS, done / MS) for _, d, sent, done in sorted(out, key=lambda x: x[0].seq)
+    ]
+
+
+def test_open_loop_sends_on_time_regardless_of_what_is_in_flight() -> None:
+    got = run(Scheduler(shots([0, 10, 20, 30]), max_in_flight=100), service_ms=1000)
+    assert [sent for _, sent, _ in got] == [0, 10, 20, 30]  # slow responses hold nothing back
+
+
+def test_oversleeping_never_pushes_later_shots_back() -> None:
+    """Every wakeup is 3 ms late (a sleep that overshoots): each shot is 3 ms late, not 3 ms
+    times its position, because due times are absolute (GoReplay drifts exactly this way)."""
+    got = run(
+        Scheduler(shots(range(0, 100, 10)), max_in_flight=100), service_ms=1, wake_late_ns=3 * MS
+    )
+    lags = [sent - due for due, sent, _ in got]
+    assert lags == [0] + [3.0] * 9  # the first is sent at start, before any sleep
+
+
+def test_in_flight_bound_makes_shots_wait_and_the_wait_is_lag() -> None:
+    # 2 slots, 100 ms service, shots every 10 ms: shot 2 waits for shot 0 to finish at 100 ms.
+    got = run(Scheduler(shots([0, 10, 20, 30]), max_in_flight=2), service_ms=100)
+    assert got == [(0, 0, 100), (10, 10, 110), (20, 100, 200), (30, 110, 210)]
+    assert [sent - due for due, sent, _ in got] == [0, 0, 80, 80]
+
+
+def test_closed_loop_keeps_n_in_flight() -> None:
+    sched = Scheduler(shots([0, 1000, 2000, 3000, 4000]), max_in_flight=2, closed_loop=True)
+    got = run(sched, service_ms=[10, 30, 10, 10, 10])
+    assert [sent for _, sent, _ in got] == [0, 0, 10, 20, 30]  # offsets are ignored
+    assert all(due == 0 for due, _, _ in got)
+
+
+def test_ordered_sessions_wait_for_the_previous_request_only_within_a_session() -> None:
+    #        shot:  0    1    2    3
+    #     session:  a    b    a    b
+    sched = Scheduler(
+        shots([0, 5, 10, 15], ["a", "b", "a", "b"]), max_in_flight=10, ordered_sessions=True
+    )
+    got = run(sched, service_ms=[50, 2, 2, 2])
+    # a's second request waits for a's first (done at 50); b's go on time.
+    assert got == [(0, 0, 50), (5, 5, 7), (10, 50, 52), (15, 15, 17)]
+
+
+def test_ordered_sessions_keep_recorded_order_across_many_requests() -> None:
+    sess = ["s"] * 5 + [None] * 3
+    offs = [0, 1, 2, 3, 4, 2.5, 2.6, 2.7]
+    order = sorted(range(8), key=lambda i: offs[i])
+    plan = [shots(offs, sess)[i] for i in order]
+    for n, s in enumerate(plan):
+        s.seq = n
+    got = simulate(Scheduler(plan, max_in_flight=10, ordered_sessions=True), lambda s: 10 * MS)
+    s_sends = [(sent, done) for shot, _, sent, done in got if shot.session == "s"]
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(s_sends))
+    assert [sent for shot, _, sent, _ in got if shot.session is None] == [
+        round(x * MS) for x in (2.5, 2.6, 2.7)
+    ]
+
+
+def test_without_ordered_sessions_session_keys_are_ignored() -> None:
+    sched = Scheduler(shots([0, 1], ["a", "a"]), max_in_flight=10)
+    assert [sent for _, sent, _ in run(sched, 100)] == [0, 1]
+
+
+def test_take_nothing_before_due_and_next_due() -> None:
+    sched = Scheduler(shots([5, 10]), max_in_flight=1)
+    assert sched.next_due() == 5 * MS
+    assert sched.take(4 * MS) is None
+    shot, due = sched.take(5 * MS) or (None, None)
+    assert shot is not None and due == 5 * MS
+    assert sched.take(20 * MS) is None  # bound reached
+    sched.done(shot, 21 * MS)
+    assert sched.take(21 * MS) is not None
+    assert sched.exhausted and not sched.finished
+
+
+def test_drain_counts_what_was_never_sent() -> None:
+    sched = Scheduler(
+        shots([0, 1, 2, 3], ["a", "a", None, None]), max_in_flight=10, ordered_sessions=True
+    )
+    assert sched.take(10 * MS) is not None  # shot 0 (session a busy now)
+    assert sched.take(10 * MS) is not None  # shot 2: shot 1 is held behind a
+    assert sorted(s.seq for s in sched.drain()) == [1, 3]
+    assert sched.exhausted
+
+
+def test_scheduler_memory_is_bounded_by_held_shots() -> None:
+    """A plan of a million shots is consumed lazily: only one shot of lookahead."""
+    consumed = {"n": 0}
+
+    def plan() -> Any:
+        for i in range(10**6):
+            consumed["n"] += 1
+            yield Shot(offset_ns=i * MS, seq=i, request=Request("GET", "/", None, [], None))
+
+    sched = Scheduler(plan(), max_in_flight=4)
+    for _ in range(3):
+        assert sched.take(10**12) is not None
+    assert consumed["n"] == 4

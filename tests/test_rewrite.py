@@ -1,0 +1,112 @@
+"""Rewrite: target, headers, environment expansion, redacted values, model map, framing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from captures.errors import UserError
+from replay.plan import Request
+from replay.rewrite import Rewriter, parse_header_args, parse_model_map, parse_target
+
+
+def req(**kw: object) -> Request:
+    base = {
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "query": None,
+        "headers": [
+            ("Host", "prod-gateway.internal:8443"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "999"),
+            ("Connection", "keep-alive"),
+            ("Transfer-Encoding", "chunked"),
+            ("Authorization", "Bearer [REDACTED:authorization:0123abcd]"),
+            ("X-Trace", "t-1"),
+        ],
+        "body": json.dumps(
+            {"model": "gpt-4o-mini", "messages": [], "api_key": "[REDACTED:json-api_key:00aa11bb]"}
+        ).encode(),
+    }
+    base.update(kw)
+    return Request(**base)  # type: ignore[arg-type]
+
+
+def test_target_parsing() -> None:
+    t = parse_target("https://gw.example:8443/base/")
+    assert (t.scheme, t.host, t.port, t.base_path, t.host_header) == (
+        "https",
+        "gw.example",
+        8443,
+        "/base",
+        "gw.example:8443",
+    )
+    assert parse_target("http://127.0.0.1").port == 80
+    assert parse_target("http://[::1]:9000").host_header == "[::1]:9000"
+    for bad in ("127.0.0.1:8000", "ftp://x", "http://", "http://h/?q=1", "http://h:99999"):
+        with pytest.raises(UserError):
+            parse_target(bad)
+
+
+def test_prepare_rewrites_host_framing_and_drops_redacted_values() -> None:
+    rw = Rewriter(parse_target("http://127.0.0.1:8000/gw"))
+    p = rw.prepare(req(query="api_key=%5BREDACTED%3Aquery-api_key%3A01234567%5D&x=1"))
+    names = [n.lower() for n, _ in p.headers]
+    assert p.headers[0] == ("Host", "127.0.0.1:8000")
+    assert "connection" not in names and "transfer-encoding" not in names
+    assert "authorization" not in names  # redacted: never sent as it is
+    assert dict(p.headers)["Content-Length"] == str(len(p.body))
+    assert p.path == "/gw/v1/chat/completions?x=1"
+    body = json.loads(p.body)
+    assert "api_key" not in body and body["model"] == "gpt-4o-mini"
+    assert rw.dropped_redacted == 3
+    head, _, rest = p.raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /gw/v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
+    assert rest == p.body
+    assert b"prod-gateway" not in p.raw
+
+
+def test_headers_set_remove_and_env_expansion() -> None:
+    sets, removes = parse_header_args(
+        ["Authorization: Bearer ${GATEWAY_KEY}", "X-Trace:", "X-Tenant: blue"],
+        {"GATEWAY_KEY": "k-123"},
+    )
+    rw = Rewriter(parse_target("http://127.0.0.1:1"), set_headers=sets, remove_headers=removes)
+    p = rw.prepare(req())
+    h = dict(p.headers)
+    assert h["Authorization"] == "Bearer k-123" and h["X-Tenant"] == "blue" and "X-Trace" not in h
+    with pytest.raises(UserError, match="GATEWAY_KEY is not set"):
+        parse_header_args(["Authorization: Bearer ${GATEWAY_KEY}"], {})
+    for bad in ("NoColon", ": value", "Bad Name: x"):
+        with pytest.raises(UserError):
+            parse_header_args([bad], {})
+
+
+def test_model_map_and_gzip_bodies() -> None:
+    mm = parse_model_map(["gpt-4o-mini=llama-3.1-8b"])
+    rw = Rewriter(parse_target("http://127.0.0.1:1"), model_map=mm)
+    p = rw.prepare(req())
+    assert json.loads(p.body)["model"] == "llama-3.1-8b" and p.model == "llama-3.1-8b"
+    gz = gzip.compress(json.dumps({"model": "gpt-4o-mini"}).encode())
+    p2 = rw.prepare(req(body=gz, content_encoding="gzip", headers=[("Content-Encoding", "gzip")]))
+    assert json.loads(gzip.decompress(p2.body))["model"] == "llama-3.1-8b"
+    assert dict(p2.headers)["Content-Length"] == str(len(p2.body))
+    with pytest.raises(UserError):
+        parse_model_map(["no-equals"])
+
+
+def test_keep_host_and_get_without_body() -> None:
+    rw = Rewriter(parse_target("http://127.0.0.1:1"), keep_host=True)
+    p = rw.prepare(Request("GET", "/health", "a=1", [("Host", "recorded:80")], None))
+    assert p.headers == [("Host", "recorded:80")]
+    assert p.raw == b"GET /health?a=1 HTTP/1.1\r\nHost: recorded:80\r\n\r\n"
+
+
+def test_markers_inside_text_are_data_and_stay() -> None:
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "key [REDACTED:sk:aa00bb11] here"}]}
+    ).encode()
+    p = Rewriter(parse_target("http://127.0.0.1:1")).prepare(req(body=body, headers=[]))
+    assert json.loads(p.body)["messages"][0]["content"] == "key [REDACTED:sk:aa00bb11] here"
