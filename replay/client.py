@@ -14,6 +14,7 @@ Redirects are never followed (a 3xx is a result like any other); TLS is verified
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -29,8 +30,21 @@ _now = time.monotonic_ns
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "_ctype", "_enc", "_framed", "_head", "_keep", "_retry", "client", "done", "out",
-        "parser", "req", "reused", "scan", "timer", "transport",
+        "_ctype",
+        "_enc",
+        "_framed",
+        "_head",
+        "_keep",
+        "_retry",
+        "client",
+        "deadline",
+        "done",
+        "out",
+        "parser",
+        "req",
+        "reused",
+        "scan",
+        "transport",
     )  # fmt: skip
 
     def __init__(self, client: FastClient) -> None:
@@ -40,7 +54,7 @@ class _Conn(asyncio.Protocol):
         self.out: Outcome | None = None
         self.done: Done | None = None
         self.scan: StreamScanner | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0  # monotonic ns; checked by the client's sweeper (no timer per request)
         self._ctype = b""
         self._enc = b""
         self._retry: bytes | None = None
@@ -137,20 +151,20 @@ class _Conn(asyncio.Protocol):
         self._keep = True
         self._framed = False
         self._head = req.method == "HEAD"
-        timeout = self.client.timeout
-        if timeout:
-            self.timer = self.client.loop.call_later(timeout, self._timed_out)
+        client = self.client
+        if client.timeout_ns:
+            self.deadline = sent_ns + client.timeout_ns
+            client._busy.add(self)
         assert self.transport is not None
         self.transport.write(req.raw)
 
     def _timed_out(self) -> None:
-        self.timer = None
         self._fail("timeout", f"no complete response within {self.client.timeout:g} s")
 
     def _reset(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline:
+            self.deadline = 0
+            self.client._busy.discard(self)
         self.out = None
         self.done = None
         self.req = None
@@ -194,6 +208,9 @@ class FastClient:
         self.loop = loop or asyncio.get_running_loop()
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
+        self._busy: set[_Conn] = set()  # with a request out and a deadline
+        self.timeout_ns = int(timeout * 1e9) if timeout else 0
+        self._sweeper: asyncio.Task[None] | None = None
         self._ssl: ssl.SSLContext | None = None
         self.connects = 0
         self.resends = 0
@@ -205,7 +222,19 @@ class FastClient:
             ctx.set_alpn_protocols(["http/1.1"])
             self._ssl = ctx
 
+    async def _sweep(self) -> None:
+        """Time requests out: one task checking deadlines, instead of a timer per request."""
+        interval = min(0.1, self.timeout / 10)
+        while True:
+            await asyncio.sleep(interval)
+            if self._busy:
+                now = _now()
+                for conn in [c for c in self._busy if c.deadline and c.deadline <= now]:
+                    conn._timed_out()
+
     def submit(self, req: Prepared, done: Done) -> None:
+        if self._sweeper is None and self.timeout_ns:
+            self._sweeper = self.loop.create_task(self._sweep())
         while self._idle:
             conn = self._idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
@@ -248,6 +277,11 @@ class FastClient:
             self._idle.remove(conn)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         for conn in list(self._all):
             conn._close()
         self._idle.clear()

@@ -26,7 +26,7 @@ from . import plan as planmod
 from .dispatch import Client, Dispatcher, DispatchStats
 from .metrics import Metrics
 from .results import Expect, ResultWriter, warm_up, write_histograms, write_run_json
-from .rewrite import Rewriter, parse_header_args, parse_model_map, parse_target
+from .rewrite import Prepared, Rewriter, parse_header_args, parse_model_map, parse_target
 from .schedule import Scheduler
 
 
@@ -138,6 +138,25 @@ def capture_source(
     return source
 
 
+def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[planmod.Shot], Prepared]:
+    """Prepare each distinct recorded request once (loops and repeats reuse it)."""
+    cache: dict[tuple[tuple[str, int], int], Prepared] = {}
+
+    def prepare(shot: planmod.Shot) -> Prepared:
+        if shot.source is None or shot.extra:
+            return rewriter.prepare(shot.request)
+        key = (shot.source, shot.copy)
+        p = cache.get(key)
+        if p is None:
+            p = rewriter.prepare(shot.request)
+            if len(cache) >= maxsize:
+                del cache[next(iter(cache))]
+            cache[key] = p
+        return p
+
+    return prepare
+
+
 def make_client(
     kind: str, target: Any, *, max_in_flight: int, timeout: float, insecure: bool
 ) -> Client:
@@ -216,9 +235,8 @@ def run_replay(
         client = make_client(opts.client, target, max_in_flight=max_in_flight,
                              timeout=opts.timeout_s, insecure=opts.insecure)  # fmt: skip
         disp = Dispatcher(
-            scheduler, lambda shot: rewriter.prepare(shot.request), client, writer,
-            spin_ns=int(opts.spin_ms * 1e6),
-        )  # fmt: skip
+            scheduler, cached_prepare(rewriter), client, writer, spin_ns=int(opts.spin_ms * 1e6)
+        )
         loop = asyncio.get_running_loop()
         presses = {"n": 0}
         closing: list[asyncio.Task[None]] = []

@@ -163,6 +163,9 @@ def request_of(row: Record) -> Request:
     )
 
 
+TEMPLATE_LIMIT = 50_000  # requests of a window kept in memory for looping
+
+
 @dataclass
 class PlanStats:
     """What the plan skipped, and why (reported by the run)."""
@@ -192,8 +195,17 @@ def plan_replay(
     count = 0
     period_ns = 0
     seq = 0
+    # Loops after the first reuse the first loop's requests when the window is small enough to
+    # keep (re-reading and re-parsing the capture each loop costs more than the send itself).
+    templates: list[tuple[int, Request, str | None, tuple[str, int] | None, Recorded]] | None = []
     for loop in range(opts.loops):
         base = loop * period_ns
+        if loop > 0 and templates is not None:
+            for rel, request, session, src, rec in templates:
+                yield Shot(offset_ns=base + rel, seq=seq, request=request, session=session,
+                           stream=opts.stream, source=src, recorded=rec, loop=loop)  # fmt: skip
+                seq += 1
+            continue
         for row in source(lo, hi):
             t = row["req_start_ns"]
             if t_first is None:
@@ -206,9 +218,9 @@ def plan_replay(
                 if loop == 0:
                     st.skip(reason)
                 continue
-            offset = base + round((t - t_first) / opts.speed)
-            yield Shot(
-                offset_ns=offset,
+            rel = round((t - t_first) / opts.speed)
+            shot = Shot(
+                offset_ns=base + rel,
                 seq=seq,
                 request=request_of(row),
                 session=row.get("session_key"),
@@ -217,6 +229,12 @@ def plan_replay(
                 recorded=recorded_info(row),
                 loop=loop,
             )
+            if loop == 0 and templates is not None:
+                if len(templates) < TEMPLATE_LIMIT:
+                    templates.append((rel, shot.request, shot.session, shot.source, shot.recorded))  # type: ignore[arg-type]
+                else:
+                    templates = None
+            yield shot
             seq += 1
             if loop == 0:
                 st.planned += 1

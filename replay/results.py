@@ -136,7 +136,7 @@ class ResultWriter:
         name = f"results-{part}.parquet" if part else "results.parquet"
         self.path = out_dir / name
         self._writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
-        self._cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+        self._rows: list[tuple[Shot, Prepared | None, int, Outcome, str, str]] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loadtape-results")
@@ -155,67 +155,84 @@ class ResultWriter:
         out: Outcome,
         target: str = "",
     ) -> None:
-        c = self._cols
-        off = self.offset
-        req = shot.request
-        rec = shot.recorded
-        status = out.status
-        outcome = self.expect.outcome(status, out.error)
+        """One result: kept as a tuple (the hot path); columns are built when draining."""
+        outcome = self.expect.outcome(out.status, out.error)
         if outcome == "ok":
             self.ok += 1
         elif outcome == "expected":
             self.expected += 1
         else:
             self.failed += 1
-        sent = out.sent_ns
-        c["seq"].append(shot.seq)
-        c["stream"].append(shot.stream)
-        c["target"].append(target)
-        c["copy"].append(shot.copy)
-        c["loop"].append(shot.loop)
-        c["session"].append(shot.session)
-        c["source_writer"].append(shot.source[0] if shot.source else None)
-        c["source_seq"].append(shot.source[1] if shot.source else None)
-        c["method"].append(req.method)
-        c["endpoint"].append(req.path)
-        c["model"].append(prepared.model if prepared is not None else req.model)
-        c["req_bytes"].append(len(prepared.body) if prepared is not None else 0)
-        c["intended_ns"].append(intended_mono + off)
-        c["sent_ns"].append(sent + off)
-        c["headers_ns"].append(out.headers_ns + off if out.headers_ns is not None else None)
-        c["first_token_ns"].append(
-            out.first_token_ns + off if out.first_token_ns is not None else None
-        )
-        c["end_ns"].append(out.end_ns + off)
-        c["status"].append(status)
-        c["outcome"].append(outcome)
-        c["error_kind"].append(out.error)
-        c["error_message"].append(out.error_msg)
-        c["retry_after"].append(out.retry_after)
-        c["bytes_in"].append(out.bytes_in)
-        c["prompt_tokens"].append(out.prompt_tokens)
-        c["completion_tokens"].append(out.completion_tokens)
-        c["finish_reason"].append(out.finish_reason)
-        c["events"].append(out.events)
-        c["token_offsets_us"].append(
-            [(t - sent) // 1000 for t in out.token_ns] if out.token_ns else None
-        )
-        c["recorded_status"].append(rec.status if rec else None)
-        c["recorded_ttfb_us"].append(rec.ttfb_us if rec else None)
-        c["recorded_first_chunk_us"].append(rec.first_chunk_us if rec else None)
-        c["recorded_chunks"].append(rec.chunks if rec else None)
-        c["recorded_completion_tokens"].append(rec.completion_tokens if rec else None)
-        c["recorded_finish_reason"].append(rec.finish_reason if rec else None)
+        self._rows.append((shot, prepared, intended_mono, out, target, outcome))
         self.rows += 1
-        if len(c["seq"]) >= 8 * self.batch_rows:
+        if len(self._rows) >= 8 * self.batch_rows:
             self.flush()  # nobody drains (no event loop): keep memory bounded anyway
 
     def _take(self) -> dict[str, list[Any]] | None:
-        cols = self._cols
-        if not cols["seq"]:
+        rows = self._rows
+        if not rows:
             return None
-        self._cols = {c: [] for c in COLUMNS}
-        return cols
+        self._rows = []
+        return self._columns(rows)
+
+    def _columns(
+        self, rows: list[tuple[Shot, Prepared | None, int, Outcome, str, str]]
+    ) -> dict[str, list[Any]]:
+        off = self.offset
+        shots = [r[0] for r in rows]
+        preps = [r[1] for r in rows]
+        outs = [r[3] for r in rows]
+        recs = [s.recorded for s in shots]
+        reqs = [s.request for s in shots]
+        nil = [None] * len(rows)
+        return {
+            "seq": [s.seq for s in shots],
+            "stream": [s.stream for s in shots],
+            "target": [r[4] for r in rows],
+            "copy": [s.copy for s in shots],
+            "loop": [s.loop for s in shots],
+            "session": [s.session for s in shots],
+            "source_writer": [s.source[0] if s.source else None for s in shots],
+            "source_seq": [s.source[1] if s.source else None for s in shots],
+            "method": [q.method for q in reqs],
+            "endpoint": [q.path for q in reqs],
+            "model": [
+                p.model if p is not None else q.model for p, q in zip(preps, reqs, strict=True)
+            ],
+            "req_bytes": [len(p.body) if p is not None else 0 for p in preps],
+            "intended_ns": [r[2] + off for r in rows],
+            "sent_ns": [o.sent_ns + off for o in outs],
+            "headers_ns": [o.headers_ns + off if o.headers_ns is not None else None for o in outs],
+            "first_token_ns": [
+                o.first_token_ns + off if o.first_token_ns is not None else None for o in outs
+            ],
+            "end_ns": [o.end_ns + off for o in outs],
+            "status": [o.status for o in outs],
+            "outcome": [r[5] for r in rows],
+            "error_kind": [o.error for o in outs],
+            "error_message": [o.error_msg for o in outs],
+            "retry_after": [o.retry_after for o in outs],
+            "bytes_in": [o.bytes_in for o in outs],
+            "prompt_tokens": [o.prompt_tokens for o in outs],
+            "completion_tokens": [o.completion_tokens for o in outs],
+            "finish_reason": [o.finish_reason for o in outs],
+            "events": [o.events for o in outs],
+            "token_offsets_us": [
+                [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
+            ],
+            "recorded_status": [r.status if r else None for r in recs] if any(recs) else nil,
+            "recorded_ttfb_us": [r.ttfb_us if r else None for r in recs] if any(recs) else nil,
+            "recorded_first_chunk_us": [r.first_chunk_us if r else None for r in recs]
+            if any(recs)
+            else nil,
+            "recorded_chunks": [r.chunks if r else None for r in recs] if any(recs) else nil,
+            "recorded_completion_tokens": [r.completion_tokens if r else None for r in recs]
+            if any(recs)
+            else nil,
+            "recorded_finish_reason": [r.finish_reason if r else None for r in recs]
+            if any(recs)
+            else nil,
+        }
 
     def _slice(self, cols: dict[str, list[Any]], lo: int, hi: int) -> None:
         part = {k: v[lo:hi] for k, v in cols.items()}

@@ -1,0 +1,82 @@
+"""Benchmark targets on loopback: nginx (C, so the target is not what saturates)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{{"ok":true,"usage":{{"prompt_tokens":3,"completion_tokens":4}}}}';
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+class Nginx:
+    def __init__(self, workers: int = 1) -> None:
+        if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
+            raise SystemExit("benchmark: needs nginx (apt-get install nginx-light)")
+        self.prefix = Path(tempfile.mkdtemp(prefix="loadtape-nginx-"))
+        (self.prefix / "tmp").mkdir()
+        self.port = free_port()
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(workers=workers, prefix=self.prefix, port=self.port))
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.prefix)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        wait_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def __enter__(self) -> Nginx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
