@@ -86,6 +86,7 @@ class Shot:
     recorded: Recorded | None = None
     loop: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    prepared: Any = None  # the rewritten request, when the plan thread prepared it
 
 
 @dataclass(frozen=True)

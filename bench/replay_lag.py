@@ -1,0 +1,129 @@
+"""Benchmark: open-loop send lag (actual send - intended send) at 1k, 2k and 5k req/s.
+
+A capture of evenly spaced GETs at each rate is replayed at 1x against nginx on loopback.
+Lag is read from results.parquet for every request: p50, p99, max, plus the achieved rate and
+the CPU the replay used.
+
+Peer, in the same run: the common naive approach (no peer tool with an open loop and send-time
+records is packaged for this machine: no wrk2, no vegeta): one asyncio task per shot, each
+sleeping until its absolute due time, then sending with aiohttp, on uvloop. Its lag is measured
+the same way. Goal (issue 4): loadtape p99 <= 1 ms at 2k req/s, <= 5 ms at 5k req/s.
+
+    python bench/replay_lag.py [--seconds 10] [--rates 1000,2000,5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _targets import Nginx  # noqa: E402
+from replay_throughput import measured  # noqa: E402
+
+from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+NAIVE = textwrap.dedent(
+    """
+    import asyncio, sys, time, json
+    import aiohttp, uvloop
+    url, rate, n, out = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    lags = []
+    async def one(session, due):
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        lags.append(time.monotonic() - due)
+        try:
+            async with session.get(url) as r:
+                await r.read()
+        except Exception:
+            pass
+    async def main():
+        conn = aiohttp.TCPConnector(limit=1000)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            start = time.monotonic() + 0.5
+            await asyncio.gather(*(one(s, start + i / rate) for i in range(n)))
+    uvloop.run(main())
+    json.dump(lags, open(out, "w"))
+    """
+)
+
+
+def stats(lag_ms: np.ndarray) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(lag_ms, 50)),
+        "p99_ms": float(np.percentile(lag_ms, 99)),
+        "max_ms": float(lag_ms.max()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", default="1000,2000,5000")
+    ap.add_argument("--out", default="bench/out")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        with Nginx(workers=1) as nginx:
+            for rate in (int(r) for r in args.rates.split(",")):
+                n = int(rate * args.seconds)
+                cap = write_capture(
+                    work / f"cap{rate}",
+                    [
+                        http_record(start_ns=T0_NS + round(i * 1e9 / rate), path="/lag")
+                        for i in range(n)
+                    ],
+                )
+                run = work / f"run{rate}"
+                _, _, cpu = measured([str(BIN / "loadtape"), "replay", str(cap), "--target", nginx.url,
+                                      "--out", str(run), "-q"])  # fmt: skip
+                doc = json.loads((run / "run.json").read_text())
+                t = pq.read_table(run / "results.parquet", columns=["intended_ns", "sent_ns"])
+                lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
+                lt = {**stats(lag), "achieved_rate": doc["achieved_rate"], "failed": doc["counts"]["failed"],
+                      "cpu_us_per_req": cpu / n * 1e6}  # fmt: skip
+                lag_file = work / f"naive{rate}.json"
+                _, _, ncpu = measured(
+                    [
+                        sys.executable,
+                        "-c",
+                        NAIVE,
+                        f"{nginx.url}/lag",
+                        str(rate),
+                        str(n),
+                        str(lag_file),
+                    ]
+                )
+                nlag = np.asarray(json.loads(lag_file.read_text())) * 1e3
+                naive = {**stats(nlag), "cpu_us_per_req": ncpu / n * 1e6}
+                results[str(rate)] = {"loadtape": lt, "naive_task_per_shot": naive}
+                print(
+                    f"{rate:5d} req/s  loadtape: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
+                    f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, {lt['cpu_us_per_req']:.0f} us CPU/req | "
+                    f"naive task-per-shot: p50 {naive['p50_ms']:.3f} p99 {naive['p99_ms']:.3f} max {naive['max_ms']:.1f} ms, "
+                    f"{naive['cpu_us_per_req']:.0f} us CPU/req | p99 ratio {naive['p99_ms'] / max(lt['p99_ms'], 1e-6):.1f}x",
+                    flush=True,
+                )
+        out = ROOT / args.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "replay_lag.json").write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
