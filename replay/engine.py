@@ -252,12 +252,16 @@ def run_replay(
     rewriter = Rewriter(target, set_headers=set_headers, remove_headers=remove_headers,
                         model_map=model_map, keep_host=opts.keep_host)  # fmt: skip
     prepare = cached_prepare(rewriter)
-    plan_buffer = Prefetch(with_prepared(shots, prepare))
-    plan_buffer.prefill(PREFILL)  # before the start instant: the first shots are ready
+    # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
+    # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
+    plan_buffer: Prefetch[planmod.Shot] | None = None
+    if not closed:
+        plan_buffer = Prefetch(with_prepared(shots, prepare))
+        plan_buffer.prefill(PREFILL)  # before the start instant: the first shots are ready
     max_in_flight = opts.concurrency if closed else opts.max_in_flight
     assert max_in_flight is not None
     scheduler = Scheduler(
-        plan_buffer,
+        plan_buffer if plan_buffer is not None else shots,
         max_in_flight=max_in_flight,
         ordered_sessions=opts.sessions == "ordered",
         closed_loop=closed,
@@ -265,7 +269,7 @@ def run_replay(
     warm_up()
     wall_start = time.time_ns()
     metrics = Metrics(run_start_ns=wall_start)
-    writer = ResultWriter(out_dir, expect=expect, metrics=metrics)
+    writer = ResultWriter(out_dir, expect=expect, metrics=metrics, threaded=not closed)
     interrupted = {"flag": False}
 
     rates: dict[str, float | None] = {}
@@ -295,7 +299,10 @@ def run_replay(
         ticker = loop.create_task(_tick(disp, writer, metrics, on_progress))
         t0 = time.monotonic_ns()
         switch = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)  # the loop waits at most this for the GIL
+        if not closed:
+            # Open loop keeps a schedule: the loop waits at most this for the GIL. (Closed loop
+            # has no schedule to keep; there the extra GIL handoffs only cost CPU.)
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             stats = await disp.run()
             rates["scheduled"], rates["achieved"] = disp.rates()
@@ -317,7 +324,8 @@ def run_replay(
         with quiet_gc():
             stats, duration_ns = run_async(main())
     finally:
-        plan_buffer.close()
+        if plan_buffer is not None:
+            plan_buffer.close()
         writer.close()
         write_histograms(out_dir, metrics)
     planned = (
