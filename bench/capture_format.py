@@ -80,9 +80,11 @@ def bench_mitmproxy_writer(path: Path, records: list[Record]) -> dict[str, float
     for r in records:
         f = tflow.tflow(resp=True)
         f.request = http.Request.make(
-            r["method"], f"http://{r['host']}:{r['port']}{r['path']}", r["req_body"] or b"",
+            r["method"],
+            f"http://{r['host']}:{r['port']}{r['path']}",
+            r["req_body"] or b"",
             dict(r["req_headers"]),
-        )  # fmt: skip
+        )
         f.response = http.Response.make(
             r["status"] or 502, r["resp_body"] or b"", dict(r["resp_headers"] or [])
         )
@@ -95,8 +97,12 @@ def bench_mitmproxy_writer(path: Path, records: list[Record]) -> dict[str, float
         fh.flush()
         os.fsync(fh.fileno())
     dt = time.perf_counter() - t0
-    return {"records": len(flows), "seconds": dt, "records_per_s": len(flows) / dt,
-            "bytes_on_disk": path.stat().st_size}  # fmt: skip
+    return {
+        "records": len(flows),
+        "seconds": dt,
+        "records_per_s": len(flows) / dt,
+        "bytes_on_disk": path.stat().st_size,
+    }
 
 
 READ_PROBE = """
@@ -137,12 +143,19 @@ print(n, dt, base, hwm_kb())
 def bench_read(d: Path, mode: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", READ_PROBE, mode, str(d)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=Path(__file__).resolve().parents[1],
-    ).stdout.split()  # fmt: skip
+    ).stdout.split()
     n, dt, base, peak = int(out[0]), float(out[1]), int(out[2]), int(out[3])
-    return {"rows": n, "seconds": dt, "rows_per_s": n / dt,
-            "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base) / 1024}  # fmt: skip
+    return {
+        "rows": n,
+        "seconds": dt,
+        "rows_per_s": n / dt,
+        "peak_rss_mb": peak / 1024,
+        "rss_growth_mb": (peak - base) / 1024,
+    }
 
 
 def main() -> None:
@@ -159,21 +172,25 @@ def main() -> None:
         for mode in ("inline", "process"):
             w = bench_write(work / f"w-{mode}", recs, compaction=mode)
             results[f"write_loadtape_{mode}"] = w
-            print(f"write ({mode:7} compaction): {w['records_per_s']:8,.0f} rec/s end to end, "
-                  f"appends {w['appends_per_s']:8,.0f} rec/s; CPU/rec writer "
-                  f"{w['writer_cpu_us_per_record']:.1f} us + compactor "
-                  f"{w['compactor_cpu_us_per_record']:.1f} us; {w['parts']} parts, "
-                  f"{w['bytes_on_disk'] / 1e6:.1f} MB")  # fmt: skip
+            print(
+                f"write ({mode:7} compaction): {w['records_per_s']:8,.0f} rec/s end to end, "
+                f"appends {w['appends_per_s']:8,.0f} rec/s; CPU/rec writer "
+                f"{w['writer_cpu_us_per_record']:.1f} us + compactor "
+                f"{w['compactor_cpu_us_per_record']:.1f} us; {w['parts']} parts, "
+                f"{w['bytes_on_disk'] / 1e6:.1f} MB"
+            )
         peer_recs = recs[: args.peer_rows]
         pw = bench_mitmproxy_writer(work / "flows.mitm", peer_recs)
         results["write_mitmproxy_flowwriter"] = pw
         lt_small = bench_write(work / "w2", peer_recs)
         results["write_loadtape_same_n_as_peer"] = lt_small
-        print(f"write peer: mitmproxy FlowWriter {pw['records_per_s']:,.0f} rec/s vs loadtape "
-              f"{lt_small['records_per_s']:,.0f} rec/s (inline) on the same {pw['records']:,} "
-              f"records -> {lt_small['records_per_s'] / pw['records_per_s']:.2f}x; on disk "
-              f"{pw['bytes_on_disk'] / 1e6:.1f} MB vs "
-              f"{lt_small['bytes_on_disk'] / 1e6:.1f} MB")  # fmt: skip
+        print(
+            f"write peer: mitmproxy FlowWriter {pw['records_per_s']:,.0f} rec/s vs loadtape "
+            f"{lt_small['records_per_s']:,.0f} rec/s (inline) on the same {pw['records']:,} "
+            f"records -> {lt_small['records_per_s'] / pw['records_per_s']:.2f}x; on disk "
+            f"{pw['bytes_on_disk'] / 1e6:.1f} MB vs "
+            f"{lt_small['bytes_on_disk'] / 1e6:.1f} MB"
+        )
         del recs, peer_recs
         big = work / "r"
         t0 = time.perf_counter()
@@ -182,13 +199,17 @@ def main() -> None:
         for mode in ("loadtape", "loadtape-all", "pyarrow-whole"):
             r = bench_read(big, mode)
             results[f"read_{mode}"] = r
-            print(f"read {mode:<14} {r['rows_per_s']:>10,.0f} rows/s  {r['seconds']:6.1f} s  "
-                  f"peak RSS {r['peak_rss_mb']:7.1f} MB "
-                  f"(growth {r['rss_growth_mb']:.1f} MB)")  # fmt: skip
+            print(
+                f"read {mode:<14} {r['rows_per_s']:>10,.0f} rows/s  {r['seconds']:6.1f} s  "
+                f"peak RSS {r['peak_rss_mb']:7.1f} MB "
+                f"(growth {r['rss_growth_mb']:.1f} MB)"
+            )
         a, b = results["read_loadtape"], results["read_pyarrow-whole"]
         assert isinstance(a, dict) and isinstance(b, dict)
-        print(f"read ratio loadtape/pyarrow-whole: speed {a['rows_per_s'] / b['rows_per_s']:.2f}x, "
-              f"peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")  # fmt: skip
+        print(
+            f"read ratio loadtape/pyarrow-whole: speed {a['rows_per_s'] / b['rows_per_s']:.2f}x, "
+            f"peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x"
+        )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "capture_format.json").write_text(json.dumps(results, indent=2))

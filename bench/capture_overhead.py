@@ -75,17 +75,32 @@ def wait_port(port: int, timeout: float = 30) -> None:
 def start_proxy(upstream: str, mode: str, work: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     args = [
-        str(BIN / "mitmdump"), "--mode", f"reverse:{upstream}",
-        "--listen-host", "127.0.0.1", "--listen-port", str(port),
-        "--set", "flow_detail=0", "--set", "termlog_verbosity=warn",
-        "--set", "connection_strategy=lazy",
-    ]  # fmt: skip
+        str(BIN / "mitmdump"),
+        "--mode",
+        f"reverse:{upstream}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        "flow_detail=0",
+        "--set",
+        "termlog_verbosity=warn",
+        "--set",
+        "connection_strategy=lazy",
+    ]
     if mode == "bare-streaming":
         args += ["--set", "stream_large_bodies=1"]  # mitmdump streaming every body, no addon
     if mode == "addon":
         cap = Path(tempfile.mkdtemp(dir=work))
-        args += ["-s", str(ADDON), "--set", f"capture_dir={cap / 'cap'}",
-                 "--set", f"capture_redaction_key_file={work / 'key'}"]  # fmt: skip
+        args += [
+            "-s",
+            str(ADDON),
+            "--set",
+            f"capture_dir={cap / 'cap'}",
+            "--set",
+            f"capture_redaction_key_file={work / 'key'}",
+        ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
@@ -139,8 +154,9 @@ def main() -> None:
     up_port = free_port()
     gw = subprocess.Popen(
         [str(BIN / "loadtape"), "mock-gateway", "--port", str(up_port), "--profile", "instant"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
         wait_port(up_port)
@@ -168,13 +184,20 @@ def main() -> None:
                     finally:
                         stop(proc)
                     results[name][mode].append(
-                        {"rps": thr["rps"], "cpu_us_per_req": cpu_us, "p50_ms": lat["p50_ms"],
-                         "p99_ms": lat["p99_ms"], "non_2xx": thr["non_2xx"] + lat["non_2xx"]}
-                    )  # fmt: skip
-                    print(f"{name:9} round {rnd} {mode:14}: {thr['rps']:7.0f} req/s  "
-                          f"{cpu_us:6.0f} us CPU/req  "
-                          f"1-conn p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms",
-                          flush=True)  # fmt: skip
+                        {
+                            "rps": thr["rps"],
+                            "cpu_us_per_req": cpu_us,
+                            "p50_ms": lat["p50_ms"],
+                            "p99_ms": lat["p99_ms"],
+                            "non_2xx": thr["non_2xx"] + lat["non_2xx"],
+                        }
+                    )
+                    print(
+                        f"{name:9} round {rnd} {mode:14}: {thr['rps']:7.0f} req/s  "
+                        f"{cpu_us:6.0f} us CPU/req  "
+                        f"1-conn p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms",
+                        flush=True,
+                    )
         print()
         summary: dict[str, dict[str, object]] = {}
         for name, by_mode in results.items():
@@ -193,11 +216,13 @@ def main() -> None:
                     "added_p99_ms": a["p99_ms"] - b["p99_ms"],
                 }
                 summary[name][f"vs_{peer}"] = cmp
-                print(f"{name:9} addon vs {peer:14}: {a['rps']:5.0f} vs {b['rps']:5.0f} req/s "
-                      f"-> {cmp['throughput_ratio']:.3f}x; CPU/req {a['cpu_us_per_req']:.0f} vs "
-                      f"{b['cpu_us_per_req']:.0f} us -> {cmp['cpu_ratio']:.3f}x; added latency "
-                      f"p50 {cmp['added_p50_ms']:+.3f} ms, "
-                      f"p99 {cmp['added_p99_ms']:+.3f} ms")  # fmt: skip
+                print(
+                    f"{name:9} addon vs {peer:14}: {a['rps']:5.0f} vs {b['rps']:5.0f} req/s "
+                    f"-> {cmp['throughput_ratio']:.3f}x; CPU/req {a['cpu_us_per_req']:.0f} vs "
+                    f"{b['cpu_us_per_req']:.0f} us -> {cmp['cpu_ratio']:.3f}x; added latency "
+                    f"p50 {cmp['added_p50_ms']:+.3f} ms, "
+                    f"p99 {cmp['added_p99_ms']:+.3f} ms"
+                )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "capture_overhead.json").write_text(

@@ -38,13 +38,38 @@ DEFAULT_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
 DEFAULT_QUERY = frozenset(
-    {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "password", "secret",
-     "sig", "signature", "client_secret"}
-)  # fmt: skip
+    {
+        "api_key",
+        "apikey",
+        "api-key",
+        "key",
+        "token",
+        "access_token",
+        "auth",
+        "password",
+        "secret",
+        "sig",
+        "signature",
+        "client_secret",
+    }
+)
 DEFAULT_JSON_KEYS = frozenset(
-    {"api_key", "apikey", "api-key", "password", "passwd", "secret", "client_secret", "token",
-     "access_token", "refresh_token", "id_token", "authorization", "private_key"}
-)  # fmt: skip
+    {
+        "api_key",
+        "apikey",
+        "api-key",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "authorization",
+        "private_key",
+    }
+)
 
 # sk-..., sk-proj-..., sk-ant-...: OpenAI/Anthropic-style keys; Bearer tokens of any kind.
 SECRET_PATTERNS = (

@@ -10,9 +10,18 @@ _SIZE = re.compile(
     r"^\s*(?P<num>\d+(?:\.\d*)?)\s*(?P<unit>b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I
 )
 _SIZE_UNITS = {
-    None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6,
-    "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30,
-}  # fmt: skip
+    None: 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1 << 20,
+    "mb": 10**6,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 10**9,
+    "gib": 1 << 30,
+}
 
 
 def parse_duration(text: str | float | int) -> float:

@@ -353,8 +353,13 @@ class CaptureAddon:
             s = self.sink.stats
             log.info(
                 "capture: %d records (%d streamed, %d errors), %d dropped, %d lost, into %s",
-                s.records, s.streamed, s.errors, s.dropped, s.lost, self._dir,
-            )  # fmt: skip
+                s.records,
+                s.streamed,
+                s.errors,
+                s.dropped,
+                s.lost,
+                self._dir,
+            )
             self.sink = None
 
 

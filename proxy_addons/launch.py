@@ -43,18 +43,28 @@ class CaptureConfig:
         else:
             raise UserError(f"--mode {self.mode!r}: want reverse or regular")
         args = [
-            mitmdump, "-s", str(ADDON),
-            "--mode", mode,
-            "--listen-host", self.listen_host,
-            "--listen-port", str(self.listen_port),
-            "--set", f"capture_dir={self.out}",
-            "--set", f"capture_status_file={self.out / STATUS_FILE}",
-            "--set", "flow_detail=0",  # mitmdump would print every URL, query secrets included
-            "--set", "termlog_verbosity=warn",
+            mitmdump,
+            "-s",
+            str(ADDON),
+            "--mode",
+            mode,
+            "--listen-host",
+            self.listen_host,
+            "--listen-port",
+            str(self.listen_port),
+            "--set",
+            f"capture_dir={self.out}",
+            "--set",
+            f"capture_status_file={self.out / STATUS_FILE}",
+            "--set",
+            "flow_detail=0",  # mitmdump would print every URL, query secrets included
+            "--set",
+            "termlog_verbosity=warn",
             # Connect upstream per request, not per client connection: a refused upstream then
             # becomes a recorded flow (502 to the client) instead of a silently dropped client.
-            "--set", "connection_strategy=lazy",
-        ]  # fmt: skip
+            "--set",
+            "connection_strategy=lazy",
+        ]
         if self.confdir is not None:
             args += ["--set", f"confdir={self.confdir}"]
         for k, v in self.options.items():
@@ -93,9 +103,12 @@ class CaptureProcess:
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # signals come from us, so shutdown is always clean
-            )  # fmt: skip
+            )
         finally:
             os.close(fd)
         deadline = time.monotonic() + timeout

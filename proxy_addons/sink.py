@@ -24,51 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captures import llm
-from captures.redact import Redactor, decode_and_parse
-from captures.schema import Headers, Record, headers_get
+from captures.exchange import (
+    Snapshot,
+    build_record,
+    error_kind,
+    parse_session_sources,
+)
+from captures.redact import Redactor
+from captures.schema import Record
 from captures.writer import CaptureWriter
 
+__all__ = [
+    "CaptureSink",
+    "Snapshot",
+    "Stats",
+    "build_record",
+    "error_kind",
+    "parse_session_sources",
+]
+
 log = logging.getLogger("loadtape.capture")
-
-HeaderFields = tuple[tuple[bytes, bytes], ...]
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """What the event loop hands over: no decoding, no copying."""
-
-    conn_id: str
-    inflight: int
-    req_start: float
-    req_end: float | None
-    method: bytes
-    scheme: bytes
-    host: str
-    port: int
-    path: bytes
-    http_version: bytes
-    req_headers: HeaderFields
-    req_body: bytes | None
-    status: int | None = None
-    reason: bytes | None = None
-    resp_headers: HeaderFields | None = None
-    resp_start: float | None = None
-    resp_end: float | None = None
-    chunk_times: list[float] | None = None
-    chunk_sizes: list[int] | None = None
-    resp_parts: list[bytes] | None = None
-    resp_total: int = 0
-    resp_body: bytes | None = None  # not streamed (rare: no body, or set by another addon)
-    error: str | None = None
-    websocket: bool = False
-
-    def nbytes(self) -> int:
-        return (
-            (len(self.req_body) if self.req_body else 0)
-            + sum(len(p) for p in self.resp_parts or ())
-            + (len(self.resp_body) if self.resp_body else 0)
-        )
 
 
 @dataclass
@@ -84,65 +59,6 @@ class Stats:
     write_error: str | None = None
     writer_notes: list[str] = field(default_factory=list)
     writer_cpu_s: float = 0.0  # CPU time the writer thread used (what recording costs the proxy)
-
-
-def _h(s: bytes) -> str:
-    try:
-        return s.decode("utf-8")
-    except UnicodeDecodeError:
-        return s.decode("latin-1")
-
-
-def _first_values(headers: Headers) -> dict[str, str]:
-    """Lower-cased header name -> its first value."""
-    out: dict[str, str] = {}
-    for name, value in headers:
-        out.setdefault(name.lower(), value)
-    return out
-
-
-def _us(seconds: float) -> int:
-    """Seconds -> microseconds, clamped to the int32 column (0 to ~35 minutes)."""
-    return min(max(0, int(seconds * 1e6)), 2**31 - 1)
-
-
-def error_kind(msg: str) -> str:
-    """mitmproxy's error message -> the capture format's error kind."""
-    m = msg.lower()
-    if "killed" in m and "client" not in m:
-        return "killed"
-    if "client disconnected" in m or "client closed" in m or "stream reset by client" in m:
-        return "client_abort"
-    if "refused" in m or "connect call failed" in m or "errno 111" in m or "unreachable" in m:
-        return "upstream_refused"
-    if "timeout" in m or "timed out" in m:
-        return "upstream_timeout"
-    if "tls" in m or "ssl" in m or "certificate" in m or "handshake" in m:
-        return "tls"
-    if "peer closed" in m or "server disconnected" in m or "reset" in m or "eof" in m:
-        return "upstream_reset"
-    if "invalid" in m or "malformed" in m or "protocol" in m or "smuggling" in m:
-        return "protocol"
-    return "other"
-
-
-def parse_session_sources(spec: str) -> list[tuple[str, str]]:
-    """'header:X-Session-Id,user,connection' -> [('header', 'X-Session-Id'), ('user', ''), ...]"""
-    out = []
-    for item in (p.strip() for p in spec.split(",")):
-        if not item:
-            continue
-        kind, _, arg = item.partition(":")
-        kind = kind.lower()
-        if kind == "header" and arg:
-            out.append(("header", arg))
-        elif kind in ("user", "connection", "none") and not arg:
-            out.append((kind, ""))
-        else:
-            raise ValueError(
-                f"bad session key source {item!r} (want header:NAME, user, connection)"
-            )
-    return out
 
 
 class CaptureSink:
@@ -259,8 +175,10 @@ class CaptureSink:
             if self._failing_since is not None:
                 log.warning(
                     "capture: writing to %s again after %.1f s; %d record(s) lost while it failed",
-                    self.directory, time.monotonic() - self._failing_since, self.stats.lost,
-                )  # fmt: skip
+                    self.directory,
+                    time.monotonic() - self._failing_since,
+                    self.stats.lost,
+                )
                 self._failing_since = None
                 self.stats.write_error = None
         finally:
@@ -270,8 +188,9 @@ class CaptureSink:
                 self.stats.lost += rejected
                 log.error(
                     "capture: %d record(s) did not fit the capture schema and were lost: %s",
-                    rejected, self.writer.notes[-1] if self.writer.notes else "",
-                )  # fmt: skip
+                    rejected,
+                    self.writer.notes[-1] if self.writer.notes else "",
+                )
             self.stats.records = self.writer.written
             self.stats.writer_notes = self.writer.notes[-20:]
 
@@ -282,8 +201,9 @@ class CaptureSink:
         if self.on_error == "stop":
             log.error(
                 "capture: cannot write to %s (%s); stopping the proxy (capture_on_error=stop)",
-                self.directory, msg,
-            )  # fmt: skip
+                self.directory,
+                msg,
+            )
             if self.on_fatal is not None:
                 self.on_fatal(msg)
             return
@@ -293,14 +213,20 @@ class CaptureSink:
             log.error(
                 "capture: CANNOT WRITE to %s (%s): traffic keeps flowing but is NOT being "
                 "recorded; %d record(s) lost so far, %d held in memory; retrying",
-                self.directory, msg, self.stats.lost, self.writer.pending_records,
-            )  # fmt: skip
+                self.directory,
+                msg,
+                self.stats.lost,
+                self.writer.pending_records,
+            )
         elif now - self._last_loud >= 10.0:
             self._last_loud = now
             log.error(
                 "capture: still cannot write to %s (%s); %d record(s) lost, %d held in memory",
-                self.directory, msg, self.stats.lost, self.writer.pending_records,
-            )  # fmt: skip
+                self.directory,
+                msg,
+                self.stats.lost,
+                self.writer.pending_records,
+            )
 
     def _maybe_status(self, force: bool = False) -> None:
         if self.status_file is None:
@@ -368,120 +294,9 @@ class CaptureSink:
 
     # -- building records (writer thread) ------------------------------------------------------
     def build(self, s: Snapshot) -> Record:
-        red = self.redactor
-        notes: list[str] = []
-        req_headers: Headers = [(_h(n), _h(v)) for n, v in s.req_headers]
-        path_q = _h(s.path)
-        path, _, query = path_q.partition("?")
-        req_map = _first_values(req_headers)
-        req_ct = req_map.get("content-type")
-        req_ce = req_map.get("content-encoding")
-        raw_req = s.req_body
-        req_size = len(raw_req) if raw_req is not None else 0
-        # Decode and parse the whole request body once (LLM fields and redaction share it),
-        # redact it, then cut it to the body limit.
-        if raw_req:
-            decoded = decode_and_parse(raw_req, req_ce, req_ct)
-            fields = llm.request_fields(decoded.obj)
-            req_body = red.body(raw_req, req_ce, req_ct, "req_body", notes, decoded=decoded)
-        else:
-            fields, req_body = llm.RequestFields(), raw_req
-        req_trunc = False
-        if req_body is not None and len(req_body) > self.body_limit:
-            req_body, req_trunc = req_body[: self.body_limit], True
-        rec: Record = {
-            "conn_id": s.conn_id,
-            "req_start_ns": int(s.req_start * 1e9),
-            "req_end_ns": int(s.req_end * 1e9) if s.req_end else None,
-            "proxy_inflight": s.inflight,
-            "method": _h(s.method),
-            "scheme": _h(s.scheme),
-            "host": s.host,
-            "port": s.port,
-            "path": red.text(path, "path", notes) or path,
-            "query": red.query(query, notes) if query else None,
-            "http_version": _h(s.http_version),
-            "req_headers": red.headers(req_headers, "req_headers", notes),
-            "req_body": req_body,
-            "req_body_size": req_size,
-            "req_body_truncated": req_trunc,
-            "req_content_encoding": req_ce,
-            "model": fields.model,
-            "stream": fields.stream,
-            "max_tokens": fields.max_tokens,
-            "message_count": fields.message_count,
-            "prompt_chars": fields.prompt_chars,
-            "user": red.text(fields.user, "user", notes),
-            "replayable": not s.websocket,
-        }
-        if s.status is not None and s.resp_headers is not None:
-            resp_headers: Headers = [(_h(n), _h(v)) for n, v in s.resp_headers]
-            resp_map = _first_values(resp_headers)
-            ct = resp_map.get("content-type")
-            ce = resp_map.get("content-encoding")
-            if s.resp_parts is not None:
-                body: bytes | None = b"".join(s.resp_parts)
-                size = s.resp_total
-            else:
-                body = s.resp_body
-                size = len(body) if body else 0
-            truncated = body is not None and size > len(body)
-            if not truncated:
-                resp = llm.parse_response(body, ct, ce)
-            else:
-                resp = llm.ResponseFields()
-                # A cut SSE stream still tells us most things from the part we kept.
-                if ce in (None, "", "identity"):
-                    resp = llm.parse_response(body, ct, None)
-            red_body = (
-                red.body(body, ce, ct, "resp_body", notes) if not truncated or not ce else None
-            )
-            if truncated and ce:
-                notes.append("resp_body:cut-encoded-dropped")
-            t0 = s.resp_start or s.req_start
-            rec.update(
-                {
-                    "status": s.status,
-                    "reason": _h(s.reason or b""),
-                    "resp_headers": red.headers(resp_headers, "resp_headers", notes),
-                    "resp_body": red_body,
-                    "resp_body_size": size,
-                    "resp_body_truncated": truncated,
-                    "resp_content_encoding": ce,
-                    "resp_start_ns": int(s.resp_start * 1e9) if s.resp_start else None,
-                    "resp_end_ns": int(s.resp_end * 1e9) if s.resp_end else None,
-                    "finish_reason": resp.finish_reason,
-                    "prompt_tokens": resp.prompt_tokens,
-                    "completion_tokens": resp.completion_tokens,
-                }
-            )
-            if s.chunk_times is not None:
-                rec["chunk_offsets_us"] = [_us(t - t0) for t in s.chunk_times]
-                rec["chunk_sizes"] = list(s.chunk_sizes or ())
-            elif body:
-                rec["chunk_offsets_us"] = [_us((s.resp_end or t0) - t0)]
-                rec["chunk_sizes"] = [size]
-        if s.error:
-            rec["error_kind"] = error_kind(s.error)
-            rec["error_message"] = red.text(s.error[:500], "error_message", notes)
-        rec["session_key"] = red.text(self._session_key(rec, fields.user), "session_key", notes)
-        rec["redacted"] = sorted(set(notes)) or None
-        self._count(rec, size_in=req_size)
+        rec = build_record(s, self.redactor, self.session_sources, self.body_limit)
+        self._count(rec, size_in=rec["req_body_size"])
         return rec
-
-    def _session_key(self, rec: Record, user: str | None) -> str | None:
-        for kind, arg in self.session_sources:
-            if kind == "header":
-                v = headers_get(rec["req_headers"], arg)
-                if v:
-                    return v
-            elif kind == "user" and user:
-                return user
-            elif kind == "connection":
-                return str(rec["conn_id"])
-            elif kind == "none":
-                return None
-        return None
 
     def _count(self, rec: Record, size_in: int) -> None:
         s = self.stats

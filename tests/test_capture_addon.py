@@ -126,8 +126,14 @@ async def test_auto_streaming_streams_sse_and_big_bodies_and_buffers_small_ones(
 ) -> None:
     addon = CaptureAddon()
     with taddons.context(addon) as tctx:
-        configure(tctx, addon, tmp_path / "cap", key_file, capture_stream="auto",
-                  capture_stream_above="1k")  # fmt: skip
+        configure(
+            tctx,
+            addon,
+            tmp_path / "cap",
+            key_file,
+            capture_stream="auto",
+            capture_stream_above="1k",
+        )
         cases = {
             "sse": ({"Content-Type": "text/event-stream"}, b"data: x\n\n", True),
             "small": ({"Content-Type": "application/json"}, b"{}", False),
@@ -207,8 +213,14 @@ async def test_error_flow_is_recorded_with_kind(tmp_path: Path, key_file: Path) 
 async def test_filters(tmp_path: Path, key_file: Path) -> None:
     addon = CaptureAddon()
     with taddons.context(addon) as tctx:
-        configure(tctx, addon, tmp_path / "cap", key_file,
-                  capture_include_paths=["/v1/*"], capture_methods=["POST"])  # fmt: skip
+        configure(
+            tctx,
+            addon,
+            tmp_path / "cap",
+            key_file,
+            capture_include_paths=["/v1/*"],
+            capture_methods=["POST"],
+        )
         wanted, unwanted = chat_flow(False), tflow.tflow()  # tflow is GET /path
         addon.requestheaders(wanted)
         addon.requestheaders(unwanted)
@@ -224,18 +236,32 @@ async def test_filters(tmp_path: Path, key_file: Path) -> None:
 
 def _snapshot(body: bytes = b"") -> Snapshot:
     return Snapshot(
-        conn_id="c", inflight=1, req_start=1.0, req_end=1.0, method=b"POST", scheme=b"http",
-        host="127.0.0.1", port=1, path=b"/p", http_version=b"HTTP/1.1", req_headers=(),
+        conn_id="c",
+        inflight=1,
+        req_start=1.0,
+        req_end=1.0,
+        method=b"POST",
+        scheme=b"http",
+        host="127.0.0.1",
+        port=1,
+        path=b"/p",
+        http_version=b"HTTP/1.1",
+        req_headers=(),
         req_body=body,
-    )  # fmt: skip
+    )
 
 
 def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
     sink = CaptureSink(
-        tmp_path / "cap", Redactor(RedactionPolicy(), b"k" * 32), {},
-        session_sources=[], body_limit=1 << 20, queue_records=3, queue_bytes=1000,
+        tmp_path / "cap",
+        Redactor(RedactionPolicy(), b"k" * 32),
+        {},
+        session_sources=[],
+        body_limit=1 << 20,
+        queue_records=3,
+        queue_bytes=1000,
         compaction="inline",
-    )  # fmt: skip
+    )
     # Not started: nothing drains the queue, so the bounds decide.
     assert sink.offer(_snapshot(b"x" * 600))
     assert not sink.offer(_snapshot(b"x" * 600))  # byte bound
@@ -302,7 +328,9 @@ def test_error_kinds_and_session_sources() -> None:
     assert error_kind("TLS handshake failed") == "tls"
     assert error_kind("something new") == "other"
     assert parse_session_sources("header:X-A, user,connection") == [
-        ("header", "X-A"), ("user", ""), ("connection", ""),
-    ]  # fmt: skip
+        ("header", "X-A"),
+        ("user", ""),
+        ("connection", ""),
+    ]
     with pytest.raises(ValueError):
         parse_session_sources("header:")

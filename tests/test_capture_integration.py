@@ -150,8 +150,11 @@ async def test_regular_proxy_mode_http_and_https(
     assert final is not None and final["records"] == 4
     rows = Capture(tmp_path / "cap").records()
     assert sorted((r["scheme"], bool(r["stream"])) for r in rows) == [
-        ("http", False), ("http", True), ("https", False), ("https", True),
-    ]  # fmt: skip
+        ("http", False),
+        ("http", True),
+        ("https", False),
+        ("https", True),
+    ]
     for r in rows:
         assert r["status"] == 200 and r["completion_tokens"] == 3
         assert r["port"] in (plain.gateway.port, tls.gateway.port)

@@ -108,12 +108,29 @@ def test_no_secret_survives_capture(tmp_path: Path) -> None:
     env = {**os.environ, "LOADTAPE_REDACTION_KEY_FILE": str(key_file), "PYTHONUNBUFFERED": "1"}
     with running_gateway() as gw:
         cli_out = tmp_path / "cli.out"
-        with open(cli_out, "wb") as fh, subprocess.Popen(
-            [*LOADTAPE, "capture", "--upstream", gw.url, "--listen", "127.0.0.1:0",
-             "--out", str(out), "--redact-header", "X-Custom-Secret",
-             "--", "--set", f"confdir={tmp_path / 'mitmconf'}"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env,
-        ) as p:  # fmt: skip
+        with (
+            open(cli_out, "wb") as fh,
+            subprocess.Popen(
+                [
+                    *LOADTAPE,
+                    "capture",
+                    "--upstream",
+                    gw.url,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--out",
+                    str(out),
+                    "--redact-header",
+                    "X-Custom-Secret",
+                    "--",
+                    "--set",
+                    f"confdir={tmp_path / 'mitmconf'}",
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+            ) as p,
+        ):
             try:
                 deadline = time.monotonic() + 30
                 base = None

@@ -13,23 +13,44 @@ from proxy_addons.worker import SinkConfig, WorkerClient
 
 def _config(tmp: Path) -> SinkConfig:
     return SinkConfig(
-        directory=str(tmp / "cap"), key_file=str(tmp / "key"), redact=True, extra_headers=[],
-        extra_query=[], extra_json_keys=[], session_sources=[["connection", ""]],
-        body_limit=1 << 20, queue_records=1000, queue_bytes=1 << 24, flush_interval=0.1,
-        on_error="continue", status_file=str(tmp / "status.json"),
-    )  # fmt: skip
+        directory=str(tmp / "cap"),
+        key_file=str(tmp / "key"),
+        redact=True,
+        extra_headers=[],
+        extra_query=[],
+        extra_json_keys=[],
+        session_sources=[["connection", ""]],
+        body_limit=1 << 20,
+        queue_records=1000,
+        queue_bytes=1 << 24,
+        flush_interval=0.1,
+        on_error="continue",
+        status_file=str(tmp / "status.json"),
+    )
 
 
 def _snap(i: int) -> Snapshot:
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": f"n{i}"}]}).encode()
     return Snapshot(
-        conn_id=f"c{i}", inflight=1, req_start=1000.0 + i, req_end=1000.0 + i, method=b"POST",
-        scheme=b"http", host="127.0.0.1", port=1, path=b"/v1/chat/completions",
+        conn_id=f"c{i}",
+        inflight=1,
+        req_start=1000.0 + i,
+        req_end=1000.0 + i,
+        method=b"POST",
+        scheme=b"http",
+        host="127.0.0.1",
+        port=1,
+        path=b"/v1/chat/completions",
         http_version=b"HTTP/1.1",
         req_headers=((b"Authorization", b"Bearer sk-abcdefghijklmnopqrstu"),),
-        req_body=body, status=200, reason=b"OK", resp_headers=((b"Content-Type", b"text/plain"),),
-        resp_start=1000.1 + i, resp_end=1000.2 + i, resp_body=b"ok",
-    )  # fmt: skip
+        req_body=body,
+        status=200,
+        reason=b"OK",
+        resp_headers=((b"Content-Type", b"text/plain"),),
+        resp_start=1000.1 + i,
+        resp_end=1000.2 + i,
+        resp_body=b"ok",
+    )
 
 
 def _wait(pred: object, timeout: float = 20.0) -> None:
