@@ -59,8 +59,11 @@ class Nginx:
         conf = self.prefix / "nginx.conf"
         conf.write_text(NGINX_CONF.format(workers=workers, prefix=self.prefix, port=self.port))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.prefix)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(self.prefix)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.port)
 
     @property

@@ -89,13 +89,27 @@ def main() -> None:
                     ],
                 )
                 run = work / f"run{rate}"
-                _, _, cpu = measured([str(BIN / "loadtape"), "replay", str(cap), "--target", nginx.url,
-                                      "--out", str(run), "-q"])  # fmt: skip
+                _, _, cpu = measured(
+                    [
+                        str(BIN / "loadtape"),
+                        "replay",
+                        str(cap),
+                        "--target",
+                        nginx.url,
+                        "--out",
+                        str(run),
+                        "-q",
+                    ]
+                )
                 doc = json.loads((run / "run.json").read_text())
                 t = pq.read_table(run / "results.parquet", columns=["intended_ns", "sent_ns"])
                 lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
-                lt = {**stats(lag), "achieved_rate": doc["achieved_rate"], "failed": doc["counts"]["failed"],
-                      "cpu_us_per_req": cpu / n * 1e6}  # fmt: skip
+                lt = {
+                    **stats(lag),
+                    "achieved_rate": doc["achieved_rate"],
+                    "failed": doc["counts"]["failed"],
+                    "cpu_us_per_req": cpu / n * 1e6,
+                }
                 lag_file = work / f"naive{rate}.json"
                 _, _, ncpu = measured(
                     [

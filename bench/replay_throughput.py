@@ -85,23 +85,46 @@ def tool_runs(
     """name -> (argv for a full run, argv for a one-request run or None, parser)."""
     lt = [str(BIN / "loadtape"), "replay", str(cap), "--target", url, "--concurrency", str(c), "-q"]
     runs: dict[str, tuple[list[str], object]] = {
-        "loadtape": ([*lt, "--requests", str(n), "--out", str(work / "lt")],
-                     [*lt, "--requests", "1", "--out", str(work / "lt1")]),
-        "loadtape-aiohttp": ([*lt, "--client", "aiohttp", "--requests", str(n), "--out", str(work / "la")],
-                             [*lt, "--client", "aiohttp", "--requests", "1", "--out", str(work / "la1")]),
-    }  # fmt: skip
+        "loadtape": (
+            [*lt, "--requests", str(n), "--out", str(work / "lt")],
+            [*lt, "--requests", "1", "--out", str(work / "lt1")],
+        ),
+        "loadtape-aiohttp": (
+            [*lt, "--client", "aiohttp", "--requests", str(n), "--out", str(work / "la")],
+            [*lt, "--client", "aiohttp", "--requests", "1", "--out", str(work / "la1")],
+        ),
+    }
     if shutil.which("hey"):
-        runs["hey"] = (["hey", "-n", str(n), "-c", str(c), f"{url}/bench"],
-                       ["hey", "-n", "1", "-c", "1", f"{url}/bench"])  # fmt: skip
+        runs["hey"] = (
+            ["hey", "-n", str(n), "-c", str(c), f"{url}/bench"],
+            ["hey", "-n", "1", "-c", "1", f"{url}/bench"],
+        )
     if shutil.which("wrk"):
-        runs["wrk"] = (["wrk", "-t1", f"-c{c}", f"-d{seconds:g}s", f"{url}/bench"],
-                       ["wrk", "-t1", "-c1", "-d0.05s", f"{url}/bench"])  # fmt: skip
+        runs["wrk"] = (
+            ["wrk", "-t1", f"-c{c}", f"-d{seconds:g}s", f"{url}/bench"],
+            ["wrk", "-t1", "-c1", "-d0.05s", f"{url}/bench"],
+        )
     locust = ensure_locust()
     if locust is not None:
         lf = work / "locustfile.py"
         lf.write_text(LOCUSTFILE)
-        base = [str(locust), "-f", str(lf), "--headless", "-u", str(c), "-r", str(c), "--host", url,
-                "--only-summary", "--loglevel", "WARNING", "--csv", str(work / "locust")]  # fmt: skip
+        base = [
+            str(locust),
+            "-f",
+            str(lf),
+            "--headless",
+            "-u",
+            str(c),
+            "-r",
+            str(c),
+            "--host",
+            url,
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--csv",
+            str(work / "locust"),
+        ]
         runs["locust"] = (
             [*base, "-t", f"{seconds:g}s"],
             [*base[:6], "1", "-r", "1", *base[10:], "-t", "1s"],
@@ -172,14 +195,19 @@ def main() -> None:
                         "cpu_us_per_req": net / n * 1e6 if n else float("nan"),
                     }
                     results.setdefault(name, []).append(row)
-                    print(f"round {rnd} {name:17} {row['requests']:8d} req  {row['rps']:8.0f} req/s  "
-                          f"{row['cpu_us_per_req']:6.1f} us CPU/req (start-up {startup[name]:.2f} s)", flush=True)  # fmt: skip
+                    print(
+                        f"round {rnd} {name:17} {row['requests']:8d} req  {row['rps']:8.0f} req/s  "
+                        f"{row['cpu_us_per_req']:6.1f} us CPU/req (start-up {startup[name]:.2f} s)",
+                        flush=True,
+                    )
         print()
         med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in results.items()}
         lt = med["loadtape"]
         for name, m in med.items():
-            print(f"{name:17} median {m['rps']:8.0f} req/s  {m['cpu_us_per_req']:6.1f} us CPU/req  "
-                  f"loadtape/this: throughput {lt['rps'] / m['rps']:.2f}x, CPU/req {lt['cpu_us_per_req'] / m['cpu_us_per_req']:.2f}x")  # fmt: skip
+            print(
+                f"{name:17} median {m['rps']:8.0f} req/s  {m['cpu_us_per_req']:6.1f} us CPU/req  "
+                f"loadtape/this: throughput {lt['rps'] / m['rps']:.2f}x, CPU/req {lt['cpu_us_per_req'] / m['cpu_us_per_req']:.2f}x"
+            )
         out_dir = ROOT / args.out
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "replay_throughput.json").write_text(

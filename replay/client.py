@@ -45,7 +45,7 @@ class _Conn(asyncio.Protocol):
         "reused",
         "scan",
         "transport",
-    )  # fmt: skip
+    )
 
     def __init__(self, client: FastClient) -> None:
         self.client = client
@@ -252,11 +252,14 @@ class FastClient:
         try:
             _, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: _Conn(self), self.target.host, self.target.port, ssl=self._ssl,
+                    lambda: _Conn(self),
+                    self.target.host,
+                    self.target.port,
+                    ssl=self._ssl,
                     server_hostname=self.target.host if self._ssl else None,
                 ),
                 timeout=self.timeout or None,
-            )  # fmt: skip
+            )
         except Exception as exc:  # every failure to connect is a result, not an exception
             kind, msg = classify(exc)
             done(Outcome(sent_ns=t0, end_ns=_now(), error=kind, error_msg=msg))

@@ -55,9 +55,12 @@ class AiohttpClient:
         headers.append(("Host", next(v for n, v in req.headers if n.lower() == "host")))
         try:
             async with self._session.request(
-                req.method, req.url, headers=headers, data=req.body or None,
+                req.method,
+                req.url,
+                headers=headers,
+                data=req.body or None,
                 allow_redirects=False,
-            ) as resp:  # fmt: skip
+            ) as resp:
                 out.headers_ns = _now()
                 out.status = resp.status
                 out.retry_after = resp.headers.get("Retry-After")

@@ -207,9 +207,13 @@ class Metrics:
         self._record_intervals(b["stream"], latency, ttft, outcome, end)
 
     def _record_intervals(
-        self, streams: list[str], latency: np.ndarray, ttft: np.ndarray, outcome: np.ndarray,
+        self,
+        streams: list[str],
+        latency: np.ndarray,
+        ttft: np.ndarray,
+        outcome: np.ndarray,
         end: np.ndarray,
-    ) -> None:  # fmt: skip
+    ) -> None:
         secs = (end - self.run_start_ns) // 1_000_000_000
         sid_of: dict[str, int] = {}
         sids = np.fromiter(

@@ -161,9 +161,12 @@ class MockGateway:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.config.host, self.config.port, backlog=1024,
+            self._runner,
+            self.config.host,
+            self.config.port,
+            backlog=1024,
             ssl_context=self.ssl_context,
-        )  # fmt: skip
+        )
         await site.start()
         server = site._server
         assert server is not None
@@ -376,17 +379,32 @@ class MockGateway:
             texts = [f" tok{i}" for i in range(n_out)]
             if streamed:
                 resp = await self._stream(
-                    request, plan, rid, model, created, texts, finish, usage, include_usage,
-                    chat=chat, t_first=start + ttft, itl=itl,
-                )  # fmt: skip
+                    request,
+                    plan,
+                    rid,
+                    model,
+                    created,
+                    texts,
+                    finish,
+                    usage,
+                    include_usage,
+                    chat=chat,
+                    t_first=start + ttft,
+                    itl=itl,
+                )
             else:
                 await self._sleep_until(start + ttft + itl * max(n_out - 1, 0))
                 text = "".join(texts)
                 if chat:
                     body = llm.chat_completion(
-                        rid, model, created, text, finish_reason=finish,
-                        prompt_tokens=prompt_tokens, completion_tokens=n_out,
-                    )  # fmt: skip
+                        rid,
+                        model,
+                        created,
+                        text,
+                        finish_reason=finish,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=n_out,
+                    )
                 else:
                     body = json.dumps(
                         {

@@ -96,9 +96,12 @@ class StreamScanner:
         self._json = bytearray() if b"json" in content_type else None
         enc = content_encoding.strip().lower()
         self._inflate = (
-            zlib.decompressobj(16 + zlib.MAX_WBITS) if enc == b"gzip"
-            else zlib.decompressobj() if enc == b"deflate" else None
-        )  # fmt: skip
+            zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if enc == b"gzip"
+            else zlib.decompressobj()
+            if enc == b"deflate"
+            else None
+        )
         self._buf = b""
 
     def feed(self, data: bytes, now: int) -> None:

@@ -16,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,7 @@ class ResultWriter:
         batch_rows: int = 2048,
         epoch_offset: int | None = None,
         threaded: bool = True,
+        expect_by_stream: Mapping[str, Expect] | None = None,
     ) -> None:
         """threaded: process results on a thread (open loop: keeps the event loop free for the
         schedule); unthreaded: on the loop, in the tick (closed loop: no schedule to protect,
@@ -136,6 +137,7 @@ class ResultWriter:
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.expect = expect
+        self.expect_by_stream = dict(expect_by_stream or {})
         self.metrics = metrics
         self.batch_rows = batch_rows
         self.offset = _mono_to_epoch() if epoch_offset is None else epoch_offset
@@ -167,7 +169,7 @@ class ResultWriter:
         target: str = "",
     ) -> None:
         """One result: kept as a tuple (the hot path); columns are built when draining."""
-        outcome = self.expect.outcome(out.status, out.error)
+        outcome = self.expect_by_stream.get(shot.stream, self.expect).outcome(out.status, out.error)
         if outcome == "ok":
             self.ok += 1
         elif outcome == "expected":
@@ -404,10 +406,22 @@ def warm_up() -> None:
     shots as schedule lag."""
     row: dict[str, list[Any]] = {c: [None] for c in COLUMNS}
     row.update(
-        seq=[0], stream=["warmup"], endpoint=["/"], model=[""], intended_ns=[0], sent_ns=[1],
-        end_ns=[2], headers_ns=[1], first_token_ns=[1], status=[200], outcome=["ok"],
-        bytes_in=[0], token_offsets_us=[[0, 1]], completion_tokens=[2], prompt_tokens=[1],
-    )  # fmt: skip
+        seq=[0],
+        stream=["warmup"],
+        endpoint=["/"],
+        model=[""],
+        intended_ns=[0],
+        sent_ns=[1],
+        end_ns=[2],
+        headers_ns=[1],
+        first_token_ns=[1],
+        status=[200],
+        outcome=["ok"],
+        bytes_in=[0],
+        token_offsets_us=[[0, 1]],
+        completion_tokens=[2],
+        prompt_tokens=[1],
+    )
     pa.RecordBatch.from_arrays(
         [pa.array(row[c], SCHEMA.field(c).type) for c in COLUMNS], schema=SCHEMA
     )

@@ -71,9 +71,21 @@ def render(metrics: Metrics, run: dict[str, Any], console: Console | None = None
         console.print(f"  {n}")
     table = Table(title=None, show_lines=False, pad_edge=False)
     cols = (
-        "stream endpoint model class", "n", "ok", "exp", "fail", "lat p50", "lat p99", "lat max",
-        "svc p99", "ttft p50", "ttft p99", "itl p50", "lag p99", "tok/s",
-    )  # fmt: skip
+        "stream endpoint model class",
+        "n",
+        "ok",
+        "exp",
+        "fail",
+        "lat p50",
+        "lat p99",
+        "lat max",
+        "svc p99",
+        "ttft p50",
+        "ttft p99",
+        "itl p50",
+        "lag p99",
+        "tok/s",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col == cols[0] else "right")
     for key in sorted(metrics.hists):

@@ -28,8 +28,14 @@ def make(kind: str, url: str, timeout: float = 5.0, insecure: bool = False) -> A
     return AiohttpClient(t, workers=8, timeout=timeout, insecure=insecure)
 
 
-async def send(client: Any, url: str, path: str, method: str = "GET", body: bytes | None = None,
-               headers: list[tuple[str, str]] | None = None) -> Outcome:  # fmt: skip
+async def send(
+    client: Any,
+    url: str,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> Outcome:
     req = Rewriter(parse_target(url)).prepare(Request(method, path, None, headers or [], body))
     fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     client.submit(req, fut.set_result)
@@ -56,8 +62,10 @@ async def test_plain_request_and_keep_alive(kind: str) -> None:
 async def test_streamed_chat_token_events_and_usage(kind: str) -> None:
     async with MockGateway(GatewayConfig(default_profile="fast-local")) as gw:
         c = make(kind, gw.url)
-        body = b'{"model":"small","messages":[{"role":"user","content":"hi"}],"stream":true,' \
-               b'"max_tokens":12,"stream_options":{"include_usage":true}}'  # fmt: skip
+        body = (
+            b'{"model":"small","messages":[{"role":"user","content":"hi"}],"stream":true,'
+            b'"max_tokens":12,"stream_options":{"include_usage":true}}'
+        )
         try:
             o = await send(
                 c,

@@ -26,8 +26,13 @@ def test_request_fields_chat() -> None:
     ).encode()
     f = llm.parse_request(body)
     assert (f.model, f.stream, f.max_tokens, f.message_count, f.prompt_chars, f.user) == (
-        "gpt-4o-mini", True, 77, 2, 8, "u-1",
-    )  # fmt: skip
+        "gpt-4o-mini",
+        True,
+        77,
+        2,
+        8,
+        "u-1",
+    )
 
 
 def test_request_fields_gzip_and_completions() -> None:
