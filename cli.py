@@ -213,6 +213,31 @@ def replay_options(f: Any) -> Any:
         ),
         click.option("--keep-host", is_flag=True, help="Send the recorded Host header."),
         click.option("--quiet", "-q", is_flag=True, help="No live line."),
+        click.option(
+            "--amplify",
+            default=1.0,
+            show_default=True,
+            help="Send each request F times (F >= 1; 2.5: twice, half of them thrice).",
+        ),
+        click.option(
+            "--amplify-mode",
+            type=click.Choice(["spread", "burst"]),
+            default="spread",
+            show_default=True,
+            help="Copies spread within the gap to the next request, or together.",
+        ),
+        click.option(
+            "--salt-prompts",
+            is_flag=True,
+            help="Prefix each copy's prompt with a nonce (defeats prompt/prefix caches).",
+        ),
+        click.option(
+            "--synthetic",
+            multiple=True,
+            metavar="SPEC",
+            help="Add a stress stream sampling the capture, e.g. 'poisson:rate=40,start=30s'.",
+        ),
+        click.option("--seed", default=0, show_default=True, help="Seed for every random draw."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -245,6 +270,11 @@ def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
         client=opts["client"],
         insecure=opts["insecure"],
         keep_host=opts["keep_host"],
+        amplify=opts["amplify"],
+        amplify_mode=opts["amplify_mode"],
+        salt_prompts=opts["salt_prompts"],
+        synthetic=list(opts["synthetic"]),
+        seed=opts["seed"],
     )
 
 
@@ -289,6 +319,108 @@ def demo(root: str, seconds: float, sessions: int) -> None:
         summary.render(r.metrics, r.run)
 
     run_demo(Path(root), seconds=seconds, sessions=sessions, say=lambda m: click.echo(m), show=show)
+
+
+# -- run (scenarios) -----------------------------------------------------------------------------
+@cli.command("run")
+@click.argument("scenario", type=click.Path(path_type=str))
+@click.option("--target", default=None, help="Target for streams without their own.")
+@click.option(
+    "--out", type=click.Path(path_type=str), help="Results directory (default runs/<time>)."
+)
+@click.option("--concurrency", type=int, default=None, help="Closed loop with N workers.")
+@click.option("--requests", type=int, default=None, help="Stop after N requests.")
+@click.option("--max-in-flight", default=1000, show_default=True)
+@click.option(
+    "--sessions", type=click.Choice(["none", "ordered"]), default="none", show_default=True
+)
+@click.option("--timeout", default="60s", show_default=True)
+@click.option("--client", type=click.Choice(["fast", "aiohttp"]), default="fast", show_default=True)
+@click.option("--insecure", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def run_cmd(scenario: str, **opts: Any) -> int:
+    """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
+    from replay import summary
+    from replay.engine import RunSettings
+    from replay.scenario import run_scenario
+
+    timeout = _duration(opts["timeout"], "--timeout")
+    assert timeout is not None
+    settings = RunSettings(
+        out=opts["out"],
+        concurrency=opts["concurrency"],
+        max_in_flight=opts["max_in_flight"],
+        sessions=opts["sessions"],
+        requests=opts["requests"],
+        timeout_s=timeout,
+        client=opts["client"],
+        insecure=opts["insecure"],
+    )
+    with live_progress(opts["quiet"]) as line:
+        result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)
+    summary.render(result.metrics, result.run)
+    click.echo(f"results: {result.out_dir}", err=True)
+    return 130 if result.interrupted else 0
+
+
+# -- import, anonymize -------------------------------------------------------------------------
+@cli.command("import")
+@click.argument(
+    "fmt",
+    metavar="FORMAT",
+    type=click.Choice(["har", "mitmproxy", "azure", "mooncake", "burstgpt", "sharegpt"]),
+)
+@click.argument("source", metavar="FILE", type=click.Path(path_type=str))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=str), help="Capture directory to write."
+)
+@click.option("--limit", type=int, default=None, help="Only the first N rows.")
+@click.option("--model", default=None, help="Model name for traces without one.")
+@click.option(
+    "--stream/--no-stream", default=True, show_default=True, help="Trace requests ask for streams."
+)
+@click.option("--arrival", default=None, help="sharegpt: an arrival process, e.g. poisson:rate=5.")
+@click.option("--duration", default=None, help="sharegpt: how long the arrival process runs.")
+@click.option(
+    "--output-tokens",
+    default=None,
+    help="sharegpt: max_tokens distribution (default: the first answer's length).",
+)
+@click.option("--no-redact", is_flag=True, help="har/mitmproxy: keep secrets (not recommended).")
+@click.option("--seed", default=0, show_default=True)
+def import_cmd(fmt: str, source: str, **opts: Any) -> None:
+    """Turn a HAR file, mitmproxy flows or an LLM trace into a capture."""
+    from captures.importers import ImportOptions, import_file
+
+    summary = import_file(
+        fmt,
+        source,
+        opts["out"],
+        ImportOptions(
+            limit=opts["limit"],
+            model=opts["model"],
+            stream=opts["stream"],
+            seed=opts["seed"],
+            arrival=opts["arrival"],
+            duration_s=_duration(opts["duration"], "--duration"),
+            output_tokens=opts["output_tokens"],
+            redact=not opts["no_redact"],
+        ),
+    )
+    click.echo(f"imported {summary.records} requests from {source} into {opts['out']}")
+    for reason, n in summary.skipped.items():
+        click.echo(f"  {reason}: {n}")
+
+
+@cli.command("anonymize")
+@click.argument("capture", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(path_type=str), help="New capture directory.")
+def anonymize_cmd(capture: str, out: str) -> None:
+    """Replace prompt and completion text with filler, hash identifiers, keep timing and sizes."""
+    from captures.anonymize import anonymize
+
+    summary = anonymize(capture, out)
+    click.echo(f"anonymized {summary.records} requests into {out}")
 
 
 # -- mock-gateway ------------------------------------------------------------------------------

@@ -66,8 +66,9 @@ def start_gateway(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     fh = open(log, "wb")  # noqa: SIM115 - the gateway's log for as long as it runs
     proc = subprocess.Popen(
         [sys.executable, "-c", "import cli; cli.main()", "mock-gateway", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=fh,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=fh,
+    )
     fh.close()
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
@@ -151,8 +152,10 @@ def run_demo(
         t0 = time.monotonic()
         counts = asyncio.run(workload(proxy.url, seconds, sessions))
         final = proxy.stop()
-        say(f"    sent {counts['requests']} requests ({counts['streamed']} streamed) in "
-            f"{time.monotonic() - t0:.1f} s; proxy: {describe_status(final)}")  # fmt: skip
+        say(
+            f"    sent {counts['requests']} requests ({counts['streamed']} streamed) in "
+            f"{time.monotonic() - t0:.1f} s; proxy: {describe_status(final)}"
+        )
         summary = insp.summarize(Capture(paths.capture))
         say("3/4 the capture:")
         for line in insp.render_text(summary).splitlines():
@@ -168,7 +171,7 @@ def run_demo(
                     sessions="ordered",
                 ),
                 install_signals=False,
-            )  # fmt: skip
+            )
             runs.append(r)
             if show is not None:
                 show(r)

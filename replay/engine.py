@@ -1,11 +1,13 @@
-"""A replay run, wired from its stages: capture -> plan -> rewrite -> scheduler -> client ->
-results. `cli.py` and the demo call `run_replay`; the stages know nothing of each other."""
+"""A run, wired from its stages: streams of shots -> one timeline -> scheduler -> clients ->
+results. `run_replay` (the `replay` command), `scenario.run_scenario` (`run`), sweeps and the
+demo all come down to `run_streams`; the stages know nothing of each other."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import heapq
 import itertools
 import os
 import platform
@@ -27,40 +29,57 @@ from captures.schema import LOADTAPE_VERSION, Record
 from . import plan as planmod
 from .dispatch import Client, Dispatcher, DispatchStats
 from .metrics import Metrics
+from .outcome import Outcome
 from .prefetch import Prefetch
 from .results import Expect, ResultWriter, warm_up, write_histograms, write_run_json
-from .rewrite import Prepared, Rewriter, parse_header_args, parse_model_map, parse_target
+from .rewrite import Prepared, Rewriter, Target, parse_header_args, parse_model_map, parse_target
 from .schedule import Scheduler
 
 PREFILL = 32_768  # shots planned before the start instant (the plan buffer's size)
-SWITCH_INTERVAL_S = 0.0005  # GIL switch interval during a run (default 5 ms)
+SWITCH_INTERVAL_S = 0.0005  # GIL switch interval during an open-loop run (default 5 ms)
 
 
 @dataclass
-class ReplayOptions:
-    capture: str
-    target: str
+class StreamPlan:
+    """One stream of a run: its shots (in offset order), how to rewrite them, what is expected."""
+
+    name: str
+    shots: Iterable[planmod.Shot]
+    rewriter: Rewriter
+    expect: Expect = field(default_factory=Expect)
+    stats: planmod.PlanStats | None = None
+    describe: dict[str, Any] = field(default_factory=dict)  # for run.json
+
+
+@dataclass
+class RunSettings:
     out: str | None = None
-    speed: float = 1.0
-    from_s: float = 0.0
-    to_s: float | None = None
-    duration_s: float | None = None
-    loops: int = 1
-    sessions: str = "none"  # none | ordered
-    concurrency: int | None = None  # closed loop with N workers
-    requests: int | None = None  # stop after this many shots (loops the capture as needed)
+    concurrency: int | None = None  # closed loop
     max_in_flight: int = 1000
+    sessions: str = "none"
+    requests: int | None = None  # stop after this many shots
     timeout_s: float = 60.0
-    headers: list[str] = field(default_factory=list)
-    model_map: list[str] = field(default_factory=list)
-    expect_status: str = ""
-    filt: RowFilter | None = None
-    client: str = "fast"  # fast | aiohttp
+    client: str = "fast"
     insecure: bool = False
-    keep_host: bool = False
     spin_ms: float = 1.5
-    stream: str = "replay"
-    env: dict[str, str] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.concurrency is not None
+
+    def validate(self) -> None:
+        if self.sessions not in ("none", "ordered"):
+            raise UserError(f"--sessions {self.sessions!r}: want ordered or none")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise UserError("--concurrency must be >= 1")
+        if self.max_in_flight < 1:
+            raise UserError("--max-in-flight must be >= 1")
+        if self.requests is not None and self.requests < 1:
+            raise UserError("--requests must be >= 1")
+        if self.timeout_s <= 0:
+            raise UserError("--timeout must be > 0")
+        if self.client not in ("fast", "aiohttp"):
+            raise UserError(f"--client {self.client!r}: want fast or aiohttp")
 
 
 @dataclass
@@ -170,18 +189,30 @@ def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[planm
     cache: dict[tuple[tuple[str, int], int], Prepared] = {}
 
     def prepare(shot: planmod.Shot) -> Prepared:
-        if shot.source is None or shot.extra:
-            return rewriter.prepare(shot.request)
+        if shot.source is None or shot.extra.get("salt"):
+            return rewriter.prepare(shot.request, shot.extra)
         key = (shot.source, shot.copy)
         p = cache.get(key)
         if p is None:
-            p = rewriter.prepare(shot.request)
+            p = rewriter.prepare(shot.request, shot.extra)
             if len(cache) >= maxsize:
                 del cache[next(iter(cache))]
             cache[key] = p
         return p
 
     return prepare
+
+
+def merged(streams: list[StreamPlan]) -> Iterator[planmod.Shot]:
+    """One timeline: the streams' shots merged by intended offset, numbered in that order."""
+    it = (
+        heapq.merge(*(s.shots for s in streams), key=lambda shot: shot.offset_ns)
+        if len(streams) > 1
+        else iter(streams[0].shots)
+    )
+    for seq, shot in enumerate(it):
+        shot.seq = seq
+        yield shot
 
 
 def with_prepared(
@@ -194,94 +225,105 @@ def with_prepared(
 
 
 def make_client(
-    kind: str, target: Any, *, max_in_flight: int, timeout: float, insecure: bool
+    kind: str, target: Target, *, max_in_flight: int, timeout: float, insecure: bool
 ) -> Client:
     if kind == "fast":
         from .client import FastClient
 
         return FastClient(target, timeout=timeout, insecure=insecure)
-    if kind == "aiohttp":
-        from .client_aiohttp import AiohttpClient
+    from .client_aiohttp import AiohttpClient
 
-        return AiohttpClient(target, workers=max_in_flight, timeout=timeout, insecure=insecure)
-    raise UserError(f"--client {kind!r}: want fast or aiohttp")
+    return AiohttpClient(target, workers=max_in_flight, timeout=timeout, insecure=insecure)
 
 
-def run_replay(
-    opts: ReplayOptions,
+class Router:
+    """One client per target URL; a prepared request goes to its target's client."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self.clients = clients
+
+    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None:
+        self.clients[req.target.url].submit(req, done)
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            await c.close()
+
+    @property
+    def connects(self) -> int:
+        return sum(getattr(c, "connects", 0) for c in self.clients.values())
+
+    @property
+    def resends(self) -> int:
+        return sum(getattr(c, "resends", 0) for c in self.clients.values())
+
+
+def run_streams(
+    streams: list[StreamPlan],
+    settings: RunSettings,
     *,
+    run_info: dict[str, Any] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
 ) -> RunSummary:
-    """Replay a capture against a target and write a results directory."""
-    target = parse_target(opts.target)
-    set_headers, remove_headers = parse_header_args(opts.headers, opts.env)
-    model_map = parse_model_map(opts.model_map)
-    expect = Expect.parse(opts.expect_status)
-    if opts.sessions not in ("none", "ordered"):
-        raise UserError(f"--sessions {opts.sessions!r}: want ordered or none")
-    closed = opts.concurrency is not None
-    if closed and (opts.concurrency or 0) < 1:
-        raise UserError("--concurrency must be >= 1")
-    if opts.max_in_flight < 1:
-        raise UserError("--max-in-flight must be >= 1")
-    if opts.requests is not None and opts.requests < 1:
-        raise UserError("--requests must be >= 1")
-    if opts.timeout_s <= 0:
-        raise UserError("--timeout must be > 0")
-    popts = planmod.PlanOptions(
-        speed=opts.speed, start_s=opts.from_s, end_s=opts.to_s, duration_s=opts.duration_s,
-        loops=opts.loops if opts.requests is None else 10**9, stream=opts.stream,
-    )  # fmt: skip
-    try:
-        popts.validate()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    cap = Capture(opts.capture)
-    span = cap.time_span()
-    if span is None:
-        raise CaptureError(f"{opts.capture}: the capture holds no requests")
-    out_dir = Path(opts.out) if opts.out else default_out_dir()
+    """Run the streams on one timeline and write a results directory."""
+    settings.validate()
+    if not streams:
+        raise UserError("nothing to run: no streams")
+    closed = settings.closed
+    out_dir = Path(settings.out) if settings.out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan_stats = planmod.PlanStats()
-    shots: Iterable[planmod.Shot] = planmod.plan_replay(
-        capture_source(cap, opts.filt), span[0], popts, plan_stats
-    )
-    if opts.requests is not None:
-        shots = itertools.islice(shots, opts.requests)
-    rewriter = Rewriter(target, set_headers=set_headers, remove_headers=remove_headers,
-                        model_map=model_map, keep_host=opts.keep_host)  # fmt: skip
-    prepare = cached_prepare(rewriter)
+    preparers = {s.name: cached_prepare(s.rewriter) for s in streams}
+
+    def prepare(shot: planmod.Shot) -> Prepared:
+        return shot.prepared or preparers[shot.stream](shot)
+
+    shots: Iterable[planmod.Shot] = merged(streams)
+    if settings.requests is not None:
+        shots = itertools.islice(shots, settings.requests)
     # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
     # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
     plan_buffer: Prefetch[planmod.Shot] | None = None
     if not closed:
         plan_buffer = Prefetch(with_prepared(shots, prepare))
         plan_buffer.prefill(PREFILL)  # before the start instant: the first shots are ready
-    max_in_flight = opts.concurrency if closed else opts.max_in_flight
+    max_in_flight = settings.concurrency if closed else settings.max_in_flight
     assert max_in_flight is not None
     scheduler = Scheduler(
         plan_buffer if plan_buffer is not None else shots,
         max_in_flight=max_in_flight,
-        ordered_sessions=opts.sessions == "ordered",
+        ordered_sessions=settings.sessions == "ordered",
         closed_loop=closed,
     )
+    targets = {s.rewriter.target.url: s.rewriter.target for s in streams}
     warm_up()
     wall_start = time.time_ns()
     metrics = Metrics(run_start_ns=wall_start)
-    writer = ResultWriter(out_dir, expect=expect, metrics=metrics, threaded=not closed)
+    writer = ResultWriter(
+        out_dir,
+        expect=Expect(),
+        expect_by_stream={s.name: s.expect for s in streams},
+        metrics=metrics,
+        threaded=not closed,
+    )
     interrupted = {"flag": False}
-
     rates: dict[str, float | None] = {}
     client_stats: dict[str, int | None] = {}
 
     async def main() -> tuple[DispatchStats, int]:
-        client = make_client(opts.client, target, max_in_flight=max_in_flight,
-                             timeout=opts.timeout_s, insecure=opts.insecure)  # fmt: skip
-        disp = Dispatcher(
-            scheduler, lambda s: s.prepared or prepare(s), client, writer,
-            spin_ns=int(opts.spin_ms * 1e6),
-        )  # fmt: skip
+        router = Router(
+            {
+                url: make_client(
+                    settings.client,
+                    t,
+                    max_in_flight=max_in_flight,
+                    timeout=settings.timeout_s,
+                    insecure=settings.insecure,
+                )
+                for url, t in targets.items()
+            }
+        )
+        disp = Dispatcher(scheduler, prepare, router, writer, spin_ns=int(settings.spin_ms * 1e6))
         loop = asyncio.get_running_loop()
         presses = {"n": 0}
         closing: list[asyncio.Task[None]] = []
@@ -291,7 +333,7 @@ def run_replay(
             interrupted["flag"] = True
             disp.stop()
             if presses["n"] >= 2:  # second Ctrl-C: abandon in-flight requests
-                closing.append(loop.create_task(client.close()))
+                closing.append(loop.create_task(router.close()))
 
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -306,15 +348,13 @@ def run_replay(
         try:
             stats = await disp.run()
             rates["scheduled"], rates["achieved"] = disp.rates()
-            client_stats.update(
-                connects=getattr(client, "connects", None), resends=getattr(client, "resends", None)
-            )
+            client_stats.update(connects=router.connects, resends=router.resends)
         finally:
             sys.setswitchinterval(switch)
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            await client.close()
+            await router.close()
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
@@ -328,10 +368,10 @@ def run_replay(
             plan_buffer.close()
         writer.close()
         write_histograms(out_dir, metrics)
-    planned = (
-        plan_stats.planned if opts.requests is None else stats.sent + sum(stats.unsent.values())
-    )
-    scheduled_s = stats.last_due_ns / 1e9
+    skipped: dict[str, int] = {}
+    for s in streams:
+        for reason, n in (s.stats.skipped if s.stats else {}).items():
+            skipped[reason] = skipped.get(reason, 0) + n
     run_doc = {
         "loadtape_version": LOADTAPE_VERSION,
         "python": sys.version.split()[0],
@@ -341,47 +381,33 @@ def run_replay(
         "start": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(wall_start / 1e9)),
         "duration_s": duration_ns / 1e9,
         "mode": "closed" if closed else "open",
-        "capture": {"path": str(Path(opts.capture).resolve()), "capture_id": cap.capture_id},
-        "target": mask_url(opts.target),
-        "options": _public_options(opts),
+        "streams": {
+            s.name: {**s.describe, "target": mask_url(s.rewriter.target.url)} for s in streams
+        },
+        "target": mask_url(next(iter(targets))) if len(targets) == 1 else None,
+        "settings": asdict(settings),
         "counts": {
-            "planned": planned,
+            "planned": stats.sent + sum(stats.unsent.values()),
             "sent": stats.sent,
             "ok": writer.ok,
             "expected": writer.expected,
             "failed": writer.failed,
             "unsent": stats.unsent,
-            "skipped": plan_stats.skipped,
-            "redacted_values_dropped": rewriter.dropped_redacted,
+            "skipped": skipped,
+            "redacted_values_dropped": sum(s.rewriter.dropped_redacted for s in streams),
         },
         "scheduled_rate": rates.get("scheduled"),
         "achieved_rate": rates.get("achieved"),
-        "scheduled_s": scheduled_s,
+        "scheduled_s": stats.last_due_ns / 1e9,
         "max_lag_ms": stats.max_lag_ns / 1e6,
         "interrupted": interrupted["flag"],
-        "client": opts.client,
+        "client": settings.client,
         "connections": client_stats,
         "uvloop": _uvloop_factory() is not None,
+        **(run_info or {}),
     }
     write_run_json(out_dir, run_doc)
     return RunSummary(out_dir, metrics, run_doc, stats, interrupted["flag"])
-
-
-def _public_options(opts: ReplayOptions) -> dict[str, Any]:
-    """The run's options as recorded in run.json: header values never, only their names."""
-    d = asdict(opts)
-    d.pop("env", None)
-    d["target"] = mask_url(opts.target)
-    d["headers"] = [
-        h.partition(":")[0].strip() + (": <set>" if h.partition(":")[2].strip() else ": <removed>")
-        for h in opts.headers
-    ]
-    d["filt"] = (
-        {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in asdict(opts.filt).items()}
-        if opts.filt
-        else None
-    )
-    return d
 
 
 async def _tick(
@@ -419,3 +445,216 @@ async def _tick(
             )
         )
         last_sent, last_t = st.sent, t
+
+
+# -- `loadtape replay`: one replay stream (+ amplification), plus synthetic streams -------------
+@dataclass
+class ReplayOptions:
+    capture: str
+    target: str
+    out: str | None = None
+    speed: float = 1.0
+    from_s: float = 0.0
+    to_s: float | None = None
+    duration_s: float | None = None
+    loops: int = 1
+    sessions: str = "none"  # none | ordered
+    concurrency: int | None = None  # closed loop with N workers
+    requests: int | None = None  # stop after this many shots (loops the capture as needed)
+    max_in_flight: int = 1000
+    timeout_s: float = 60.0
+    headers: list[str] = field(default_factory=list)
+    model_map: list[str] = field(default_factory=list)
+    expect_status: str = ""
+    filt: RowFilter | None = None
+    client: str = "fast"  # fast | aiohttp
+    insecure: bool = False
+    keep_host: bool = False
+    spin_ms: float = 1.5
+    stream: str = "replay"
+    amplify: float = 1.0
+    amplify_mode: str = "spread"
+    salt_prompts: bool = False
+    seed: int = 0
+    synthetic: list[str] = field(default_factory=list)  # --synthetic specs
+    env: dict[str, str] | None = None
+
+    def settings(self) -> RunSettings:
+        return RunSettings(
+            out=self.out,
+            concurrency=self.concurrency,
+            max_in_flight=self.max_in_flight,
+            sessions=self.sessions,
+            requests=self.requests,
+            timeout_s=self.timeout_s,
+            client=self.client,
+            insecure=self.insecure,
+            spin_ms=self.spin_ms,
+        )
+
+
+def make_rewriter(
+    target: str,
+    headers: list[str],
+    model_map: list[str],
+    keep_host: bool,
+    env: dict[str, str] | None = None,
+) -> Rewriter:
+    set_headers, remove_headers = parse_header_args(headers, env)
+    return Rewriter(
+        parse_target(target),
+        set_headers=set_headers,
+        remove_headers=remove_headers,
+        model_map=parse_model_map(model_map),
+        keep_host=keep_host,
+    )
+
+
+def replay_stream(
+    name: str,
+    capture: str,
+    rewriter: Rewriter,
+    *,
+    speed: float = 1.0,
+    from_s: float = 0.0,
+    to_s: float | None = None,
+    duration_s: float | None = None,
+    loops: int = 1,
+    filt: RowFilter | None = None,
+    amplify: float = 1.0,
+    amplify_mode: str = "spread",
+    salt_prompts: bool = False,
+    seed: int = 0,
+    start_s: float = 0.0,
+    expect: Expect | None = None,
+) -> StreamPlan:
+    """A replay stream: the capture's window, scaled, looped, amplified, starting at start_s."""
+    from .synthetic import amplify as amplify_shots
+
+    popts = planmod.PlanOptions(
+        speed=speed, start_s=from_s, end_s=to_s, duration_s=duration_s, loops=loops, stream=name
+    )
+    try:
+        popts.validate()
+        if amplify < 1:
+            raise ValueError(f"--amplify must be >= 1, got {amplify}")
+        if amplify_mode not in ("spread", "burst"):
+            raise ValueError(f"--amplify-mode must be spread or burst, got {amplify_mode!r}")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cap = Capture(capture)
+    span = cap.time_span()
+    if span is None:
+        raise CaptureError(f"{capture}: the capture holds no requests")
+    stats = planmod.PlanStats()
+    shots: Iterable[planmod.Shot] = planmod.plan_replay(
+        capture_source(cap, filt), span[0], popts, stats
+    )
+    if amplify > 1:
+        shots = amplify_shots(shots, amplify, mode=amplify_mode, seed=seed, salt=salt_prompts)
+    if start_s:
+        shots = _shifted(shots, round(start_s * 1e9))
+    return StreamPlan(
+        name,
+        shots,
+        rewriter,
+        expect or Expect(),
+        stats,
+        describe={
+            "kind": "replay",
+            "capture": str(Path(capture).resolve()),
+            "capture_id": cap.capture_id,
+            "speed": speed,
+            "loops": loops,
+            "amplify": amplify,
+            "start_s": start_s,
+        },
+    )
+
+
+def _shifted(shots: Iterable[planmod.Shot], by_ns: int) -> Iterator[planmod.Shot]:
+    for s in shots:
+        s.offset_ns += by_ns
+        yield s
+
+
+def run_replay(
+    opts: ReplayOptions,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    install_signals: bool = True,
+) -> RunSummary:
+    """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams)."""
+    rewriter = make_rewriter(opts.target, opts.headers, opts.model_map, opts.keep_host, opts.env)
+    expect = Expect.parse(opts.expect_status)
+    loops = opts.loops if opts.requests is None else 10**9
+    streams = [
+        replay_stream(
+            opts.stream,
+            opts.capture,
+            rewriter,
+            speed=opts.speed,
+            from_s=opts.from_s,
+            to_s=opts.to_s,
+            duration_s=opts.duration_s,
+            loops=loops,
+            filt=opts.filt,
+            amplify=opts.amplify,
+            amplify_mode=opts.amplify_mode,
+            salt_prompts=opts.salt_prompts,
+            seed=opts.seed,
+            expect=expect,
+        )
+    ]
+    if opts.synthetic:
+        from .scenario import synthetic_from_flag
+
+        window_s = _replay_window_s(opts)
+        for i, spec in enumerate(opts.synthetic):
+            streams.append(
+                synthetic_from_flag(spec, i, opts.capture, rewriter, expect, window_s, opts.seed)
+            )
+    info = {
+        "capture": {
+            "path": str(Path(opts.capture).resolve()),
+            "capture_id": Capture(opts.capture).capture_id,
+        },
+        "options": _public_options(opts),
+    }
+    return run_streams(
+        streams,
+        opts.settings(),
+        run_info=info,
+        on_progress=on_progress,
+        install_signals=install_signals,
+    )
+
+
+def _replay_window_s(opts: ReplayOptions) -> float:
+    """How long the replay stream runs (for a --synthetic stream without its own duration)."""
+    span = Capture(opts.capture).time_span()
+    length = (span[1] - span[0]) / 1e9 if span else 0.0
+    if opts.to_s is not None:
+        length = min(length, opts.to_s) - opts.from_s
+    elif opts.duration_s is not None:
+        length = opts.duration_s
+    else:
+        length -= opts.from_s
+    return max(length, 1.0) * opts.loops / opts.speed
+
+
+def _public_options(opts: ReplayOptions) -> dict[str, Any]:
+    """The run's options as recorded in run.json: header values never, only their names."""
+    d = asdict(opts)
+    d.pop("env", None)
+    d["target"] = mask_url(opts.target)
+    d["headers"] = [
+        h.partition(":")[0].strip() + (": <set>" if h.partition(":")[2].strip() else ": <removed>")
+        for h in opts.headers
+    ]
+    d["filt"] = (
+        {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in asdict(opts.filt).items()}
+        if opts.filt
+        else None
+    )
+    return d

@@ -203,8 +203,16 @@ def plan_replay(
         base = loop * period_ns
         if loop > 0 and templates is not None:
             for rel, request, session, src, rec in templates:
-                yield Shot(offset_ns=base + rel, seq=seq, request=request, session=session,
-                           stream=opts.stream, source=src, recorded=rec, loop=loop)  # fmt: skip
+                yield Shot(
+                    offset_ns=base + rel,
+                    seq=seq,
+                    request=request,
+                    session=session,
+                    stream=opts.stream,
+                    source=src,
+                    recorded=rec,
+                    loop=loop,
+                )
                 seq += 1
             continue
         for row in source(lo, hi):

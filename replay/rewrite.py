@@ -31,10 +31,21 @@ from captures.schema import Headers
 from .plan import Request
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-     "upgrade", "proxy-authorization", "proxy-authenticate", "content-length", "host",
-     "expect"}
-)  # fmt: skip
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "content-length",
+        "host",
+        "expect",
+    }
+)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _QUOTED_MARKER = re.compile(r"%5BREDACTED%3A", re.I)
 
@@ -152,11 +163,13 @@ class Rewriter:
         self.keep_host = keep_host
         self.dropped_redacted = 0  # redacted values left out, for the run's report
 
-    def prepare(self, req: Request) -> Prepared:
+    def prepare(self, req: Request, extra: Mapping[str, Any] | None = None) -> Prepared:
+        """The request for the target. `extra` (from amplification): `copy` (k: the body's
+        `user` becomes `<user>~c<k>`) and `salt` (a nonce prefixed to the first user message)."""
         body = req.body or b""
         model = req.model
-        if body and (self.model_map or b"[REDACTED:" in body):
-            body, model = self._rewrite_body(body, req.content_encoding, model)
+        if body and (self.model_map or b"[REDACTED:" in body or extra):
+            body, model = self._rewrite_body(body, req.content_encoding, model, extra)
         headers: Headers = []
         recorded_host = None
         for name, value in req.headers:
@@ -194,7 +207,11 @@ class Rewriter:
         return "&".join(kept)
 
     def _rewrite_body(
-        self, body: bytes, encoding: str | None, model: str | None
+        self,
+        body: bytes,
+        encoding: str | None,
+        model: str | None,
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[bytes, str | None]:
         enc = (encoding or "").lower()
         try:
@@ -209,6 +226,8 @@ class Rewriter:
             obj["model"] = self.model_map[obj["model"]]
             model = obj["model"]
             changed = True
+        if extra:
+            changed |= _per_copy(obj, extra)
         if not changed:
             return body, model
         out = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
@@ -233,3 +252,28 @@ class Rewriter:
             for v in obj:
                 changed |= self._drop_markers(v)
         return changed
+
+
+def _per_copy(obj: dict[str, Any], extra: Mapping[str, Any]) -> bool:
+    """Make an amplified copy's body its own: a separate `user`, and a salted prompt."""
+    changed = False
+    k = extra.get("copy")
+    if k and isinstance(obj.get("user"), str):
+        obj["user"] = f"{obj['user']}~c{k}"
+        changed = True
+    salt = extra.get("salt")
+    if salt:
+        msgs = obj.get("messages")
+        if isinstance(msgs, list):
+            for m in msgs:
+                if (
+                    isinstance(m, dict)
+                    and m.get("role") == "user"
+                    and isinstance(m.get("content"), str)
+                ):
+                    m["content"] = f"[{salt}] {m['content']}"
+                    return True
+        if isinstance(obj.get("prompt"), str):
+            obj["prompt"] = f"[{salt}] {obj['prompt']}"
+            return True
+    return changed

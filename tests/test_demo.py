@@ -11,9 +11,22 @@ from pathlib import Path
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     p = subprocess.run(
-        [sys.executable, "-c", "import cli; cli.main()", "demo", "--dir", str(root), "--seconds", "3", "--sessions", "4"],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import cli; cli.main()",
+            "demo",
+            "--dir",
+            str(root),
+            "--seconds",
+            "3",
+            "--sessions",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "replay at 1x" in p.stdout and "replay at 5x" in p.stdout
     for sub in ("capture", "replay-1x", "replay-5x"):
@@ -29,6 +42,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     p3 = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main()", "demo", "--dir", str(tmp_path / "mine")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p3.returncode == 2 and "not a loadtape demo directory" in p3.stderr

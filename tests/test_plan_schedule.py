@@ -86,9 +86,11 @@ def test_plan_keeps_tags_sessions_and_sources() -> None:
     data = rows([0, 5], session_key=lambda i: f"s{i}")
     shots = list(plan_replay(source(data), T0, PlanOptions(stream="prod", loops=2)))
     assert [(s.stream, s.session, s.source, s.loop, s.seq) for s in shots] == [
-        ("prod", "s0", ("w", 0), 0, 0), ("prod", "s1", ("w", 1), 0, 1),
-        ("prod", "s0", ("w", 0), 1, 2), ("prod", "s1", ("w", 1), 1, 3),
-    ]  # fmt: skip
+        ("prod", "s0", ("w", 0), 0, 0),
+        ("prod", "s1", ("w", 1), 0, 1),
+        ("prod", "s0", ("w", 0), 1, 2),
+        ("prod", "s1", ("w", 1), 1, 3),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -125,10 +127,14 @@ def test_plan_is_lazy() -> None:
 def shots(offsets_ms: Iterable[float], sessions: Iterable[str | None] | None = None) -> list[Shot]:
     sess = list(sessions) if sessions is not None else None
     return [
-        Shot(offset_ns=round(o * MS), seq=i, request=Request("GET", "/", None, [], None),
-             session=sess[i] if sess else None)
+        Shot(
+            offset_ns=round(o * MS),
+            seq=i,
+            request=Request("GET", "/", None, [], None),
+            session=sess[i] if sess else None,
+        )
         for i, o in enumerate(offsets_ms)
-    ]  # fmt: skip
+    ]
 
 
 def run(

@@ -121,10 +121,15 @@ def test_failures_are_rows_and_the_run_ends(tmp_path: Path) -> None:
     try:
         assert ready.wait(10)
         r = run_replay(
-            ReplayOptions(capture=str(cap), target=holder["url"], out=str(out), timeout_s=1.0,
-                          expect_status="503"),
+            ReplayOptions(
+                capture=str(cap),
+                target=holder["url"],
+                out=str(out),
+                timeout_s=1.0,
+                expect_status="503",
+            ),
             install_signals=False,
-        )  # fmt: skip
+        )
     finally:
         stop.set()
         th.join(10)
@@ -141,8 +146,12 @@ def test_failures_are_rows_and_the_run_ends(tmp_path: Path) -> None:
     assert by_path["/invalid"][:2] == ("failed", "protocol")
     assert by_path["/503"] == ("expected", None, 503)
     assert r.run["counts"] == {
-        **r.run["counts"], "sent": 7, "ok": 2, "expected": 1, "failed": 4,
-    }  # fmt: skip
+        **r.run["counts"],
+        "sent": 7,
+        "ok": 2,
+        "expected": 1,
+        "failed": 4,
+    }
     _, st = r.metrics.total()
     assert st.errors == {"reset": 2, "timeout": 1, "protocol": 1}
 
@@ -213,11 +222,15 @@ def test_results_directory_reads_back(tmp_path: Path) -> None:
     cap = write_capture(tmp_path / "cap", spaced(20, 50.0, max_tokens=3, model="x"))
     with running_gateway(default_profile="instant") as gw:
         r = run_replay(
-            ReplayOptions(capture=str(cap), target=gw.url, out=str(tmp_path / "run"),
-                          headers=["Authorization: Bearer ${SECRET_FOR_TEST}"],
-                          env={"SECRET_FOR_TEST": "sk-injected-credential-0123456789"}),
+            ReplayOptions(
+                capture=str(cap),
+                target=gw.url,
+                out=str(tmp_path / "run"),
+                headers=["Authorization: Bearer ${SECRET_FOR_TEST}"],
+                env={"SECRET_FOR_TEST": "sk-injected-credential-0123456789"},
+            ),
             install_signals=False,
-        )  # fmt: skip
+        )
     back = Results.open(tmp_path / "run")
     assert back.metrics.total()[1].ok == 20 == r.metrics.total()[1].ok
     assert back.table(["seq"]).num_rows == 20
@@ -235,8 +248,22 @@ def small_capture(tmp_path: Path) -> Iterator[Path]:
 def test_replay_command(tmp_path: Path, small_capture: Path) -> None:
     run = [sys.executable, "-c", "import cli; cli.main()"]
     with running_gateway(default_profile="instant") as gw:
-        p = subprocess.run([*run, "replay", str(small_capture), "--target", gw.url, "--out",
-                            str(tmp_path / "run"), "--speed", "10"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        p = subprocess.run(
+            [
+                *run,
+                "replay",
+                str(small_capture),
+                "--target",
+                gw.url,
+                "--out",
+                str(tmp_path / "run"),
+                "--speed",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert p.returncode == 0, p.stderr
     assert "10 requests" in p.stdout and "ok 10" in p.stdout
     assert json.loads((tmp_path / "run" / "run.json").read_text())["counts"]["ok"] == 10
