@@ -409,7 +409,9 @@ def import_cmd(fmt: str, source: str, **opts: Any) -> None:
     )
     click.echo(f"imported {summary.records} requests from {source} into {opts['out']}")
     for reason, n in summary.skipped.items():
-        click.echo(f"  {reason}: {n}")
+        click.echo(f"  skipped, {reason}: {n}")
+    for remark, n in summary.noted.items():
+        click.echo(f"  {remark}: {n}")
 
 
 @cli.command("anonymize")

@@ -48,6 +48,7 @@ class Summary:
     parts: int = 0
     notes: list[str] = field(default_factory=list)
     hists: dict[str, Any] = field(default_factory=dict)
+    maxima: dict[str, int] = field(default_factory=dict)  # exact p100 (HDR rounds to 3 digits)
 
     def to_json(self) -> dict[str, Any]:
         span_s = (self.last_ns - self.first_ns) / 1e9 if self.first_ns and self.last_ns else 0.0
@@ -68,7 +69,10 @@ class Summary:
             "status_mix": dict(sorted(self.statuses.items())),
             "error_kinds": dict(self.error_kinds.most_common()),
             "percentiles": {
-                name: {f"p{p:g}": v for p, v in hdr.percentiles(h, PCTS).items()}
+                name: {
+                    f"p{p:g}": self.maxima[name] if p == 100 else min(v, self.maxima[name])
+                    for p, v in hdr.percentiles(h, PCTS).items()
+                }
                 for name, h in self.hists.items()
                 if h.total_count
             },
@@ -130,6 +134,8 @@ def summarize(cap: Capture) -> Summary:
         for name, col in sources.items():
             vals = pc.drop_null(batch[col]).to_numpy(zero_copy_only=False)
             hdr.record_many(s.hists[name], vals)
+            if len(vals):
+                s.maxima[name] = max(s.maxima.get(name, 0), int(vals.max()))
     return s
 
 

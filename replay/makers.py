@@ -5,10 +5,12 @@
   prompt and output lengths drawn from distributions, the model from a weighted mix;
 - `prompts`: first user turns of a ShareGPT-format file.
 
-Prompts of N tokens are filler text: common English words, each a single token with its leading
-space in the cl100k/o200k vocabularies, so N words make about N tokens. When the `tiktoken`
-package is installed and its encoding loads, the count is exact (words are added or removed until
-the encoding gives N); otherwise it is that approximation.
+Prompts of N tokens are filler text of N words drawn from ~200 of the commonest short English
+words, which byte-pair vocabularies such as cl100k encode as about one token each (with the
+leading space), so N words stand for about N tokens. When the `tiktoken` package is installed and
+its cl100k encoding loads (it is downloaded once, then cached), the count is exact: words are
+added or removed until the encoding gives N. Otherwise it is that word-count approximation; the
+recorded `prompt_tokens` column always holds the count asked for.
 """
 
 from __future__ import annotations
@@ -261,8 +263,11 @@ def dist_for(spec: str | int, what: str, which: str) -> Dist:
     return parse_dist(spec, what)
 
 
-def build_maker(params: Mapping[str, Any], where: str, seed: int) -> Maker:
-    """A maker from a scenario's `request = {maker = ...}` table (or `--synthetic` options)."""
+def build_maker(
+    params: Mapping[str, Any], where: str, seed: int, filt: RowFilter | None = None
+) -> Maker:
+    """A maker from a scenario's `request = {maker = ...}` table (or `--synthetic` options);
+    `filt` narrows what the sample maker draws from."""
     kind = str(params.get("maker", "template"))
     models = parse_mix(str(params.get("models", "small:1")), f"{where}.models")
     try:
@@ -276,7 +281,7 @@ def build_maker(params: Mapping[str, Any], where: str, seed: int) -> Maker:
     if kind == "sample":
         if "capture" not in params:
             raise UserError(f"{where}: the sample maker needs capture = PATH")
-        return SampleMaker(str(params["capture"]), seed=seed)
+        return SampleMaker(str(params["capture"]), filt, seed=seed)
     output = dist_for(
         params.get("output_tokens", "lognormal:128:0.6"), f"{where}.output_tokens", "output"
     )

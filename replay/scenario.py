@@ -113,16 +113,16 @@ def _dur(w: _Where, i: int | None, key: str, value: Any) -> float:
         raise w.error(i, key, str(exc)) from None
 
 
-def _filter(w: _Where, i: int, value: Any) -> RowFilter:
+def _filter(w: _Where, i: int, value: Any, key: str = "filter") -> RowFilter:
     if not isinstance(value, dict):
         raise w.error(
             i,
-            "filter",
+            key,
             'want a table: { method = [...], path = [...], model = [...], status = "2xx" }',
         )
     unknown = set(value) - {"method", "path", "model", "status"}
     if unknown:
-        raise w.error(i, "filter", f"unknown key(s) {', '.join(sorted(unknown))}")
+        raise w.error(i, key, f"unknown key(s) {', '.join(sorted(unknown))}")
 
     def strs(k: str) -> list[str] | None:
         v = value.get(k)
@@ -130,7 +130,7 @@ def _filter(w: _Where, i: int, value: Any) -> RowFilter:
             return None
         v = [v] if isinstance(v, str) else v
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise w.error(i, f"filter.{k}", "want a string or a list of strings")
+            raise w.error(i, f"{key}.{k}", "want a string or a list of strings")
         return v
 
     status = None
@@ -138,7 +138,7 @@ def _filter(w: _Where, i: int, value: Any) -> RowFilter:
         try:
             status = parse_status_spec(str(value["status"]))
         except ValueError as exc:
-            raise w.error(i, "filter.status", str(exc)) from None
+            raise w.error(i, f"{key}.status", str(exc)) from None
     m, p, mo = strs("method"), strs("path"), strs("model")
     return RowFilter(
         methods=frozenset(x.upper() for x in m) if m else None,
@@ -306,8 +306,13 @@ def _synthetic(
         v = req.get(k)
         if isinstance(v, str) and v.startswith("empirical:") and not Path(v[10:]).is_absolute():
             req[k] = "empirical:" + str((base / v[10:]).resolve())
+    filt = None
+    if "filter" in req:
+        if req.get("maker") != "sample":
+            raise w.error(i, "request.filter", "only the sample maker takes a filter")
+        filt = _filter(w, i, req.pop("filter"), "request.filter")
     try:
-        maker = build_maker(req, "request", seed)
+        maker = build_maker(req, "request", seed, filt)
     except UserError as exc:
         k = next((f"request.{k}" for k in req if f"request.{k}" in str(exc)), "request")
         raise w.error(i, k, str(exc)) from None

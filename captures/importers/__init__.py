@@ -51,11 +51,14 @@ class ImportOptions:
 @dataclass
 class ImportSummary:
     records: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
+    noted: dict[str, int] = field(default_factory=dict)  # rows kept with a remark, by remark
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def note(self, remark: str) -> None:
+        self.noted[remark] = self.noted.get(remark, 0) + 1
 
 
 def trace_request(

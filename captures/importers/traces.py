@@ -130,7 +130,7 @@ def burstgpt_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> It
         p = _int(path, line, "Request tokens", r["prompt"])
         o = _int(path, line, "Response tokens", r["output"])
         if o == 0:
-            summary.skip("response tokens 0 (a failed request in BurstGPT)")
+            summary.note("response tokens 0 (failed in BurstGPT): kept, max_tokens=1")
         yield trace_request(
             t,
             _prompt(p, opts.seed * 1_000_003 + n),

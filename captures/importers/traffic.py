@@ -120,7 +120,7 @@ def flow_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterat
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     with fh:
         try:
-            for n, f in enumerate(io.FlowReader(fh).stream()):
+            for f in io.FlowReader(fh).stream():
                 if not isinstance(f, http.HTTPFlow):
                     summary.skip(f"{type(f).__name__} (not HTTP)")
                     continue
@@ -155,6 +155,5 @@ def flow_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterat
                 if f.error is not None:
                     snap.error = f.error.msg
                 yield build_record(snap, red, SESSIONS, BODY_LIMIT)
-                del n
         except FlowReadException as exc:
             raise UserError(f"{path}: not a mitmproxy flow file ({exc})") from None
