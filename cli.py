@@ -152,7 +152,11 @@ def replay_options(f: Any) -> Any:
     """Options shared by replay and the commands built on it."""
     opts = [
         click.option(
-            "--target", required=True, help="Base URL to send to (never the captured host)."
+            "--target",
+            required=True,
+            multiple=True,
+            help="Base URL to send to (never the captured host). Repeat as NAME=URL to send "
+            "the same plan to several targets; scope --header/--model-map with NAME:.",
         ),
         click.option(
             "--out", type=click.Path(path_type=str), help="Results directory (default runs/<time>)."
@@ -251,7 +255,7 @@ def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
     assert timeout is not None
     return ReplayOptions(
         capture=capture,
-        target=opts["target"],
+        target=list(opts["target"]),
         out=opts["out"],
         speed=opts["speed"],
         from_s=_duration(opts["from_"], "--from") or 0.0,

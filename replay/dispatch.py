@@ -39,7 +39,6 @@ class Sink(Protocol):
         prepared: Prepared | None,
         intended_mono: int,
         out: Outcome,
-        target: str = "",
     ) -> None: ...
 
 
@@ -64,7 +63,6 @@ class Dispatcher:
         client: Client,
         sink: Sink,
         *,
-        target_name: str = "",
         spin_ns: int = 1_500_000,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
@@ -72,7 +70,6 @@ class Dispatcher:
         self.prepare = prepare
         self.client = client
         self.sink = sink
-        self.target_name = target_name
         self.spin_ns = spin_ns
         self.clock = clock
         self.stats = DispatchStats()
@@ -100,7 +97,7 @@ class Dispatcher:
     def _done(self, shot: Shot, prepared: Prepared, intended: int, out: Outcome) -> None:
         self.scheduler.done(shot, self.clock() - self.start)
         self.stats.completed += 1
-        self.sink.add(shot, prepared, intended, out, self.target_name)
+        self.sink.add(shot, prepared, intended, out)
         self._pump()
 
     # -- the pump --------------------------------------------------------------------------------

@@ -32,7 +32,16 @@ from .metrics import Metrics
 from .outcome import Outcome
 from .prefetch import Prefetch
 from .results import Expect, ResultWriter, warm_up, write_histograms, write_run_json
-from .rewrite import Prepared, Rewriter, Target, parse_header_args, parse_model_map, parse_target
+from .rewrite import (
+    Prepared,
+    Rewriter,
+    Target,
+    parse_header_args,
+    parse_model_map,
+    parse_target,
+    parse_targets,
+    scoped,
+)
 from .schedule import Scheduler
 
 PREFILL = 32_768  # shots planned before the start instant (the plan buffer's size)
@@ -203,13 +212,24 @@ def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[planm
     return prepare
 
 
+def _for_target(shots: Iterable[planmod.Shot], name: str) -> Iterator[planmod.Shot]:
+    """Tag a stream's shots with its target's name; sessions become per target, so ordered
+    sessions against one target do not wait for another's."""
+    for s in shots:
+        s.target = name
+        if s.session is not None:
+            s.session = f"{s.session}@{name}"
+        yield s
+
+
 def merged(streams: list[StreamPlan]) -> Iterator[planmod.Shot]:
-    """One timeline: the streams' shots merged by intended offset, numbered in that order."""
-    it = (
-        heapq.merge(*(s.shots for s in streams), key=lambda shot: shot.offset_ns)
-        if len(streams) > 1
-        else iter(streams[0].shots)
-    )
+    """One timeline: the streams' shots merged by intended offset, numbered in that order.
+    On a tie, streams keep their order (so several targets get the same shot in turn)."""
+    plans = [
+        _for_target(s.shots, s.rewriter.target.name) if s.rewriter.target.name else s.shots
+        for s in streams
+    ]
+    it = heapq.merge(*plans, key=lambda shot: shot.offset_ns) if len(plans) > 1 else iter(plans[0])
     for seq, shot in enumerate(it):
         shot.seq = seq
         yield shot
@@ -237,13 +257,13 @@ def make_client(
 
 
 class Router:
-    """One client per target URL; a prepared request goes to its target's client."""
+    """One client per target; a prepared request goes to its target's client."""
 
-    def __init__(self, clients: dict[str, Client]) -> None:
+    def __init__(self, clients: dict[Target, Client]) -> None:
         self.clients = clients
 
     def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None:
-        self.clients[req.target.url].submit(req, done)
+        self.clients[req.target].submit(req, done)
 
     async def close(self) -> None:
         for c in self.clients.values():
@@ -273,14 +293,18 @@ def run_streams(
     closed = settings.closed
     out_dir = Path(settings.out) if settings.out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    preparers = {s.name: cached_prepare(s.rewriter) for s in streams}
+    keys = [(s.name, s.rewriter.target.name) for s in streams]
+    if len(set(keys)) != len(keys):
+        raise UserError("two streams have the same name (and target)")
+    preparers = {k: cached_prepare(s.rewriter) for k, s in zip(keys, streams, strict=True)}
 
     def prepare(shot: planmod.Shot) -> Prepared:
-        return shot.prepared or preparers[shot.stream](shot)
+        return shot.prepared or preparers[(shot.stream, shot.target)](shot)
 
+    targets = list(dict.fromkeys(s.rewriter.target for s in streams))
     shots: Iterable[planmod.Shot] = merged(streams)
-    if settings.requests is not None:
-        shots = itertools.islice(shots, settings.requests)
+    if settings.requests is not None:  # N per target: the targets take each shot in turn
+        shots = itertools.islice(shots, settings.requests * len(targets))
     # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
     # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
     plan_buffer: Prefetch[planmod.Shot] | None = None
@@ -291,11 +315,10 @@ def run_streams(
     assert max_in_flight is not None
     scheduler = Scheduler(
         plan_buffer if plan_buffer is not None else shots,
-        max_in_flight=max_in_flight,
+        max_in_flight=max_in_flight * len(targets),
         ordered_sessions=settings.sessions == "ordered",
         closed_loop=closed,
     )
-    targets = {s.rewriter.target.url: s.rewriter.target for s in streams}
     warm_up()
     wall_start = time.time_ns()
     metrics = Metrics(run_start_ns=wall_start)
@@ -313,14 +336,14 @@ def run_streams(
     async def main() -> tuple[DispatchStats, int]:
         router = Router(
             {
-                url: make_client(
+                t: make_client(
                     settings.client,
                     t,
                     max_in_flight=max_in_flight,
                     timeout=settings.timeout_s,
                     insecure=settings.insecure,
                 )
-                for url, t in targets.items()
+                for t in targets
             }
         )
         disp = Dispatcher(scheduler, prepare, router, writer, spin_ns=int(settings.spin_ms * 1e6))
@@ -382,9 +405,20 @@ def run_streams(
         "duration_s": duration_ns / 1e9,
         "mode": "closed" if closed else "open",
         "streams": {
-            s.name: {**s.describe, "target": mask_url(s.rewriter.target.url)} for s in streams
+            s.name: {**s.describe, "target": mask_url(s.rewriter.target.url)}
+            for s in streams
+            if not s.rewriter.target.name
+        }
+        | {
+            f"{s.name}@{s.rewriter.target.name}": {
+                **s.describe,
+                "target": mask_url(s.rewriter.target.url),
+            }
+            for s in streams
+            if s.rewriter.target.name
         },
-        "target": mask_url(next(iter(targets))) if len(targets) == 1 else None,
+        "target": mask_url(targets[0].url) if len(targets) == 1 else None,
+        "targets": {t.name: mask_url(t.url) for t in targets if t.name},
         "settings": asdict(settings),
         "counts": {
             "planned": stats.sent + sum(stats.unsent.values()),
@@ -451,7 +485,7 @@ async def _tick(
 @dataclass
 class ReplayOptions:
     capture: str
-    target: str
+    target: str | list[str]  # a URL, or NAME=URL items for several targets
     out: str | None = None
     speed: float = 1.0
     from_s: float = 0.0
@@ -494,7 +528,7 @@ class ReplayOptions:
 
 
 def make_rewriter(
-    target: str,
+    target: str | Target,
     headers: list[str],
     model_map: list[str],
     keep_host: bool,
@@ -502,7 +536,7 @@ def make_rewriter(
 ) -> Rewriter:
     set_headers, remove_headers = parse_header_args(headers, env)
     return Rewriter(
-        parse_target(target),
+        parse_target(target) if isinstance(target, str) else target,
         set_headers=set_headers,
         remove_headers=remove_headers,
         model_map=parse_model_map(model_map),
@@ -584,36 +618,51 @@ def run_replay(
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
 ) -> RunSummary:
-    """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams)."""
-    rewriter = make_rewriter(opts.target, opts.headers, opts.model_map, opts.keep_host, opts.env)
+    """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
+    one target or, the same plan, to each of several."""
+    targets = parse_targets([opts.target] if isinstance(opts.target, str) else opts.target)
+    names = [t.name for t in targets if t.name]
+    headers, headers_for = scoped(opts.headers, names)
+    model_map, model_map_for = scoped(opts.model_map, names)
     expect = Expect.parse(opts.expect_status)
     loops = opts.loops if opts.requests is None else 10**9
-    streams = [
-        replay_stream(
-            opts.stream,
-            opts.capture,
-            rewriter,
-            speed=opts.speed,
-            from_s=opts.from_s,
-            to_s=opts.to_s,
-            duration_s=opts.duration_s,
-            loops=loops,
-            filt=opts.filt,
-            amplify=opts.amplify,
-            amplify_mode=opts.amplify_mode,
-            salt_prompts=opts.salt_prompts,
-            seed=opts.seed,
-            expect=expect,
+    window_s = _replay_window_s(opts) if opts.synthetic else 0.0
+    streams = []
+    for t in targets:
+        rewriter = make_rewriter(
+            t,
+            headers + headers_for.get(t.name, []),
+            model_map + model_map_for.get(t.name, []),
+            opts.keep_host,
+            opts.env,
         )
-    ]
-    if opts.synthetic:
-        from .scenario import synthetic_from_flag
-
-        window_s = _replay_window_s(opts)
-        for i, spec in enumerate(opts.synthetic):
-            streams.append(
-                synthetic_from_flag(spec, i, opts.capture, rewriter, expect, window_s, opts.seed)
+        streams.append(
+            replay_stream(
+                opts.stream,
+                opts.capture,
+                rewriter,
+                speed=opts.speed,
+                from_s=opts.from_s,
+                to_s=opts.to_s,
+                duration_s=opts.duration_s,
+                loops=loops,
+                filt=opts.filt,
+                amplify=opts.amplify,
+                amplify_mode=opts.amplify_mode,
+                salt_prompts=opts.salt_prompts,
+                seed=opts.seed,
+                expect=expect,
             )
+        )
+        if opts.synthetic:
+            from .scenario import synthetic_from_flag
+
+            for i, spec in enumerate(opts.synthetic):
+                streams.append(
+                    synthetic_from_flag(
+                        spec, i, opts.capture, rewriter, expect, window_s, opts.seed
+                    )
+                )
     info = {
         "capture": {
             "path": str(Path(opts.capture).resolve()),
@@ -647,7 +696,14 @@ def _public_options(opts: ReplayOptions) -> dict[str, Any]:
     """The run's options as recorded in run.json: header values never, only their names."""
     d = asdict(opts)
     d.pop("env", None)
-    d["target"] = mask_url(opts.target)
+    d["target"] = (
+        mask_url(opts.target)
+        if isinstance(opts.target, str)
+        else [
+            f"{t.name}={mask_url(t.url)}" if t.name else mask_url(t.url)
+            for t in parse_targets(opts.target)
+        ]
+    )
     d["headers"] = [
         h.partition(":")[0].strip() + (": <set>" if h.partition(":")[2].strip() else ": <removed>")
         for h in opts.headers

@@ -12,10 +12,12 @@ Metrics, in microseconds:
 | tpot | first token | response end, divided by output tokens - 1 |
 | lag | intended send time | actual send (schedule lag) |
 
-Groups are (stream, endpoint, model, status class). Values out of the histogram's range are
-counted per metric, never silently dropped. Per-second interval histograms of latency and TTFT (per
-stream) give the over-time views; only the current second's are live, finished ones are kept
-encoded. Histograms merge exactly (`add`), so shards, workers and copies each record their own.
+Groups are (stream, target, endpoint, model, status class); target is the target's name when a
+run has several (`--target NAME=URL`), else "". Values out of the histogram's range are counted
+per metric, never silently dropped. Per-second interval histograms of latency and TTFT (per
+stream, or `stream@target` with several targets) give the over-time views; only the current
+second's are live, finished ones are kept encoded. Histograms merge exactly (`add`), so shards,
+workers and copies each record their own.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from captures import hdr
 
 METRICS = ("latency", "service", "ttfb", "ttft", "itl", "tpot", "lag")
 INTERVAL_METRICS = ("latency", "ttft")
-GroupKey = tuple[str, str, str, str]  # stream, endpoint, model, status class
-HIST_FORMAT = 1
+GroupKey = tuple[str, str, str, str, str]  # stream, target, endpoint, model, status class
+GROUP_DIMS = ("stream", "target", "endpoint", "model", "status")
+HIST_FORMAT = 2  # 1: keys without the target (read as target "")
 _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
 
 
@@ -132,7 +135,10 @@ class Metrics:
         gids = np.empty(n, dtype=np.int64)
         classes = [status_class(st, e) for st, e in zip(b["status"], b["error_kind"], strict=True)]
         models = [m or "" for m in b["model"]]
-        for i, key in enumerate(zip(b["stream"], b["endpoint"], models, classes, strict=True)):
+        targets = b.get("target") or [""] * n
+        for i, key in enumerate(
+            zip(b["stream"], targets, b["endpoint"], models, classes, strict=True)
+        ):
             g = gid_of.get(key)
             if g is None:
                 g = gid_of[key] = len(gid_of)
@@ -204,7 +210,12 @@ class Metrics:
             kind = b["error_kind"][i] or f"http_{b['status'][i]}"
             errs = self.stats[key].errors
             errs[kind] = errs.get(kind, 0) + 1
-        self._record_intervals(b["stream"], latency, ttft, outcome, end)
+        series = (
+            [f"{s}@{t}" if t else s for s, t in zip(b["stream"], targets, strict=True)]
+            if any(targets)
+            else b["stream"]
+        )
+        self._record_intervals(series, latency, ttft, outcome, end)
 
     def _record_intervals(
         self,
@@ -285,12 +296,14 @@ class Metrics:
     @classmethod
     def decode(cls, data: bytes) -> Metrics:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if not isinstance(doc, dict) or doc.get("format") != HIST_FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in (1, HIST_FORMAT):
             raise ValueError("not a loadtape histogram file (or a newer format)")
         m = cls(int(doc["run_start_ns"]))
         for g in doc["groups"]:
-            stream, endpoint, model, sclass = g["key"]
-            key: GroupKey = (stream, endpoint, model, sclass)
+            k = list(g["key"])
+            if len(k) == 4:  # format 1
+                k.insert(1, "")
+            key: GroupKey = (k[0], k[1], k[2], k[3], k[4])
             m.hists[key] = {name: hdr.decode(blob) for name, blob in g["hists"].items()}
             st = GroupStats(
                 **{k: v for k, v in g["stats"].items() if k not in ("errors", "statuses")}

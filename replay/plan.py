@@ -81,6 +81,7 @@ class Shot:
     request: Request
     session: str | None = None
     stream: str = "replay"
+    target: str = ""  # the target's name when a run has several (--target NAME=URL)
     copy: int = 0
     source: tuple[str, int] | None = None  # (writer_id, seq) of the capture row
     recorded: Recorded | None = None

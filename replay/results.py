@@ -144,7 +144,7 @@ class ResultWriter:
         name = f"results-{part}.parquet" if part else "results.parquet"
         self.path = out_dir / name
         self._writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
-        self._rows: list[tuple[Shot, Prepared | None, int, Outcome, str, str]] = []
+        self._rows: list[tuple[Shot, Prepared | None, int, Outcome, str]] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._queue: queue.Queue[list[Any] | None] = queue.Queue()  # never blocks the loop
@@ -166,7 +166,6 @@ class ResultWriter:
         prepared: Prepared | None,
         intended_mono: int,
         out: Outcome,
-        target: str = "",
     ) -> None:
         """One result: kept as a tuple (the hot path); columns are built when draining."""
         outcome = self.expect_by_stream.get(shot.stream, self.expect).outcome(out.status, out.error)
@@ -176,13 +175,13 @@ class ResultWriter:
             self.expected += 1
         else:
             self.failed += 1
-        self._rows.append((shot, prepared, intended_mono, out, target, outcome))
+        self._rows.append((shot, prepared, intended_mono, out, outcome))
         self.rows += 1
         if len(self._rows) >= self.batch_rows:
             self.handover()
 
     def _columns(
-        self, rows: list[tuple[Shot, Prepared | None, int, Outcome, str, str]]
+        self, rows: list[tuple[Shot, Prepared | None, int, Outcome, str]]
     ) -> dict[str, list[Any]]:
         off = self.offset
         shots = [r[0] for r in rows]
@@ -194,7 +193,7 @@ class ResultWriter:
         return {
             "seq": [s.seq for s in shots],
             "stream": [s.stream for s in shots],
-            "target": [r[4] for r in rows],
+            "target": [s.target for s in shots],
             "copy": [s.copy for s in shots],
             "loop": [s.loop for s in shots],
             "session": [s.session for s in shots],
@@ -214,7 +213,7 @@ class ResultWriter:
             ],
             "end_ns": [o.end_ns + off for o in outs],
             "status": [o.status for o in outs],
-            "outcome": [r[5] for r in rows],
+            "outcome": [r[4] for r in rows],
             "error_kind": [o.error for o in outs],
             "error_message": [o.error_msg for o in outs],
             "retry_after": [o.retry_after for o in outs],

@@ -57,6 +57,7 @@ class Target:
     host: str
     port: int
     base_path: str  # prefix for every request path ("" or "/gateway")
+    name: str = ""  # with several targets (--target NAME=URL): the name results carry
 
     @property
     def host_header(self) -> str:
@@ -65,7 +66,7 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def parse_target(url: str) -> Target:
+def parse_target(url: str, name: str = "") -> Target:
     """`--target URL`: http or https, a host, an optional port and base path."""
     try:
         parts = urlsplit(url)
@@ -84,7 +85,43 @@ def parse_target(url: str) -> Target:
         host=parts.hostname,
         port=port or (443 if parts.scheme == "https" else 80),
         base_path=parts.path.rstrip("/"),
+        name=name,
     )
+
+
+_NAMED = re.compile(r"([A-Za-z0-9_.-]+)=(\S+)")
+
+
+def parse_targets(args: Sequence[str]) -> list[Target]:
+    """`--target URL`, or `--target NAME=URL` repeated: the same plan goes to each target."""
+    if not args:
+        raise UserError("--target is required (a replay never goes to the host in the capture)")
+    named = [_NAMED.fullmatch(a.strip()) for a in args]
+    if len(args) == 1 and named[0] is None:
+        return [parse_target(args[0].strip())]
+    out: list[Target] = []
+    for a, m in zip(args, named, strict=True):
+        if m is None:
+            raise UserError(f"--target {a!r}: with several targets, name each: --target NAME=URL")
+        if any(t.name == m.group(1) for t in out):
+            raise UserError(f"--target {a!r}: the name {m.group(1)!r} is used twice")
+        out.append(parse_target(m.group(2), m.group(1)))
+    return out
+
+
+def scoped(args: Sequence[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Split `--header`/`--model-map` values into those for every target and those for one:
+    `NAME:...` where NAME is a target's name (`openai:Authorization: Bearer ${KEY}`,
+    `local:small=llama3:8b`)."""
+    common: list[str] = []
+    per: dict[str, list[str]] = {n: [] for n in names}
+    for a in args:
+        head, sep, rest = a.partition(":")
+        if sep and head.strip() in per:
+            per[head.strip()].append(rest.strip())
+        else:
+            common.append(a)
+    return common, per
 
 
 def expand_env(template: str, env: Mapping[str, str], what: str) -> str:

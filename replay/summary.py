@@ -71,7 +71,7 @@ def render(metrics: Metrics, run: dict[str, Any], console: Console | None = None
         console.print(f"  {n}")
     table = Table(title=None, show_lines=False, pad_edge=False)
     cols = (
-        "stream endpoint model class",
+        "stream [target] endpoint model class",
         "n",
         "ok",
         "exp",
@@ -90,7 +90,8 @@ def render(metrics: Metrics, run: dict[str, Any], console: Console | None = None
         table.add_column(col, justify="left" if col == cols[0] else "right")
     for key in sorted(metrics.hists):
         hs, st = metrics.merged([key])
-        table.add_row(*_row(" ".join(x or "-" for x in key), hs, st))
+        label = [key[0], *([key[1]] if key[1] else []), *(x or "-" for x in key[2:])]
+        table.add_row(*_row(" ".join(label), hs, st))
     if len(metrics.hists) > 1:
         hs, st = metrics.total()
         table.add_row(*_row("all", hs, st), style="bold")

@@ -57,6 +57,7 @@ def amplify(
                     request=cur.request,
                     session=f"{cur.session}~c{k}" if cur.session else None,
                     stream=cur.stream,
+                    target=cur.target,
                     copy=k,
                     source=cur.source,
                     recorded=cur.recorded,

@@ -287,3 +287,49 @@ def test_replay_command(tmp_path: Path, small_capture: Path) -> None:
         p = subprocess.run([*run, *args], capture_output=True, text=True, timeout=60)
         assert p.returncode == 2, (args, p.stderr)
         assert needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_several_targets_get_the_same_plan_side_by_side(tmp_path: Path) -> None:
+    """`--target a=URL --target b=URL`: each target gets every shot, its own model map and
+    headers, and its own groups in the histograms; run.json names both (masked)."""
+    cap = write_capture(tmp_path / "cap", spaced(12, 40.0, max_tokens=2, model="x"))
+    with (
+        running_gateway(default_profile="instant") as fast,
+        running_gateway(default_profile="instant") as other,
+    ):
+        r = run_replay(
+            ReplayOptions(
+                capture=str(cap),
+                target=[f"fast={fast.url}", f"other={other.url}"],
+                out=str(tmp_path / "run"),
+                speed=4,
+                model_map=["other:x=y"],
+                headers=["other:X-Only-Other: 1"],
+                sessions="ordered",
+            ),
+            install_signals=False,
+        )
+        assert fast.stats.requests == 12 and other.stats.requests == 12
+    res = results(tmp_path / "run")
+    by_target = {t: res["model"][res["target"] == t] for t in ("fast", "other")}
+    assert sorted(set(by_target["fast"])) == ["x"] and len(by_target["fast"]) == 12
+    assert sorted(set(by_target["other"])) == ["y"] and len(by_target["other"]) == 12
+    assert {k[1] for k in r.metrics.hists} == {"fast", "other"}
+    assert r.run["counts"]["ok"] == 24
+    assert set(r.run["targets"]) == {"fast", "other"}
+    assert set(r.run["streams"]) == {"replay@fast", "replay@other"}
+    back = Results.open(tmp_path / "run")
+    assert {k[1] for k in back.metrics.hists} == {"fast", "other"}
+
+
+def test_several_targets_need_names(tmp_path: Path, small_capture: Path) -> None:
+    run = [sys.executable, "-c", "import cli; cli.main()"]
+    for targets, needle in [
+        (["http://127.0.0.1:1", "http://127.0.0.1:2"], "name each"),
+        (["a=http://127.0.0.1:1", "a=http://127.0.0.1:2"], "used twice"),
+    ]:
+        args = ["replay", str(small_capture), "--out", str(tmp_path / "r")]
+        for t in targets:
+            args += ["--target", t]
+        p = subprocess.run([*run, *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
