@@ -148,6 +148,53 @@ def _row_filter(opts: dict[str, Any]) -> Any:
     )
 
 
+def gate_options() -> list[Any]:
+    return [
+        click.option(
+            "--slo",
+            multiple=True,
+            metavar="GATE",
+            help="A gate on the results, e.g. 'latency.p95<500ms', 'stream=chat:error_rate<1%'; "
+            "exit 1 if one fails.",
+        ),
+        click.option(
+            "--by",
+            default=None,
+            metavar="DIMS",
+            help="Group by some of stream,target,endpoint,model,status.",
+        ),
+    ]
+
+
+def slo_and_by(f: Any) -> Any:
+    for o in reversed(gate_options()):
+        f = o(f)
+    return f
+
+
+def parse_gates(opts: dict[str, Any]) -> Any:
+    """Gates are parsed before any traffic: a typo must not cost a run."""
+    from replay.slo import parse_gates as parse
+
+    return parse(opts.get("slo") or ())
+
+
+def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
+    """The end of a run: the text report (and SLO table) on stdout; 130 if interrupted, 1 if a
+    gate failed."""
+    from replay.report import make
+    from replay.results import Results
+
+    text, rows = make(
+        Results(result.out_dir, result.run, result.metrics), "text", opts["by"], gates
+    )
+    click.echo(text, nl=False)
+    click.echo(f"results: {result.out_dir}", err=True)
+    if result.interrupted:
+        return 130
+    return 1 if rows and not all(r["pass"] for r in rows) else 0
+
+
 def replay_options(f: Any) -> Any:
     """Options shared by replay and the commands built on it."""
     opts = [
@@ -242,6 +289,7 @@ def replay_options(f: Any) -> Any:
             help="Add a stress stream sampling the capture, e.g. 'poisson:rate=40,start=30s'.",
         ),
         click.option("--seed", default=0, show_default=True, help="Seed for every random draw."),
+        *gate_options(),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -294,15 +342,16 @@ def live_progress(quiet: bool) -> Any:
 @replay_options
 def replay(capture: str, **opts: Any) -> int:
     """Replay a capture against --target with its original timing (scaled by --speed)."""
-    from replay import summary
     from replay.engine import run_replay
+    from replay.report import parse_by
 
+    gates = parse_gates(opts)
+    if opts["by"]:
+        parse_by(opts["by"])
     ropts = build_replay_options(capture, opts)
     with live_progress(opts["quiet"]) as line:
         result = run_replay(ropts, on_progress=line.update)
-    summary.render(result.metrics, result.run)
-    click.echo(f"results: {result.out_dir}", err=True)
-    return 130 if result.interrupted else 0
+    return finish_run(result, opts, gates)
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -316,11 +365,12 @@ def demo(root: str, seconds: float, sessions: int) -> None:
     """Mock gateway, capture through the real proxy, replay at 1x and 5x, report. Loopback only."""
     from pathlib import Path
 
-    from replay import summary
     from replay.demo import run_demo
+    from replay.report import make
+    from replay.results import Results
 
     def show(r: Any) -> None:
-        summary.render(r.metrics, r.run)
+        click.echo(make(Results(r.out_dir, r.run, r.metrics), "text")[0], nl=False)
 
     run_demo(Path(root), seconds=seconds, sessions=sessions, say=lambda m: click.echo(m), show=show)
 
@@ -342,11 +392,16 @@ def demo(root: str, seconds: float, sessions: int) -> None:
 @click.option("--client", type=click.Choice(["fast", "aiohttp"]), default="fast", show_default=True)
 @click.option("--insecure", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
+@slo_and_by
 def run_cmd(scenario: str, **opts: Any) -> int:
     """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
-    from replay import summary
     from replay.engine import RunSettings
+    from replay.report import parse_by
     from replay.scenario import run_scenario
+
+    gates = parse_gates(opts)
+    if opts["by"]:
+        parse_by(opts["by"])
 
     timeout = _duration(opts["timeout"], "--timeout")
     assert timeout is not None
@@ -362,9 +417,52 @@ def run_cmd(scenario: str, **opts: Any) -> int:
     )
     with live_progress(opts["quiet"]) as line:
         result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)
-    summary.render(result.metrics, result.run)
-    click.echo(f"results: {result.out_dir}", err=True)
-    return 130 if result.interrupted else 0
+    return finish_run(result, opts, gates)
+
+
+# -- report ----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("results", type=click.Path(path_type=str))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown", "html"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--out", type=click.Path(path_type=str), help="Write the report here (default stdout)."
+)
+@click.option("--hgrm", type=click.Path(path_type=str), help="Write .hgrm percentile files here.")
+@click.option("--hlog", type=click.Path(path_type=str), help="Write the HdrHistogram interval log.")
+@slo_and_by
+def report(results: str, fmt: str, **opts: Any) -> int:
+    """Report on a results directory (no traffic): text, json, markdown or html; SLO gates."""
+    from pathlib import Path
+
+    from replay.report import make, parse_by
+    from replay.report.hdrfiles import write_hgrm, write_hlog
+    from replay.results import Results
+
+    gates = parse_gates(opts)
+    res = Results.open(results)
+    text, rows = make(res, fmt, opts["by"], gates)
+    if opts["out"]:
+        out = Path(opts["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"report: {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if opts["hgrm"]:
+        files = write_hgrm(res.metrics, parse_by(opts["by"], res.metrics), Path(opts["hgrm"]))
+        click.echo(f"hgrm: {len(files)} files in {opts['hgrm']}", err=True)
+    if opts["hlog"]:
+        click.echo(f"hlog: {write_hlog(res.metrics, Path(opts['hlog']))}", err=True)
+    if rows and opts["out"]:  # the verdict on the terminal too
+        failed = [r for r in rows if not r["pass"]]
+        click.echo(f"SLO: {len(rows) - len(failed)} passed, {len(failed)} failed", err=True)
+    return 1 if rows and not all(r["pass"] for r in rows) else 0
 
 
 # -- import, anonymize -------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from captures.testing import words
 from proxy_addons.launch import CaptureConfig, CaptureProcess, describe_status
 
 from .engine import ReplayOptions, RunSummary, run_replay
+from .report import make
+from .results import Results
 
 MARKER = ".loadtape-demo"
 
@@ -175,6 +177,11 @@ def run_demo(
             runs.append(r)
             if show is not None:
                 show(r)
+            html_path = paths.run(speed) / "report.html"
+            html_path.write_text(
+                make(Results(r.out_dir, r.run, r.metrics), "html")[0], encoding="utf-8"
+            )
+            say(f"    report: {html_path} (open it in a browser; no network needed)")
             if speed > 1:
                 say(
                     f"    at {speed:g}x the think time between turns shrinks but answers do not: "

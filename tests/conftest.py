@@ -64,3 +64,33 @@ def server_ssl(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
 def gateway() -> Iterator[ThreadedGateway]:
     with running_gateway() as gw:
         yield gw
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="Rewrite tests/golden/* from the current output instead of comparing.",
+    )
+
+
+@pytest.fixture()
+def golden(request: pytest.FixtureRequest) -> object:
+    """golden(name, text): compare with tests/golden/NAME (or rewrite it with --update-golden
+    or LOADTAPE_UPDATE_GOLDEN=1)."""
+    import os
+
+    update = request.config.getoption("--update-golden") or os.environ.get("LOADTAPE_UPDATE_GOLDEN")
+    root = Path(__file__).parent / "golden"
+
+    def check(name: str, text: str) -> None:
+        path = root / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"no golden file {path}: run pytest --update-golden"
+        want = path.read_text(encoding="utf-8")
+        assert text == want, f"{name} differs from the golden file (pytest --update-golden)"
+
+    return check
