@@ -465,6 +465,52 @@ def report(results: str, fmt: str, **opts: Any) -> int:
     return 1 if rows and not all(r["pass"] for r in rows) else 0
 
 
+# -- compare ---------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("baseline", type=click.Path(path_type=str))
+@click.argument("current", type=click.Path(path_type=str))
+@click.option(
+    "--max-regression",
+    "rules",
+    multiple=True,
+    metavar="RULE",
+    help="Allowed growth, e.g. 'latency.p99=+10%', 'ttft.p99=+50ms', 'error_rate=+1pp' "
+    "(default: latency.p50 and p99 +10%, ttft.p99 +10%, error_rate +1pp).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown", "html"]),
+    default="text",
+    show_default=True,
+)
+@click.option("--out", type=click.Path(path_type=str), help="Write it here (default stdout).")
+@click.option("--by", default=None, metavar="DIMS", help="Group by (as in report).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opts: Any) -> int:
+    """Compare a run with a baseline; exit 1 on a regression (noise-aware)."""
+    from pathlib import Path
+
+    from replay.compare import DEFAULT_RULES, parse_rule
+    from replay.compare import compare as run_compare
+    from replay.report.comparison import render
+    from replay.results import Results
+
+    parsed = [parse_rule(r) for r in (rules or DEFAULT_RULES)]
+    base, cur = Results.open(baseline), Results.open(current)
+    doc = run_compare(base, cur, parsed, opts["by"], seed=opts["seed"])
+    text = render(doc, fmt, base, cur)
+    if opts["out"]:
+        out = Path(opts["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        n = len(doc["regressions"])
+        click.echo(f"compare: {out} ({n} regression{'s' if n != 1 else ''})", err=True)
+    else:
+        click.echo(text, nl=False)
+    return 1 if doc["regressions"] else 0
+
+
 # -- import, anonymize -------------------------------------------------------------------------
 @cli.command("import")
 @click.argument(
