@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -197,6 +198,24 @@ def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
 
 def replay_options(f: Any) -> Any:
     """Options shared by replay and the commands built on it."""
+    for o in reversed(_replay_option_list()):
+        f = o[1](f)
+    return f
+
+
+def replay_options_except(*names: str) -> Callable[[Any], Any]:
+    """replay's options without some (sweep sets concurrency, speed and rate per level)."""
+
+    def deco(f: Any) -> Any:
+        for name, o in reversed(_replay_option_list()):
+            if name not in names:
+                f = o(f)
+        return f
+
+    return deco
+
+
+def _replay_option_list() -> list[tuple[str, Any]]:
     opts = [
         click.option(
             "--target",
@@ -289,11 +308,26 @@ def replay_options(f: Any) -> Any:
             help="Add a stress stream sampling the capture, e.g. 'poisson:rate=40,start=30s'.",
         ),
         click.option("--seed", default=0, show_default=True, help="Seed for every random draw."),
+        click.option(
+            "--rate",
+            type=float,
+            default=None,
+            help="Send the recorded requests in order at this constant rate (req/s) instead "
+            "of their recorded timing.",
+        ),
         *gate_options(),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    names = [_option_name(o) for o in opts]
+    return list(zip(names, opts, strict=True))
+
+
+def _option_name(decorator: Any) -> str:
+    """The long flag of a click.option decorator ('--max-in-flight' -> 'max_in_flight')."""
+
+    def probe() -> None: ...
+
+    cmd = click.command()(decorator(probe))
+    return str(cmd.params[0].name)
 
 
 def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
@@ -327,6 +361,7 @@ def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
         salt_prompts=opts["salt_prompts"],
         synthetic=list(opts["synthetic"]),
         seed=opts["seed"],
+        rate=opts.get("rate"),
     )
 
 
@@ -509,6 +544,89 @@ def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opt
     else:
         click.echo(text, nl=False)
     return 1 if doc["regressions"] else 0
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=str))
+@click.option("--concurrency", "conc", default=None, metavar="LIST", help="Closed loop: 1,10,50.")
+@click.option("--speeds", default=None, metavar="LIST", help="Open loop, recorded timing: 1,2,5.")
+@click.option("--rates", default=None, metavar="LIST", help="Open loop, constant req/s: 10,50.")
+@click.option(
+    "--level-duration",
+    default="10s",
+    show_default=True,
+    help="--rates: how long each level runs (unless --requests).",
+)
+@click.option("--p99-limit", default=None, metavar="DUR", help="Find the knee: p99 over this.")
+@click.option(
+    "--stop-on-error-rate", default=None, metavar="PCT", help="End the sweep past this, e.g. 5%."
+)
+@click.option(
+    "--tolerance",
+    default="5%",
+    show_default=True,
+    help="Throughput within this of a lower level's counts as no longer rising.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown", "html"]),
+    default="text",
+    show_default=True,
+)
+@replay_options_except("concurrency", "speed", "rate", "slo", "by", "loops", "synthetic")
+def sweep(
+    capture: str, conc: str | None, speeds: str | None, rates: str | None, fmt: str, **opts: Any
+) -> int:
+    """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
+    import time
+    from pathlib import Path
+
+    from replay.report.sweepview import render
+    from replay.sweep import SweepOptions, parse_levels, run_sweep
+
+    chosen = [(k, v) for k, v in (("concurrency", conc), ("speeds", speeds), ("rates", rates)) if v]
+    if len(chosen) != 1:
+        fail("sweep: give exactly one of --concurrency, --speeds, --rates")
+    kind, text = chosen[0]
+    out = Path(opts["out"] or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S"))
+    sopts = SweepOptions(
+        kind=kind,
+        levels=parse_levels(text, f"--{kind}"),
+        out=out,
+        level_duration_s=_duration(opts["level_duration"], "--level-duration") or 10.0,
+        p99_limit_ms=(_duration(opts["p99_limit"], "--p99-limit") or 0) * 1000
+        if opts["p99_limit"]
+        else None,
+        stop_error_rate=_percent(opts["stop_on_error_rate"], "--stop-on-error-rate"),
+        tolerance=_percent(opts["tolerance"], "--tolerance") or 0.0,
+    )
+    sopts.validate()
+    base = build_replay_options(
+        capture,
+        {**opts, "speed": 1.0, "loops": 1, "concurrency": None, "synthetic": (), "rate": None},
+    )
+    from replay.report.sweepview import level_row
+
+    def on_level(f: dict[str, Any]) -> None:
+        click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)
+
+    doc = run_sweep(base, sopts, on_level=on_level)
+    (out / "sweep.html").write_text(render(doc, "html"), encoding="utf-8")
+    click.echo(render(doc, fmt), nl=False)
+    click.echo(f"sweep: {out} (sweep.json, sweep.html, one results directory per level)", err=True)
+    return 130 if doc["stopped"] and doc["stopped"].startswith("interrupted") else 0
+
+
+def _percent(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        fail(f"{flag} {text!r}: want a percentage such as 5%")
 
 
 # -- import, anonymize -------------------------------------------------------------------------

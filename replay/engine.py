@@ -512,6 +512,7 @@ class ReplayOptions:
     seed: int = 0
     synthetic: list[str] = field(default_factory=list)  # --synthetic specs
     env: dict[str, str] | None = None
+    rate: float | None = None  # constant rate, recorded order (instead of recorded timing)
 
     def settings(self) -> RunSettings:
         return RunSettings(
@@ -561,6 +562,7 @@ def replay_stream(
     seed: int = 0,
     start_s: float = 0.0,
     expect: Expect | None = None,
+    rate: float | None = None,
 ) -> StreamPlan:
     """A replay stream: the capture's window, scaled, looped, amplified, starting at start_s."""
     from .synthetic import amplify as amplify_shots
@@ -584,6 +586,10 @@ def replay_stream(
     shots: Iterable[planmod.Shot] = planmod.plan_replay(
         capture_source(cap, filt), span[0], popts, stats
     )
+    if rate is not None:
+        if not rate > 0:
+            raise UserError(f"--rate must be > 0, got {rate}")
+        shots = planmod.paced(shots, rate)
     if amplify > 1:
         shots = amplify_shots(shots, amplify, mode=amplify_mode, seed=seed, salt=salt_prompts)
     if start_s:
@@ -599,6 +605,7 @@ def replay_stream(
             "capture": str(Path(capture).resolve()),
             "capture_id": cap.capture_id,
             "speed": speed,
+            "rate": rate,
             "loops": loops,
             "amplify": amplify,
             "start_s": start_s,
@@ -652,6 +659,7 @@ def run_replay(
                 salt_prompts=opts.salt_prompts,
                 seed=opts.seed,
                 expect=expect,
+                rate=opts.rate,
             )
         )
         if opts.synthetic:

@@ -257,3 +257,13 @@ def plan_replay(
                 mean_gap = (t_last - t_first) / (count - 1) if count > 1 else 1e9
                 window = round(t_last - t_first + mean_gap)
             period_ns = round(window / opts.speed)
+
+
+def paced(shots: Iterable[Shot], rate: float) -> Iterator[Shot]:
+    """The same requests in the same order, re-timed to a constant rate (`--rate`, sweeps over
+    rates): shot i is due at i / rate seconds."""
+    if not rate > 0:
+        raise ValueError(f"--rate must be > 0, got {rate}")
+    for i, s in enumerate(shots):
+        s.offset_ns = round(i * 1e9 / rate)
+        yield s

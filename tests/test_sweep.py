@@ -1,0 +1,169 @@
+"""Sweeps: the ceiling and knee decisions by tables; a closed-loop sweep against a mock gateway
+with a capacity limit finds a ceiling near that limit and the knee where its queue pushes p99
+over the limit; an open-loop sweep over rates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from browser import CHROMIUM, open_page
+
+from captures.errors import UserError
+from captures.testing import T0_NS, chat_record, write_capture
+from replay.mock_gateway import running_gateway
+from replay.sweep import SweepOptions, ceiling, knee, parse_levels
+
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
+
+
+@pytest.mark.parametrize(
+    ("points", "tol", "want"),
+    [
+        ([(1, 30), (2, 60), (4, 120), (8, 125), (16, 124)], 0.05, {"level": 4, "throughput": 125}),
+        ([(1, 30), (2, 60), (4, 120)], 0.05, None),  # still rising
+        ([(1, 30), (2, 60), (4, 120), (8, 140)], 0.05, None),  # +17 % at the top: rising
+        ([(1, 30), (2, 60), (4, 120), (8, 140)], 0.20, {"level": 4, "throughput": 140}),
+        ([(1, 100), (2, 90), (4, 50)], 0.05, {"level": 1, "throughput": 100}),  # collapse
+        ([(1, 100)], 0.05, None),  # one level shows nothing
+        ([], 0.05, None),
+    ],
+)
+def test_ceiling(points: list[tuple[float, float]], tol: float, want: object) -> None:
+    assert ceiling(points, tol) == want
+
+
+@pytest.mark.parametrize(
+    ("points", "limit", "want"),
+    [
+        ([(1, 50.0), (2, 80.0), (4, 120.0), (8, 900.0)], 100.0, 4),
+        ([(1, 50.0), (2, 80.0)], 100.0, None),
+        ([(1, 100.0), (2, 100.001)], 100.0, 2),  # crossing means above, not at
+        ([(1, None), (2, 150.0)], 100.0, 2),  # a level with no values does not count
+    ],
+)
+def test_knee(points: list[tuple[float, float | None]], limit: float, want: float | None) -> None:
+    assert knee(points, limit) == want
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"levels": (10, 5)}, "must rise"),
+        ({"levels": (0, 5)}, "must be > 0"),
+        ({"levels": (1.5, 3)}, "whole numbers"),
+        ({"levels": ()}, "no levels"),
+        ({"tolerance": 1.5}, "--tolerance"),
+    ],
+)
+def test_bad_sweep_options(kwargs: dict[str, object], needle: str) -> None:
+    base = {"kind": "concurrency", "levels": (1, 2), "out": Path("x")}
+    with pytest.raises(UserError, match=needle):
+        SweepOptions(**{**base, **kwargs}).validate()  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="want numbers"):
+        parse_levels("1,x", "--rates")
+
+
+def test_closed_loop_sweep_finds_the_ceiling_and_the_knee(tmp_path: Path) -> None:
+    """Gateway: 4 requests in service at once, the rest queued; each takes about 31 ms
+    (15 ms TTFT + 4 tokens x 4 ms), so its capacity is about 4 / 0.031 = 130 req/s. At
+    concurrency 16 a request waits for three ahead of it: p99 about 4 x 31 = 125 ms."""
+    recs = [
+        chat_record(start_ns=T0_NS + i * 10_000_000, model="small", max_tokens=4, prompt="hi")
+        for i in range(50)
+    ]
+    cap = write_capture(tmp_path / "cap", recs)
+    with running_gateway(max_in_service=4, max_queue=10_000) as gw:
+        p = subprocess.run(
+            [
+                *CLI,
+                "sweep",
+                str(cap),
+                "--target",
+                gw.url,
+                "--concurrency",
+                "1,2,4,8,16",
+                "--requests",
+                "150",
+                "--p99-limit",
+                "90ms",
+                "--tolerance",
+                "10%",
+                "--out",
+                str(tmp_path / "sw"),
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stderr
+        assert gw.stats.max_in_service_seen == 4
+    doc = json.loads(p.stdout)
+    levels = {f["level"]: f for f in doc["levels"]}
+    assert sorted(levels) == [1, 2, 4, 8, 16] and all(f["count"] == 150 for f in levels.values())
+    service_s = levels[1]["latency_p50"] / 1000  # one at a time: the service time itself
+    capacity = 4 / service_s
+    assert doc["ceiling"] is not None and doc["ceiling"]["level"] in (4, 8)
+    assert 0.75 * capacity < doc["ceiling"]["throughput"] < 1.15 * capacity, (doc, capacity)
+    assert levels[2]["throughput"] == pytest.approx(2 * levels[1]["throughput"], rel=0.25)
+    assert doc["knee"] == 16  # the queue: ~4 service times at 16, ~2 at 8
+    assert levels[16]["latency_p99"] > 90 > levels[4]["latency_p99"]
+    for lv in levels.values():
+        assert (Path(lv["dir"]) / "results.parquet").exists()
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["knee"] == 16
+    if CHROMIUM is None and not os.environ.get("LOADTAPE_REQUIRE_CHROMIUM"):
+        return
+    page = open_page(tmp_path / "sw" / "sweep.html", tmp_path / "sweep.png")
+    assert page.console_errors == [] and page.exceptions == [] and page.requests == []
+    assert len(page.facts["svgs"]) == 3 and "throughput ceiling" in page.facts["text"]
+
+
+def test_open_loop_rates_and_stop_on_error_rate(tmp_path: Path) -> None:
+    """Rates over a gateway that sheds past 2 in service (503, no queue): the sweep ends at
+    the first level whose error rate passes 5 %, and says so."""
+    recs = [
+        chat_record(start_ns=T0_NS + i * 10_000_000, model="small", max_tokens=4) for i in range(20)
+    ]
+    cap = write_capture(tmp_path / "cap", recs)
+    with running_gateway(max_in_service=2, max_queue=0) as gw:
+        p = subprocess.run(
+            [
+                *CLI,
+                "sweep",
+                str(cap),
+                "--target",
+                gw.url,
+                "--rates",
+                "10,40,200,400",
+                "--level-duration",
+                "1s",
+                "--stop-on-error-rate",
+                "5%",
+                "--out",
+                str(tmp_path / "sw"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert p.returncode == 0, p.stderr
+    assert "stopped early: error rate" in p.stdout
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    # capacity about 2 / 31 ms = 64 req/s: 10 and 40 fit, 200 sheds, 400 never runs
+    assert [f["level"] for f in doc["levels"]] == [10, 40, 200]
+    assert doc["levels"][1]["error_rate"] == 0
+    assert doc["levels"][0]["count"] == 10 and doc["levels"][0]["error_rate"] == 0
+    assert doc["levels"][-1]["error_rate"] > 0.05
+    bad = subprocess.run(
+        [*CLI, "sweep", str(cap), "--target", gw.url, "--rates", "1", "--speeds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "exactly one of" in bad.stderr
