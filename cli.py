@@ -629,6 +629,39 @@ def _percent(text: str | None, flag: str) -> float | None:
         fail(f"{flag} {text!r}: want a percentage such as 5%")
 
 
+# -- diff ------------------------------------------------------------------------------------------
+@cli.command("diff")
+@click.argument("results", type=click.Path(path_type=str))
+@click.option(
+    "--capture",
+    type=click.Path(path_type=str),
+    help="The capture replayed (default: the one run.json names).",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text")
+@click.option("--examples", default=5, show_default=True, help="Mismatches shown per comparison.")
+@click.option(
+    "--fail-on",
+    default=None,
+    metavar="LIST",
+    help="Exit 1 on differences in some of status,finish_reason,tokens,body.",
+)
+def diff_cmd(
+    results: str, capture: str | None, fmt: str, examples: int, fail_on: str | None
+) -> int:
+    """Responses against the recording, and several targets against each other."""
+    from replay.diff import diff, mismatches, parse_fail_on
+    from replay.report.diffview import render
+    from replay.results import Results
+
+    cats = parse_fail_on(fail_on)
+    doc = diff(Results.open(results), capture, examples)
+    click.echo(render(doc, fmt), nl=False)
+    bad = mismatches(doc, cats)
+    for b in bad:
+        click.echo(f"diff: {b}", err=True)
+    return 1 if bad else 0
+
+
 # -- import, anonymize -------------------------------------------------------------------------
 @cli.command("import")
 @click.argument(

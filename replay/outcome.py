@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import re
 import ssl
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 _TOKEN = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"]+)"')
@@ -38,6 +40,7 @@ class Outcome:
     finish_reason: str | None = None
     retry_after: str | None = None
     events: int = 0  # SSE events seen
+    body_hash: str | None = None  # blake2b-128 of the body as decoded (content-encoding undone)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -88,7 +91,7 @@ class StreamScanner:
     JSON: a token event is one whose content/text is a non-empty string), finish_reason and
     usage; for JSON bodies, the usage at the end."""
 
-    __slots__ = ("_buf", "_inflate", "_json", "out", "sse")
+    __slots__ = ("_buf", "_hash", "_inflate", "_json", "out", "sse")
 
     def __init__(self, out: Outcome, content_type: bytes, content_encoding: bytes) -> None:
         self.out = out
@@ -103,6 +106,7 @@ class StreamScanner:
             else None
         )
         self._buf = b""
+        self._hash: Any = hashlib.blake2b(digest_size=16)  # for `loadtape diff`
 
     def feed(self, data: bytes, now: int) -> None:
         if self._inflate is not None:
@@ -111,7 +115,10 @@ class StreamScanner:
             except zlib.error:
                 self._inflate = None
                 self.sse = False
+                self._hash = None  # undecodable: no hash rather than a wrong one
                 return
+        if self._hash is not None:
+            self._hash.update(data)
         if self.sse:
             buf = self._buf + data
             if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
@@ -148,6 +155,8 @@ class StreamScanner:
             out.completion_tokens = int(m.group(1))
 
     def finish(self) -> None:
+        if self._hash is not None:
+            self.out.body_hash = self._hash.hexdigest()
         if self._json is not None and self._json:
             self._meta(bytes(self._json))
             self._json = None

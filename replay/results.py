@@ -63,6 +63,7 @@ SCHEMA = pa.schema(
         ("finish_reason", pa.string()),
         ("events", pa.int32()),
         ("token_offsets_us", pa.list_(pa.int32())),
+        ("body_hash", pa.string()),  # blake2b-128 hex of the decoded body (loadtape diff)
         ("recorded_status", pa.int32()),
         ("recorded_ttfb_us", pa.int64()),
         ("recorded_first_chunk_us", pa.int64()),
@@ -225,6 +226,7 @@ class ResultWriter:
             "token_offsets_us": [
                 [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
             ],
+            "body_hash": [o.body_hash for o in outs],
             "recorded_status": [r.status if r else None for r in recs] if any(recs) else nil,
             "recorded_ttfb_us": [r.ttfb_us if r else None for r in recs] if any(recs) else nil,
             "recorded_first_chunk_us": [r.first_chunk_us if r else None for r in recs]
