@@ -34,6 +34,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for speed in ("1x", "5x"):
         run = json.loads((root / f"replay-{speed}" / "run.json").read_text())
         assert run["counts"]["sent"] > 10 and run["counts"]["failed"] == 0
+        html = (root / f"replay-{speed}" / "report.html").read_text()
+        assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 10
+        for f in (root / f"replay-{speed}").iterdir():  # nor did they reach results or reports
+            assert b"sk-demo-key" not in f.read_bytes(), f
+    assert "requests in" in p.stdout and "latency" in p.stdout  # the text report
     # The demo's API keys were redacted in the capture and never replayed.
     for f in (root / "capture").rglob("*"):
         if f.is_file():
