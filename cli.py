@@ -149,6 +149,28 @@ def _row_filter(opts: dict[str, Any]) -> Any:
     )
 
 
+def workers_option() -> Callable[[Any], Any]:
+    return click.option(
+        "--workers",
+        default="1",
+        show_default=True,
+        metavar="N|auto",
+        help="Local worker processes (auto: one per core); sessions stay on one worker.",
+    )
+
+
+def parse_workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        fail(f"--workers {value!r}: want a number or auto")
+    if n < 1:
+        fail("--workers must be >= 1")
+    return n
+
+
 def gate_options() -> list[Any]:
     return [
         click.option(
@@ -191,6 +213,10 @@ def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
     )
     click.echo(text, nl=False)
     click.echo(f"results: {result.out_dir}", err=True)
+    for failure in result.run.get("worker_failures") or ():
+        click.echo(f"loadtape: error: {failure}", err=True)
+    if result.run.get("worker_failures"):
+        return 3  # a worker died: what it measured is in the results, the run is not whole
     if result.interrupted:
         return 130
     return 1 if rows and not all(r["pass"] for r in rows) else 0
@@ -308,6 +334,7 @@ def _replay_option_list() -> list[tuple[str, Any]]:
             help="Add a stress stream sampling the capture, e.g. 'poisson:rate=40,start=30s'.",
         ),
         click.option("--seed", default=0, show_default=True, help="Seed for every random draw."),
+        workers_option(),
         click.option(
             "--rate",
             type=float,
@@ -362,6 +389,7 @@ def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
         synthetic=list(opts["synthetic"]),
         seed=opts["seed"],
         rate=opts.get("rate"),
+        workers=parse_workers(opts.get("workers") or "1"),
     )
 
 
@@ -427,6 +455,7 @@ def demo(root: str, seconds: float, sessions: int) -> None:
 @click.option("--client", type=click.Choice(["fast", "aiohttp"]), default="fast", show_default=True)
 @click.option("--insecure", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
+@workers_option()
 @slo_and_by
 def run_cmd(scenario: str, **opts: Any) -> int:
     """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
@@ -449,6 +478,7 @@ def run_cmd(scenario: str, **opts: Any) -> int:
         timeout_s=timeout,
         client=opts["client"],
         insecure=opts["insecure"],
+        workers=parse_workers(opts["workers"]),
     )
     with live_progress(opts["quiet"]) as line:
         result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +72,11 @@ class RunSettings:
     client: str = "fast"
     insecure: bool = False
     spin_ms: float = 1.5
+    workers: int = 1  # local worker processes (replay/workers.py shards the plan)
+    # set by the worker runner for one shard: (index, count), the result part, the start instant
+    shard: tuple[int, int] | None = None
+    part: str | None = None
+    start_wall_ns: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -89,6 +95,8 @@ class RunSettings:
             raise UserError("--timeout must be > 0")
         if self.client not in ("fast", "aiohttp"):
             raise UserError(f"--client {self.client!r}: want fast or aiohttp")
+        if self.workers < 1:
+            raise UserError("--workers must be >= 1")
 
 
 @dataclass
@@ -235,6 +243,25 @@ def merged(streams: list[StreamPlan]) -> Iterator[planmod.Shot]:
         yield shot
 
 
+def session_shard(session: str, count: int) -> int:
+    """The shard of a session: a stable hash (the same in every process, unlike hash())."""
+    return zlib.crc32(session.encode()) % count
+
+
+def sharded(shots: Iterable[planmod.Shot], index: int, count: int) -> Iterator[planmod.Shot]:
+    """Shard `index` of `count`: whole sessions by session_shard; sessionless shots in turn
+    (every worker walks the same timeline, so the turn is the same in each)."""
+    free = 0
+    for s in shots:
+        if s.session is not None:
+            k = session_shard(s.session, count)
+        else:
+            k = free % count
+            free += 1
+        if k == index:
+            yield s
+
+
 def with_prepared(
     shots: Iterable[planmod.Shot], prepare: Callable[[planmod.Shot], Prepared]
 ) -> Iterator[planmod.Shot]:
@@ -305,6 +332,8 @@ def run_streams(
     shots: Iterable[planmod.Shot] = merged(streams)
     if settings.requests is not None:  # N per target: the targets take each shot in turn
         shots = itertools.islice(shots, settings.requests * len(targets))
+    if settings.shard is not None:  # after the cut: every worker plans the same timeline
+        shots = sharded(shots, *settings.shard)
     # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
     # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
     plan_buffer: Prefetch[planmod.Shot] | None = None
@@ -320,10 +349,11 @@ def run_streams(
         closed_loop=closed,
     )
     warm_up()
-    wall_start = time.time_ns()
+    wall_start = settings.start_wall_ns or time.time_ns()
     metrics = Metrics(run_start_ns=wall_start)
     writer = ResultWriter(
         out_dir,
+        part=settings.part,
         expect=Expect(),
         expect_by_stream={s.name: s.expect for s in streams},
         metrics=metrics,
@@ -368,8 +398,11 @@ def run_streams(
             # Open loop keeps a schedule: the loop waits at most this for the GIL. (Closed loop
             # has no schedule to keep; there the extra GIL handoffs only cost CPU.)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
+        start = None
+        if settings.start_wall_ns is not None:  # the shared start instant, on this clock
+            start = time.monotonic_ns() + (settings.start_wall_ns - time.time_ns())
         try:
-            stats = await disp.run()
+            stats = await disp.run(start)
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(connects=router.connects, resends=router.resends)
         finally:
@@ -381,7 +414,7 @@ def run_streams(
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-        return stats, time.monotonic_ns() - t0
+        return stats, time.monotonic_ns() - max(t0, start or t0)
 
     try:
         with quiet_gc():
@@ -390,7 +423,7 @@ def run_streams(
         if plan_buffer is not None:
             plan_buffer.close()
         writer.close()
-        write_histograms(out_dir, metrics)
+        write_histograms(out_dir, metrics, settings.part)
     skipped: dict[str, int] = {}
     for s in streams:
         for reason, n in (s.stats.skipped if s.stats else {}).items():
@@ -440,7 +473,8 @@ def run_streams(
         "uvloop": _uvloop_factory() is not None,
         **(run_info or {}),
     }
-    write_run_json(out_dir, run_doc)
+    if settings.part is None:  # a worker's run.json is its runner's to write
+        write_run_json(out_dir, run_doc)
     return RunSummary(out_dir, metrics, run_doc, stats, interrupted["flag"])
 
 
@@ -513,6 +547,7 @@ class ReplayOptions:
     synthetic: list[str] = field(default_factory=list)  # --synthetic specs
     env: dict[str, str] | None = None
     rate: float | None = None  # constant rate, recorded order (instead of recorded timing)
+    workers: int = 1
 
     def settings(self) -> RunSettings:
         return RunSettings(
@@ -525,6 +560,7 @@ class ReplayOptions:
             client=self.client,
             insecure=self.insecure,
             spin_ms=self.spin_ms,
+            workers=self.workers,
         )
 
 
@@ -626,7 +662,28 @@ def run_replay(
     install_signals: bool = True,
 ) -> RunSummary:
     """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
-    one target or, the same plan, to each of several."""
+    one target or, the same plan, to each of several; on `--workers N` processes."""
+    settings = opts.settings()
+    if settings.workers > 1:
+        from .workers import Job, run_workers
+
+        settings.validate()
+        build_replay(opts)  # bad options fail here, once, before any worker starts
+        return run_workers(
+            Job("replay", opts), settings, on_progress=on_progress, install_signals=install_signals
+        )
+    streams, info = build_replay(opts)
+    return run_streams(
+        streams,
+        settings,
+        run_info=info,
+        on_progress=on_progress,
+        install_signals=install_signals,
+    )
+
+
+def build_replay(opts: ReplayOptions) -> tuple[list[StreamPlan], dict[str, Any]]:
+    """The streams of a replay and what run.json says of it (no traffic, no clock)."""
     targets = parse_targets([opts.target] if isinstance(opts.target, str) else opts.target)
     names = [t.name for t in targets if t.name]
     headers, headers_for = scoped(opts.headers, names)
@@ -678,13 +735,7 @@ def run_replay(
         },
         "options": _public_options(opts),
     }
-    return run_streams(
-        streams,
-        opts.settings(),
-        run_info=info,
-        on_progress=on_progress,
-        install_signals=install_signals,
-    )
+    return streams, info
 
 
 def _replay_window_s(opts: ReplayOptions) -> float:

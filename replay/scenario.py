@@ -393,5 +393,10 @@ def synthetic_from_flag(
 def run_scenario(
     path: str | Path, settings: RunSettings, *, target: str | None = None, **kw: Any
 ) -> RunSummary:
-    streams = load(path, target=target)
+    streams = load(path, target=target)  # checks the file before any worker starts
+    if settings.workers > 1:
+        from .workers import Job, run_workers
+
+        settings.validate()
+        return run_workers(Job("scenario", (str(path), target)), settings, **kw)
     return run_streams(streams, settings, run_info={"scenario": str(Path(path).resolve())}, **kw)
