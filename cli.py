@@ -72,6 +72,12 @@ def inspect(capture: str, as_json: bool) -> None:
 )
 @click.option("--confdir", type=click.Path(path_type=str), help="mitmproxy conf dir (its CA).")
 @click.option("--duration", default=None, help="Stop after this long (e.g. 10m); default: Ctrl-C.")
+@click.option(
+    "--instance",
+    default="",
+    help="A name for this proxy when several write one --out (one per core behind a TCP "
+    "load balancer): its status and log files.",
+)
 @click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
 def capture(**opts: Any) -> None:
     """Record gateway traffic through mitmproxy into a capture directory.
@@ -105,6 +111,7 @@ def capture(**opts: Any) -> None:
         confdir=Path(opts["confdir"]).resolve() if opts["confdir"] else None,
         options=options,
         extra_args=list(opts["mitmdump_args"]),
+        instance=opts["instance"],
     )
     proc = launch.CaptureProcess(config).start()
     click.echo(
@@ -150,13 +157,23 @@ def _row_filter(opts: dict[str, Any]) -> Any:
 
 
 def workers_option() -> Callable[[Any], Any]:
-    return click.option(
-        "--workers",
-        default="1",
-        show_default=True,
-        metavar="N|auto",
-        help="Local worker processes (auto: one per core); sessions stay on one worker.",
-    )
+    def deco(f: Any) -> Any:
+        f = click.option(
+            "--ray",
+            default=None,
+            metavar="auto|ADDRESS",
+            help="Run the shards as Ray actors on a cluster (pip install 'loadtape[ray]'); "
+            "--workers sets how many (default: the cluster's CPUs).",
+        )(f)
+        return click.option(
+            "--workers",
+            default="1",
+            show_default=True,
+            metavar="N|auto",
+            help="Local worker processes (auto: one per core); sessions stay on one worker.",
+        )(f)
+
+    return deco
 
 
 def parse_workers(value: str) -> int:
@@ -390,6 +407,7 @@ def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
         seed=opts["seed"],
         rate=opts.get("rate"),
         workers=parse_workers(opts.get("workers") or "1"),
+        ray=opts.get("ray"),
     )
 
 
@@ -479,6 +497,7 @@ def run_cmd(scenario: str, **opts: Any) -> int:
         client=opts["client"],
         insecure=opts["insecure"],
         workers=parse_workers(opts["workers"]),
+        ray=opts["ray"],
     )
     with live_progress(opts["quiet"]) as line:
         result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)

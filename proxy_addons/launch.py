@@ -32,6 +32,16 @@ class CaptureConfig:
     confdir: Path | None = None  # mitmproxy's CA lives here (default ~/.mitmproxy)
     options: dict[str, str] = field(default_factory=dict)  # extra --set capture_*=...
     extra_args: list[str] = field(default_factory=list)  # passed to mitmdump as they are
+    # several proxies writing one directory each need a name: their status and log files
+    instance: str = ""
+
+    @property
+    def status_file(self) -> Path:
+        return self.out / (f"capture-status-{self.instance}.json" if self.instance else STATUS_FILE)
+
+    @property
+    def log_file(self) -> Path:
+        return self.out / (f"proxy-{self.instance}.log" if self.instance else PROXY_LOG)
 
     def argv(self, mitmdump: str) -> list[str]:
         if self.mode == "reverse":
@@ -55,7 +65,7 @@ class CaptureConfig:
             "--set",
             f"capture_dir={self.out}",
             "--set",
-            f"capture_status_file={self.out / STATUS_FILE}",
+            f"capture_status_file={self.status_file}",
             "--set",
             "flow_detail=0",  # mitmdump would print every URL, query secrets included
             "--set",
@@ -91,8 +101,8 @@ class CaptureProcess:
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = config.listen_port
-        self.log_path = config.out / PROXY_LOG
-        self.status_path = config.out / STATUS_FILE
+        self.log_path = config.log_file
+        self.status_path = config.status_file
 
     def start(self, timeout: float = 30.0) -> CaptureProcess:
         cfg = self.config

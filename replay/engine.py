@@ -73,6 +73,7 @@ class RunSettings:
     insecure: bool = False
     spin_ms: float = 1.5
     workers: int = 1  # local worker processes (replay/workers.py shards the plan)
+    ray: str | None = None  # a Ray cluster's address ("auto", "local", host:port): actors
     # set by the worker runner for one shard: (index, count), the result part, the start instant
     shard: tuple[int, int] | None = None
     part: str | None = None
@@ -312,8 +313,10 @@ def run_streams(
     run_info: dict[str, Any] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunSummary:
-    """Run the streams on one timeline and write a results directory."""
+    """Run the streams on one timeline and write a results directory. should_stop: polled
+    every 100 ms (a Ray actor's stop request; signals cover the command line)."""
     settings.validate()
     if not streams:
         raise UserError("nothing to run: no streams")
@@ -391,7 +394,9 @@ def run_streams(
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal)
-        ticker = loop.create_task(_tick(disp, writer, metrics, on_progress))
+        ticker = loop.create_task(
+            _tick(disp, writer, metrics, on_progress, should_stop, interrupted)
+        )
         t0 = time.monotonic_ns()
         switch = sys.getswitchinterval()
         if not closed:
@@ -483,6 +488,8 @@ async def _tick(
     writer: ResultWriter,
     metrics: Metrics,
     on_progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None = None,
+    interrupted: dict[str, bool] | None = None,
 ) -> None:
     """Every 100 ms: hand results to the results thread (ResultWriter); every half second:
     report progress."""
@@ -491,6 +498,10 @@ async def _tick(
     while True:
         await asyncio.sleep(0.1)
         writer.handover()
+        if should_stop is not None and should_stop():
+            if interrupted is not None:
+                interrupted["flag"] = True
+            disp.stop()
         tick += 1
         if tick % 5 or on_progress is None:
             continue
@@ -548,6 +559,7 @@ class ReplayOptions:
     env: dict[str, str] | None = None
     rate: float | None = None  # constant rate, recorded order (instead of recorded timing)
     workers: int = 1
+    ray: str | None = None
 
     def settings(self) -> RunSettings:
         return RunSettings(
@@ -561,6 +573,7 @@ class ReplayOptions:
             insecure=self.insecure,
             spin_ms=self.spin_ms,
             workers=self.workers,
+            ray=self.ray,
         )
 
 
@@ -664,11 +677,22 @@ def run_replay(
     """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
     one target or, the same plan, to each of several; on `--workers N` processes."""
     settings = opts.settings()
-    if settings.workers > 1:
+    if settings.workers > 1 or settings.ray:
         from .workers import Job, run_workers
 
         settings.validate()
         build_replay(opts)  # bad options fail here, once, before any worker starts
+        if settings.ray:
+            from .ray_backend import run_on_ray
+
+            return run_on_ray(
+                Job("replay", opts),
+                settings,
+                settings.ray,
+                on_progress=on_progress,
+                install_signals=install_signals,
+                rate_hint=opts.rate,
+            )
         return run_workers(
             Job("replay", opts), settings, on_progress=on_progress, install_signals=install_signals
         )

@@ -199,31 +199,45 @@ def run_workers(
     errors = [err for _, _, err in results.values() if err]
     if errors and all(p.exitcode == 2 for p in procs):
         raise UserError(errors[0])
-    return _merge(out_dir, shared, procs, results, latest, interrupted["flag"])
+    exits = [p.exitcode for p in procs]
+    return merge(out_dir, shared, exits, results, latest, interrupted["flag"], "local")
 
 
-def _merge(
+def _achieved(runs: Any, sent: int) -> float | None:
+    """All workers' sends over the longest worker's sending span (they share a start)."""
+    spans = [
+        r["counts"]["sent"] / r["achieved_rate"]
+        for r in runs
+        if r.get("achieved_rate") and r["counts"].get("sent")
+    ]
+    return sent / max(spans) if spans else None
+
+
+def merge(
     out_dir: Path,
     settings: RunSettings,
-    procs: list[Any],
+    exits: list[int | None],
     results: dict[int, tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]],
     latest: dict[int, Progress],
     interrupted: bool,
+    backend: str,
+    extra: dict[str, Any] | None = None,
 ) -> RunSummary:
+    """Merge the workers' parts into the run: histograms, counts, one run.json."""
     metrics = Metrics(run_start_ns=settings.start_wall_ns or 0)
     for f in sorted(out_dir.glob("histograms-w*.msgpack")):
         metrics.add(Metrics.decode(f.read_bytes()))
     runs = {k: r[0] for k, r in results.items() if r[0] is not None}
     per_worker = []
     failures = []
-    for k, p in enumerate(procs):
+    for k, code in enumerate(exits):
         run = runs.get(k)
         err = results.get(k, (None, None, None))[2]
         sent = run["counts"]["sent"] if run else (latest[k].sent if k in latest else 0)
-        per_worker.append({"index": k, "exitcode": p.exitcode, "sent": sent, "error": err})
+        per_worker.append({"index": k, "exitcode": code, "sent": sent, "error": err})
         if run is None:
             failures.append(
-                f"worker {k} died (exit code {p.exitcode}) after sending about {sent} requests"
+                f"worker {k} died (exit code {code}) after sending about {sent} requests"
                 + (f": {err}" if err else "")
             )
     base = dict(runs[min(runs)]) if runs else {"streams": {}, "mode": None}
@@ -251,7 +265,7 @@ def _merge(
         "scheduled_s": most("scheduled_s"),
         "max_lag_ms": most("max_lag_ms"),
         "scheduled_rate": total("scheduled_rate"),
-        "achieved_rate": total("achieved_rate"),
+        "achieved_rate": _achieved(runs.values(), counts["sent"]),
         "counts": counts,
         "settings": asdict(replace(settings, start_wall_ns=None)),
         "interrupted": interrupted or any(r.get("interrupted") for r in runs.values()),
@@ -259,7 +273,8 @@ def _merge(
             k: sum((r.get("connections") or {}).get(k) or 0 for r in runs.values())
             for k in ("connects", "resends")
         },
-        "workers": {"count": len(procs), "backend": "local", "per_worker": per_worker},
+        "workers": {"count": len(exits), "backend": backend, "per_worker": per_worker},
+        **(extra or {}),
     }
     if failures:
         run_doc["worker_failures"] = failures

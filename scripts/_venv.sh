@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
     }
 fi
 stamp=.venv/.loadtape-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) ${LOADTAPE_EXTRAS:-}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "scripts: installing loadtape and its dependencies into .venv (log: .venv/install.log)" >&2
     if ! { .venv/bin/python -m pip install --upgrade pip &&

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import socket
 import ssl
@@ -18,9 +19,10 @@ from replay.mock_gateway import ThreadedGateway, running_gateway
 
 
 def start_proxy(
-    tmp: Path, upstream: str | None, mode: str = "reverse", **options: str
+    tmp: Path, upstream: str | None, mode: str = "reverse", instance: str = "", **options: str
 ) -> CaptureProcess:
     cfg = CaptureConfig(
+        instance=instance,
         out=tmp / "cap",
         upstream=upstream,
         mode=mode,
@@ -162,3 +164,42 @@ async def test_regular_proxy_mode_http_and_https(
 
 def _gw_stats(gw: ThreadedGateway) -> int:
     return gw.stats.completed
+
+
+async def test_two_proxies_write_one_capture_directory(tmp_path: Path) -> None:
+    """Capture at scale: two mitmdump processes (as behind a TCP load balancer) write one
+    directory; it reads back as one time-ordered capture with every request once."""
+    with running_gateway() as gw:
+        procs = [start_proxy(tmp_path, gw.url, instance=name) for name in ("a", "b")]
+        try:
+            sent: list[str] = []
+
+            async def client(i: int, proc: CaptureProcess) -> None:
+                async with aiohttp.ClientSession(proc.url) as s:
+                    for j in range(25):
+                        tag = f"p{i}-{j}"
+                        async with s.post(
+                            "/v1/chat/completions",
+                            json=chat_body(j % 2 == 0, 3, tag),
+                            headers={"X-Tag": tag},
+                        ) as r:
+                            assert r.status == 200
+                            await r.read()
+                        sent.append(tag)
+
+            await asyncio.gather(*(client(i, p) for i, p in enumerate(procs)))
+            finals = [p.stop() for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+    assert all(f is not None and f["dropped"] == 0 and f["lost"] == 0 for f in finals)
+    cap = Capture(tmp_path / "cap")
+    rows = cap.records()
+    tags = [dict(r["req_headers"]).get("X-Tag") for r in rows]
+    assert sorted(tags) == sorted(sent) and len(rows) == 50  # every request, once
+    assert len({r["writer_id"] for r in rows}) == 2  # two writers, one directory
+    starts = [r["req_start_ns"] for r in rows]
+    assert starts == sorted(starts)  # merged into one timeline
+    # interleaved in time, not one writer's block after the other's
+    writers = [r["writer_id"] for r in rows]
+    assert sum(1 for a, b in itertools.pairwise(writers) if a != b) > 5
