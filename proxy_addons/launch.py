@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captures.errors import UserError
+from captures.errors import CaptureError, UserError
 
 ADDON = Path(__file__).with_name("capture.py")
 STATUS_FILE = "capture-status.json"
@@ -106,8 +106,13 @@ class CaptureProcess:
 
     def start(self, timeout: float = 30.0) -> CaptureProcess:
         cfg = self.config
-        cfg.out.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(cfg.out, 0o700)
+        try:
+            cfg.out.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(cfg.out, 0o700)
+        except OSError as exc:
+            raise CaptureError(
+                f"{cfg.out}: cannot create the capture directory ({exc.strerror or exc})"
+            ) from None
         self.status_path.unlink(missing_ok=True)
         argv = cfg.argv(find_mitmdump())
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

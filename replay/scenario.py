@@ -148,10 +148,24 @@ def _filter(w: _Where, i: int, value: Any, key: str = "filter") -> RowFilter:
     )
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
 def load(
     path: str | Path, *, target: str | None = None, env: Mapping[str, str] | None = None
 ) -> list[StreamPlan]:
     """Parse and check a scenario, and build its streams (captures opened, makers loaded)."""
+    try:
+        return _load(path, target=target, env=env)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        # a value of a type no check above expected: still one line naming the file
+        raise ScenarioError(f"{path}: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _load(
+    path: str | Path, *, target: str | None = None, env: Mapping[str, str] | None = None
+) -> list[StreamPlan]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -173,6 +187,8 @@ def load(
         raise w.error(None, None, "no [[stream]] tables")
     default_target = target or doc.get("target")
     top_headers = doc.get("headers", [])
+    if not _strings(top_headers):
+        raise w.error(None, "headers", 'want a list of strings ("Name: value")')
     seed = doc.get("seed", 0)
     if not isinstance(seed, int):
         raise w.error(None, "seed", "want an integer")
@@ -202,6 +218,9 @@ def load(
             raise w.error(
                 i, "target", "no target: give --target, a top-level target, or the stream's own"
             )
+        for list_key in ("headers", "model_map"):
+            if not _strings(st.get(list_key, [])):
+                raise w.error(i, list_key, "want a list of strings")
         headers = list(top_headers) + list(st.get("headers", []))
         try:
             rewriter = make_rewriter(

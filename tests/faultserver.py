@@ -2,7 +2,8 @@
 
 The path picks the behaviour: /ok, /close (accept and close), /reset-headers, /reset-body,
 /invalid, /huge-headers, /drip, /hang (never answer), /sse-forever, /sse-malformed, /503, /429,
-/429-retry, /close-delimited, /chunked, /slow-headers (answer after ?ms=N).
+/429-retry, /close-delimited, /chunked, /slow-headers (answer after ?ms=N), /redirect (302 to
+?to=URL).
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class FaultServer:
             w(_resp("200 OK", body, ctype="text/event-stream"))
         elif path == "/503":
             w(_resp("503 Service Unavailable", b'{"error":"busy"}', "Retry-After: 2\r\n"))
+        elif path == "/redirect":  # to another host: a replay must not follow it
+            w(_resp("302 Found", b"{}", f"Location: {q.get('to', 'http://127.0.0.2:9/x')}\r\n"))
         elif path == "/429":
             w(_resp("429 Too Many Requests", b'{"error":"slow down"}'))
         elif path == "/close-delimited":

@@ -179,3 +179,74 @@ def test_no_secret_survives_capture(tmp_path: Path) -> None:
     # One distinct marker per distinct secret (the streamed and plain chat share theirs).
     assert len(markers) == len(secrets), sorted(markers)
     assert key_file.read_bytes() not in b"".join(f.read_bytes() for f in files)
+    _after_capture(out, key_file, tmp_path, secrets)
+
+
+def _after_capture(cap: Path, key_file: Path, tmp: Path, secrets: dict[str, str]) -> None:
+    """The rest of the way: inspect, replay (with a credential injected from the environment),
+    every report format, compare and diff. No planted secret, nor the injected credential, in
+    any file or output; capture files 0600, directories 0700, the redaction key 0600 and outside
+    the capture."""
+    injected = "sk-INJECTEDcredential0123456789"
+    everything = {**secrets, "injected": injected}
+    env = {**os.environ, "GATEWAY_KEY": injected}
+    outputs: list[str] = []
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([*LOADTAPE, *args], capture_output=True, text=True, timeout=120, env=env)
+        outputs.extend([p.stdout, p.stderr])
+        return p
+
+    assert run("inspect", str(cap)).returncode == 0
+    assert run("inspect", str(cap), "--json").returncode == 0
+    with running_gateway(default_profile="instant") as gw:
+        for name in ("a", "b"):
+            p = run(
+                "replay",
+                str(cap),
+                "--target",
+                gw.url,
+                "--speed",
+                "10",
+                "-q",
+                "--out",
+                str(tmp / name),
+                "--header",
+                "Authorization: Bearer ${GATEWAY_KEY}",
+            )
+            assert p.returncode == 0, p.stderr
+    for fmt in ("text", "json", "markdown", "html"):
+        assert (
+            run(
+                "report", str(tmp / "a"), "--format", fmt, "--out", str(tmp / f"r.{fmt}")
+            ).returncode
+            == 0
+        )
+    assert (
+        run(
+            "report", str(tmp / "a"), "--hgrm", str(tmp / "hgrm"), "--hlog", str(tmp / "x.hlog")
+        ).returncode
+        == 0
+    )
+    assert run(
+        "compare", str(tmp / "a"), str(tmp / "b"), "--format", "html", "--out", str(tmp / "c.html")
+    ).returncode in (0, 1)
+    assert run("diff", str(tmp / "a")).returncode == 0
+    files = [f for d in (tmp / "a", tmp / "b", tmp / "hgrm") for f in d.rglob("*") if f.is_file()]
+    files += [tmp / f"r.{fmt}" for fmt in ("text", "json", "markdown", "html")] + [
+        tmp / "x.hlog",
+        tmp / "c.html",
+    ]
+    for f in files:
+        assert not _hits(f.read_bytes().decode("latin-1"), everything), f
+    for text in outputs:
+        assert not _hits(text, everything), text[:500]
+    assert json.loads((tmp / "a" / "run.json").read_text())["options"]["headers"] == [
+        "Authorization: <set>"
+    ]
+    # permissions: capture files 0600, directories 0700; the key 0600, not in the capture
+    for f in [cap, *cap.rglob("*")]:
+        mode = f.stat().st_mode & 0o777
+        assert mode == (0o700 if f.is_dir() else 0o600), (f, oct(mode))
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert cap not in key_file.parents

@@ -142,6 +142,18 @@ def import_file(
     if not path.is_file():
         raise UserError(f"{path}: not a file")
     summary = ImportSummary()
+    try:
+        return _import(fmt, path, out, opts, summary)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        # what a format's own checks did not foresee in a malformed file: one line naming it
+        raise UserError(
+            f"{path}: not a readable {fmt} file ({type(exc).__name__}: {exc})"[:300]
+        ) from None
+
+
+def _import(
+    fmt: str, path: Path, out: str | Path, opts: ImportOptions, summary: ImportSummary
+) -> ImportSummary:
     rows = _records(fmt, path, opts, summary)
     redaction = {"mode": "import", "format": fmt, "source": path.name}
     with CaptureWriter(out, redaction=redaction) as writer:
