@@ -153,6 +153,7 @@ class MockGateway:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_route("*", "/echo{tail:.*}", self._echo)
+        app.router.add_get("/ws", self._ws)
         return app
 
     async def start(self) -> None:
@@ -273,6 +274,17 @@ class MockGateway:
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "owned_by": p} for m, p in self.config.models.items()]
         return web.json_response({"object": "list", "data": data})
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        """A websocket echo (captures record upgrades as not replayable)."""
+        self.stats.requests += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == web.WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        self.stats.completed += 1
+        return ws
 
     async def _echo(self, request: web.Request) -> web.StreamResponse:
         """Echo for non-LLM traffic. Query knobs: status=, delay_ms=, size= (response bytes),

@@ -203,3 +203,94 @@ async def test_two_proxies_write_one_capture_directory(tmp_path: Path) -> None:
     # interleaved in time, not one writer's block after the other's
     writers = [r["writer_id"] for r in rows]
     assert sum(1 for a, b in itertools.pairwise(writers) if a != b) > 5
+
+
+async def test_websocket_upgrade_is_recorded_as_not_replayable(tmp_path: Path) -> None:
+    """A websocket through the proxy works, is recorded, marked not replayable, counted by
+    inspect and skipped by replay with the reason (never fatal)."""
+    with running_gateway() as gw:
+        proc = start_proxy(tmp_path, gw.url)
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect(f"{proc.url}/ws") as ws:
+                    await ws.send_str("hello")
+                    assert (await ws.receive_str()) == "hello"
+                async with s.get(f"{proc.url}/echo/x?size=5") as r:
+                    assert r.status == 200
+            final = proc.stop()
+        finally:
+            proc.kill()
+        assert final is not None and final["lost"] == 0
+        rows = Capture(tmp_path / "cap").records()
+        ws_rows = [r for r in rows if r["path"] == "/ws"]
+        assert len(ws_rows) == 1 and ws_rows[0]["replayable"] is False
+        assert ws_rows[0]["status"] == 101
+        import subprocess
+        import sys
+
+        cli = [sys.executable, "-c", "import cli; cli.main()"]
+        p = subprocess.run(
+            [
+                *cli,
+                "replay",
+                str(tmp_path / "cap"),
+                "--target",
+                gw.url,
+                "--speed",
+                "10",
+                "--out",
+                str(tmp_path / "run"),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert p.returncode == 0, p.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["counts"]["sent"] == 1 and run["counts"]["skipped"] == {
+        "not replayable (websocket or tunnel)": 1
+    }
+
+
+async def test_http2_client_through_the_proxy(tmp_path: Path, server_ssl: ssl.SSLContext) -> None:
+    """curl speaking HTTP/2 (ALPN h2) to the proxy, over TLS, in regular proxy mode."""
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        import pytest
+
+        pytest.skip("curl not installed")
+    with running_gateway(ssl_context=server_ssl) as tls:
+        proc = start_proxy(tmp_path, None, mode="regular", ssl_insecure="true")
+        try:
+            for i in range(3):
+                p = subprocess.run(
+                    [
+                        curl,
+                        "-sS",
+                        "--http2",
+                        "--proxy",
+                        proc.url,
+                        "--cacert",
+                        str(proc.ca_cert()),
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_version} %{response_code}",
+                        f"{tls.url}/echo/h2?size=100&n={i}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert p.returncode == 0 and p.stdout == "2 200", (p.stdout, p.stderr)
+            final = proc.stop()
+        finally:
+            proc.kill()
+    assert final is not None and final["records"] == 3
+    rows = Capture(tmp_path / "cap").records()
+    assert {r["http_version"] for r in rows} == {"HTTP/2.0"}
+    assert all(r["status"] == 200 and r["resp_body_size"] == 100 and r["replayable"] for r in rows)
