@@ -391,8 +391,16 @@ class Results:
         tables = []
         for f in self.result_files():
             try:
-                tables.append(pq.read_table(f, columns=cols))
-            except (OSError, pa.ArrowException) as exc:
+                have = set(pq.read_schema(f).names)
+                want = cols if cols is not None else [c for c in COLUMNS if c in have]
+                t = pq.read_table(f, columns=[c for c in want if c in have])
+                for c in want:  # columns added since the file was written read as nulls
+                    if c not in have and c in COLUMNS:
+                        t = t.append_column(
+                            SCHEMA.field(c), pa.nulls(t.num_rows, SCHEMA.field(c).type)
+                        )
+                tables.append(t.select(want))
+            except (OSError, pa.ArrowException, KeyError) as exc:
                 raise UserError(
                     f"{f}: unreadable results ({str(exc).splitlines()[0][:200]})"
                 ) from None

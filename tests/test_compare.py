@@ -150,3 +150,25 @@ def test_same_gateway_twice_passes_and_a_slowed_one_fails(tmp_path: Path) -> Non
     page = open_page(html, tmp_path / "compare.png")
     assert page.console_errors == [] and page.exceptions == [] and page.requests == []
     assert len(page.facts["svgs"]) == 4 and "REGRESSION" in page.facts["text"]
+
+
+def test_results_written_before_newer_columns_still_compare(tmp_path: Path) -> None:
+    """A results file without the columns added later (target, body_hash) reads them as nulls."""
+    import pyarrow.parquet as pq
+
+    from replay.compare import DEFAULT_RULES, compare
+    from replay.results import Results
+    from replay.testing import make_results
+
+    for name, seed in (("a", 1), ("b", 2)):
+        make_results(tmp_path / name, n=100, seed=seed)
+        f = tmp_path / name / "results.parquet"
+        pq.write_table(pq.read_table(f).drop(["target", "body_hash"]), f)
+    t = Results.open(tmp_path / "a").table(["seq", "target", "body_hash"])
+    assert t.num_rows == 100 and t.column("target").null_count == 100
+    doc = compare(
+        Results.open(tmp_path / "a"),
+        Results.open(tmp_path / "b"),
+        [parse_rule(r) for r in DEFAULT_RULES],
+    )
+    assert len(doc["groups"]) == 2 and doc["regressions"] == []
