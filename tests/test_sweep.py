@@ -112,11 +112,13 @@ def test_closed_loop_sweep_finds_the_ceiling_and_the_knee(tmp_path: Path) -> Non
     assert doc["ceiling"] is not None and doc["ceiling"]["level"] in (4, 8)
     assert 0.75 * capacity < doc["ceiling"]["throughput"] < 1.15 * capacity, (doc, capacity)
     assert levels[2]["throughput"] == pytest.approx(2 * levels[1]["throughput"], rel=0.25)
-    assert doc["knee"] == 16  # the queue: ~4 service times at 16, ~2 at 8
+    # the queue: p99 about 4 service times at 16 (~125 ms), 2 at 8 (~62 ms), 1 at 4: the knee
+    # is 16 (8 on a machine slow enough to push 62 ms past 90), never at or below capacity
+    assert doc["knee"] in (8, 16)
     assert levels[16]["latency_p99"] > 90 > levels[4]["latency_p99"]
     for lv in levels.values():
         assert (Path(lv["dir"]) / "results.parquet").exists()
-    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["knee"] == 16
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["knee"] == doc["knee"]
     if CHROMIUM is None and not os.environ.get("LOADTAPE_REQUIRE_CHROMIUM"):
         return
     page = open_page(tmp_path / "sw" / "sweep.html", tmp_path / "sweep.png")
