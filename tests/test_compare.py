@@ -93,15 +93,15 @@ def test_bootstrap_interval_covers_the_truth_and_finds_a_shift() -> None:
 
 def _runs(tmp_path: Path) -> dict[str, Path]:
     """Three runs of one capture (streamed chats, varied output lengths): baseline and
-    'same' against two gateways of one profile (different seeds), 'slowed' against one 20 %
-    slower."""
+    'same' against two gateways of one profile (different seeds: different output lengths,
+    the noise a second run brings), 'slowed' against the baseline's gateway made 20 % slower."""
     recs = [
         chat_record(start_ns=T0_NS + i * 8_000_000, model="small", stream=True, session_key=None)
         for i in range(500)
     ]
     cap = write_capture(tmp_path / "cap", recs)
     out = {}
-    for name, seed, slowdown in (("base", 1, 1.0), ("same", 2, 1.0), ("slowed", 3, 1.2)):
+    for name, seed, slowdown in (("base", 1, 1.0), ("same", 2, 1.0), ("slowed", 1, 1.2)):
         with running_gateway(seed=seed, slowdown=slowdown) as gw:
             p = subprocess.run(
                 [*CLI, "replay", str(cap), "--target", gw.url, "--out", str(tmp_path / name), "-q"],
