@@ -31,6 +31,7 @@ from captures.errors import UserError
 from .metrics import METRICS, status_class
 from .report.model import parse_by
 from .results import Results
+from .slo import percentile_of
 
 DEFAULT_RULES = ("latency.p50=+10%", "latency.p99=+10%", "ttft.p99=+10%", "error_rate=+1pp")
 SAMPLE_CAP = 10_000
@@ -88,8 +89,7 @@ def parse_rule(text: str) -> Rule:
         )
     if stat is None:
         raise UserError(f"--max-regression {text!r}: {metric} needs a statistic, e.g. {metric}.p99")
-    p = _pct(stat)
-    if p is not None and not 0 < p <= 100:
+    if stat.startswith("p") and percentile_of(stat) is None:
         raise UserError(f"--max-regression {text!r}: percentile out of range")
     if unit == "pp":
         raise UserError(f"--max-regression {text!r}: pp is for error_rate; use % or ms")
@@ -99,10 +99,6 @@ def parse_rule(text: str) -> Rule:
     return Rule(text.strip(), metric, stat, value * scale, "abs")
 
 
-def _pct(stat: str | None) -> float | None:
-    return float(stat[1:]) if stat and stat.startswith("p") else None
-
-
 def statistic(values: np.ndarray, stat: str) -> np.ndarray:
     """The statistic along the last axis (percentiles as HdrHistogram ranks them)."""
     if stat == "mean":
@@ -110,7 +106,7 @@ def statistic(values: np.ndarray, stat: str) -> np.ndarray:
         return out
     if stat == "max":
         return np.asarray(values.max(axis=-1))
-    p = _pct(stat)
+    p = percentile_of(stat)
     assert p is not None
     n = values.shape[-1]
     k = max(int(p / 100 * n + 0.5), 1) - 1
@@ -154,7 +150,7 @@ def samples_needed(stat: str | None) -> int | None:
     (the max is one sample)."""
     if stat == "max":
         return None
-    p = _pct(stat)
+    p = percentile_of(stat)
     if p is None or p <= 50:
         return 2 * MIN_TAIL
     return math.ceil(MIN_TAIL / (1 - p / 100)) if p < 100 else None

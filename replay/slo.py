@@ -27,7 +27,7 @@ from captures import hdr
 from captures.errors import UserError
 
 from .metrics import GROUP_DIMS, METRICS, Metrics
-from .report.model import scoped_doc
+from .report.model import scoped
 
 RATES = ("error_rate", "success_rate", "goodput", "throughput", "tokens_per_s", "count")
 TIME_UNITS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0}
@@ -84,7 +84,7 @@ def parse_gate(expr: str) -> Gate:
     if name in METRICS:
         if not stat:
             raise _bad(expr, m.end("measure"), f"{name} needs a statistic, e.g. {name}.p99")
-        if not (stat in ("max", "mean", "min") or _percentile(stat) is not None):
+        if not (stat in ("max", "mean", "min") or percentile_of(stat) is not None):
             raise _bad(
                 expr, mpos + len(name) + 1, f"unknown statistic {stat!r} (want pN, max, mean, min)"
             )
@@ -109,8 +109,9 @@ def parse_gate(expr: str) -> Gate:
     )
 
 
-def _percentile(stat: str) -> float | None:
-    if not re.fullmatch(r"p\d+(\.\d+)?", stat):
+def percentile_of(stat: str | None) -> float | None:
+    """The percentile of a `pN` statistic (p99 -> 99.0); None if not one, or out of (0, 100]."""
+    if stat is None or not re.fullmatch(r"p\d+(\.\d+)?", stat):
         return None
     p = float(stat[1:])
     return p if 0 < p <= 100 else None
@@ -146,15 +147,12 @@ def evaluate(gates: list[Gate], metrics: Metrics) -> list[dict[str, Any]]:
             "threshold": g.threshold,
             "measured": None,
         }
-        doc = scoped_doc(metrics, g.scope)
+        found = scoped(metrics, g.scope)
         value: float | None = None
-        if doc is None or not doc["count"]:
+        if found is None or not found[0]["count"]:
             row["measured_text"] = "no requests"
         elif g.stat is not None:
-            keys = [
-                k for k in metrics.hists if all(k[GROUP_DIMS.index(d)] == v for d, v in g.scope)
-            ]
-            h = metrics.merged(keys)[0][g.metric]
+            h = found[1][g.metric]
             if not h.total_count:
                 row["measured_text"] = f"no {g.metric} values"
             else:
@@ -165,11 +163,12 @@ def evaluate(gates: list[Gate], metrics: Metrics) -> list[dict[str, Any]]:
                 elif g.stat == "max":
                     us = float(hdr.value_at_percentile(h, 100))
                 else:
-                    p = _percentile(g.stat)
+                    p = percentile_of(g.stat)
                     assert p is not None
                     us = float(hdr.value_at_percentile(h, p))
                 value = round(us / 1000, 3)
         else:
+            doc = found[0]
             if g.metric == "success_rate":
                 value = doc["ok"] / doc["count"]
             elif g.metric == "count":

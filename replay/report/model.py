@@ -162,12 +162,14 @@ def build(results: Results, by: str | Sequence[str] | None = None) -> dict[str, 
     }
 
 
-def scoped_doc(metrics: Metrics, where: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
-    """One group document over every raw group matching all (dimension, value) pairs (all
-    groups when none); None when nothing matches."""
+def scoped(
+    metrics: Metrics, where: Sequence[tuple[str, str]]
+) -> tuple[dict[str, Any], dict[str, HdrHistogram]] | None:
+    """One group over every raw group matching all (dimension, value) pairs (all groups when
+    none): its document and merged histograms; None when nothing matches."""
     idx = [(GROUP_DIMS.index(d), v) for d, v in where]
     keys = [k for k in metrics.hists if all(k[i] == v for i, v in idx)]
     if not keys:
         return None
     hs, st = metrics.merged(keys)
-    return group_doc(dict(where), hs, st)
+    return group_doc(dict(where), hs, st), hs
