@@ -256,9 +256,7 @@ def _capture_rows(path: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int]
 
 
 def diff(results: Results, capture: str | None = None, examples: int = 5) -> dict[str, Any]:
-    rows = results.table(
-        [c for c in COLUMNS if c != "body_hash" or _has_column(results, c)]
-    ).to_pylist()
+    rows = results.table(COLUMNS).to_pylist()  # older results: body_hash reads as null
     first_seq: dict[str, int] = {}
     for r in rows:  # targets in the order given (the first takes each shot first)
         t = r["target"] or ""
@@ -317,13 +315,6 @@ def diff(results: Results, capture: str | None = None, examples: int = 5) -> dic
         "note": note,
         "comparisons": comparisons,
     }
-
-
-def _has_column(results: Results, name: str) -> bool:
-    import pyarrow.parquet as pq
-
-    files = results.result_files()
-    return all(name in pq.read_schema(f).names for f in files) if files else False
 
 
 def mismatches(doc: dict[str, Any], categories: Sequence[str]) -> list[str]:
