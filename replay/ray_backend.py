@@ -32,8 +32,8 @@ from typing import Any
 
 from captures.errors import UserError
 
-from .engine import Progress, RunSettings, RunSummary, default_out_dir, run_streams
-from .workers import Job, _sum_progress, merge, split
+from .engine import Progress, RunSettings, RunSummary, run_streams
+from .workers import Job, clean_out_dir, merge, shard_settings, sum_progress
 
 START_LEAD_S = 5.0
 CLOCK_PROBES = 5
@@ -95,16 +95,7 @@ class ShardRunner:
                                                                             capture_files,
                                                                             scratch)))  # fmt: skip
             streams, info = job.build()
-            conc = settings.concurrency
-            mine = replace(
-                settings,
-                out=str(scratch / "out"),
-                workers=1,
-                shard=(index, count),
-                part=f"w{index}",
-                concurrency=None if conc is None else split(conc, count, index),
-                max_in_flight=max(1, split(settings.max_in_flight, count, index)),
-            )
+            mine = shard_settings(settings, index, count, out=str(scratch / "out"))
 
             def note(p: Progress) -> None:
                 self._progress = p
@@ -196,10 +187,7 @@ def run_on_ray(
         n = max(1, int(ray.cluster_resources().get("CPU", 1)))
     if settings.concurrency is not None:
         n = min(n, settings.concurrency)
-    out_dir = Path(settings.out) if settings.out else default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("results*.parquet"), *out_dir.glob("histograms*.msgpack")]:
-        stale.unlink()
+    out_dir = clean_out_dir(settings)
     actor_cls = ray.remote(num_cpus=1, max_concurrency=3)(ShardRunner)
     actors = [actor_cls.remote() for _ in range(n)]
     offsets = clock_offsets(actors, ray)
@@ -261,7 +249,7 @@ def run_on_ray(
                             if p is not None:
                                 latest[k] = p
                 if latest:
-                    on_progress(_sum_progress(latest, t0))
+                    on_progress(sum_progress(latest, t0))
     finally:
         for signum, h in old.items():
             signal.signal(signum, h)

@@ -60,6 +60,29 @@ def split(total: int, n: int, k: int) -> int:
     return total // n + (1 if k < total % n else 0)
 
 
+def shard_settings(settings: RunSettings, index: int, count: int, **more: Any) -> RunSettings:
+    """One shard's settings: its part of the plan, of the concurrency and the in-flight bound."""
+    conc = settings.concurrency
+    return replace(
+        settings,
+        workers=1,
+        shard=(index, count),
+        part=f"w{index}",
+        concurrency=None if conc is None else split(conc, count, index),
+        max_in_flight=max(1, split(settings.max_in_flight, count, index)),
+        **more,
+    )
+
+
+def clean_out_dir(settings: RunSettings) -> Path:
+    """The results directory, without the parts of an earlier run (they would be merged in)."""
+    out_dir = Path(settings.out) if settings.out else default_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*out_dir.glob("results*.parquet"), *out_dir.glob("histograms*.msgpack")]:
+        old.unlink()
+    return out_dir
+
+
 def _worker(
     job: Job,
     settings: RunSettings,
@@ -70,18 +93,9 @@ def _worker(
 ) -> None:
     try:
         streams, info = job.build()
-        conc = settings.concurrency
-        mine = replace(
-            settings,
-            workers=1,
-            shard=(index, count),
-            part=f"w{index}",
-            concurrency=None if conc is None else split(conc, count, index),
-            max_in_flight=max(1, split(settings.max_in_flight, count, index)),
-        )
         r = run_streams(
             streams,
-            mine,
+            shard_settings(settings, index, count),
             run_info=info,
             on_progress=lambda p: progress_q.put((index, p)),
             install_signals=True,
@@ -97,7 +111,7 @@ def _worker(
         raise SystemExit(3) from None
 
 
-def _sum_progress(latest: dict[int, Progress], start: float) -> Progress:
+def sum_progress(latest: dict[int, Progress], start: float) -> Progress:
     ps = list(latest.values())
     return Progress(
         elapsed_s=time.monotonic() - start,
@@ -124,10 +138,7 @@ def run_workers(
     n = settings.workers
     if settings.concurrency is not None:
         n = min(n, settings.concurrency)  # a closed-loop worker needs one slot at least
-    out_dir = Path(settings.out) if settings.out else default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*out_dir.glob("results*.parquet"), *out_dir.glob("histograms*.msgpack")]:
-        old.unlink()  # parts of an earlier run in this directory would be merged into this one
+    out_dir = clean_out_dir(settings)
     start_wall = time.time_ns() + int(START_LEAD_S * 1e9)
     shared = replace(settings, out=str(out_dir), start_wall_ns=start_wall)
     ctx = mp.get_context("spawn")
@@ -181,7 +192,7 @@ def run_workers(
             drain(0.1)
             now = time.monotonic()
             if on_progress is not None and latest and now - last_report >= 0.5:
-                on_progress(_sum_progress(latest, t0))
+                on_progress(sum_progress(latest, t0))
                 last_report = now
         for p in procs:
             p.join()
