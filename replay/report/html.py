@@ -22,7 +22,15 @@ from captures import hdr
 
 from ..metrics import METRICS, Metrics
 from .model import groups
-from .text import STATS, fmt_ms, fmt_pct, fmt_rate, headline, notes
+from .text import (
+    STATS,
+    SUMMARY_HEADER,
+    headline,
+    notes,
+    percentile_rows,
+    summary_row,
+    with_total,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;
@@ -209,61 +217,12 @@ def slo_table(slo: list[dict[str, Any]]) -> str:
 
 
 def summary_table(groups_: list[dict[str, Any]]) -> str:
-    rows = []
-    for g in groups_:
-        lat, ttft, itl = (g["metrics"][m] for m in ("latency", "ttft", "itl"))
-        rows.append(
-            [
-                esc(g["label"]),
-                g["count"],
-                g["ok"],
-                g["expected"],
-                g["failed"],
-                fmt_pct(g["error_rate"]),
-                fmt_rate(g["scheduled_rate"]),
-                fmt_rate(g["throughput"]),
-                fmt_rate(g["goodput"]),
-                fmt_ms(lat["p50"]),
-                fmt_ms(lat["p95"]),
-                fmt_ms(lat["p99"]),
-                fmt_ms(lat["max"]),
-                fmt_ms(ttft["p50"]),
-                fmt_ms(ttft["p99"]),
-                fmt_ms(itl["p50"]),
-                fmt_rate(g["tokens_per_s"]),
-            ]
-        )
-    return table(
-        [
-            "group",
-            "n",
-            "ok",
-            "exp",
-            "fail",
-            "err",
-            "sched/s",
-            "req/s",
-            "goodput",
-            "lat p50",
-            "lat p95",
-            "lat p99",
-            "lat max",
-            "ttft p50",
-            "ttft p99",
-            "itl p50",
-            "tok/s",
-        ],
-        rows,
-    )
+    rows = [[esc(c) for c in summary_row(g)] for g in groups_]
+    return table(SUMMARY_HEADER, rows)
 
 
 def percentile_table(g: dict[str, Any]) -> str:
-    rows = [
-        [m, g["metrics"][m]["count"], *(fmt_ms(g["metrics"][m][s]) for s in STATS)]
-        for m in METRICS
-        if g["metrics"][m]["count"]
-    ]
-    return table(["ms", "n", *STATS], rows)
+    return table(["ms", "n", *STATS], percentile_rows(g))
 
 
 def page(title: str, body: str) -> str:
@@ -315,9 +274,7 @@ def render_html(
         failed = sum(1 for r in slo if not r["pass"])
         parts.append(f"<h2>SLO: {len(slo) - failed} passed, {failed} failed</h2>")
         parts.append(slo_table(slo))
-    all_groups = report["groups"] + (
-        [{**report["total"], "label": "all"}] if len(report["groups"]) > 1 else []
-    )
+    all_groups = with_total(report)
     parts.append("<h2>Summary</h2>")
     parts.append(summary_table(all_groups))
     parts.append(

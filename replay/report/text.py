@@ -36,6 +36,66 @@ def fmt_pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.2f}%"
 
 
+SUMMARY_HEADER = (
+    "group",
+    "n",
+    "ok",
+    "exp",
+    "fail",
+    "err",
+    "sched/s",
+    "req/s",
+    "goodput",
+    "lat p50",
+    "lat p95",
+    "lat p99",
+    "lat max",
+    "ttft p50",
+    "ttft p99",
+    "itl p50",
+    "tok/s",
+)
+
+
+def summary_row(g: dict[str, Any]) -> list[str]:
+    """A group's row of the summary table (markdown and html), in SUMMARY_HEADER's order."""
+    lat, ttft, itl = (g["metrics"][m] for m in ("latency", "ttft", "itl"))
+    return [
+        g["label"],
+        str(g["count"]),
+        str(g["ok"]),
+        str(g["expected"]),
+        str(g["failed"]),
+        fmt_pct(g["error_rate"]),
+        fmt_rate(g["scheduled_rate"]),
+        fmt_rate(g["throughput"]),
+        fmt_rate(g["goodput"]),
+        fmt_ms(lat["p50"]),
+        fmt_ms(lat["p95"]),
+        fmt_ms(lat["p99"]),
+        fmt_ms(lat["max"]),
+        fmt_ms(ttft["p50"]),
+        fmt_ms(ttft["p99"]),
+        fmt_ms(itl["p50"]),
+        fmt_rate(g["tokens_per_s"]),
+    ]
+
+
+def percentile_rows(g: dict[str, Any]) -> list[list[str]]:
+    """metric, n and STATS for each timing metric a group has values of."""
+    return [
+        [m, str(g["metrics"][m]["count"]), *(fmt_ms(g["metrics"][m][s]) for s in STATS)]
+        for m in METRICS
+        if g["metrics"][m]["count"]
+    ]
+
+
+def with_total(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The groups, and an "all" group when there are several."""
+    total = [{**report["total"], "label": "all"}] if len(report["groups"]) > 1 else []
+    return [*report["groups"], *total]
+
+
 def headline(report: dict[str, Any]) -> str:
     run, t = report["run"], report["total"]
     c = run.get("counts") or {}
@@ -110,12 +170,9 @@ def render_text(report: dict[str, Any], slo: list[dict[str, Any]] | None = None)
         "  (ms; latency from the intended send time, service from the actual send, "
         "lag = actual - intended)"
     )
-    for g in report["groups"]:
+    for g in with_total(report):
         lines.append("")
         lines += _group_text(g)
-    if len(report["groups"]) > 1:
-        lines.append("")
-        lines += _group_text({**report["total"], "label": "all"})
     if slo:
         lines.append("")
         lines += slo_text(slo)
@@ -153,64 +210,16 @@ def render_markdown(report: dict[str, Any], slo: list[dict[str, Any]] | None = N
                 for r in slo
             ],
         )
-    groups = report["groups"] + (
-        [{**report["total"], "label": "all"}] if len(report["groups"]) > 1 else []
-    )
+    groups = with_total(report)
     lines += ["", "### Summary (ms, rates per second)", ""]
-    rows = []
-    for g in groups:
-        lat, ttft, itl = (g["metrics"][m] for m in ("latency", "ttft", "itl"))
-        rows.append(
-            [
-                g["label"],
-                str(g["count"]),
-                str(g["ok"]),
-                str(g["expected"]),
-                str(g["failed"]),
-                fmt_pct(g["error_rate"]),
-                fmt_rate(g["throughput"]),
-                fmt_rate(g["goodput"]),
-                fmt_ms(lat["p50"]),
-                fmt_ms(lat["p95"]),
-                fmt_ms(lat["p99"]),
-                fmt_ms(lat["max"]),
-                fmt_ms(ttft["p50"]),
-                fmt_ms(ttft["p99"]),
-                fmt_ms(itl["p50"]),
-                fmt_rate(g["tokens_per_s"]),
-            ]
-        )
+    sched = SUMMARY_HEADER.index("sched/s")  # left out here: the table is wide enough
     lines += _md_table(
-        [
-            "group",
-            "n",
-            "ok",
-            "exp",
-            "fail",
-            "err",
-            "req/s",
-            "goodput",
-            "lat p50",
-            "lat p95",
-            "lat p99",
-            "lat max",
-            "ttft p50",
-            "ttft p99",
-            "itl p50",
-            "tok/s",
-        ],
-        rows,
+        [h for k, h in enumerate(SUMMARY_HEADER) if k != sched],
+        [[c for k, c in enumerate(summary_row(g)) if k != sched] for g in groups],
     )
     for g in groups:
         lines += ["", f"<details><summary>{g['label']}: percentiles</summary>", ""]
-        lines += _md_table(
-            ["metric", "n", *STATS],
-            [
-                [m, str(g["metrics"][m]["count"]), *(fmt_ms(g["metrics"][m][s]) for s in STATS)]
-                for m in METRICS
-                if g["metrics"][m]["count"]
-            ],
-        )
+        lines += _md_table(["metric", "n", *STATS], percentile_rows(g))
         if g["errors"]:
             lines += ["", "failures: " + ", ".join(f"{k} {v}" for k, v in g["errors"].items())]
         lines += ["", "</details>"]
