@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -83,7 +84,6 @@ def capture(**opts: Any) -> None:
     """Record gateway traffic through mitmproxy into a capture directory.
 
     Extra arguments after `--` go to mitmdump as they are."""
-    from pathlib import Path
 
     from captures.units import parse_duration
     from proxy_addons import launch
@@ -444,7 +444,6 @@ def replay(capture: str, **opts: Any) -> int:
 @click.option("--sessions", default=12, show_default=True, help="Virtual users.")
 def demo(root: str, seconds: float, sessions: int) -> None:
     """Mock gateway, capture through the real proxy, replay at 1x and 5x, report. Loopback only."""
-    from pathlib import Path
 
     from replay.demo import run_demo
     from replay.report import make
@@ -504,6 +503,17 @@ def run_cmd(scenario: str, **opts: Any) -> int:
     return finish_run(result, opts, gates)
 
 
+def emit(text: str, out: str | None, what: str, summary: str = "") -> None:
+    """A rendered document to --out (saying where on stderr), or to stdout."""
+    if not out:
+        click.echo(text, nl=False)
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"{what}: {path}" + (f" ({summary})" if summary else ""), err=True)
+
+
 # -- report ----------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("results", type=click.Path(path_type=str))
@@ -522,7 +532,6 @@ def run_cmd(scenario: str, **opts: Any) -> int:
 @slo_and_by
 def report(results: str, fmt: str, **opts: Any) -> int:
     """Report on a results directory (no traffic): text, json, markdown or html; SLO gates."""
-    from pathlib import Path
 
     from replay.report import make, parse_by
     from replay.report.hdrfiles import write_hgrm, write_hlog
@@ -531,13 +540,7 @@ def report(results: str, fmt: str, **opts: Any) -> int:
     gates = parse_gates(opts)
     res = Results.open(results)
     text, rows = make(res, fmt, opts["by"], gates)
-    if opts["out"]:
-        out = Path(opts["out"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"report: {out}", err=True)
-    else:
-        click.echo(text, nl=False)
+    emit(text, opts["out"], "report")
     if opts["hgrm"]:
         files = write_hgrm(res.metrics, parse_by(opts["by"], res.metrics), Path(opts["hgrm"]))
         click.echo(f"hgrm: {len(files)} files in {opts['hgrm']}", err=True)
@@ -573,7 +576,6 @@ def report(results: str, fmt: str, **opts: Any) -> int:
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opts: Any) -> int:
     """Compare a run with a baseline; exit 1 on a regression (noise-aware)."""
-    from pathlib import Path
 
     from replay.compare import DEFAULT_RULES, parse_rule
     from replay.compare import compare as run_compare
@@ -583,15 +585,8 @@ def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opt
     parsed = [parse_rule(r) for r in (rules or DEFAULT_RULES)]
     base, cur = Results.open(baseline), Results.open(current)
     doc = run_compare(base, cur, parsed, opts["by"], seed=opts["seed"])
-    text = render(doc, fmt, base, cur)
-    if opts["out"]:
-        out = Path(opts["out"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        n = len(doc["regressions"])
-        click.echo(f"compare: {out} ({n} regression{'s' if n != 1 else ''})", err=True)
-    else:
-        click.echo(text, nl=False)
+    n = len(doc["regressions"])
+    emit(render(doc, fmt, base, cur), opts["out"], "compare", f"{n} regression{'s' * (n != 1)}")
     return 1 if doc["regressions"] else 0
 
 
@@ -630,7 +625,6 @@ def sweep(
 ) -> int:
     """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
     import time
-    from pathlib import Path
 
     from replay.report.sweepview import render
     from replay.sweep import SweepOptions, parse_levels, run_sweep
