@@ -134,28 +134,21 @@ def _children(pid: int) -> list[psutil.Process]:
     raise AssertionError("workers did not start")
 
 
+def _two_workers_running(
+    cap: Path, target: str, out: Path
+) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
+    """`loadtape replay --workers 2` in a subprocess, 4 s into its run: it and its workers."""
+    argv = [*CLI, "replay", str(cap), "--target", target, "--out", str(out), "--workers", "2", "-q"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids = _children(proc.pid)
+    time.sleep(4)
+    return proc, kids
+
+
 def test_a_dead_worker_is_reported_and_fails_the_run(tmp_path: Path) -> None:
     cap = _capture(tmp_path, n=600, gap_ms=20)  # 12 s of traffic at 1x
     with running_gateway() as gw:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "replay",
-                str(cap),
-                "--target",
-                gw.url,
-                "--out",
-                str(tmp_path / "run"),
-                "--workers",
-                "2",
-                "-q",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        kids = _children(proc.pid)
-        time.sleep(4)
+        proc, kids = _two_workers_running(cap, gw.url, tmp_path / "run")
         victim = max(kids, key=lambda c: c.pid)
         victim.kill()
         _out, err = proc.communicate(timeout=60)
@@ -175,25 +168,7 @@ def test_a_dead_worker_is_reported_and_fails_the_run(tmp_path: Path) -> None:
 def test_ctrl_c_stops_every_worker_and_keeps_what_was_measured(tmp_path: Path) -> None:
     cap = _capture(tmp_path, n=600, gap_ms=20)
     with running_gateway() as gw:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "replay",
-                str(cap),
-                "--target",
-                gw.url,
-                "--out",
-                str(tmp_path / "run"),
-                "--workers",
-                "2",
-                "-q",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _children(proc.pid)
-        time.sleep(4)
+        proc, _ = _two_workers_running(cap, gw.url, tmp_path / "run")
         os.kill(proc.pid, signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
