@@ -80,6 +80,10 @@ class RunSettings:
     start_wall_ns: int | None = None
 
     @property
+    def sharded(self) -> bool:
+        return self.workers > 1 or bool(self.ray)
+
+    @property
     def closed(self) -> bool:
         return self.concurrency is not None
 
@@ -677,24 +681,16 @@ def run_replay(
     """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
     one target or, the same plan, to each of several; on `--workers N` processes."""
     settings = opts.settings()
-    if settings.workers > 1 or settings.ray:
-        from .workers import Job, run_workers
+    if settings.sharded:
+        from .workers import Job, run_sharded
 
-        settings.validate()
         build_replay(opts)  # bad options fail here, once, before any worker starts
-        if settings.ray:
-            from .ray_backend import run_on_ray
-
-            return run_on_ray(
-                Job("replay", opts),
-                settings,
-                settings.ray,
-                on_progress=on_progress,
-                install_signals=install_signals,
-                rate_hint=opts.rate,
-            )
-        return run_workers(
-            Job("replay", opts), settings, on_progress=on_progress, install_signals=install_signals
+        return run_sharded(
+            Job("replay", opts),
+            settings,
+            on_progress=on_progress,
+            install_signals=install_signals,
+            rate_hint=opts.rate,
         )
     streams, info = build_replay(opts)
     return run_streams(

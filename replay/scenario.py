@@ -413,14 +413,8 @@ def run_scenario(
     path: str | Path, settings: RunSettings, *, target: str | None = None, **kw: Any
 ) -> RunSummary:
     streams = load(path, target=target)  # checks the file before any worker starts
-    if settings.workers > 1 or settings.ray:
-        from .workers import Job, run_workers
+    if settings.sharded:
+        from .workers import Job, run_sharded
 
-        settings.validate()
-        job = Job("scenario", (str(path), target))
-        if settings.ray:
-            from .ray_backend import run_on_ray
-
-            return run_on_ray(job, settings, settings.ray, **kw)
-        return run_workers(job, settings, **kw)
+        return run_sharded(Job("scenario", (str(path), target)), settings, **kw)
     return run_streams(streams, settings, run_info={"scenario": str(Path(path).resolve())}, **kw)

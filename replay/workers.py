@@ -128,6 +128,30 @@ def sum_progress(latest: dict[int, Progress], start: float) -> Progress:
     )
 
 
+def run_sharded(
+    job: Job,
+    settings: RunSettings,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    install_signals: bool = True,
+    rate_hint: float | None = None,
+) -> RunSummary:
+    """A run split into shards: Ray actors with --ray, else local worker processes."""
+    settings.validate()
+    if settings.ray:
+        from .ray_backend import run_on_ray
+
+        return run_on_ray(
+            job,
+            settings,
+            settings.ray,
+            on_progress=on_progress,
+            install_signals=install_signals,
+            rate_hint=rate_hint,
+        )
+    return run_workers(job, settings, on_progress=on_progress, install_signals=install_signals)
+
+
 def run_workers(
     job: Job,
     settings: RunSettings,
