@@ -28,7 +28,7 @@ import numpy as np
 
 from captures.errors import UserError
 
-from .metrics import METRICS, status_class
+from .metrics import METRICS, status_class, timings
 from .report.model import parse_by
 from .results import Results
 from .slo import percentile_of
@@ -183,36 +183,17 @@ def samples(results: Results, by: tuple[str, ...]) -> dict[tuple[str, ...], dict
     for i, k in enumerate(keys):
         rows_of.setdefault(k, []).append(i)
 
-    def arr(name: str) -> np.ndarray:
-        return np.array([-1 if v is None else v for v in t[name]], dtype=np.int64)
-
-    intended, sent, headers = arr("intended_ns"), arr("sent_ns"), arr("headers_ns")
-    first, end, ctoks = arr("first_token_ns"), arr("end_ns"), arr("completion_tokens")
+    t_us = timings(t)
+    failed = np.array([o == "failed" for o in t["outcome"]], dtype=bool)
     for k, rows in rows_of.items():
         idx = np.array(rows, dtype=np.int64)
-        us = 1000
-        d: dict[str, Any] = {
-            "count": len(rows),
-            "failed": sum(1 for i in rows if t["outcome"][i] == "failed"),
-        }
-        d["latency"] = (end[idx] - intended[idx]) // us
-        d["service"] = (end[idx] - sent[idx]) // us
-        d["lag"] = np.maximum(sent[idx] - intended[idx], 0) // us
-        h = headers[idx]
-        d["ttfb"] = (h[h >= 0] - sent[idx][h >= 0]) // us
-        f = first[idx]
-        d["ttft"] = (f[f >= 0] - sent[idx][f >= 0]) // us
-        gaps = []
-        ntok = []
-        for i in rows:
-            offs = t["token_offsets_us"][i]
-            ntok.append(len(offs) if offs else 0)
-            if offs and len(offs) > 1:
-                gaps.append(np.diff(np.asarray(offs, dtype=np.int64)))
-        d["itl"] = np.concatenate(gaps) if gaps else np.empty(0, dtype=np.int64)
-        nout = np.where(ctoks[idx] > 0, ctoks[idx], np.array(ntok))
-        ok = (f >= 0) & (nout > 1)
-        d["tpot"] = (end[idx][ok] - f[ok]) // np.maximum(nout[ok] - 1, 1) // us
+        d: dict[str, Any] = {"count": len(rows), "failed": int(failed[idx].sum())}
+        for m in ("latency", "service", "lag"):
+            d[m] = t_us[m][idx]
+        for m in ("ttfb", "ttft", "tpot"):  # -1: the request has none
+            v = t_us[m][idx]
+            d[m] = v[v >= 0]
+        d["itl"] = t_us["itl"][np.isin(t_us["itl_row"], idx)]
         out[k] = d
     return out
 

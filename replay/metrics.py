@@ -23,7 +23,7 @@ workers and copies each record their own.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,46 @@ class GroupStats:
             setattr(self, a, y if x is None else x if y is None else max(x, y))
 
 
+def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The timing metrics of a batch of results (column lists, epoch ns), in microseconds, one
+    value per row: latency, service, lag, and ttfb / ttft / tpot (-1 where a request has none);
+    plus `itl`, every inter-token gap, with `itl_row`, the row it belongs to. The one definition
+    of each metric, for the histograms and for compare's per-request samples."""
+
+    def arr(name: str) -> np.ndarray:
+        return np.array([-1 if v is None else v for v in b[name]], dtype=np.int64)
+
+    intended, sent, end = (
+        np.asarray(b[c], dtype=np.int64) for c in ("intended_ns", "sent_ns", "end_ns")
+    )
+    headers, first = arr("headers_ns"), arr("first_token_ns")
+    ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
+    toks = b["token_offsets_us"]
+    ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
+    us = 1000
+    n_out = np.where(ctoks > 0, ctoks, ntok_events)
+    out = {
+        "latency": (end - intended) // us,
+        "service": (end - sent) // us,
+        "lag": np.maximum(sent - intended, 0) // us,
+        "ttfb": np.where(headers >= 0, (headers - sent) // us, -1),
+        "ttft": np.where(first >= 0, (first - sent) // us, -1),
+        "tpot": np.where(
+            (first >= 0) & (n_out > 1), (end - first) // np.maximum(n_out - 1, 1) // us, -1
+        ),
+    }
+    # inter-token gaps: flatten every request's token offsets, diff, drop the seams
+    total = int(ntok_events.sum())
+    if total > 0:
+        flat = np.fromiter((t for ts in toks if ts for t in ts), dtype=np.int64, count=total)
+        row = np.repeat(np.arange(len(ntok_events)), ntok_events)
+        same = np.diff(row) == 0
+        out["itl"], out["itl_row"] = np.diff(flat)[same], row[1:][same]
+    else:
+        out["itl"] = out["itl_row"] = np.empty(0, dtype=np.int64)
+    return out
+
+
 class Metrics:
     def __init__(self, run_start_ns: int = 0) -> None:
         self.run_start_ns = run_start_ns  # epoch ns; interval buckets are seconds from here
@@ -117,18 +157,13 @@ class Metrics:
         n = len(b["end_ns"])
         if not n:
             return
-        intended = np.asarray(b["intended_ns"], dtype=np.int64)
-        sent = np.asarray(b["sent_ns"], dtype=np.int64)
-        end = np.asarray(b["end_ns"], dtype=np.int64)
-        headers = np.array([-1 if v is None else v for v in b["headers_ns"]], dtype=np.int64)
-        first = np.array([-1 if v is None else v for v in b["first_token_ns"]], dtype=np.int64)
         outcome = np.array([_OUTCOME[o] for o in b["outcome"]], dtype=np.int64)
         status = np.array([0 if v is None else v for v in b["status"]], dtype=np.int64)
         ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
         ptoks = np.array([v or 0 for v in b["prompt_tokens"]], dtype=np.int64)
         bytes_in = np.asarray(b["bytes_in"], dtype=np.int64)
-        toks = b["token_offsets_us"]
-        ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
+        intended = np.asarray(b["intended_ns"], dtype=np.int64)
+        end = np.asarray(b["end_ns"], dtype=np.int64)
 
         # group index per row
         gid_of: dict[GroupKey, int] = {}
@@ -144,27 +179,10 @@ class Metrics:
                 g = gid_of[key] = len(gid_of)
             gids[i] = g
         ng = len(gid_of)
-        us = 1000
-        latency = (end - intended) // us
-        service = (end - sent) // us
-        lag = np.maximum(sent - intended, 0) // us
-        ttfb = np.where(headers >= 0, (headers - sent) // us, -1)
-        ttft = np.where(first >= 0, (first - sent) // us, -1)
-        n_out = np.where(ctoks > 0, ctoks, ntok_events)
-        tpot = np.where(
-            (first >= 0) & (n_out > 1), (end - first) // np.maximum(n_out - 1, 1) // us, -1
-        )
-        # inter-token gaps: flatten every request's token offsets, diff, drop the seams
-        if ntok_events.sum() > 0:
-            flat = np.fromiter(
-                (t for ts in toks if ts for t in ts), dtype=np.int64, count=int(ntok_events.sum())
-            )
-            owner = np.repeat(gids, ntok_events)
-            d = np.diff(flat)
-            same = np.diff(np.repeat(np.arange(n), ntok_events)) == 0
-            itl, itl_owner = d[same], owner[1:][same]
-        else:
-            itl = itl_owner = np.empty(0, dtype=np.int64)
+        t = timings(b)
+        latency, service, lag = t["latency"], t["service"], t["lag"]
+        ttfb, ttft, tpot = t["ttfb"], t["ttft"], t["tpot"]
+        itl, itl_owner = t["itl"], gids[t["itl_row"]]
 
         hdr.record_many(self.overall["latency"], latency)
         hdr.record_many(self.overall["lag"], lag)
