@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..metrics import GROUP_DIMS, METRICS
+from ..metrics import METRICS
 from ..results import Results
 from . import html as h
+from .model import groups
 from .text import fmt_ms
 
 OVERLAY_METRICS = ("latency", "service", "ttft", "itl")
@@ -113,11 +114,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 def render_html(doc: dict[str, Any], base: Results, cur: Results) -> str:
     dims = tuple(doc["by"])
-    idx = [GROUP_DIMS.index(d) for d in dims]
-
-    def merged(res: Results, key: tuple[str, ...]) -> Any:
-        keys = [k for k in res.metrics.hists if tuple(k[i] for i in idx) == key]
-        return res.metrics.merged(keys)[0] if keys else None
+    base_keys, cur_keys = groups(base.metrics, dims), groups(cur.metrics, dims)
 
     parts = [f"<h1>loadtape compare</h1><p>{h.esc(headline(doc))}</p>"]
     parts.append(
@@ -134,9 +131,10 @@ def render_html(doc: dict[str, Any], base: Results, cur: Results) -> str:
         ]
         parts.append(h.table(HEADER, cells))
         key = tuple(g["key"][d] for d in dims)
-        hb, hc = merged(base, key), merged(cur, key)
-        if hb is None or hc is None:
+        if key not in base_keys or key not in cur_keys:
             continue
+        hb = base.metrics.merged(base_keys[key])[0]
+        hc = cur.metrics.merged(cur_keys[key])[0]
         parts.append(
             h.plots_div(
                 h.spectrum_plot([("baseline", hb[m]), ("current", hc[m])], f"{m} (ms)")
