@@ -29,7 +29,7 @@ from captures.schema import LOADTAPE_VERSION, Record
 
 from . import plan as planmod
 from .dispatch import Client, Dispatcher, DispatchStats
-from .metrics import Metrics
+from .metrics import Metrics, series_name
 from .outcome import Outcome
 from .prefetch import Prefetch
 from .results import Expect, ResultWriter, warm_up, write_histograms, write_run_json
@@ -447,17 +447,11 @@ def run_streams(
         "duration_s": duration_ns / 1e9,
         "mode": "closed" if closed else "open",
         "streams": {
-            s.name: {**s.describe, "target": mask_url(s.rewriter.target.url)}
-            for s in streams
-            if not s.rewriter.target.name
-        }
-        | {
-            f"{s.name}@{s.rewriter.target.name}": {
+            series_name(s.name, s.rewriter.target.name): {
                 **s.describe,
                 "target": mask_url(s.rewriter.target.url),
             }
             for s in streams
-            if s.rewriter.target.name
         },
         "target": mask_url(targets[0].url) if len(targets) == 1 else None,
         "targets": {t.name: mask_url(t.url) for t in targets if t.name},

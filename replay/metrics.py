@@ -41,6 +41,12 @@ HIST_FORMAT = 2  # 1: keys without the target (read as target "")
 _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
 
 
+def series_name(stream: str, target: str) -> str:
+    """A stream's name in run.json and the over-time series: `stream@target` with several
+    targets."""
+    return f"{stream}@{target}" if target else stream
+
+
 def status_class(status: int | None, error: str | None) -> str:
     if error is not None or status is None:
         return "error"
@@ -229,7 +235,7 @@ class Metrics:
             errs = self.stats[key].errors
             errs[kind] = errs.get(kind, 0) + 1
         series = (
-            [f"{s}@{t}" if t else s for s, t in zip(b["stream"], targets, strict=True)]
+            [series_name(s, t) for s, t in zip(b["stream"], targets, strict=True)]
             if any(targets)
             else b["stream"]
         )
