@@ -214,7 +214,7 @@ def slo_and_by(f: Any) -> Any:
 
 def parse_gates(opts: dict[str, Any]) -> Any:
     """Gates are parsed before any traffic: a typo must not cost a run."""
-    from replay.slo import parse_gates as parse
+    from replay.decide.slo import parse_gates as parse
 
     return parse(opts.get("slo") or ())
 
@@ -222,8 +222,8 @@ def parse_gates(opts: dict[str, Any]) -> Any:
 def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
     """The end of a run: the text report (and SLO table) on stdout; 130 if interrupted, 1 if a
     gate failed."""
-    from replay.report import make
-    from replay.results import Results
+    from replay.decide.reporting import make
+    from replay.measure.resultsdir import Results
 
     text, rows = make(
         Results(result.out_dir, result.run, result.metrics), "text", opts["by"], gates
@@ -375,7 +375,7 @@ def _option_name(decorator: Any) -> str:
 
 
 def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
-    from replay.engine import ReplayOptions
+    from replay.workload.replaying import ReplayOptions
 
     timeout = _duration(opts["timeout"], "--timeout")
     assert timeout is not None
@@ -423,8 +423,8 @@ def live_progress(quiet: bool) -> Any:
 @replay_options
 def replay(capture: str, **opts: Any) -> int:
     """Replay a capture against --target with its original timing (scaled by --speed)."""
-    from replay.engine import run_replay
-    from replay.report import parse_by
+    from replay.api import run_replay
+    from replay.decide.report import parse_by
 
     gates = parse_gates(opts)
     if opts["by"]:
@@ -445,9 +445,9 @@ def replay(capture: str, **opts: Any) -> int:
 def demo(root: str, seconds: float, sessions: int) -> None:
     """Mock gateway, capture through the real proxy, replay at 1x and 5x, report. Loopback only."""
 
-    from replay.demo import run_demo
-    from replay.report import make
-    from replay.results import Results
+    from replay.decide.reporting import make
+    from replay.measure.resultsdir import Results
+    from replay.mock.demo import run_demo
 
     def show(r: Any) -> None:
         click.echo(make(Results(r.out_dir, r.run, r.metrics), "text")[0], nl=False)
@@ -476,9 +476,9 @@ def demo(root: str, seconds: float, sessions: int) -> None:
 @slo_and_by
 def run_cmd(scenario: str, **opts: Any) -> int:
     """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
-    from replay.engine import RunSettings
-    from replay.report import parse_by
-    from replay.scenario import run_scenario
+    from replay.api import run_scenario
+    from replay.decide.report import parse_by
+    from replay.settings import RunSettings
 
     gates = parse_gates(opts)
     if opts["by"]:
@@ -533,9 +533,10 @@ def emit(text: str, out: str | None, what: str, summary: str = "") -> None:
 def report(results: str, fmt: str, **opts: Any) -> int:
     """Report on a results directory (no traffic): text, json, markdown or html; SLO gates."""
 
-    from replay.report import make, parse_by
-    from replay.report.hdrfiles import write_hgrm, write_hlog
-    from replay.results import Results
+    from replay.decide.report import parse_by
+    from replay.decide.report.hdrfiles import write_hgrm, write_hlog
+    from replay.decide.reporting import make
+    from replay.measure.resultsdir import Results
 
     gates = parse_gates(opts)
     res = Results.open(results)
@@ -577,10 +578,10 @@ def report(results: str, fmt: str, **opts: Any) -> int:
 def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opts: Any) -> int:
     """Compare a run with a baseline; exit 1 on a regression (noise-aware)."""
 
-    from replay.compare import DEFAULT_RULES, parse_rule
-    from replay.compare import compare as run_compare
-    from replay.report.comparison import render
-    from replay.results import Results
+    from replay.decide.compare import DEFAULT_RULES, parse_rule
+    from replay.decide.compare import compare as run_compare
+    from replay.decide.report.comparison import render
+    from replay.measure.resultsdir import Results
 
     parsed = [parse_rule(r) for r in (rules or DEFAULT_RULES)]
     base, cur = Results.open(baseline), Results.open(current)
@@ -626,8 +627,8 @@ def sweep(
     """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
     import time
 
-    from replay.report.sweepview import render
-    from replay.sweep import SweepOptions, parse_levels, run_sweep
+    from replay.decide.report.sweepview import render
+    from replay.decide.sweep import SweepOptions, parse_levels, run_sweep
 
     chosen = [(k, v) for k, v in (("concurrency", conc), ("speeds", speeds), ("rates", rates)) if v]
     if len(chosen) != 1:
@@ -650,7 +651,7 @@ def sweep(
         capture,
         {**opts, "speed": 1.0, "loops": 1, "concurrency": None, "synthetic": (), "rate": None},
     )
-    from replay.report.sweepview import level_row
+    from replay.decide.report.sweepview import level_row
 
     def on_level(f: dict[str, Any]) -> None:
         click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)
@@ -692,9 +693,9 @@ def diff_cmd(
     results: str, capture: str | None, fmt: str, examples: int, fail_on: str | None
 ) -> int:
     """Responses against the recording, and several targets against each other."""
-    from replay.diff import diff, mismatches, parse_fail_on
-    from replay.report.diffview import render
-    from replay.results import Results
+    from replay.decide.diff import diff, mismatches, parse_fail_on
+    from replay.decide.report.diffview import render
+    from replay.measure.resultsdir import Results
 
     cats = parse_fail_on(fail_on)
     doc = diff(Results.open(results), capture, examples)
@@ -805,7 +806,7 @@ def anonymize_cmd(capture: str, out: str) -> None:
 def mock_gateway(**opts: Any) -> None:
     """Run the mock OpenAI-compatible gateway until Ctrl-C."""
     from captures.units import parse_duration
-    from replay.mock_gateway import DEFAULT_MODELS, Faults, GatewayConfig, MockGateway
+    from replay.mock.gateway import DEFAULT_MODELS, Faults, GatewayConfig, MockGateway
 
     models = dict(DEFAULT_MODELS)
     for item in opts["models"]:

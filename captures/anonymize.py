@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from . import llm
 from .errors import UserError
+from .filler import filler, token_count
 from .reader import Capture
 from .schema import Headers, Record
 from .writer import CaptureWriter
@@ -64,8 +65,6 @@ class Anonymizer:
         return f"anon-{kind}-{digest[:12]}"
 
     def text(self, s: str) -> str:
-        from replay.makers import filler, token_count
-
         return filler(max(token_count(s), 1), self.rng) if s.strip() else s
 
     # -- JSON ----------------------------------------------------------------------------------

@@ -24,12 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captures.exchange import (
-    Snapshot,
-    build_record,
-    error_kind,
-    parse_session_sources,
-)
+from captures.exchange import Snapshot, build_record, error_kind, parse_session_sources
 from captures.redact import Redactor
 from captures.schema import Record
 from captures.writer import CaptureWriter

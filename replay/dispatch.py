@@ -19,17 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .outcome import Outcome
+from replay.send.outcome import Outcome
+from replay.send.router import Client
+
 from .plan import Shot
 from .rewrite import Prepared
 from .schedule import Scheduler
 from .timer import PreciseTimer
-
-
-class Client(Protocol):
-    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class Sink(Protocol):

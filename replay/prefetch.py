@@ -10,6 +10,8 @@ loop waits at most about half a millisecond for the GIL when it needs it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,8 +40,6 @@ class Prefetch(Generic[T]):
         self._thread.start()
 
     def _fill(self) -> None:
-        from .results import background_priority
-
         background_priority()
         try:
             for item in self._it:
@@ -99,3 +99,11 @@ class Prefetch(Generic[T]):
         with self._cond:
             self._cond.notify_all()
         self._thread.join(5)
+
+
+def background_priority(niceness: int = 10) -> None:
+    """Lower this thread's CPU priority (Linux threads have their own nice value), so on a busy
+    machine the event loop thread, which keeps the schedule, gets the CPU first. (The plan thread
+    here and the results thread use it.)"""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)

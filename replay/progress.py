@@ -7,7 +7,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.live import Live
 
-from .engine import Progress
+from .settings import Progress
 
 
 def describe(p: Progress) -> str:

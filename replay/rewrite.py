@@ -19,16 +19,16 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from captures.errors import UserError
 from captures.redact import MARKER_RE
 from captures.schema import Headers
 
-from .plan import Request
+from .plan import Request, Shot
 
 HOP_BY_HOP = frozenset(
     {
@@ -314,3 +314,33 @@ def _per_copy(obj: dict[str, Any], extra: Mapping[str, Any]) -> bool:
             obj["prompt"] = f"[{salt}] {obj['prompt']}"
             return True
     return changed
+
+
+def mask_url(url: str) -> str:
+    """A URL with any user:password@ part replaced (run.json never holds credentials)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return url
+
+
+def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[Shot], Prepared]:
+    """Prepare each distinct recorded request once (loops and repeats reuse it)."""
+    cache: dict[tuple[tuple[str, int], int], Prepared] = {}
+
+    def prepare(shot: Shot) -> Prepared:
+        if shot.source is None or shot.extra.get("salt"):
+            return rewriter.prepare(shot.request, shot.extra)
+        key = (shot.source, shot.copy)
+        p = cache.get(key)
+        if p is None:
+            p = rewriter.prepare(shot.request, shot.extra)
+            if len(cache) >= maxsize:
+                del cache[next(iter(cache))]
+            cache[key] = p
+        return p
+
+    return prepare

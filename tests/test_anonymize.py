@@ -19,8 +19,9 @@ from captures.anonymize import anonymize
 from captures.errors import UserError
 from captures.reader import Capture
 from captures.testing import T0_NS, chat_record, http_record, write_capture
-from replay.engine import ReplayOptions, run_replay
-from replay.mock_gateway import running_gateway
+from replay.api import run_replay
+from replay.mock.gateway import running_gateway
+from replay.workload.replaying import ReplayOptions
 
 LOADTAPE = [sys.executable, "-c", "import cli; cli.main()"]
 # Words that occur nowhere in filler vocabularies, so finding one means it leaked.

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from faultserver import FaultServer
 
-from replay.client import FastClient
-from replay.client_aiohttp import AiohttpClient
-from replay.mock_gateway import GatewayConfig, MockGateway
-from replay.outcome import Outcome
+from replay.mock.gateway import GatewayConfig, MockGateway
 from replay.plan import Request
 from replay.rewrite import Rewriter, parse_target
+from replay.send.client import FastClient
+from replay.send.client_aiohttp import AiohttpClient
+from replay.send.outcome import Outcome
 
 CLIENTS = ["fast", "aiohttp"]
 

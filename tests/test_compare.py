@@ -15,8 +15,8 @@ from browser import CHROMIUM, open_page
 
 from captures.errors import UserError
 from captures.testing import T0_NS, chat_record, write_capture
-from replay.compare import bootstrap_diff, judge, parse_rule, proportion_diff, samples_needed
-from replay.mock_gateway import running_gateway
+from replay.decide.compare import bootstrap_diff, judge, parse_rule, proportion_diff, samples_needed
+from replay.mock.gateway import running_gateway
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 
@@ -156,9 +156,9 @@ def test_results_written_before_newer_columns_still_compare(tmp_path: Path) -> N
     """A results file without the columns added later (target, body_hash) reads them as nulls."""
     import pyarrow.parquet as pq
 
-    from replay.compare import DEFAULT_RULES, compare
-    from replay.results import Results
-    from replay.testing import make_results
+    from replay.decide.compare import DEFAULT_RULES, compare
+    from replay.measure.resultsdir import Results
+    from replay.mock.testing import make_results
 
     for name, seed in (("a", 1), ("b", 2)):
         make_results(tmp_path / name, n=100, seed=seed)

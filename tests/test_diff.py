@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from captures.testing import T0_NS, chat_record, http_record, write_capture
-from replay.diff import compare_sides, decoded_hash
-from replay.engine import ReplayOptions, run_replay
-from replay.mock_gateway import Faults, running_gateway
+from replay.api import run_replay
+from replay.decide.diff import compare_sides, decoded_hash
+from replay.mock.gateway import Faults, running_gateway
+from replay.workload.replaying import ReplayOptions
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 MS = 1_000_000

@@ -19,7 +19,8 @@ import pytest
 from faultserver import FaultServer
 
 from captures.testing import T0_NS, http_record, write_capture
-from replay.engine import ReplayOptions, run_replay
+from replay.api import run_replay
+from replay.workload.replaying import ReplayOptions
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 MS = 1_000_000

@@ -19,8 +19,8 @@ from captures.errors import UserError
 from captures.importers import BASE_NS, TRACE_HOST, ImportOptions, import_file
 from captures.importers.traces import parse_timestamp_ns
 from captures.reader import Capture
-from replay.engine import capture_source
 from replay.plan import PlanOptions, plan_replay
+from replay.workload.replaying import capture_source
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 AZURE = TRACES / "azure2023_AzureLLMInferenceTrace_code.csv"
@@ -74,7 +74,7 @@ def test_azure_slice_prompt_is_about_the_token_count(tmp_path: Path) -> None:
     head = b"".join(AZURE.read_bytes().splitlines(keepends=True)[:41])  # header + 40 rows
     (tmp_path / "slice.csv").write_bytes(head)
     import_file("azure", tmp_path / "slice.csv", tmp_path / "az", ImportOptions(model="m"))
-    from replay.makers import token_count
+    from captures.filler import token_count
 
     for r in rows(tmp_path / "az", ["req_body", "prompt_tokens", "stream"]):
         body = json.loads(r["req_body"])  # type: ignore[arg-type]
@@ -385,8 +385,9 @@ def test_bad_row_names_the_line(tmp_path: Path) -> None:
 def test_cli_import_then_replay_keeps_the_trace_spacing(tmp_path: Path) -> None:
     """The imported Azure trace replays at its recorded spacing (here 200x faster, 60 rows);
     the target is given, never taken from the trace."""
-    from replay.engine import ReplayOptions, run_replay
-    from replay.mock_gateway import running_gateway
+    from replay.api import run_replay
+    from replay.mock.gateway import running_gateway
+    from replay.workload.replaying import ReplayOptions
 
     head = b"".join(AZURE.read_bytes().splitlines(keepends=True)[:61])
     (tmp_path / "slice.csv").write_bytes(head)

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from captures import llm
-from replay.mock_gateway import (
+from replay.mock.gateway import (
     PROFILES,
     Faults,
     GatewayConfig,

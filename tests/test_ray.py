@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from captures.testing import T0_NS, chat_record, http_record, write_capture
-from replay.mock_gateway import running_gateway
-from replay.ray_backend import skew_warnings
-from replay.results import Results
+from replay.measure.resultsdir import Results
+from replay.mock.gateway import running_gateway
+from replay.scale.ray_backend import skew_warnings
 
 if not os.environ.get("LOADTAPE_REQUIRE_RAY"):
     pytest.importorskip("ray", reason="ray not installed (pip install 'loadtape[ray]')")

@@ -19,9 +19,10 @@ from faultserver import FaultServer
 
 from captures import hdr
 from captures.testing import T0_NS, chat_record, http_record, write_capture
-from replay.engine import ReplayOptions, run_replay
-from replay.mock_gateway import Faults, running_gateway
-from replay.results import Results
+from replay.api import run_replay
+from replay.measure.resultsdir import Results
+from replay.mock.gateway import Faults, running_gateway
+from replay.workload.replaying import ReplayOptions
 
 S = 1_000_000_000
 

@@ -17,10 +17,11 @@ from browser import CHROMIUM, open_page
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
-from replay.report import build, make
-from replay.report.hdrfiles import write_hgrm, write_hlog
-from replay.results import Results
-from replay.testing import Shape, make_results
+from replay.decide.report import build
+from replay.decide.report.hdrfiles import write_hgrm, write_hlog
+from replay.decide.reporting import make
+from replay.measure.resultsdir import Results
+from replay.mock.testing import Shape, make_results
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 SHAPES = (
@@ -43,7 +44,7 @@ def _portable(text: str, run_dir: Path) -> str:
 )
 def test_golden(run_dir: Path, fmt: str, name: str, golden: Callable[[str, str], None]) -> None:
     gates = ["latency.p95<400ms", "stream=stress:error_rate<1%", "ttft.p99<100ms", "goodput>=30/s"]
-    from replay.slo import parse_gates
+    from replay.decide.slo import parse_gates
 
     text, rows = make(Results.open(run_dir), fmt, None, parse_gates(gates))
     assert rows is not None and [r["pass"] for r in rows] == [True, True, False, True]
@@ -178,7 +179,7 @@ needs_chromium = pytest.mark.skipif(
 
 @needs_chromium
 def test_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    from replay.slo import parse_gates
+    from replay.decide.slo import parse_gates
 
     html = tmp_path / "report.html"
     html.write_text(make(Results.open(run_dir), "html", None, parse_gates(["latency.p99<1s"]))[0])

@@ -15,11 +15,13 @@ import pytest
 
 from captures.errors import UserError
 from captures.testing import T0_NS, chat_record, write_capture
-from replay.engine import RunSettings, StreamPlan, merged
-from replay.mock_gateway import running_gateway
+from replay.api import run_scenario
+from replay.mock.gateway import running_gateway
 from replay.plan import Request, Shot
 from replay.rewrite import Rewriter, parse_target
-from replay.scenario import ScenarioError, load, run_scenario
+from replay.settings import RunSettings, StreamPlan
+from replay.timeline import merged
+from replay.workload.scenario import ScenarioError, load
 
 S = 1_000_000_000
 LOADTAPE = [sys.executable, "-c", "import cli; cli.main()"]

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from captures.errors import UserError
-from replay.mock_gateway import running_gateway
-from replay.results import Results
-from replay.slo import Gate, evaluate, parse_gate
-from replay.testing import Shape, make_results
+from replay.decide.slo import Gate, evaluate, parse_gate
+from replay.measure.resultsdir import Results
+from replay.mock.gateway import running_gateway
+from replay.mock.testing import Shape, make_results
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
 
 
 def test_verdicts_use_the_measured_values(results: Results) -> None:
-    from replay.report import build
+    from replay.decide.report import build
 
     rep = build(results, "stream")
     chat = next(g for g in rep["groups"] if g["key"]["stream"] == "chat")

@@ -15,8 +15,8 @@ from browser import CHROMIUM, open_page
 
 from captures.errors import UserError
 from captures.testing import T0_NS, chat_record, write_capture
-from replay.mock_gateway import running_gateway
-from replay.sweep import SweepOptions, ceiling, knee, parse_levels
+from replay.decide.sweep import SweepOptions, ceiling, knee, parse_levels
+from replay.mock.gateway import running_gateway
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from captures.arrivals import Arrival, offsets, parse_arrival, parse_dist, parse_mix
 from captures.errors import UserError
+from captures.filler import filler
 from captures.testing import T0_NS, chat_record, write_capture
-from replay.arrivals import Arrival, offsets, parse_arrival, parse_dist, parse_mix
-from replay.makers import PromptsMaker, SampleMaker, TemplateMaker, filler, load_sharegpt_prompts
 from replay.plan import Request, Shot
-from replay.synthetic import amplify, plan_synthetic
+from replay.workload.makers import PromptsMaker, SampleMaker, TemplateMaker, load_sharegpt_prompts
+from replay.workload.synthetic import amplify, plan_synthetic
 
 S = 1_000_000_000
 

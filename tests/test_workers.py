@@ -20,10 +20,12 @@ import pytest
 
 from captures import hdr
 from captures.testing import T0_NS, chat_record, http_record, write_capture
-from replay.engine import ReplayOptions, run_replay, session_shard, sharded
-from replay.mock_gateway import running_gateway
+from replay.api import run_replay
+from replay.measure.resultsdir import Results
+from replay.mock.gateway import running_gateway
 from replay.plan import Request, Shot
-from replay.results import Results
+from replay.timeline import session_shard, sharded
+from replay.workload.replaying import ReplayOptions
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 MS = 1_000_000

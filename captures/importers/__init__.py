@@ -11,7 +11,7 @@
 
 Real traffic (har, mitmproxy) goes through the same redaction and field parsing as a live
 capture. Trace rows carry token counts, not text: the prompt is filler of about that many tokens
-(see replay/makers.py for how tokens are counted) and `max_tokens` is the output length; the
+(see captures/filler.py for how tokens are counted) and `max_tokens` is the output length; the
 recorded prompt/completion token counts are the trace's. Timestamps keep their exact spacing,
 many requests in the same millisecond included; traces with relative times start at
 2025-01-01T00:00:00Z.
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from captures.errors import UserError
+from captures.filler import filler
 from captures.schema import Record
 from captures.writer import CaptureWriter
 
@@ -176,8 +177,6 @@ def _import(
 
 def block_text(block_id: int, tokens: int = 512) -> str:
     """The deterministic text of one 512-token prefix block (Mooncake hash_ids)."""
-    from replay.makers import filler
-
     return filler(tokens, random.Random(block_id * 2_654_435_761 % (2**32)))
 
 

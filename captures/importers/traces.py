@@ -11,7 +11,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from captures.arrivals import offsets as arrival_offsets
+from captures.arrivals import parse_arrival, parse_dist
 from captures.errors import UserError
+from captures.filler import filler
 from captures.schema import Record
 
 from . import BASE_NS, ImportOptions, ImportSummary, block_text, trace_request
@@ -85,8 +88,6 @@ def _int(path: Path, line: int, name: str, value: str) -> int:
 
 
 def _prompt(tokens: int, seed: int) -> str:
-    from replay.makers import filler
-
     return filler(tokens, random.Random(seed))
 
 
@@ -190,9 +191,6 @@ def mooncake_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> It
 
 def sharegpt_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterator[Record]:
     """First user turns, at the times of an arrival process (--arrival, required)."""
-    from replay.arrivals import offsets as arrival_offsets
-    from replay.arrivals import parse_arrival, parse_dist
-
     if not opts.arrival:
         raise UserError(
             "sharegpt import needs --arrival (e.g. poisson:rate=5): ShareGPT has no times"

@@ -1,0 +1,77 @@
+"""The library's front door for a run: `run_replay` (the `replay` command) and `run_scenario`
+(`run`) build their streams and run them in this process, or, with `--workers N` or `--ray`, as
+shards on local worker processes or Ray actors. Sweeps and the demo come through here too."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from replay.scale.ray_backend import run_on_ray
+from replay.scale.shards import Job
+from replay.scale.workers import run_workers
+from replay.workload.replaying import ReplayOptions, build_replay
+from replay.workload.scenario import load
+
+from .runner import run_streams
+from .settings import Progress, RunSettings, RunSummary
+
+
+def run_replay(
+    opts: ReplayOptions,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    install_signals: bool = True,
+) -> RunSummary:
+    """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
+    one target or, the same plan, to each of several; on `--workers N` processes."""
+    settings = opts.settings()
+    if settings.sharded:
+        build_replay(opts)  # bad options fail here, once, before any worker starts
+        return run_sharded(
+            Job("replay", opts),
+            settings,
+            on_progress=on_progress,
+            install_signals=install_signals,
+            rate_hint=opts.rate,
+        )
+    streams, info = build_replay(opts)
+    return run_streams(
+        streams,
+        settings,
+        run_info=info,
+        on_progress=on_progress,
+        install_signals=install_signals,
+    )
+
+
+def run_scenario(
+    path: str | Path, settings: RunSettings, *, target: str | None = None, **kw: Any
+) -> RunSummary:
+    streams = load(path, target=target)  # checks the file before any worker starts
+    if settings.sharded:
+        return run_sharded(Job("scenario", (str(path), target)), settings, **kw)
+    return run_streams(streams, settings, run_info={"scenario": str(Path(path).resolve())}, **kw)
+
+
+def run_sharded(
+    job: Job,
+    settings: RunSettings,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    install_signals: bool = True,
+    rate_hint: float | None = None,
+) -> RunSummary:
+    """A run split into shards: Ray actors with --ray, else local worker processes."""
+    settings.validate()
+    if settings.ray:
+        return run_on_ray(
+            job,
+            settings,
+            settings.ray,
+            on_progress=on_progress,
+            install_signals=install_signals,
+            rate_hint=rate_hint,
+        )
+    return run_workers(job, settings, on_progress=on_progress, install_signals=install_signals)

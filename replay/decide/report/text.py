@@ -1,0 +1,226 @@
+"""Text (vegeta-like, for a terminal or a log) and markdown (for a CI step summary) reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replay.measure.metrics import METRICS
+
+METRIC_TITLES = {
+    "latency": "latency",
+    "service": "service",
+    "ttfb": "ttfb",
+    "ttft": "ttft",
+    "itl": "itl",
+    "tpot": "tpot",
+    "lag": "lag",
+}
+STATS = ("p50", "p90", "p95", "p99", "p99.9", "max", "mean")
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 1000:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def fmt_pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+SUMMARY_HEADER = (
+    "group",
+    "n",
+    "ok",
+    "exp",
+    "fail",
+    "err",
+    "sched/s",
+    "req/s",
+    "goodput",
+    "lat p50",
+    "lat p95",
+    "lat p99",
+    "lat max",
+    "ttft p50",
+    "ttft p99",
+    "itl p50",
+    "tok/s",
+)
+
+
+def summary_row(g: dict[str, Any]) -> list[str]:
+    """A group's row of the summary table (markdown and html), in SUMMARY_HEADER's order."""
+    lat, ttft, itl = (g["metrics"][m] for m in ("latency", "ttft", "itl"))
+    return [
+        g["label"],
+        str(g["count"]),
+        str(g["ok"]),
+        str(g["expected"]),
+        str(g["failed"]),
+        fmt_pct(g["error_rate"]),
+        fmt_rate(g["scheduled_rate"]),
+        fmt_rate(g["throughput"]),
+        fmt_rate(g["goodput"]),
+        fmt_ms(lat["p50"]),
+        fmt_ms(lat["p95"]),
+        fmt_ms(lat["p99"]),
+        fmt_ms(lat["max"]),
+        fmt_ms(ttft["p50"]),
+        fmt_ms(ttft["p99"]),
+        fmt_ms(itl["p50"]),
+        fmt_rate(g["tokens_per_s"]),
+    ]
+
+
+def percentile_rows(g: dict[str, Any]) -> list[list[str]]:
+    """metric, n and STATS for each timing metric a group has values of."""
+    return [
+        [m, str(g["metrics"][m]["count"]), *(fmt_ms(g["metrics"][m][s]) for s in STATS)]
+        for m in METRICS
+        if g["metrics"][m]["count"]
+    ]
+
+
+def with_total(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The groups, and an "all" group when there are several."""
+    total = [{**report["total"], "label": "all"}] if len(report["groups"]) > 1 else []
+    return [*report["groups"], *total]
+
+
+def headline(report: dict[str, Any]) -> str:
+    run, t = report["run"], report["total"]
+    c = run.get("counts") or {}
+    sent = c.get("sent", t["count"])
+    line = (
+        f"{sent} requests in {run.get('duration_s') or 0:.2f} s "
+        f"({run.get('mode') or 'open'} loop): "
+        f"achieved {fmt_rate(run.get('achieved_rate'))} req/s"
+    )
+    if run.get("scheduled_rate"):
+        line += f", scheduled {fmt_rate(run['scheduled_rate'])} req/s"
+    return line + f"; ok {t['ok']}, expected {t['expected']}, failed {t['failed']}"
+
+
+def notes(report: dict[str, Any]) -> list[str]:
+    run = report["run"]
+    c = run.get("counts") or {}
+    out = []
+    if run.get("interrupted"):
+        out.append("interrupted: the run was stopped early; figures cover what was measured")
+    if c.get("unsent"):
+        out.append("unsent: " + ", ".join(f"{k} {v}" for k, v in sorted(c["unsent"].items())))
+    if c.get("skipped"):
+        out.append("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(c["skipped"].items())))
+    if c.get("redacted_values_dropped"):
+        out.append(f"redacted values not sent: {c['redacted_values_dropped']}")
+    if report["out_of_range"]:
+        out.append(
+            "out of histogram range (not in percentiles): "
+            + ", ".join(f"{k} {v}" for k, v in report["out_of_range"].items())
+        )
+    targets = run.get("targets") or {}
+    if targets:
+        out.append("targets: " + ", ".join(f"{k}={v}" for k, v in sorted(targets.items())))
+    elif run.get("target"):
+        out.append(f"target: {run['target']}")
+    return out
+
+
+def _group_text(g: dict[str, Any]) -> list[str]:
+    lines = [f"== {g['label']}"]
+    lines.append(
+        f"  requests  {g['count']}  ok {g['ok']}  expected {g['expected']}  failed {g['failed']}"
+        f"  error rate {fmt_pct(g['error_rate'])}"
+    )
+    lines.append(
+        f"  rate/s    scheduled {fmt_rate(g['scheduled_rate'])}  throughput "
+        f"{fmt_rate(g['throughput'])}  goodput {fmt_rate(g['goodput'])}  tokens "
+        f"{fmt_rate(g['tokens_per_s'])}"
+    )
+    if g["statuses"]:
+        lines.append("  statuses  " + ", ".join(f"{k} {v}" for k, v in g["statuses"].items()))
+    if g["errors"]:
+        lines.append("  failures  " + ", ".join(f"{k} {v}" for k, v in g["errors"].items()))
+    head = f"  {'ms':<9}{'n':>8}" + "".join(f"{s:>10}" for s in STATS)
+    lines.append(head)
+    for m in METRICS:
+        st = g["metrics"][m]
+        if not st["count"]:
+            continue
+        lines.append(
+            f"  {METRIC_TITLES[m]:<9}{st['count']:>8}"
+            + "".join(f"{fmt_ms(st[s]):>10}" for s in STATS)
+        )
+    return lines
+
+
+def render_text(report: dict[str, Any], slo: list[dict[str, Any]] | None = None) -> str:
+    lines = [headline(report)]
+    lines += [f"  {n}" for n in notes(report)]
+    lines.append(
+        "  (ms; latency from the intended send time, service from the actual send, "
+        "lag = actual - intended)"
+    )
+    for g in with_total(report):
+        lines.append("")
+        lines += _group_text(g)
+    if slo:
+        lines.append("")
+        lines += slo_text(slo)
+    return "\n".join(lines) + "\n"
+
+
+def slo_text(slo: list[dict[str, Any]]) -> list[str]:
+    width = max(len(r["expr"]) for r in slo)
+    out = ["SLO"]
+    for r in slo:
+        verdict = "PASS" if r["pass"] else "FAIL"
+        out.append(f"  {verdict}  {r['expr']:<{width}}  measured {r['measured_text']}")
+    failed = sum(1 for r in slo if not r["pass"])
+    out.append(f"  {len(slo) - failed} passed, {failed} failed")
+    return out
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |"]
+    out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def render_markdown(report: dict[str, Any], slo: list[dict[str, Any]] | None = None) -> str:
+    lines = ["## loadtape report", "", headline(report), ""]
+    lines += [f"- {n}" for n in notes(report)]
+    if slo:
+        failed = sum(1 for r in slo if not r["pass"])
+        lines += ["", f"### SLO: {len(slo) - failed} passed, {failed} failed", ""]
+        lines += _md_table(
+            ["gate", "result", "measured"],
+            [
+                [f"`{r['expr']}`", "✅ pass" if r["pass"] else "❌ FAIL", r["measured_text"]]
+                for r in slo
+            ],
+        )
+    groups = with_total(report)
+    lines += ["", "### Summary (ms, rates per second)", ""]
+    sched = SUMMARY_HEADER.index("sched/s")  # left out here: the table is wide enough
+    lines += _md_table(
+        [h for k, h in enumerate(SUMMARY_HEADER) if k != sched],
+        [[c for k, c in enumerate(summary_row(g)) if k != sched] for g in groups],
+    )
+    for g in groups:
+        lines += ["", f"<details><summary>{g['label']}: percentiles</summary>", ""]
+        lines += _md_table(["metric", "n", *STATS], percentile_rows(g))
+        if g["errors"]:
+            lines += ["", "failures: " + ", ".join(f"{k} {v}" for k, v in g["errors"].items())]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,204 @@
+"""`loadtape demo`: the whole loop on an embedded default, on loopback only.
+
+1. start the mock gateway (its own process) on a free port;
+2. put the capture proxy (mitmdump + the capture addon) in front of it;
+3. drive a built-in workload through the proxy for about 10 s: several sessions holding
+   multi-turn conversations, streamed and plain chat completions, two models of different speed,
+   varied message lengths, a little non-LLM traffic, and an API key in every request (which the
+   capture redacts);
+4. stop the proxy (flush, compact), summarize the capture;
+5. replay it at 1x and 5x against the mock gateway and print both summaries.
+
+Files go under ./loadtape-demo/ (recreated on each run, and only if it is a demo directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from captures import inspect as insp
+from captures.errors import UserError
+from captures.reader import Capture
+from captures.testing import words
+from proxy_addons.launch import CaptureConfig, CaptureProcess, describe_status
+from replay.api import run_replay
+from replay.decide.reporting import make
+from replay.measure.resultsdir import Results
+from replay.settings import RunSummary
+from replay.workload.replaying import ReplayOptions
+
+MARKER = ".loadtape-demo"
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+
+    @property
+    def capture(self) -> Path:
+        return self.root / "capture"
+
+    def run(self, speed: float) -> Path:
+        return self.root / f"replay-{speed:g}x"
+
+
+def prepare_dir(root: Path) -> DemoPaths:
+    if root.exists():
+        if not (root / MARKER).exists():
+            raise UserError(
+                f"{root} exists and is not a loadtape demo directory; move it or use --dir"
+            )
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / MARKER).write_text("created by loadtape demo; removed and recreated by the next one\n")
+    return DemoPaths(root)
+
+
+def start_gateway(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    fh = open(log, "wb")  # noqa: SIM115 - the gateway's log for as long as it runs
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import cli; cli.main()", "mock-gateway", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=fh,
+    )
+    fh.close()
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("mock gateway listening on "):
+        proc.kill()
+        raise UserError(f"the mock gateway did not start: {line or log.read_text()[-300:]}")
+    return proc, line.split()[-1]
+
+
+async def workload(base: str, seconds: float, sessions: int, seed: int = 7) -> dict[str, int]:
+    """Virtual users through the proxy: conversations with think time between turns."""
+    rng = random.Random(seed)
+    counts = {"requests": 0, "streamed": 0, "errors": 0}
+    deadline = time.monotonic() + seconds
+
+    async def user(u: int, s: aiohttp.ClientSession) -> None:
+        r = random.Random(rng.random())
+        model = "small" if r.random() < 0.7 else "large"
+        sid = f"demo-session-{u}"
+        history: list[dict[str, str]] = [{"role": "system", "content": "You are a test assistant."}]
+        while time.monotonic() < deadline:
+            if r.random() < 0.1:
+                async with s.get("/v1/models") as resp:
+                    await resp.read()
+                counts["requests"] += 1
+            history.append({"role": "user", "content": words(r, r.randint(5, 120))})
+            stream = r.random() < 0.6
+            body = {
+                "model": model,
+                "messages": history[-9:],
+                "stream": stream,
+                "max_tokens": r.choice([8, 16, 32, 48]),
+                "user": f"user-{u}",
+            }
+            if stream:
+                body["stream_options"] = {"include_usage": True}
+            headers = {
+                "X-Session-Id": sid,
+                "Authorization": f"Bearer sk-demo-key-{u:04d}-not-a-real-secret",
+            }
+            try:
+                async with s.post("/v1/chat/completions", json=body, headers=headers) as resp:
+                    data = await resp.read()
+                counts["requests"] += 1
+                counts["streamed"] += stream
+                text = "ok" if stream else json.loads(data)["choices"][0]["message"]["content"]
+                history.append({"role": "assistant", "content": text[:200]})
+            except (aiohttp.ClientError, ValueError, KeyError):
+                counts["errors"] += 1
+            await asyncio.sleep(min(r.expovariate(1 / 0.6), 2.0))
+
+    async with aiohttp.ClientSession(base) as s:
+        await asyncio.gather(*(user(u, s) for u in range(sessions)))
+    return counts
+
+
+def run_demo(
+    root: Path,
+    *,
+    seconds: float = 10.0,
+    sessions: int = 12,
+    speeds: tuple[float, ...] = (1.0, 5.0),
+    say: Callable[[str], None] = print,
+    show: Callable[[RunSummary], None] | None = None,
+) -> list[RunSummary]:
+    paths = prepare_dir(root)
+    say(f"loadtape demo: files under {root}/")
+    gw, gw_url = start_gateway(root / "mock-gateway.log")
+    runs: list[RunSummary] = []
+    try:
+        say(f"1/4 mock gateway on {gw_url} (models: small = fast local, large = slow cloud)")
+        cfg = CaptureConfig(
+            out=paths.capture.resolve(),
+            upstream=gw_url,
+            listen_port=0,
+            options={"capture_redaction_key_file": str((root / "redaction.key").resolve())},
+        )
+        proxy = CaptureProcess(cfg).start()
+        say(f"2/4 capture proxy on {proxy.url} -> {gw_url}")
+        say(f"    driving {sessions} sessions (conversations) through it for {seconds:g} s")
+        t0 = time.monotonic()
+        counts = asyncio.run(workload(proxy.url, seconds, sessions))
+        final = proxy.stop()
+        say(
+            f"    sent {counts['requests']} requests ({counts['streamed']} streamed) in "
+            f"{time.monotonic() - t0:.1f} s; proxy: {describe_status(final)}"
+        )
+        summary = insp.summarize(Capture(paths.capture))
+        say("3/4 the capture:")
+        for line in insp.render_text(summary).splitlines():
+            say("    " + line)
+        for i, speed in enumerate(speeds):
+            say(f"{4 + i}/{3 + len(speeds)} replay at {speed:g}x against the mock gateway")
+            r = run_replay(
+                ReplayOptions(
+                    capture=str(paths.capture),
+                    target=gw_url,
+                    out=str(paths.run(speed)),
+                    speed=speed,
+                    sessions="ordered",
+                ),
+                install_signals=False,
+            )
+            runs.append(r)
+            if show is not None:
+                show(r)
+            html_path = paths.run(speed) / "report.html"
+            html_path.write_text(
+                make(Results(r.out_dir, r.run, r.metrics), "html")[0], encoding="utf-8"
+            )
+            say(f"    report: {html_path} (open it in a browser; no network needed)")
+            if speed > 1:
+                say(
+                    f"    at {speed:g}x the think time between turns shrinks but answers do not: "
+                    "with --sessions ordered a conversation's next turn waits for the previous "
+                    "answer, so slow models show schedule lag (lag p99) instead of hiding it."
+                )
+    finally:
+        gw.terminate()
+        try:
+            gw.wait(10)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+        if gw.stdout is not None:
+            gw.stdout.close()
+    say(
+        f"done: capture in {paths.capture}, results in "
+        + ", ".join(str(paths.run(s)) for s in speeds)
+    )
+    return runs

@@ -1,0 +1,51 @@
+"""Routing sends to targets: one client per target (the fast sender, or aiohttp with `--client
+aiohttp`), and a router that gives each prepared request to its target's client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from replay.rewrite import Prepared, Target
+
+from .outcome import Outcome
+
+
+class Client(Protocol):
+    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def make_client(
+    kind: str, target: Target, *, max_in_flight: int, timeout: float, insecure: bool
+) -> Client:
+    if kind == "fast":
+        from .client import FastClient
+
+        return FastClient(target, timeout=timeout, insecure=insecure)
+    from .client_aiohttp import AiohttpClient
+
+    return AiohttpClient(target, workers=max_in_flight, timeout=timeout, insecure=insecure)
+
+
+class Router:
+    """One client per target; a prepared request goes to its target's client."""
+
+    def __init__(self, clients: dict[Target, Client]) -> None:
+        self.clients = clients
+
+    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None:
+        self.clients[req.target].submit(req, done)
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            await c.close()
+
+    @property
+    def connects(self) -> int:
+        return sum(getattr(c, "connects", 0) for c in self.clients.values())
+
+    @property
+    def resends(self) -> int:
+        return sum(getattr(c, "resends", 0) for c in self.clients.values())

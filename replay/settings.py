@@ -1,0 +1,105 @@
+"""What a run is made of and what it gives back: the streams (`StreamPlan`, built by the
+workloads), the settings of the run (`RunSettings`), progress snapshots for the live line and the
+summary of a finished run. Shared by the workloads that build streams, the runner that runs them
+and the scale-out backends that shard them; none of them imports another for these."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from captures.errors import UserError
+from replay.measure.metrics import Metrics
+from replay.measure.results import Expect
+
+from . import plan as planmod
+from .dispatch import DispatchStats
+from .rewrite import Rewriter
+
+
+@dataclass
+class StreamPlan:
+    """One stream of a run: its shots (in offset order), how to rewrite them, what is expected."""
+
+    name: str
+    shots: Iterable[planmod.Shot]
+    rewriter: Rewriter
+    expect: Expect = field(default_factory=Expect)
+    stats: planmod.PlanStats | None = None
+    describe: dict[str, Any] = field(default_factory=dict)  # for run.json
+
+
+@dataclass
+class RunSettings:
+    out: str | None = None
+    concurrency: int | None = None  # closed loop
+    max_in_flight: int = 1000
+    sessions: str = "none"
+    requests: int | None = None  # stop after this many shots
+    timeout_s: float = 60.0
+    client: str = "fast"
+    insecure: bool = False
+    spin_ms: float = 1.5
+    workers: int = 1  # local worker processes (replay/workers.py shards the plan)
+    ray: str | None = None  # a Ray cluster's address ("auto", "local", host:port): actors
+    # set by the worker runner for one shard: (index, count), the result part, the start instant
+    shard: tuple[int, int] | None = None
+    part: str | None = None
+    start_wall_ns: int | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.workers > 1 or bool(self.ray)
+
+    @property
+    def closed(self) -> bool:
+        return self.concurrency is not None
+
+    def validate(self) -> None:
+        if self.sessions not in ("none", "ordered"):
+            raise UserError(f"--sessions {self.sessions!r}: want ordered or none")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise UserError("--concurrency must be >= 1")
+        if self.max_in_flight < 1:
+            raise UserError("--max-in-flight must be >= 1")
+        if self.requests is not None and self.requests < 1:
+            raise UserError("--requests must be >= 1")
+        if self.timeout_s <= 0:
+            raise UserError("--timeout must be > 0")
+        if self.client not in ("fast", "aiohttp"):
+            raise UserError(f"--client {self.client!r}: want fast or aiohttp")
+        if self.workers < 1:
+            raise UserError("--workers must be >= 1")
+
+
+@dataclass
+class Progress:
+    """A snapshot for the live line."""
+
+    elapsed_s: float
+    scheduled_s: float
+    planned: int | None
+    sent: int
+    ok: int
+    expected: int
+    failed: int
+    in_flight: int
+    rate: float
+    p99_ms: float | None
+    lag_p99_ms: float | None
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    metrics: Metrics
+    run: dict[str, Any]
+    dispatch: DispatchStats
+    interrupted: bool
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")

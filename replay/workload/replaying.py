@@ -1,0 +1,327 @@
+"""The replay stream: a capture's requests at their recorded timing (windowed, scaled, looped,
+re-paced to a constant rate, amplified), and `loadtape replay`'s options, which make one such
+stream per target plus any `--synthetic` stress streams sampling the same capture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from captures.arrivals import arrival_from, parse_kv
+from captures.errors import CaptureError, UserError
+from captures.reader import Capture, RowFilter
+from captures.schema import Record
+from captures.units import parse_duration
+from replay import plan as planmod
+from replay.measure.results import Expect
+from replay.rewrite import (
+    Rewriter,
+    Target,
+    mask_url,
+    parse_header_args,
+    parse_model_map,
+    parse_target,
+    parse_targets,
+    scoped,
+)
+from replay.settings import RunSettings, StreamPlan
+
+from .makers import SampleMaker
+from .synthetic import amplify as amplify_shots
+from .synthetic import plan_synthetic
+
+
+def capture_source(
+    cap: Capture, filt: RowFilter | None
+) -> Callable[[int, int | None], Iterable[Record]]:
+    base = filt or RowFilter()
+
+    def source(lo: int, hi: int | None) -> Iterator[Record]:
+        start = lo if base.start_ns is None else max(lo, base.start_ns)
+        if base.end_ns is None or hi is None:
+            end = hi if base.end_ns is None else base.end_ns
+        else:
+            end = min(hi, base.end_ns)
+        f = RowFilter(
+            methods=base.methods,
+            path_globs=base.path_globs,
+            models=base.models,
+            statuses=base.statuses,
+            start_ns=start,
+            end_ns=end,
+        )
+        # small batches: building a batch's Python rows holds the GIL for the whole batch
+        return cap.rows(planmod.PLAN_COLUMNS, f, batch_size=128)
+
+    return source
+
+
+@dataclass
+class ReplayOptions:
+    capture: str
+    target: str | list[str]  # a URL, or NAME=URL items for several targets
+    out: str | None = None
+    speed: float = 1.0
+    from_s: float = 0.0
+    to_s: float | None = None
+    duration_s: float | None = None
+    loops: int = 1
+    sessions: str = "none"  # none | ordered
+    concurrency: int | None = None  # closed loop with N workers
+    requests: int | None = None  # stop after this many shots (loops the capture as needed)
+    max_in_flight: int = 1000
+    timeout_s: float = 60.0
+    headers: list[str] = field(default_factory=list)
+    model_map: list[str] = field(default_factory=list)
+    expect_status: str = ""
+    filt: RowFilter | None = None
+    client: str = "fast"  # fast | aiohttp
+    insecure: bool = False
+    keep_host: bool = False
+    spin_ms: float = 1.5
+    stream: str = "replay"
+    amplify: float = 1.0
+    amplify_mode: str = "spread"
+    salt_prompts: bool = False
+    seed: int = 0
+    synthetic: list[str] = field(default_factory=list)  # --synthetic specs
+    env: dict[str, str] | None = None
+    rate: float | None = None  # constant rate, recorded order (instead of recorded timing)
+    workers: int = 1
+    ray: str | None = None
+
+    def settings(self) -> RunSettings:
+        return RunSettings(
+            out=self.out,
+            concurrency=self.concurrency,
+            max_in_flight=self.max_in_flight,
+            sessions=self.sessions,
+            requests=self.requests,
+            timeout_s=self.timeout_s,
+            client=self.client,
+            insecure=self.insecure,
+            spin_ms=self.spin_ms,
+            workers=self.workers,
+            ray=self.ray,
+        )
+
+
+def make_rewriter(
+    target: str | Target,
+    headers: list[str],
+    model_map: list[str],
+    keep_host: bool,
+    env: dict[str, str] | None = None,
+) -> Rewriter:
+    set_headers, remove_headers = parse_header_args(headers, env)
+    return Rewriter(
+        parse_target(target) if isinstance(target, str) else target,
+        set_headers=set_headers,
+        remove_headers=remove_headers,
+        model_map=parse_model_map(model_map),
+        keep_host=keep_host,
+    )
+
+
+def replay_stream(
+    name: str,
+    capture: str,
+    rewriter: Rewriter,
+    *,
+    speed: float = 1.0,
+    from_s: float = 0.0,
+    to_s: float | None = None,
+    duration_s: float | None = None,
+    loops: int = 1,
+    filt: RowFilter | None = None,
+    amplify: float = 1.0,
+    amplify_mode: str = "spread",
+    salt_prompts: bool = False,
+    seed: int = 0,
+    start_s: float = 0.0,
+    expect: Expect | None = None,
+    rate: float | None = None,
+) -> StreamPlan:
+    """A replay stream: the capture's window, scaled, looped, amplified, starting at start_s."""
+    popts = planmod.PlanOptions(
+        speed=speed, start_s=from_s, end_s=to_s, duration_s=duration_s, loops=loops, stream=name
+    )
+    try:
+        popts.validate()
+        if amplify < 1:
+            raise ValueError(f"--amplify must be >= 1, got {amplify}")
+        if amplify_mode not in ("spread", "burst"):
+            raise ValueError(f"--amplify-mode must be spread or burst, got {amplify_mode!r}")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cap = Capture(capture)
+    span = cap.time_span()
+    if span is None:
+        raise CaptureError(f"{capture}: the capture holds no requests")
+    stats = planmod.PlanStats()
+    shots: Iterable[planmod.Shot] = planmod.plan_replay(
+        capture_source(cap, filt), span[0], popts, stats
+    )
+    if rate is not None:
+        if not rate > 0:
+            raise UserError(f"--rate must be > 0, got {rate}")
+        shots = planmod.paced(shots, rate)
+    if amplify > 1:
+        shots = amplify_shots(shots, amplify, mode=amplify_mode, seed=seed, salt=salt_prompts)
+    if start_s:
+        shots = _shifted(shots, round(start_s * 1e9))
+    return StreamPlan(
+        name,
+        shots,
+        rewriter,
+        expect or Expect(),
+        stats,
+        describe={
+            "kind": "replay",
+            "capture": str(Path(capture).resolve()),
+            "capture_id": cap.capture_id,
+            "speed": speed,
+            "rate": rate,
+            "loops": loops,
+            "amplify": amplify,
+            "start_s": start_s,
+        },
+    )
+
+
+def _shifted(shots: Iterable[planmod.Shot], by_ns: int) -> Iterator[planmod.Shot]:
+    for s in shots:
+        s.offset_ns += by_ns
+        yield s
+
+
+def build_replay(opts: ReplayOptions) -> tuple[list[StreamPlan], dict[str, Any]]:
+    """The streams of a replay and what run.json says of it (no traffic, no clock)."""
+    targets = parse_targets([opts.target] if isinstance(opts.target, str) else opts.target)
+    names = [t.name for t in targets if t.name]
+    headers, headers_for = scoped(opts.headers, names)
+    model_map, model_map_for = scoped(opts.model_map, names)
+    expect = Expect.parse(opts.expect_status)
+    loops = opts.loops if opts.requests is None else 10**9
+    window_s = _replay_window_s(opts) if opts.synthetic else 0.0
+    streams = []
+    for t in targets:
+        rewriter = make_rewriter(
+            t,
+            headers + headers_for.get(t.name, []),
+            model_map + model_map_for.get(t.name, []),
+            opts.keep_host,
+            opts.env,
+        )
+        streams.append(
+            replay_stream(
+                opts.stream,
+                opts.capture,
+                rewriter,
+                speed=opts.speed,
+                from_s=opts.from_s,
+                to_s=opts.to_s,
+                duration_s=opts.duration_s,
+                loops=loops,
+                filt=opts.filt,
+                amplify=opts.amplify,
+                amplify_mode=opts.amplify_mode,
+                salt_prompts=opts.salt_prompts,
+                seed=opts.seed,
+                expect=expect,
+                rate=opts.rate,
+            )
+        )
+        if opts.synthetic:
+            for i, spec in enumerate(opts.synthetic):
+                streams.append(
+                    synthetic_from_flag(
+                        spec, i, opts.capture, rewriter, expect, window_s, opts.seed
+                    )
+                )
+    info = {
+        "capture": {
+            "path": str(Path(opts.capture).resolve()),
+            "capture_id": Capture(opts.capture).capture_id,
+        },
+        "options": _public_options(opts),
+    }
+    return streams, info
+
+
+def _replay_window_s(opts: ReplayOptions) -> float:
+    """How long the replay stream runs (for a --synthetic stream without its own duration)."""
+    span = Capture(opts.capture).time_span()
+    length = (span[1] - span[0]) / 1e9 if span else 0.0
+    if opts.to_s is not None:
+        length = min(length, opts.to_s) - opts.from_s
+    elif opts.duration_s is not None:
+        length = opts.duration_s
+    else:
+        length -= opts.from_s
+    return max(length, 1.0) * opts.loops / opts.speed
+
+
+def _public_options(opts: ReplayOptions) -> dict[str, Any]:
+    """The run's options as recorded in run.json: header values never, only their names."""
+    d = asdict(opts)
+    d.pop("env", None)
+    d["target"] = (
+        mask_url(opts.target)
+        if isinstance(opts.target, str)
+        else [
+            f"{t.name}={mask_url(t.url)}" if t.name else mask_url(t.url)
+            for t in parse_targets(opts.target)
+        ]
+    )
+    d["headers"] = [
+        h.partition(":")[0].strip() + (": <set>" if h.partition(":")[2].strip() else ": <removed>")
+        for h in opts.headers
+    ]
+    d["filt"] = (
+        {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in asdict(opts.filt).items()}
+        if opts.filt
+        else None
+    )
+    return d
+
+
+def synthetic_from_flag(
+    spec: str,
+    i: int,
+    capture: str,
+    rewriter: Rewriter,
+    expect: Expect,
+    default_duration_s: float,
+    seed: int,
+) -> StreamPlan:
+    """`--synthetic 'poisson:rate=40[,duration=2m,start=30s,name=stress]'`: a stress stream that
+    samples the replayed capture (so it looks like the real traffic)."""
+    kind, params = parse_kv(spec)
+    name = params.pop("name", "synthetic" if i == 0 else f"synthetic-{i}")
+    try:
+        start = parse_duration(params.pop("start", "0"))
+        duration = parse_duration(params.pop("duration")) if "duration" in params else None
+    except ValueError as exc:
+        raise UserError(f"--synthetic {spec!r}: {exc}") from None
+    arrival = arrival_from({"process": kind, **params}, where=f"--synthetic {spec!r}")
+    if duration is None:
+        duration = arrival.natural_duration_s() or default_duration_s
+    shots = plan_synthetic(
+        arrival,
+        duration,
+        SampleMaker(capture, seed=seed + 1000 + i),
+        seed=seed + 1000 + i,
+        stream=name,
+        start_s=start,
+    )
+    return StreamPlan(
+        name,
+        shots,
+        rewriter,
+        expect,
+        None,
+        describe={"kind": "synthetic", "spec": spec, "start_s": start, "duration_s": duration},
+    )
