@@ -1,13 +1,17 @@
-"""loadtape command line: parses arguments and wires the library stages together, nothing more."""
+"""loadtape command line: parses arguments and wires the library stages together, nothing more.
+
+Options that several commands share are declared once, in groups: how a run sends (`replay`,
+`run`, `sweep`), what of a capture is replayed and how it is shaped (`replay`, `sweep`), and SLO
+gates (`replay`, `run`, `report`). A command takes the groups it needs, less what it sets itself.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,120 +20,153 @@ import click
 from captures.errors import UserError
 from captures.schema import LOADTAPE_VERSION
 
+Decorator = Callable[[Any], Any]
+PATH = click.Path(path_type=str)
+FORMATS = click.Choice(["text", "json", "markdown", "html"])
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"loadtape: error: {message}", err=True)
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(LOADTAPE_VERSION, prog_name="loadtape")
-def cli() -> None:
-    """Capture gateway traffic, replay it at 1x-10x, measure honestly, decide."""
+# -- option groups, each declared once -------------------------------------------------------------
+def _o(*decls: str, **kw: Any) -> tuple[str, Decorator]:
+    """An option and its parameter name (what `skip` names)."""
+    name = click.Option(list(decls), **kw).name
+    assert name is not None
+    return name, click.option(*decls, **kw)
 
 
-# -- inspect -----------------------------------------------------------------------------------
-@cli.command()
-@click.argument("capture", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(capture: str, as_json: bool) -> None:
-    """Summarize a capture: size, time span, rates, paths, models, statuses, tokens."""
-    from captures import inspect as insp
-    from captures.reader import Capture
+SEND = [  # how a run sends: replay, run, sweep
+    _o("--out", type=PATH, help="Results directory (default runs/<time>)."),
+    _o(
+        "--sessions",
+        type=click.Choice(["none", "ordered"]),
+        default="none",
+        help="ordered: a session's requests in recorded order, each after the last finished.",
+    ),
+    _o("--concurrency", type=int, default=None, help="Closed loop with N workers."),
+    _o(
+        "--requests",
+        type=int,
+        default=None,
+        help="Stop after N requests (a replay loops the capture as needed).",
+    ),
+    _o("--max-in-flight", default=1000, help="Open-loop in-flight bound."),
+    _o("--timeout", default="60s", help="Per-request timeout."),
+    _o("--client", type=click.Choice(["fast", "aiohttp"]), default="fast"),
+    _o("--insecure", is_flag=True, help="Do not verify the target's TLS certificate."),
+    _o("--quiet", "-q", is_flag=True, help="No live line."),
+    _o(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="Local worker processes (auto: one per core); sessions stay on one worker.",
+    ),
+    _o(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="Run the shards as Ray actors on a cluster (pip install 'loadtape[ray]'); "
+        "--workers sets how many (default: the cluster's CPUs).",
+    ),
+]
+CAPTURE = [  # what of a capture is replayed, and how it is shaped: replay, sweep
+    _o(
+        "--target",
+        required=True,
+        multiple=True,
+        help="Base URL to send to (never the captured host). Repeat as NAME=URL to send the same "
+        "plan to several targets; scope --header/--model-map with NAME:.",
+    ),
+    _o("--speed", default=1.0, help="Time scale: 5 = five times faster."),
+    _o(
+        "--rate",
+        type=float,
+        default=None,
+        help="Send the recorded requests in order at this constant rate (req/s) instead of their "
+        "recorded timing.",
+    ),
+    _o("--from", "from_", default=None, metavar="DUR", help="Start this far into the capture."),
+    _o("--to", default=None, metavar="DUR", help="End this far into the capture."),
+    _o("--duration", default=None, metavar="DUR", help="Window length from --from."),
+    _o("--loop", "loops", default=1, help="Replay the window N times."),
+    _o(
+        "--header",
+        "headers",
+        multiple=True,
+        metavar="'NAME: VALUE'",
+        help="Set a header (${VAR} from the environment); 'NAME:' removes it.",
+    ),
+    _o("--model-map", multiple=True, metavar="OLD=NEW", help="Rewrite the body's model."),
+    _o(
+        "--expect-status",
+        default="",
+        show_default=False,
+        metavar="LIST",
+        help="Statuses that are expected shedding, not failures (e.g. 503,429).",
+    ),
+    _o("--filter-method", multiple=True, help="Only these methods."),
+    _o("--filter-path", multiple=True, help="Only these path globs."),
+    _o("--filter-model", multiple=True, help="Only these models."),
+    _o("--filter-status", default=None, help="Only these recorded statuses (200,5xx,error)."),
+    _o("--keep-host", is_flag=True, help="Send the recorded Host header."),
+    _o(
+        "--amplify",
+        default=1.0,
+        help="Send each request F times (F >= 1; 2.5: twice, half of them thrice).",
+    ),
+    _o(
+        "--amplify-mode",
+        type=click.Choice(["spread", "burst"]),
+        default="spread",
+        help="Copies spread within the gap to the next request, or together.",
+    ),
+    _o(
+        "--salt-prompts",
+        is_flag=True,
+        help="Prefix each copy's prompt with a nonce (defeats prompt/prefix caches).",
+    ),
+    _o(
+        "--synthetic",
+        multiple=True,
+        metavar="SPEC",
+        help="Add a stress stream sampling the capture, e.g. 'poisson:rate=40,start=30s'.",
+    ),
+    _o("--seed", default=0, help="Seed for every random draw."),
+]
+GATES = [  # SLO gates on the results: replay, run, report
+    _o(
+        "--slo",
+        multiple=True,
+        metavar="GATE",
+        help="A gate on the results, e.g. 'latency.p95<500ms', 'stream=chat:error_rate<1%'; "
+        "exit 1 if one fails.",
+    ),
+    _o(
+        "--by",
+        default=None,
+        metavar="DIMS",
+        help="Group by some of stream,target,endpoint,model,status.",
+    ),
+]
 
-    summary = insp.summarize(Capture(capture))
-    if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2))
-    else:
-        click.echo(insp.render_text(summary))
+
+def options(*groups: list[tuple[str, Decorator]], skip: Iterable[str] = ()) -> Decorator:
+    """Apply option groups (in order) to a command, less the options it sets itself."""
+    left_out = set(skip)
+    chosen = [o for g in groups for name, o in g if name not in left_out]
+
+    def deco(f: Any) -> Any:
+        for o in reversed(chosen):
+            f = o(f)
+        return f
+
+    return deco
 
 
-# -- capture -----------------------------------------------------------------------------------
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.option("--upstream", help="Where the gateway is (reverse mode), e.g. http://127.0.0.1:8000.")
-@click.option(
-    "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT (port 0: any)."
-)
-@click.option("--out", required=True, type=click.Path(path_type=str), help="Capture directory.")
-@click.option(
-    "--mode", type=click.Choice(["reverse", "regular"]), default="reverse", show_default=True
-)
-@click.option(
-    "--body-limit", default="4m", show_default=True, help="Keep at most this much of a body."
-)
-@click.option(
-    "--session-key",
-    default="header:X-Session-Id,user,connection",
-    show_default=True,
-    help="Session key sources, first match wins: header:NAME, user, connection, none.",
-)
-@click.option("--redact-header", "redact_headers", multiple=True, help="Another header to redact.")
-@click.option(
-    "--on-error",
-    type=click.Choice(["continue", "stop"]),
-    default="continue",
-    show_default=True,
-    help="If the capture directory cannot be written: keep proxying, or stop.",
-)
-@click.option("--confdir", type=click.Path(path_type=str), help="mitmproxy conf dir (its CA).")
-@click.option("--duration", default=None, help="Stop after this long (e.g. 10m); default: Ctrl-C.")
-@click.option(
-    "--instance",
-    default="",
-    help="A name for this proxy when several write one --out (one per core behind a TCP "
-    "load balancer): its status and log files.",
-)
-@click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
-def capture(**opts: Any) -> None:
-    """Record gateway traffic through mitmproxy into a capture directory.
-
-    Extra arguments after `--` go to mitmdump as they are."""
-
-    from captures.units import parse_duration
-    from proxy_addons import launch
-
-    host, sep, port = opts["listen"].rpartition(":")
-    if not sep or not port.isdigit():
-        raise UserError(f"--listen {opts['listen']!r}: want HOST:PORT")
-    options = {
-        "capture_body_limit": opts["body_limit"],
-        "capture_session_key": opts["session_key"],
-        "capture_on_error": opts["on_error"],
-    }
-    if opts["redact_headers"]:
-        options["capture_redact_headers"] = ",".join(opts["redact_headers"])
-    try:
-        duration = parse_duration(opts["duration"]) if opts["duration"] else None
-    except ValueError as exc:
-        raise UserError(f"--duration: {exc}") from None
-    config = launch.CaptureConfig(
-        out=Path(opts["out"]).resolve(),
-        upstream=opts["upstream"],
-        mode=opts["mode"],
-        listen_host=host.strip("[]") or "127.0.0.1",
-        listen_port=int(port),
-        confdir=Path(opts["confdir"]).resolve() if opts["confdir"] else None,
-        options=options,
-        extra_args=list(opts["mitmdump_args"]),
-        instance=opts["instance"],
-    )
-    proc = launch.CaptureProcess(config).start()
-    click.echo(
-        f"capture proxy listening on {proc.url}  ->  {opts['upstream'] or '(regular proxy)'}",
-        err=True,
-    )
-    click.echo(f"recording into {config.out}  (proxy log: {proc.log_path})", err=True)
-    if opts["mode"] == "regular":
-        click.echo(f"for HTTPS, clients must trust mitmproxy's CA: {proc.ca_cert()}", err=True)
-    click.echo("Ctrl-C to stop", err=True)
-    final = launch.run_until_signal(proc, live=sys.stderr.isatty(), duration=duration)
-    click.echo(f"capture stopped: {launch.describe_status(final)}", err=True)
-    if final and final.get("notes"):
-        for note in final["notes"]:
-            click.echo(f"  journal: {note}", err=True)
-
-
-# -- replay ------------------------------------------------------------------------------------
+# -- what the groups' values become ----------------------------------------------------------------
 def _duration(value: str | None, flag: str) -> float | None:
     from captures.units import parse_duration
 
@@ -141,42 +178,17 @@ def _duration(value: str | None, flag: str) -> float | None:
         raise UserError(f"{flag}: {exc}") from None
 
 
-def _row_filter(opts: dict[str, Any]) -> Any:
-    from captures.reader import RowFilter, parse_status_spec
-
+def _percent(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    t = text.strip()
     try:
-        statuses = parse_status_spec(opts["filter_status"]) if opts["filter_status"] else None
-    except ValueError as exc:
-        raise UserError(f"--filter-status: {exc}") from None
-    return RowFilter(
-        methods=frozenset(m.upper() for m in opts["filter_method"]) or None,
-        path_globs=tuple(opts["filter_path"]) or None,
-        models=frozenset(opts["filter_model"]) or None,
-        statuses=statuses,
-    )
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        fail(f"{flag} {text!r}: want a percentage such as 5%")
 
 
-def workers_option() -> Callable[[Any], Any]:
-    def deco(f: Any) -> Any:
-        f = click.option(
-            "--ray",
-            default=None,
-            metavar="auto|ADDRESS",
-            help="Run the shards as Ray actors on a cluster (pip install 'loadtape[ray]'); "
-            "--workers sets how many (default: the cluster's CPUs).",
-        )(f)
-        return click.option(
-            "--workers",
-            default="1",
-            show_default=True,
-            metavar="N|auto",
-            help="Local worker processes (auto: one per core); sessions stay on one worker.",
-        )(f)
-
-    return deco
-
-
-def parse_workers(value: str) -> int:
+def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
         return os.cpu_count() or 1
     try:
@@ -188,227 +200,69 @@ def parse_workers(value: str) -> int:
     return n
 
 
-def gate_options() -> list[Any]:
-    return [
-        click.option(
-            "--slo",
-            multiple=True,
-            metavar="GATE",
-            help="A gate on the results, e.g. 'latency.p95<500ms', 'stream=chat:error_rate<1%'; "
-            "exit 1 if one fails.",
-        ),
-        click.option(
-            "--by",
-            default=None,
-            metavar="DIMS",
-            help="Group by some of stream,target,endpoint,model,status.",
-        ),
-    ]
-
-
-def slo_and_by(f: Any) -> Any:
-    for o in reversed(gate_options()):
-        f = o(f)
-    return f
-
-
-def parse_gates(opts: dict[str, Any]) -> Any:
-    """Gates are parsed before any traffic: a typo must not cost a run."""
-    from replay.decide.slo import parse_gates as parse
-
-    return parse(opts.get("slo") or ())
-
-
-def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
-    """The end of a run: the text report (and SLO table) on stdout; 130 if interrupted, 1 if a
-    gate failed."""
-    from replay.decide.reporting import make
-    from replay.measure.resultsdir import Results
-
-    text, rows = make(
-        Results(result.out_dir, result.run, result.metrics), "text", opts["by"], gates
-    )
-    click.echo(text, nl=False)
-    click.echo(f"results: {result.out_dir}", err=True)
-    for failure in result.run.get("worker_failures") or ():
-        click.echo(f"loadtape: error: {failure}", err=True)
-    if result.run.get("worker_failures"):
-        return 3  # a worker died: what it measured is in the results, the run is not whole
-    if result.interrupted:
-        return 130
-    return 1 if rows and not all(r["pass"] for r in rows) else 0
-
-
-def replay_options(f: Any) -> Any:
-    """Options shared by replay and the commands built on it."""
-    for o in reversed(_replay_option_list()):
-        f = o[1](f)
-    return f
-
-
-def replay_options_except(*names: str) -> Callable[[Any], Any]:
-    """replay's options without some (sweep sets concurrency, speed and rate per level)."""
-
-    def deco(f: Any) -> Any:
-        for name, o in reversed(_replay_option_list()):
-            if name not in names:
-                f = o(f)
-        return f
-
-    return deco
-
-
-def _replay_option_list() -> list[tuple[str, Any]]:
-    opts = [
-        click.option(
-            "--target",
-            required=True,
-            multiple=True,
-            help="Base URL to send to (never the captured host). Repeat as NAME=URL to send "
-            "the same plan to several targets; scope --header/--model-map with NAME:.",
-        ),
-        click.option(
-            "--out", type=click.Path(path_type=str), help="Results directory (default runs/<time>)."
-        ),
-        click.option(
-            "--speed", default=1.0, show_default=True, help="Time scale: 5 = five times faster."
-        ),
-        click.option(
-            "--from", "from_", default=None, metavar="DUR", help="Start this far into the capture."
-        ),
-        click.option("--to", default=None, metavar="DUR", help="End this far into the capture."),
-        click.option("--duration", default=None, metavar="DUR", help="Window length from --from."),
-        click.option(
-            "--loop", "loops", default=1, show_default=True, help="Replay the window N times."
-        ),
-        click.option(
-            "--sessions",
-            type=click.Choice(["none", "ordered"]),
-            default="none",
-            show_default=True,
-            help="ordered: a session's requests in recorded order, each after the last finished.",
-        ),
-        click.option("--concurrency", type=int, default=None, help="Closed loop with N workers."),
-        click.option(
-            "--requests", type=int, default=None, help="Stop after N requests (loops as needed)."
-        ),
-        click.option(
-            "--max-in-flight", default=1000, show_default=True, help="Open-loop in-flight bound."
-        ),
-        click.option("--timeout", default="60s", show_default=True, help="Per-request timeout."),
-        click.option(
-            "--header",
-            "headers",
-            multiple=True,
-            metavar="'NAME: VALUE'",
-            help="Set a header (${VAR} from the environment); 'NAME:' removes it.",
-        ),
-        click.option(
-            "--model-map", multiple=True, metavar="OLD=NEW", help="Rewrite the body's model."
-        ),
-        click.option(
-            "--expect-status",
-            default="",
-            metavar="LIST",
-            help="Statuses that are expected shedding, not failures (e.g. 503,429).",
-        ),
-        click.option("--filter-method", multiple=True, help="Only these methods."),
-        click.option("--filter-path", multiple=True, help="Only these path globs."),
-        click.option("--filter-model", multiple=True, help="Only these models."),
-        click.option(
-            "--filter-status", default=None, help="Only these recorded statuses (200,5xx,error)."
-        ),
-        click.option(
-            "--client", type=click.Choice(["fast", "aiohttp"]), default="fast", show_default=True
-        ),
-        click.option(
-            "--insecure", is_flag=True, help="Do not verify the target's TLS certificate."
-        ),
-        click.option("--keep-host", is_flag=True, help="Send the recorded Host header."),
-        click.option("--quiet", "-q", is_flag=True, help="No live line."),
-        click.option(
-            "--amplify",
-            default=1.0,
-            show_default=True,
-            help="Send each request F times (F >= 1; 2.5: twice, half of them thrice).",
-        ),
-        click.option(
-            "--amplify-mode",
-            type=click.Choice(["spread", "burst"]),
-            default="spread",
-            show_default=True,
-            help="Copies spread within the gap to the next request, or together.",
-        ),
-        click.option(
-            "--salt-prompts",
-            is_flag=True,
-            help="Prefix each copy's prompt with a nonce (defeats prompt/prefix caches).",
-        ),
-        click.option(
-            "--synthetic",
-            multiple=True,
-            metavar="SPEC",
-            help="Add a stress stream sampling the capture, e.g. 'poisson:rate=40,start=30s'.",
-        ),
-        click.option("--seed", default=0, show_default=True, help="Seed for every random draw."),
-        workers_option(),
-        click.option(
-            "--rate",
-            type=float,
-            default=None,
-            help="Send the recorded requests in order at this constant rate (req/s) instead "
-            "of their recorded timing.",
-        ),
-        *gate_options(),
-    ]
-    names = [_option_name(o) for o in opts]
-    return list(zip(names, opts, strict=True))
-
-
-def _option_name(decorator: Any) -> str:
-    """The long flag of a click.option decorator ('--max-in-flight' -> 'max_in_flight')."""
-
-    def probe() -> None: ...
-
-    cmd = click.command()(decorator(probe))
-    return str(cmd.params[0].name)
-
-
-def build_replay_options(capture: str, opts: dict[str, Any]) -> Any:
-    from replay.workload.replaying import ReplayOptions
-
+def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
+    """The SEND group as RunSettings fields."""
     timeout = _duration(opts["timeout"], "--timeout")
     assert timeout is not None
+    return {
+        "out": opts["out"],
+        "sessions": opts["sessions"],
+        "concurrency": opts.get("concurrency"),
+        "requests": opts["requests"],
+        "max_in_flight": opts["max_in_flight"],
+        "timeout_s": timeout,
+        "client": opts["client"],
+        "insecure": opts["insecure"],
+        "workers": _workers(opts["workers"]),
+        "ray": opts["ray"],
+    }
+
+
+def replay_options(capture: str, opts: dict[str, Any]) -> Any:
+    """The SEND and CAPTURE groups as a replay's options."""
+    from captures.filters import RowFilter, parse_status_spec
+    from replay.workload.replaying import ReplayOptions
+
+    try:
+        statuses = parse_status_spec(opts["filter_status"]) if opts["filter_status"] else None
+    except ValueError as exc:
+        raise UserError(f"--filter-status: {exc}") from None
     return ReplayOptions(
         capture=capture,
         target=list(opts["target"]),
-        out=opts["out"],
         speed=opts["speed"],
+        rate=opts["rate"],
         from_s=_duration(opts["from_"], "--from") or 0.0,
         to_s=_duration(opts["to"], "--to"),
         duration_s=_duration(opts["duration"], "--duration"),
         loops=opts["loops"],
-        sessions=opts["sessions"],
-        concurrency=opts["concurrency"],
-        requests=opts["requests"],
-        max_in_flight=opts["max_in_flight"],
-        timeout_s=timeout,
         headers=list(opts["headers"]),
         model_map=list(opts["model_map"]),
         expect_status=opts["expect_status"],
-        filt=_row_filter(opts),
-        client=opts["client"],
-        insecure=opts["insecure"],
+        filt=RowFilter(
+            methods=frozenset(m.upper() for m in opts["filter_method"]) or None,
+            path_globs=tuple(opts["filter_path"]) or None,
+            models=frozenset(opts["filter_model"]) or None,
+            statuses=statuses,
+        ),
         keep_host=opts["keep_host"],
         amplify=opts["amplify"],
         amplify_mode=opts["amplify_mode"],
         salt_prompts=opts["salt_prompts"],
         synthetic=list(opts["synthetic"]),
         seed=opts["seed"],
-        rate=opts.get("rate"),
-        workers=parse_workers(opts.get("workers") or "1"),
-        ray=opts.get("ray"),
+        **send_settings(opts),
     )
+
+
+def parse_gates(opts: dict[str, Any]) -> Any:
+    """Gates (and --by) are parsed before any traffic: a typo must not cost a run."""
+    from replay.decide.report import parse_by
+    from replay.decide.slo import parse_gates as parse
+
+    if opts.get("by"):
+        parse_by(opts["by"])
+    return parse(opts.get("slo") or ())
 
 
 def live_progress(quiet: bool) -> Any:
@@ -418,89 +272,23 @@ def live_progress(quiet: bool) -> Any:
     return LiveLine(enabled=not quiet and sys.stderr.isatty())
 
 
-@cli.command()
-@click.argument("capture", type=click.Path(path_type=str))
-@replay_options
-def replay(capture: str, **opts: Any) -> int:
-    """Replay a capture against --target with its original timing (scaled by --speed)."""
-    from replay.api import run_replay
-    from replay.decide.report import parse_by
-
-    gates = parse_gates(opts)
-    if opts["by"]:
-        parse_by(opts["by"])
-    ropts = build_replay_options(capture, opts)
-    with live_progress(opts["quiet"]) as line:
-        result = run_replay(ropts, on_progress=line.update)
-    return finish_run(result, opts, gates)
-
-
-# -- demo --------------------------------------------------------------------------------------
-@cli.command()
-@click.option(
-    "--dir", "root", default="loadtape-demo", show_default=True, type=click.Path(path_type=str)
-)
-@click.option("--seconds", default=10.0, show_default=True, help="How long to drive traffic.")
-@click.option("--sessions", default=12, show_default=True, help="Virtual users.")
-def demo(root: str, seconds: float, sessions: int) -> None:
-    """Mock gateway, capture through the real proxy, replay at 1x and 5x, report. Loopback only."""
-
+def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
+    """The end of a run: the text report (and SLO table) on stdout; 130 if interrupted, 1 if a
+    gate failed, 3 if a worker died."""
     from replay.decide.reporting import make
     from replay.measure.resultsdir import Results
-    from replay.mock.demo import run_demo
 
-    def show(r: Any) -> None:
-        click.echo(make(Results(r.out_dir, r.run, r.metrics), "text")[0], nl=False)
-
-    run_demo(Path(root), seconds=seconds, sessions=sessions, say=lambda m: click.echo(m), show=show)
-
-
-# -- run (scenarios) -----------------------------------------------------------------------------
-@cli.command("run")
-@click.argument("scenario", type=click.Path(path_type=str))
-@click.option("--target", default=None, help="Target for streams without their own.")
-@click.option(
-    "--out", type=click.Path(path_type=str), help="Results directory (default runs/<time>)."
-)
-@click.option("--concurrency", type=int, default=None, help="Closed loop with N workers.")
-@click.option("--requests", type=int, default=None, help="Stop after N requests.")
-@click.option("--max-in-flight", default=1000, show_default=True)
-@click.option(
-    "--sessions", type=click.Choice(["none", "ordered"]), default="none", show_default=True
-)
-@click.option("--timeout", default="60s", show_default=True)
-@click.option("--client", type=click.Choice(["fast", "aiohttp"]), default="fast", show_default=True)
-@click.option("--insecure", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
-@workers_option()
-@slo_and_by
-def run_cmd(scenario: str, **opts: Any) -> int:
-    """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
-    from replay.api import run_scenario
-    from replay.decide.report import parse_by
-    from replay.settings import RunSettings
-
-    gates = parse_gates(opts)
-    if opts["by"]:
-        parse_by(opts["by"])
-
-    timeout = _duration(opts["timeout"], "--timeout")
-    assert timeout is not None
-    settings = RunSettings(
-        out=opts["out"],
-        concurrency=opts["concurrency"],
-        max_in_flight=opts["max_in_flight"],
-        sessions=opts["sessions"],
-        requests=opts["requests"],
-        timeout_s=timeout,
-        client=opts["client"],
-        insecure=opts["insecure"],
-        workers=parse_workers(opts["workers"]),
-        ray=opts["ray"],
-    )
-    with live_progress(opts["quiet"]) as line:
-        result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)
-    return finish_run(result, opts, gates)
+    res = Results(result.out_dir, result.run, result.metrics)
+    text, rows = make(res, "text", opts["by"], gates)
+    click.echo(text, nl=False)
+    click.echo(f"results: {result.out_dir}", err=True)
+    for failure in result.run.get("worker_failures") or ():
+        click.echo(f"loadtape: error: {failure}", err=True)
+    if result.run.get("worker_failures"):
+        return 3  # a worker died: what it measured is in the results, the run is not whole
+    if result.interrupted:
+        return 130
+    return 1 if rows and not all(r["pass"] for r in rows) else 0
 
 
 def emit(text: str, out: str | None, what: str, summary: str = "") -> None:
@@ -514,25 +302,198 @@ def emit(text: str, out: str | None, what: str, summary: str = "") -> None:
     click.echo(f"{what}: {path}" + (f" ({summary})" if summary else ""), err=True)
 
 
-# -- report ----------------------------------------------------------------------------------------
+# -- commands ----------------------------------------------------------------------------------
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        "show_default": True,
+    }
+)
+@click.version_option(LOADTAPE_VERSION, prog_name="loadtape")
+def cli() -> None:
+    """Capture gateway traffic, replay it at 1x-10x, measure honestly, decide."""
+
+
 @cli.command()
-@click.argument("results", type=click.Path(path_type=str))
+@click.argument("capture", type=PATH)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(capture: str, as_json: bool) -> None:
+    """Summarize a capture: size, time span, rates, paths, models, statuses, tokens."""
+    from captures import inspect as insp
+    from captures.reader import Capture
+
+    summary = insp.summarize(Capture(capture))
+    click.echo(json.dumps(summary.to_json(), indent=2) if as_json else insp.render_text(summary))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--upstream", help="Where the gateway is (reverse mode), e.g. http://127.0.0.1:8000.")
+@click.option("--listen", default="127.0.0.1:8080", help="HOST:PORT (port 0: any).")
+@click.option("--out", required=True, type=PATH, help="Capture directory.")
+@click.option("--mode", type=click.Choice(["reverse", "regular"]), default="reverse")
+@click.option("--body-limit", default="4m", help="Keep at most this much of a body.")
 @click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown", "html"]),
-    default="text",
-    show_default=True,
+    "--session-key",
+    default="header:X-Session-Id,user,connection",
+    help="Session key sources, first match wins: header:NAME, user, connection, none.",
+)
+@click.option("--redact-header", "redact_headers", multiple=True, help="Another header to redact.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["continue", "stop"]),
+    default="continue",
+    help="If the capture directory cannot be written: keep proxying, or stop.",
+)
+@click.option("--confdir", type=PATH, help="mitmproxy conf dir (its CA).")
+@click.option("--duration", default=None, help="Stop after this long (e.g. 10m); default: Ctrl-C.")
+@click.option(
+    "--instance",
+    default="",
+    show_default=False,
+    help="A name for this proxy when several write one --out (one per core behind a TCP "
+    "load balancer): its status and log files.",
+)
+@click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
+def capture(**opts: Any) -> None:
+    """Record gateway traffic through mitmproxy into a capture directory.
+
+    Extra arguments after `--` go to mitmdump as they are."""
+    from proxy_addons import launch
+
+    host, sep, port = opts["listen"].rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--listen {opts['listen']!r}: want HOST:PORT")
+    options = {
+        "capture_body_limit": opts["body_limit"],
+        "capture_session_key": opts["session_key"],
+        "capture_on_error": opts["on_error"],
+    }
+    if opts["redact_headers"]:
+        options["capture_redact_headers"] = ",".join(opts["redact_headers"])
+    duration = _duration(opts["duration"], "--duration")
+    config = launch.CaptureConfig(
+        out=Path(opts["out"]).resolve(),
+        upstream=opts["upstream"],
+        mode=opts["mode"],
+        listen_host=host.strip("[]") or "127.0.0.1",
+        listen_port=int(port),
+        confdir=Path(opts["confdir"]).resolve() if opts["confdir"] else None,
+        options=options,
+        extra_args=list(opts["mitmdump_args"]),
+        instance=opts["instance"],
+    )
+    proc = launch.CaptureProcess(config).start()
+
+    def say(message: str) -> None:
+        click.echo(message, err=True)
+
+    say(f"capture proxy listening on {proc.url}  ->  {opts['upstream'] or '(regular proxy)'}")
+    say(f"recording into {config.out}  (proxy log: {proc.log_path})")
+    if opts["mode"] == "regular":
+        say(f"for HTTPS, clients must trust mitmproxy's CA: {proc.ca_cert()}")
+    say("Ctrl-C to stop")
+    final = launch.run_until_signal(proc, live=sys.stderr.isatty(), duration=duration)
+    say(f"capture stopped: {launch.describe_status(final)}")
+    for note in (final or {}).get("notes") or ():
+        say(f"  journal: {note}")
+
+
+@cli.command()
+@click.argument("capture", type=PATH)
+@options(CAPTURE, SEND, GATES)
+def replay(capture: str, **opts: Any) -> int:
+    """Replay a capture against --target with its original timing (scaled by --speed)."""
+    from replay.api import run_replay
+
+    gates = parse_gates(opts)
+    ropts = replay_options(capture, opts)
+    with live_progress(opts["quiet"]) as line:
+        result = run_replay(ropts, on_progress=line.update)
+    return finish_run(result, opts, gates)
+
+
+@cli.command("run")
+@click.argument("scenario", type=PATH)
+@click.option("--target", default=None, help="Target for streams without their own.")
+@options(SEND, GATES)
+def run_cmd(scenario: str, **opts: Any) -> int:
+    """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
+    from replay.api import run_scenario
+    from replay.settings import RunSettings
+
+    gates = parse_gates(opts)
+    settings = RunSettings(**send_settings(opts))
+    with live_progress(opts["quiet"]) as line:
+        result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)
+    return finish_run(result, opts, gates)
+
+
+@cli.command()
+@click.argument("capture", type=PATH)
+@click.option("--concurrency", "conc", default=None, metavar="LIST", help="Closed loop: 1,10,50.")
+@click.option("--speeds", default=None, metavar="LIST", help="Open loop, recorded timing: 1,2,5.")
+@click.option("--rates", default=None, metavar="LIST", help="Open loop, constant req/s: 10,50.")
+@click.option(
+    "--level-duration", default="10s", help="--rates: how long each level runs (unless --requests)."
+)
+@click.option("--p99-limit", default=None, metavar="DUR", help="Find the knee: p99 over this.")
+@click.option(
+    "--stop-on-error-rate", default=None, metavar="PCT", help="End the sweep past this, e.g. 5%."
 )
 @click.option(
-    "--out", type=click.Path(path_type=str), help="Write the report here (default stdout)."
+    "--tolerance",
+    default="5%",
+    help="Throughput within this of a lower level's counts as no longer rising.",
 )
-@click.option("--hgrm", type=click.Path(path_type=str), help="Write .hgrm percentile files here.")
-@click.option("--hlog", type=click.Path(path_type=str), help="Write the HdrHistogram interval log.")
-@slo_and_by
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@options(CAPTURE, SEND, skip=("concurrency", "speed", "rate", "loops", "synthetic"))
+def sweep(
+    capture: str, conc: str | None, speeds: str | None, rates: str | None, fmt: str, **opts: Any
+) -> int:
+    """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
+    from replay.decide.report.sweepview import level_row, render
+    from replay.decide.sweep import SweepOptions, parse_levels, run_sweep
+
+    chosen = [(k, v) for k, v in (("concurrency", conc), ("speeds", speeds), ("rates", rates)) if v]
+    if len(chosen) != 1:
+        fail("sweep: give exactly one of --concurrency, --speeds, --rates")
+    kind, text = chosen[0]
+    out = Path(opts["out"] or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S"))
+    p99_limit = _duration(opts["p99_limit"], "--p99-limit")
+    sopts = SweepOptions(
+        kind=kind,
+        levels=parse_levels(text, f"--{kind}"),
+        out=out,
+        level_duration_s=_duration(opts["level_duration"], "--level-duration") or 10.0,
+        p99_limit_ms=p99_limit * 1000 if p99_limit is not None else None,
+        stop_error_rate=_percent(opts["stop_on_error_rate"], "--stop-on-error-rate"),
+        tolerance=_percent(opts["tolerance"], "--tolerance") or 0.0,
+    )
+    sopts.validate()
+    base = replay_options(
+        capture, {**opts, "speed": 1.0, "loops": 1, "synthetic": (), "rate": None}
+    )
+
+    def on_level(f: dict[str, Any]) -> None:
+        click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)
+
+    doc = run_sweep(base, sopts, on_level=on_level)
+    (out / "sweep.html").write_text(render(doc, "html"), encoding="utf-8")
+    click.echo(render(doc, fmt), nl=False)
+    click.echo(f"sweep: {out} (sweep.json, sweep.html, one results directory per level)", err=True)
+    return 130 if doc["stopped"] and doc["stopped"].startswith("interrupted") else 0
+
+
+@cli.command()
+@click.argument("results", type=PATH)
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@click.option("--out", type=PATH, help="Write the report here (default stdout).")
+@click.option("--hgrm", type=PATH, help="Write .hgrm percentile files here.")
+@click.option("--hlog", type=PATH, help="Write the HdrHistogram interval log.")
+@options(GATES)
 def report(results: str, fmt: str, **opts: Any) -> int:
     """Report on a results directory (no traffic): text, json, markdown or html; SLO gates."""
-
     from replay.decide.report import parse_by
     from replay.decide.report.hdrfiles import write_hgrm, write_hlog
     from replay.decide.reporting import make
@@ -553,10 +514,9 @@ def report(results: str, fmt: str, **opts: Any) -> int:
     return 1 if rows and not all(r["pass"] for r in rows) else 0
 
 
-# -- compare ---------------------------------------------------------------------------------------
 @cli.command()
-@click.argument("baseline", type=click.Path(path_type=str))
-@click.argument("current", type=click.Path(path_type=str))
+@click.argument("baseline", type=PATH)
+@click.argument("current", type=PATH)
 @click.option(
     "--max-regression",
     "rules",
@@ -565,19 +525,12 @@ def report(results: str, fmt: str, **opts: Any) -> int:
     help="Allowed growth, e.g. 'latency.p99=+10%', 'ttft.p99=+50ms', 'error_rate=+1pp' "
     "(default: latency.p50 and p99 +10%, ttft.p99 +10%, error_rate +1pp).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown", "html"]),
-    default="text",
-    show_default=True,
-)
-@click.option("--out", type=click.Path(path_type=str), help="Write it here (default stdout).")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@click.option("--out", type=PATH, help="Write it here (default stdout).")
 @click.option("--by", default=None, metavar="DIMS", help="Group by (as in report).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", default=0, help="Seed of the bootstrap.")
 def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opts: Any) -> int:
     """Compare a run with a baseline; exit 1 on a regression (noise-aware)."""
-
     from replay.decide.compare import DEFAULT_RULES, parse_rule
     from replay.decide.compare import compare as run_compare
     from replay.decide.report.comparison import render
@@ -591,98 +544,13 @@ def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opt
     return 1 if doc["regressions"] else 0
 
 
-# -- sweep -----------------------------------------------------------------------------------------
-@cli.command()
-@click.argument("capture", type=click.Path(path_type=str))
-@click.option("--concurrency", "conc", default=None, metavar="LIST", help="Closed loop: 1,10,50.")
-@click.option("--speeds", default=None, metavar="LIST", help="Open loop, recorded timing: 1,2,5.")
-@click.option("--rates", default=None, metavar="LIST", help="Open loop, constant req/s: 10,50.")
-@click.option(
-    "--level-duration",
-    default="10s",
-    show_default=True,
-    help="--rates: how long each level runs (unless --requests).",
-)
-@click.option("--p99-limit", default=None, metavar="DUR", help="Find the knee: p99 over this.")
-@click.option(
-    "--stop-on-error-rate", default=None, metavar="PCT", help="End the sweep past this, e.g. 5%."
-)
-@click.option(
-    "--tolerance",
-    default="5%",
-    show_default=True,
-    help="Throughput within this of a lower level's counts as no longer rising.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown", "html"]),
-    default="text",
-    show_default=True,
-)
-@replay_options_except("concurrency", "speed", "rate", "slo", "by", "loops", "synthetic")
-def sweep(
-    capture: str, conc: str | None, speeds: str | None, rates: str | None, fmt: str, **opts: Any
-) -> int:
-    """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
-    import time
-
-    from replay.decide.report.sweepview import render
-    from replay.decide.sweep import SweepOptions, parse_levels, run_sweep
-
-    chosen = [(k, v) for k, v in (("concurrency", conc), ("speeds", speeds), ("rates", rates)) if v]
-    if len(chosen) != 1:
-        fail("sweep: give exactly one of --concurrency, --speeds, --rates")
-    kind, text = chosen[0]
-    out = Path(opts["out"] or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S"))
-    sopts = SweepOptions(
-        kind=kind,
-        levels=parse_levels(text, f"--{kind}"),
-        out=out,
-        level_duration_s=_duration(opts["level_duration"], "--level-duration") or 10.0,
-        p99_limit_ms=(_duration(opts["p99_limit"], "--p99-limit") or 0) * 1000
-        if opts["p99_limit"]
-        else None,
-        stop_error_rate=_percent(opts["stop_on_error_rate"], "--stop-on-error-rate"),
-        tolerance=_percent(opts["tolerance"], "--tolerance") or 0.0,
-    )
-    sopts.validate()
-    base = build_replay_options(
-        capture,
-        {**opts, "speed": 1.0, "loops": 1, "concurrency": None, "synthetic": (), "rate": None},
-    )
-    from replay.decide.report.sweepview import level_row
-
-    def on_level(f: dict[str, Any]) -> None:
-        click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)
-
-    doc = run_sweep(base, sopts, on_level=on_level)
-    (out / "sweep.html").write_text(render(doc, "html"), encoding="utf-8")
-    click.echo(render(doc, fmt), nl=False)
-    click.echo(f"sweep: {out} (sweep.json, sweep.html, one results directory per level)", err=True)
-    return 130 if doc["stopped"] and doc["stopped"].startswith("interrupted") else 0
-
-
-def _percent(text: str | None, flag: str) -> float | None:
-    if text is None:
-        return None
-    t = text.strip()
-    try:
-        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        fail(f"{flag} {text!r}: want a percentage such as 5%")
-
-
-# -- diff ------------------------------------------------------------------------------------------
 @cli.command("diff")
-@click.argument("results", type=click.Path(path_type=str))
+@click.argument("results", type=PATH)
 @click.option(
-    "--capture",
-    type=click.Path(path_type=str),
-    help="The capture replayed (default: the one run.json names).",
+    "--capture", type=PATH, help="The capture replayed (default: the one run.json names)."
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text")
-@click.option("--examples", default=5, show_default=True, help="Mismatches shown per comparison.")
+@click.option("--examples", default=5, help="Mismatches shown per comparison.")
 @click.option(
     "--fail-on",
     default=None,
@@ -706,22 +574,17 @@ def diff_cmd(
     return 1 if bad else 0
 
 
-# -- import, anonymize -------------------------------------------------------------------------
 @cli.command("import")
 @click.argument(
     "fmt",
     metavar="FORMAT",
     type=click.Choice(["har", "mitmproxy", "azure", "mooncake", "burstgpt", "sharegpt"]),
 )
-@click.argument("source", metavar="FILE", type=click.Path(path_type=str))
-@click.option(
-    "--out", required=True, type=click.Path(path_type=str), help="Capture directory to write."
-)
+@click.argument("source", metavar="FILE", type=PATH)
+@click.option("--out", required=True, type=PATH, help="Capture directory to write.")
 @click.option("--limit", type=int, default=None, help="Only the first N rows.")
 @click.option("--model", default=None, help="Model name for traces without one.")
-@click.option(
-    "--stream/--no-stream", default=True, show_default=True, help="Trace requests ask for streams."
-)
+@click.option("--stream/--no-stream", default=True, help="Trace requests ask for streams.")
 @click.option("--arrival", default=None, help="sharegpt: an arrival process, e.g. poisson:rate=5.")
 @click.option("--duration", default=None, help="sharegpt: how long the arrival process runs.")
 @click.option(
@@ -730,7 +593,7 @@ def diff_cmd(
     help="sharegpt: max_tokens distribution (default: the first answer's length).",
 )
 @click.option("--no-redact", is_flag=True, help="har/mitmproxy: keep secrets (not recommended).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0)
 def import_cmd(fmt: str, source: str, **opts: Any) -> None:
     """Turn a HAR file, mitmproxy flows or an LLM trace into a capture."""
     from captures.importers import ImportOptions, import_file
@@ -758,8 +621,8 @@ def import_cmd(fmt: str, source: str, **opts: Any) -> None:
 
 
 @cli.command("anonymize")
-@click.argument("capture", type=click.Path(path_type=str))
-@click.option("--out", required=True, type=click.Path(path_type=str), help="New capture directory.")
+@click.argument("capture", type=PATH)
+@click.option("--out", required=True, type=PATH, help="New capture directory.")
 def anonymize_cmd(capture: str, out: str) -> None:
     """Replace prompt and completion text with filler, hash identifiers, keep timing and sizes."""
     from captures.anonymize import anonymize
@@ -768,15 +631,29 @@ def anonymize_cmd(capture: str, out: str) -> None:
     click.echo(f"anonymized {summary.records} requests into {out}")
 
 
-# -- mock-gateway ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dir", "root", default="loadtape-demo", type=PATH)
+@click.option("--seconds", default=10.0, help="How long to drive traffic.")
+@click.option("--sessions", default=12, help="Virtual users.")
+def demo(root: str, seconds: float, sessions: int) -> None:
+    """Mock gateway, capture through the real proxy, replay at 1x and 5x, report. Loopback only."""
+    from replay.decide.reporting import make
+    from replay.measure.resultsdir import Results
+    from replay.mock.demo import run_demo
+
+    def show(r: Any) -> None:
+        click.echo(make(Results(r.out_dir, r.run, r.metrics), "text")[0], nl=False)
+
+    run_demo(Path(root), seconds=seconds, sessions=sessions, say=lambda m: click.echo(m), show=show)
+
+
 @cli.command("mock-gateway")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
-@click.option("--port", default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", help="Loopback address to bind.")
+@click.option("--port", default=8000, help="0 picks a free port.")
 @click.option(
     "--profile",
     "default_profile",
     default="fast-local",
-    show_default=True,
     help="Latency profile for models not mapped by --model.",
 )
 @click.option(
@@ -786,48 +663,32 @@ def anonymize_cmd(capture: str, out: str) -> None:
     metavar="NAME=PROFILE",
     help="Map a model name to a profile (instant, fast-local, slow-cloud).",
 )
-@click.option("--slowdown", default=1.0, show_default=True, help="Multiply every delay.")
-@click.option("--max-in-service", default=0, show_default=True, help="0: unlimited.")
-@click.option("--max-queue", default=0, show_default=True)
-@click.option(
-    "--overload-status", type=click.Choice(["503", "429"]), default="503", show_default=True
-)
+@click.option("--slowdown", default=1.0, help="Multiply every delay.")
+@click.option("--max-in-service", default=0, help="0: unlimited.")
+@click.option("--max-queue", default=0)
+@click.option("--overload-status", type=click.Choice(["503", "429"]), default="503")
 @click.option(
     "--stall",
     default=None,
     metavar="DUR/EVERY",
     help="e.g. 1s/3s: stall all responses 1 s every 3 s.",
 )
-@click.option("--error-rate", default=0.0, show_default=True)
-@click.option("--reset-rate", default=0.0, show_default=True)
-@click.option("--malformed-rate", default=0.0, show_default=True)
-@click.option("--drip-rate", default=0.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--error-rate", default=0.0)
+@click.option("--reset-rate", default=0.0)
+@click.option("--malformed-rate", default=0.0)
+@click.option("--drip-rate", default=0.0)
+@click.option("--seed", default=0)
 def mock_gateway(**opts: Any) -> None:
     """Run the mock OpenAI-compatible gateway until Ctrl-C."""
-    from captures.units import parse_duration
-    from replay.mock.gateway import DEFAULT_MODELS, Faults, GatewayConfig, MockGateway
+    from replay.mock.config import Faults, GatewayConfig, parse_model_profiles, parse_stall
+    from replay.mock.gateway import serve_until_signal
 
-    models = dict(DEFAULT_MODELS)
-    for item in opts["models"]:
-        name, sep, prof = item.partition("=")
-        if not sep or not name or not prof:
-            raise UserError(f"--model {item!r}: want NAME=PROFILE")
-        models[name] = prof
-    stall_ms = stall_every = 0.0
-    if opts["stall"]:
-        dur, sep, every = opts["stall"].partition("/")
-        try:
-            stall_ms, stall_every = parse_duration(dur) * 1000, parse_duration(every)
-        except ValueError as exc:
-            raise UserError(f"--stall {opts['stall']!r}: {exc} (want e.g. 1s/3s)") from None
-        if not sep:
-            raise UserError(f"--stall {opts['stall']!r}: want DURATION/EVERY, e.g. 1s/3s")
+    stall_ms, stall_every = parse_stall(opts["stall"])
     config = GatewayConfig(
         host=opts["host"],
         port=opts["port"],
         default_profile=opts["default_profile"],
-        models=models,
+        models=parse_model_profiles(opts["models"]),
         slowdown=opts["slowdown"],
         max_in_service=opts["max_in_service"],
         max_queue=opts["max_queue"],
@@ -842,28 +703,7 @@ def mock_gateway(**opts: Any) -> None:
             drip_rate=opts["drip_rate"],
         ),
     )
-    try:
-        gw = MockGateway(config)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-    async def serve() -> None:
-        try:
-            await gw.start()
-        except OSError as exc:
-            raise UserError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
-            ) from None
-        click.echo(f"mock gateway listening on {gw.url}", err=False)
-        sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await gw.stop()
-
-    asyncio.run(serve())
+    serve_until_signal(config, lambda url: click.echo(f"mock gateway listening on {url}"))
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import store
+from . import compaction, store
 
 
 @dataclass
@@ -130,7 +130,7 @@ def serve(root: Path, lines: IO[str], out: IO[str]) -> None:
         except (ValueError, KeyError, TypeError):
             continue
         try:
-            done = store.compact_segment(root, seg)
+            done = compaction.compact_segment(root, seg)
             res = {
                 "segment": seg.segment,
                 "ok": True,

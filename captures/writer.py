@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from . import journal, store
+from .compaction import compact_segment
+from .compaction import recover as recover_dead_writers
 from .compactor import ProcessCompactor
 from .schema import COLUMNS, FORMAT_VERSION, Record, to_row
 
@@ -64,7 +66,7 @@ class CaptureWriter:
         self._lock = store.WriterLock(self._jdir, self.writer_id)
         self.notes: list[str] = []
         if recover:
-            notes, _ = store.recover(self.root)
+            notes, _ = recover_dead_writers(self.root)
             self.notes.extend(notes)
         self.seq = 0
         self.appended = 0  # records accepted
@@ -180,7 +182,7 @@ class CaptureWriter:
         while self._to_compact:
             seg, rows = self._to_compact[0]
             try:
-                done = store.compact_segment(self.root, seg, rows, self._seg_header)
+                done = compact_segment(self.root, seg, rows, self._seg_header)
                 self.notes.extend(done.notes)
                 self.rejected += done.rejected
             except OSError:

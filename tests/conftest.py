@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from replay.mock.gateway import ThreadedGateway, running_gateway
+from replay.mock.threaded import ThreadedGateway, running_gateway
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from captures.errors import UserError
 from captures.reader import Capture
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.api import run_replay
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 from replay.workload.replaying import ReplayOptions
 
 LOADTAPE = [sys.executable, "-c", "import cli; cli.main()"]

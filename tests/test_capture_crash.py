@@ -12,7 +12,7 @@ import pytest
 from captures import store
 from captures.reader import Capture
 from proxy_addons.launch import CaptureConfig, CaptureProcess
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 
 FLUSH_S = 0.1  # the addon's default capture_flush_interval
 

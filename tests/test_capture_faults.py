@@ -17,7 +17,7 @@ import pytest
 
 from captures.reader import Capture
 from proxy_addons.launch import CaptureConfig, CaptureProcess
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 
 
 @pytest.fixture()

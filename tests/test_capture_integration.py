@@ -15,7 +15,7 @@ import aiohttp
 
 from captures.reader import Capture
 from proxy_addons.launch import CaptureConfig, CaptureProcess
-from replay.mock.gateway import ThreadedGateway, running_gateway
+from replay.mock.threaded import ThreadedGateway, running_gateway
 
 
 def start_proxy(

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from captures import llm
 from captures.redact import MARKER_RE
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 
 SECRETS = {
     "auth_lower": "sk-LEAKauthlower0000000000000",

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from faultserver import FaultServer
 
-from replay.mock.gateway import GatewayConfig, MockGateway
+from replay.mock.config import GatewayConfig
+from replay.mock.gateway import MockGateway
 from replay.plan import Request
 from replay.rewrite import Rewriter, parse_target
 from replay.send.client import FastClient

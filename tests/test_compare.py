@@ -16,7 +16,7 @@ from browser import CHROMIUM, open_page
 from captures.errors import UserError
 from captures.testing import T0_NS, chat_record, write_capture
 from replay.decide.compare import bootstrap_diff, judge, parse_rule, proportion_diff, samples_needed
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 

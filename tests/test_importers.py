@@ -386,7 +386,7 @@ def test_cli_import_then_replay_keeps_the_trace_spacing(tmp_path: Path) -> None:
     """The imported Azure trace replays at its recorded spacing (here 200x faster, 60 rows);
     the target is given, never taken from the trace."""
     from replay.api import run_replay
-    from replay.mock.gateway import running_gateway
+    from replay.mock.threaded import running_gateway
     from replay.workload.replaying import ReplayOptions
 
     head = b"".join(AZURE.read_bytes().splitlines(keepends=True)[:61])

@@ -14,14 +14,9 @@ import aiohttp
 import pytest
 
 from captures import llm
-from replay.mock.gateway import (
-    PROFILES,
-    Faults,
-    GatewayConfig,
-    MockGateway,
-    ModelProfile,
-    running_gateway,
-)
+from replay.mock.config import PROFILES, Faults, GatewayConfig, ModelProfile
+from replay.mock.gateway import MockGateway
+from replay.mock.threaded import running_gateway
 
 SLOW = ModelProfile("test-slow", ttft_base_ms=120.0, ttft_per_prompt_token_ms=1.0, itl_ms=25.0)
 

@@ -18,7 +18,7 @@ import pytest
 
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.measure.resultsdir import Results
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 from replay.scale.ray_backend import skew_warnings
 
 if not os.environ.get("LOADTAPE_REQUIRE_RAY"):

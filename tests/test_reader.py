@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from captures import store
+from captures import compaction, store
 from captures.errors import CaptureError
-from captures.reader import Capture, RowFilter, glob_match, parse_status_spec
+from captures.filters import RowFilter, glob_match, parse_status_spec
+from captures.reader import Capture
 from captures.schema import SCHEMA
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 
@@ -196,7 +197,7 @@ def test_reader_memory_stays_bounded_on_a_capture_much_larger_than_its_buffer(
     assert size > 90e6
     # A 256-row batch of 8 KiB bodies is ~2 MB and a row group ~8 MB (ROW_GROUP_BYTES): memory
     # holds a few of those, a fixed amount whatever the capture's size.
-    assert arrow_peak < 4 * store.ROW_GROUP_BYTES, (arrow_peak, size)
-    assert py_peak < 2 * store.ROW_GROUP_BYTES, (py_peak, size)
+    assert arrow_peak < 4 * compaction.ROW_GROUP_BYTES, (arrow_peak, size)
+    assert py_peak < 2 * compaction.ROW_GROUP_BYTES, (py_peak, size)
     print(f"capture {size / 1e6:.0f} MB: arrow peak {arrow_peak / 1e6:.1f} MB, ", end="")
     print(f"python peak {py_peak / 1e6:.1f} MB")

@@ -21,7 +21,8 @@ from captures import hdr
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.api import run_replay
 from replay.measure.resultsdir import Results
-from replay.mock.gateway import Faults, running_gateway
+from replay.mock.config import Faults
+from replay.mock.threaded import running_gateway
 from replay.workload.replaying import ReplayOptions
 
 S = 1_000_000_000

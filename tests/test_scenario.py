@@ -16,7 +16,7 @@ import pytest
 from captures.errors import UserError
 from captures.testing import T0_NS, chat_record, write_capture
 from replay.api import run_scenario
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 from replay.plan import Request, Shot
 from replay.rewrite import Rewriter, parse_target
 from replay.settings import RunSettings, StreamPlan

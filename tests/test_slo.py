@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from captures.errors import UserError
 from replay.decide.slo import Gate, evaluate, parse_gate
 from replay.measure.resultsdir import Results
-from replay.mock.gateway import running_gateway
 from replay.mock.testing import Shape, make_results
+from replay.mock.threaded import running_gateway
 
 
 @pytest.mark.parametrize(

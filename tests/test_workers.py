@@ -22,7 +22,7 @@ from captures import hdr
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.api import run_replay
 from replay.measure.resultsdir import Results
-from replay.mock.gateway import running_gateway
+from replay.mock.threaded import running_gateway
 from replay.plan import Request, Shot
 from replay.timeline import session_shard, sharded
 from replay.workload.replaying import ReplayOptions

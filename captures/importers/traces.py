@@ -196,7 +196,7 @@ def sharegpt_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> It
             "sharegpt import needs --arrival (e.g. poisson:rate=5): ShareGPT has no times"
         )
     arrival = parse_arrival(opts.arrival)
-    data = _sharegpt_pairs(path)
+    data = sharegpt_pairs(path)
     out_dist = parse_dist(opts.output_tokens, "--output-tokens") if opts.output_tokens else None
     rng = random.Random(opts.seed)
     limit = opts.limit or len(data)
@@ -216,10 +216,13 @@ def sharegpt_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> It
         )
 
 
-def _sharegpt_pairs(path: Path) -> list[tuple[str, int]]:
-    """(first user turn, words in the first answer) per conversation."""
+def sharegpt_pairs(path: Path) -> list[tuple[str, int]]:
+    """(first user turn, words in the first answer) per conversation of a ShareGPT JSON file:
+    [{"conversations": [{"from": "human"|"gpt", "value": "..."}]}]."""
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(
             f"{path}: not a ShareGPT JSON file ({str(exc).splitlines()[0][:120]})"

@@ -17,106 +17,20 @@ import contextlib
 import json
 import math
 import random
+import signal
 import ssl
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from captures import llm
+from captures.errors import UserError
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-@dataclass(frozen=True)
-class ModelProfile:
-    name: str
-    ttft_base_ms: float
-    ttft_per_prompt_token_ms: float
-    itl_ms: float
-    output_tokens_median: int = 64
-    output_tokens_sigma: float = 0.6
-
-
-PROFILES: dict[str, ModelProfile] = {
-    p.name: p
-    for p in (
-        ModelProfile("instant", 0.0, 0.0, 0.0, 16),
-        ModelProfile("fast-local", 15.0, 0.01, 4.0, 48),
-        ModelProfile("slow-cloud", 250.0, 0.05, 20.0, 96),
-    )
-}
-
-DEFAULT_MODELS = {
-    "small": "fast-local",
-    "large": "slow-cloud",
-    "llama-3.1-8b": "fast-local",
-    "gpt-4o-mini": "slow-cloud",
-}
-
-
-@dataclass(frozen=True)
-class Faults:
-    stall_ms: float = 0.0  # stall every response for this long ...
-    stall_every_s: float = 0.0  # ... every this many seconds (0: never)
-    error_rate: float = 0.0  # share of requests answered with error_status
-    error_status: int = 500
-    reset_rate: float = 0.0  # share of streamed requests reset half-way
-    malformed_rate: float = 0.0  # share of streamed requests with one malformed SSE event
-    drip_rate: float = 0.0  # share of responses sent one byte at a time
-    drip_delay_ms: float = 2.0
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    host: str = "127.0.0.1"
-    port: int = 0
-    default_profile: str = "fast-local"
-    models: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
-    profiles: dict[str, ModelProfile] = field(default_factory=lambda: dict(PROFILES))
-    slowdown: float = 1.0  # multiply every delay (a "slowed" gateway for regression tests)
-    max_in_service: int = 0  # 0: unlimited
-    max_queue: int = 0
-    overload_status: int = 503
-    retry_after_s: int = 1
-    seed: int = 0
-    gzip: bool = False  # gzip non-streamed responses (Content-Encoding: gzip)
-    faults: Faults = Faults()
-
-    def profile_for(self, model: str | None) -> ModelProfile:
-        name = self.models.get(model or "", self.default_profile)
-        return self.profiles.get(name) or self.profiles[self.default_profile]
-
-    def validate(self) -> None:
-        if self.host not in LOOPBACK:
-            raise ValueError(f"the mock gateway binds loopback only, not {self.host!r}")
-        if self.default_profile not in self.profiles:
-            raise ValueError(f"unknown profile {self.default_profile!r}")
-        for model, prof in self.models.items():
-            if prof not in self.profiles:
-                raise ValueError(f"model {model!r} maps to unknown profile {prof!r}")
-        for name in ("error_rate", "reset_rate", "malformed_rate", "drip_rate"):
-            v = getattr(self.faults, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be within 0..1, got {v}")
-        if self.slowdown <= 0:
-            raise ValueError("slowdown must be > 0")
-
-
-@dataclass
-class GatewayStats:
-    requests: int = 0
-    completed: int = 0
-    rejected: int = 0
-    errors: int = 0
-    resets: int = 0
-    in_service: int = 0
-    max_in_service_seen: int = 0
-    queued: int = 0
+from .config import GatewayConfig, GatewayStats
 
 
 @dataclass
@@ -228,31 +142,25 @@ class MockGateway:
     @contextlib.asynccontextmanager
     async def _admit(self) -> AsyncIterator[bool]:
         """Yield True once admitted into service; False when the queue is full (reject)."""
-        st = self.stats
-        if self._slots is None:
-            st.in_service += 1
-            st.max_in_service_seen = max(st.max_in_service_seen, st.in_service)
+        st, slots = self.stats, self._slots
+        if slots is not None:
+            if slots.locked() and st.queued >= self.config.max_queue:
+                st.rejected += 1
+                yield False
+                return
+            st.queued += 1
             try:
-                yield True
+                await slots.acquire()
             finally:
-                st.in_service -= 1
-            return
-        if self._slots.locked() and st.queued >= self.config.max_queue:
-            st.rejected += 1
-            yield False
-            return
-        st.queued += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            st.queued -= 1
+                st.queued -= 1
         st.in_service += 1
         st.max_in_service_seen = max(st.max_in_service_seen, st.in_service)
         try:
             yield True
         finally:
             st.in_service -= 1
-            self._slots.release()
+            if slots is not None:
+                slots.release()
 
     def _overloaded(self) -> web.Response:
         return web.json_response(
@@ -518,56 +426,27 @@ class MockGateway:
         return resp
 
 
-class ThreadedGateway:
-    """A MockGateway running on its own event loop in a daemon thread (for sync code)."""
-
-    def __init__(
-        self, config: GatewayConfig | None = None, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
-        self.gateway = MockGateway(config, ssl_context)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="mock-gateway", daemon=True
-        )
-
-    def start(self) -> ThreadedGateway:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.gateway.start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self.gateway.stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @property
-    def url(self) -> str:
-        return self.gateway.url
-
-    @property
-    def stats(self) -> GatewayStats:
-        return self.gateway.stats
-
-    def __enter__(self) -> ThreadedGateway:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@contextlib.contextmanager
-def running_gateway(
-    config: GatewayConfig | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    **overrides: Any,
-) -> Iterator[ThreadedGateway]:
-    """`with running_gateway(max_in_service=4) as gw: ... gw.url`"""
-    cfg = replace(config or GatewayConfig(), **overrides)
-    gw = ThreadedGateway(cfg, ssl_context).start()
+def serve_until_signal(config: GatewayConfig, announce: Callable[[str], None]) -> None:
+    """`loadtape mock-gateway`: serve until SIGINT or SIGTERM; `announce` gets the URL once it
+    listens."""
     try:
-        yield gw
-    finally:
-        gw.stop()
+        gw = MockGateway(config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    async def serve() -> None:
+        try:
+            await gw.start()
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
+        announce(gw.url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gw.stop()
+
+    asyncio.run(serve())

@@ -20,8 +20,10 @@ from typing import Any, Protocol
 from captures.arrivals import Dist, parse_dist, parse_mix
 from captures.errors import UserError
 from captures.filler import filler
+from captures.filters import RowFilter
 from captures.importers import trace_lengths
-from captures.reader import Capture, RowFilter
+from captures.importers.traces import sharegpt_pairs
+from captures.reader import Capture
 from captures.schema import Headers
 from replay.plan import PLAN_COLUMNS, Recorded, Request, not_replayable, recorded_info, request_of
 
@@ -127,37 +129,8 @@ class TemplateMaker:
 
 
 def load_sharegpt_prompts(path: str | Path, limit: int = 100_000) -> list[str]:
-    """First user turns of a ShareGPT JSON file: [{"conversations": [{"from", "value"}]}]."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{p}: no such file") from None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"{p}: not a ShareGPT JSON file ({str(exc).splitlines()[0][:120]})"
-        ) from None
-    if not isinstance(data, list):
-        raise UserError(f"{p}: not a ShareGPT file (want a JSON list of conversations)")
-    out = []
-    for item in data:
-        conv = item.get("conversations") if isinstance(item, dict) else None
-        if not isinstance(conv, list):
-            continue
-        for turn in conv:
-            if (
-                isinstance(turn, dict)
-                and turn.get("from") in ("human", "user")
-                and isinstance(turn.get("value"), str)
-            ):
-                if turn["value"].strip():
-                    out.append(turn["value"])
-                break
-        if len(out) >= limit:
-            break
-    if not out:
-        raise UserError(f"{p}: no conversation with a first user turn")
-    return out
+    """First user turns of a ShareGPT JSON file (at most `limit`)."""
+    return [prompt for prompt, _ in sharegpt_pairs(Path(path))[:limit]]
 
 
 class PromptsMaker:

@@ -11,7 +11,8 @@ from typing import Any
 
 from captures.arrivals import arrival_from, parse_kv
 from captures.errors import CaptureError, UserError
-from captures.reader import Capture, RowFilter
+from captures.filters import RowFilter
+from captures.reader import Capture
 from captures.schema import Record
 from captures.units import parse_duration
 from replay import plan as planmod

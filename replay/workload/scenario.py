@@ -34,7 +34,7 @@ from typing import Any
 
 from captures.arrivals import arrival_from
 from captures.errors import UserError
-from captures.reader import RowFilter, parse_status_spec
+from captures.filters import RowFilter, parse_status_spec
 from captures.units import parse_duration
 from replay.measure.results import Expect
 from replay.rewrite import Rewriter

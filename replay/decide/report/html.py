@@ -21,7 +21,7 @@ from hdrh.histogram import HdrHistogram
 from captures import hdr
 from replay.measure.metrics import METRICS, Metrics
 
-from .model import groups
+from .model import RUN_KEYS, groups
 from .text import STATS, SUMMARY_HEADER, headline, notes, percentile_rows, summary_row, with_total
 
 CSS = """
@@ -226,20 +226,7 @@ def page(title: str, body: str) -> str:
 
 
 def meta_table(run: dict[str, Any]) -> str:
-    keep = (
-        "start",
-        "duration_s",
-        "mode",
-        "target",
-        "targets",
-        "streams",
-        "counts",
-        "scheduled_rate",
-        "achieved_rate",
-        "max_lag_ms",
-        "interrupted",
-        "loadtape_version",
-    )
+    keep = (*(k for k in RUN_KEYS if k not in ("loadtape_version", "start_ns")), "loadtape_version")
     rows = []
     for k in keep:
         v = run.get(k)
