@@ -28,14 +28,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from . import llm
+from . import protocols
 from .errors import UserError
 from .filler import filler, token_count
+from .protocols.base import event_data, event_name, split_events
 from .reader import Capture
 from .schema import Headers, Record
 from .writer import CaptureWriter
 
-KEEP_KEYS = frozenset({"model", "role", "type", "object", "finish_reason", "encoding_format"})
+KEEP_KEYS = frozenset(
+    {"model", "role", "type", "object", "finish_reason", "stop_reason", "status", "encoding_format"}
+)
+# end users and sessions, hashed under their own kind
+USER_KEYS = frozenset({"user", "user_id", "session_id", "safety_identifier", "prompt_cache_key"})
+# ids that link requests (a response and the previous_response_id naming it, a tool call and its
+# result): hashed under one kind, so the links survive
+LINK_KEYS = frozenset(
+    {
+        "id",
+        "previous_response_id",
+        "conversation_id",
+        "call_id",
+        "tool_call_id",
+        "tool_use_id",
+        "item_id",
+    }
+)
 SAFE_HEADERS = frozenset(
     {
         "content-type",
@@ -76,8 +94,10 @@ class Anonymizer:
         if isinstance(node, str):
             if key in KEEP_KEYS:
                 return node
-            if key in ("user", "id", "user_id", "session_id", "conversation_id"):
+            if key in USER_KEYS:
                 return self.ident(node, key)
+            if key in LINK_KEYS:
+                return self.ident(node, "id")
             return self.text(node)
         return node
 
@@ -86,7 +106,7 @@ class Anonymizer:
         if not raw:
             return raw
         enc = (encoding or "").lower()
-        plain = llm.decode_body(raw, encoding)
+        plain = protocols.decode_body(raw, encoding)
         if plain is None:
             return bytes(len(raw))  # cannot read it, cannot keep it
         ctype = (ctype or "").lower()
@@ -114,20 +134,23 @@ class Anonymizer:
         return (filler * (len(plain) // max(len(filler), 1) + 1))[: len(plain)] if filler else b""
 
     def _sse(self, plain: bytes) -> bytes:
-        events = []
-        for data in llm.iter_sse_data(plain.decode("utf-8", "replace")):
+        """Each event's data anonymized; its `event:` name (Responses, Anthropic) kept."""
+        out = []
+        for raw in split_events(plain):
+            name = event_name(raw).decode("utf-8", "replace")
+            data = event_data(raw).decode("utf-8", "replace")
+            head = f"event: {name}\n" if name else ""
             if data.strip() == "[DONE]":
-                events.append("data: [DONE]\n\n")
+                out.append("data: [DONE]\n\n")
                 continue
             try:
                 obj = json.loads(data)
             except ValueError:
-                events.append("data: " + self.text(data) + "\n\n")
+                out.append(f"{head}data: {self.text(data)}\n\n")
                 continue
-            events.append(
-                "data: " + json.dumps(self.json_value(obj), separators=(",", ":")) + "\n\n"
-            )
-        return "".join(events).encode()
+            body = json.dumps(self.json_value(obj), separators=(",", ":"))
+            out.append(f"{head}data: {body}\n\n")
+        return "".join(out).encode()
 
     # -- headers, query ----------------------------------------------------------------------------
     def headers(self, pairs: Headers | None, body_len: int | None) -> Headers | None:
@@ -171,7 +194,9 @@ class Anonymizer:
         out["req_body_size"] = len(out["req_body"] or b"")
         if out.get("resp_body") is not None:
             out["resp_body_size"] = len(out["resp_body"])
-        fields = llm.parse_request(out["req_body"], r.get("req_content_encoding"))
+        _, fields = protocols.parse_request(
+            r.get("path") or "", out["req_body"], r.get("req_content_encoding")
+        )
         if fields.prompt_chars is not None:
             out["prompt_chars"] = fields.prompt_chars
         return out

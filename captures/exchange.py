@@ -1,13 +1,17 @@
 """One HTTP exchange as the proxy saw it (`Snapshot`: raw bytes and numbers, no decoding), and
-how it becomes a capture record (`build_record`: headers decoded, secrets redacted, LLM fields
-parsed, bodies cut to the limit). The capture addon's worker and the HAR and mitmproxy importers
-share it."""
+how it becomes a capture record (`build_record`: headers decoded, secrets redacted, the API
+surface's fields read by captures/protocols, bodies cut to the limit). The capture addon's worker
+and the HAR and mitmproxy importers share it.
+
+For a stream, the surface's event scanner reads the chunks as they were recorded, so the record
+knows which chunk carried the first output event (`first_token_us`) and the first visible text
+(`first_text_us`), how many output events there were, and whether the terminal event came."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import llm
+from . import protocols
 from .redact import Redactor, decode_and_parse
 from .schema import Headers, Record, headers_get
 
@@ -73,8 +77,9 @@ def _ns(seconds: float) -> int:
 
 
 def _us(seconds: float) -> int:
-    """Seconds -> microseconds, clamped to the int32 column (0 to ~35 minutes)."""
-    return min(max(0, int(seconds * 1e6)), 2**31 - 1)
+    """Seconds -> microseconds (rounded: a difference of two epoch floats is off by a few tenths
+    of a microsecond), clamped to the int32 column (0 to ~35 minutes)."""
+    return min(max(0, round(seconds * 1e6)), 2**31 - 1)
 
 
 def error_kind(msg: str) -> str:
@@ -132,12 +137,16 @@ def build_record(
     req_size = len(raw_req) if raw_req is not None else 0
     # Decode and parse the whole request body once (LLM fields and redaction share it),
     # redact it, then cut it to the body limit.
+    anthropic = "anthropic-version" in req_map
     if raw_req:
         decoded = decode_and_parse(raw_req, req_ce, req_ct)
-        fields = llm.request_fields(decoded.obj)
+        surface = protocols.detect(path, decoded.obj, anthropic=anthropic)
+        obj = decoded.obj
+        fields = surface.request(obj) if isinstance(obj, dict) else protocols.RequestFields()
         req_body = red.body(raw_req, req_ce, req_ct, "req_body", notes, decoded=decoded)
     else:
-        fields, req_body = llm.RequestFields(), raw_req
+        surface = protocols.detect(path, anthropic=anthropic)
+        fields, req_body = protocols.RequestFields(), raw_req
     req_trunc = False
     if req_body is not None and len(req_body) > body_limit:
         req_body, req_trunc = req_body[:body_limit], True
@@ -158,6 +167,7 @@ def build_record(
         "req_body_size": req_size,
         "req_body_truncated": req_trunc,
         "req_content_encoding": req_ce,
+        "api": surface.name,
         "model": fields.model,
         "stream": fields.stream,
         "max_tokens": fields.max_tokens,
@@ -173,18 +183,18 @@ def build_record(
         ce = resp_map.get("content-encoding")
         if s.resp_parts is not None:
             body: bytes | None = b"".join(s.resp_parts)
+            parts = s.resp_parts
             size = s.resp_total
         else:
             body = s.resp_body
+            parts = [body] if body else []
             size = len(body) if body else 0
         truncated = body is not None and size > len(body)
-        if not truncated:
-            resp = llm.parse_response(body, ct, ce)
-        else:
-            resp = llm.ResponseFields()
-            # A cut SSE stream still tells us most things from the part we kept.
-            if ce in (None, "", "identity"):
-                resp = llm.parse_response(body, ct, None)
+        # A cut body is still read for what its kept part says (a stream's early events), unless
+        # it is encoded: a cut compressed body cannot be decoded.
+        readable = not truncated or ce in (None, "", "identity")
+        seen = protocols.read_response(surface, parts if readable else None, ct, ce)
+        resp = seen.fields
         red_body = red.body(body, ce, ct, "resp_body", notes) if not truncated or not ce else None
         if truncated and ce:
             notes.append("resp_body:cut-encoded-dropped")
@@ -203,14 +213,33 @@ def build_record(
                 "finish_reason": resp.finish_reason,
                 "prompt_tokens": resp.prompt_tokens,
                 "completion_tokens": resp.completion_tokens,
+                "reasoning_tokens": resp.reasoning_tokens,
+                "cached_tokens": resp.cached_tokens,
+                "cache_write_tokens": resp.cache_write_tokens,
+                "response_id": red.text(resp.response_id, "response_id", notes),
             }
         )
+        offsets: list[int] = []
         if s.chunk_times is not None:
-            rec["chunk_offsets_us"] = [_us(t - t0) for t in s.chunk_times]
+            offsets = [_us(t - t0) for t in s.chunk_times]
+            rec["chunk_offsets_us"] = offsets
             rec["chunk_sizes"] = list(s.chunk_sizes or ())
         elif body:
-            rec["chunk_offsets_us"] = [_us((s.resp_end or t0) - t0)]
+            offsets = [_us((s.resp_end or t0) - t0)]
+            rec["chunk_offsets_us"] = offsets
             rec["chunk_sizes"] = [size]
+        if seen.streamed:
+            rec["output_events"] = seen.output_events
+            rec["stream_complete"] = seen.complete
+            for col, idx in (
+                ("first_token_us", seen.first_output_chunk),
+                ("first_text_us", seen.first_text_chunk),
+            ):
+                if idx is not None and idx < len(offsets):
+                    rec[col] = offsets[idx]
+            if resp.error and not s.error:
+                rec["error_kind"] = "stream_error"
+                rec["error_message"] = red.text(resp.error[:500], "error_message", notes)
     if s.error:
         rec["error_kind"] = error_kind(s.error)
         rec["error_message"] = red.text(s.error[:500], "error_message", notes)

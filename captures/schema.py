@@ -64,7 +64,8 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [
     ("resp_body_size", pa.int64(), True),
     ("resp_body_truncated", pa.bool_(), True),
     ("resp_content_encoding", pa.string(), True),
-    # LLM fields (OpenAI-style JSON bodies; null otherwise)
+    # LLM fields (read by the API surface's module, captures/protocols; null otherwise)
+    ("api", pa.string(), True),
     ("model", pa.string(), True),
     ("stream", pa.bool_(), True),
     ("max_tokens", pa.int32(), True),
@@ -74,6 +75,14 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [
     ("finish_reason", pa.string(), True),
     ("prompt_tokens", pa.int32(), True),
     ("completion_tokens", pa.int32(), True),
+    ("reasoning_tokens", pa.int32(), True),
+    ("cached_tokens", pa.int32(), True),
+    ("cache_write_tokens", pa.int32(), True),
+    ("response_id", pa.string(), True),
+    ("first_token_us", pa.int32(), True),
+    ("first_text_us", pa.int32(), True),
+    ("output_events", pa.int32(), True),
+    ("stream_complete", pa.bool_(), True),
     # outcome
     ("error_kind", pa.string(), True),
     ("error_message", pa.string(), True),
@@ -106,6 +115,7 @@ ERROR_KINDS = (
     "tls",  # TLS handshake failed on either side
     "protocol",  # invalid HTTP
     "killed",  # the flow was killed by an addon or the user
+    "stream_error",  # an error event in the response stream (the API's own error event)
     "other",
 )
 

@@ -8,7 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import llm
+from . import protocols
+from .exchange import Snapshot, build_record
+from .protocols.base import Answer, approx_tokens
+from .redact import RedactionPolicy, Redactor
 from .schema import Headers, Record
 from .writer import CaptureWriter
 
@@ -18,6 +21,10 @@ WORDS = (
     "the quick brown fox jumps over a lazy dog while gateway latency budgets hold steady under "
     "replayed production traffic with streaming tokens and careful measurement"
 ).split()
+
+
+# records are built as a live capture builds them, without redaction (factories plant no secret)
+_PLAIN = Redactor(RedactionPolicy(enabled=False), b"x" * 32)
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -47,6 +54,51 @@ def chat_request_body(
     return json.dumps(obj).encode()
 
 
+API_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+    "embeddings": "/v1/embeddings",
+}
+
+
+def request_body(
+    api: str,
+    model: str,
+    prompt: str,
+    *,
+    stream: bool = False,
+    max_tokens: int | None = None,
+    user: str | None = None,
+) -> bytes:
+    """A request of an API surface with one user turn."""
+    if api == "chat":
+        return chat_request_body(
+            model, [("user", prompt)], stream=stream, max_tokens=max_tokens, user=user
+        )
+    obj: dict[str, Any] = {"model": model}
+    if api == "completions":
+        obj.update(prompt=prompt, stream=stream)
+        if max_tokens is not None:
+            obj["max_tokens"] = max_tokens
+    elif api == "responses":
+        obj.update(input=prompt, stream=stream)
+        if max_tokens is not None:
+            obj["max_output_tokens"] = max_tokens
+    elif api == "messages":
+        obj.update(
+            messages=[{"role": "user", "content": prompt}],
+            stream=stream,
+            max_tokens=max_tokens or 1024,
+        )
+    elif api == "embeddings":
+        obj["input"] = prompt
+    if user is not None:
+        obj["user"] = user
+    return json.dumps(obj).encode()
+
+
 def chat_record(
     *,
     start_ns: int = T0_NS,
@@ -63,62 +115,57 @@ def chat_record(
     itl_ms: float = 5.0,
     host: str = "127.0.0.1",
     port: int = 8000,
-    path: str = "/v1/chat/completions",
+    path: str | None = None,
     extra_headers: Headers | None = None,
+    api: str = "chat",
+    reasoning_tokens: int = 0,
+    tool: str | None = None,
 ) -> Record:
-    """A complete chat-completions exchange as the capture addon would record it."""
-    body = chat_request_body(
-        model, [("user", prompt)], stream=stream, max_tokens=max_tokens, user=user
+    """A complete exchange of an API surface (chat completions by default) as the capture addon
+    would record it: the first output event `ttft_ms` after the response started, one every
+    `itl_ms` after it."""
+    surface = protocols.BY_NAME[api]
+    body = request_body(api, model, prompt, stream=stream, max_tokens=max_tokens, user=user)
+    path = path or API_PATHS[api]
+    answer = Answer(
+        rid="resp-test" if api == "responses" else "chatcmpl-test",
+        model=model,
+        created=0,
+        text=[] if tool else [f" tok{i}" for i in range(completion_tokens)],
+        reasoning=[f" think{i}" for i in range(reasoning_tokens)],
+        tool_name=tool,
+        tool_args=['{"a": ', "1}"] if tool else [],
+        tool_call_id="call_test" if tool else "",
+        finish="tool" if tool else "stop",
+        prompt_tokens=approx_tokens(len(prompt)),
+        include_usage=True,
     )
-    req = llm.parse_request(body)
-    tokens = [f" tok{i}" for i in range(completion_tokens)]
-    rid = "chatcmpl-test"
-    usage = {
-        "prompt_tokens": llm.approx_tokens(len(prompt)),
-        "completion_tokens": completion_tokens,
-        "total_tokens": llm.approx_tokens(len(prompt)) + completion_tokens,
-    }
     resp_start = start_ns + 200_000
     offsets: list[int] = []
     sizes: list[int] = []
     if status != 200:
-        resp_body = json.dumps(
-            {"error": {"message": "overloaded", "type": "server_error"}}
-        ).encode()
+        resp_body = surface.error_body(status, "server_error", "overloaded")
         ctype = "application/json"
         offsets, sizes = [0], [len(resp_body)]
         resp_end = resp_start + 100_000
     elif stream:
-        chunks = [llm.chat_chunk(rid, model, 0, role="assistant", content="")]
-        chunks += [llm.chat_chunk(rid, model, 0, content=t) for t in tokens]
-        chunks.append(llm.chat_chunk(rid, model, 0, finish_reason="stop"))
-        chunks.append(llm.chat_chunk(rid, model, 0, empty_choices=True, usage=usage))
-        chunks.append(llm.SSE_DONE)
-        resp_body = b"".join(chunks)
+        chunks = list(surface.render_stream(answer))
+        resp_body = b"".join(c for _, c in chunks)
         ctype = "text/event-stream"
-        t_us = 0.0
-        for i, c in enumerate(chunks):
-            if i == 1:
-                t_us = ttft_ms * 1000
-            elif i > 1:
-                t_us += itl_ms * 1000 if i <= completion_tokens else 0
+        t_us, first = 0.0, True
+        for timed, c in chunks:
+            if timed:
+                t_us = ttft_ms * 1000 if first else t_us + itl_ms * 1000
+                first = False
             offsets.append(int(t_us))
             sizes.append(len(c))
         resp_end = resp_start + offsets[-1] * 1000 + 1000
     else:
-        resp_body = llm.chat_completion(
-            rid,
-            model,
-            0,
-            "".join(tokens),
-            prompt_tokens=usage["prompt_tokens"],
-            completion_tokens=completion_tokens,
-        )
+        resp_body = surface.render_body(answer)
         ctype = "application/json"
-        gen_us = int((ttft_ms + itl_ms * max(completion_tokens - 1, 0)) * 1000)
+        gen_us = int((ttft_ms + itl_ms * max(answer.pieces - 1, 0)) * 1000)
         offsets, sizes = [gen_us], [len(resp_body)]
         resp_end = resp_start + gen_us * 1000 + 1000
-    resp = llm.parse_response(resp_body, ctype)
     headers: Headers = [
         ("Host", f"{host}:{port}"),
         ("Content-Type", "application/json"),
@@ -126,43 +173,53 @@ def chat_record(
     ]
     if extra_headers:
         headers += list(extra_headers)
-    return {
-        "conn_id": conn_id,
-        "session_key": session_key,
-        "req_start_ns": start_ns,
-        "req_end_ns": start_ns + 100_000,
-        "resp_start_ns": resp_start,
-        "resp_end_ns": resp_end,
-        "chunk_offsets_us": offsets,
-        "chunk_sizes": sizes,
-        "proxy_inflight": 1,
-        "method": "POST",
-        "scheme": "http",
-        "host": host,
-        "port": port,
-        "path": path,
-        "query": None,
-        "http_version": "HTTP/1.1",
-        "req_headers": headers,
-        "req_body": body,
-        "req_body_size": len(body),
-        "req_body_truncated": False,
-        "status": status,
-        "reason": "OK" if status == 200 else "Service Unavailable",
-        "resp_headers": [("Content-Type", ctype), ("Content-Length", str(len(resp_body)))],
-        "resp_body": resp_body,
-        "resp_body_size": len(resp_body),
-        "resp_body_truncated": False,
-        "model": req.model,
-        "stream": req.stream,
-        "max_tokens": req.max_tokens,
-        "message_count": req.message_count,
-        "prompt_chars": req.prompt_chars,
-        "user": req.user,
-        "finish_reason": resp.finish_reason,
-        "prompt_tokens": resp.prompt_tokens,
-        "completion_tokens": resp.completion_tokens,
-    }
+    snap = Snapshot(
+        conn_id=conn_id or "",
+        inflight=1,
+        req_start=start_ns / 1e9,
+        req_end=(start_ns + 100_000) / 1e9,
+        method=b"POST",
+        scheme=b"http",
+        host=host,
+        port=port,
+        path=path.encode(),
+        http_version=b"HTTP/1.1",
+        req_headers=tuple((n.encode(), v.encode()) for n, v in headers),
+        req_body=body,
+        status=status,
+        reason=b"OK" if status == 200 else b"Service Unavailable",
+        resp_headers=(
+            (b"Content-Type", ctype.encode()),
+            (b"Content-Length", str(len(resp_body)).encode()),
+        ),
+        resp_start=resp_start / 1e9,
+        resp_end=resp_end / 1e9,
+        chunk_times=[(resp_start + o * 1000) / 1e9 for o in offsets],
+        chunk_sizes=sizes,
+        resp_parts=_split(resp_body, sizes),
+        resp_total=len(resp_body),
+    )
+    rec = build_record(snap, _PLAIN, [("header", "X-Session-Id"), ("none", "")], 64 << 20)
+    # exact values, not the float round trip of the snapshot's seconds
+    rec.update(
+        conn_id=conn_id,
+        session_key=session_key,
+        req_start_ns=start_ns,
+        req_end_ns=start_ns + 100_000,
+        resp_start_ns=resp_start,
+        resp_end_ns=resp_end,
+        chunk_offsets_us=offsets,
+        redacted=None,
+    )
+    return rec
+
+
+def _split(body: bytes, sizes: list[int]) -> list[bytes]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(body[i : i + n])
+        i += n
+    return out
 
 
 def http_record(

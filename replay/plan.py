@@ -31,6 +31,7 @@ PLAN_COLUMNS = [
     "req_body",
     "req_body_truncated",
     "req_content_encoding",
+    "api",
     "model",
     "stream",
     "max_tokens",
@@ -57,6 +58,7 @@ class Request:
     content_encoding: str | None = None
     model: str | None = None
     stream: bool | None = None
+    api: str | None = None  # the API surface the capture recorded (captures/protocols)
 
 
 @dataclass(slots=True)
@@ -162,6 +164,7 @@ def request_of(row: Record) -> Request:
         content_encoding=row.get("req_content_encoding"),
         model=row.get("model"),
         stream=row.get("stream"),
+        api=row.get("api"),
     )
 
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from captures import protocols
 from captures.errors import UserError
+from captures.protocols import PLAIN, Surface
 from captures.redact import MARKER_RE
 from captures.schema import Headers
 
@@ -176,6 +178,7 @@ class Prepared:
     raw: bytes  # the whole HTTP/1.1 request
     model: str | None
     stream: bool
+    surface: Surface = PLAIN  # the API surface: how its response is read
 
     @property
     def url(self) -> str:
@@ -201,12 +204,19 @@ class Rewriter:
         self.dropped_redacted = 0  # redacted values left out, for the run's report
 
     def prepare(self, req: Request, extra: Mapping[str, Any] | None = None) -> Prepared:
-        """The request for the target. `extra` (from amplification): `copy` (k: the body's
-        `user` becomes `<user>~c<k>`) and `salt` (a nonce prefixed to the first user message)."""
+        """The request for the target. `extra` (from amplification): `copy` (k: the end user's
+        id becomes `<user>~c<k>`) and `salt` (a nonce prefixed to the prompt), each where the
+        request's API surface keeps them."""
         body = req.body or b""
         model = req.model
-        if body and (self.model_map or b"[REDACTED:" in body or extra):
-            body, model = self._rewrite_body(body, req.content_encoding, model, extra)
+        surface = self._surface(req)
+        if body and (
+            self.model_map
+            or b"[REDACTED:" in body
+            or extra
+            or (surface is PLAIN and req.method.upper() == "POST" and body[:1] == b"{")
+        ):
+            body, model, surface = self._rewrite_body(body, req, model, surface, extra)
         headers: Headers = []
         recorded_host = None
         for name, value in req.headers:
@@ -230,7 +240,17 @@ class Rewriter:
             path = f"{path}?{query}"
         head = f"{req.method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
         raw = head.encode("utf-8") + b"\r\n" + body
-        return Prepared(req.method, self.target, path, headers, body, raw, model, bool(req.stream))
+        return Prepared(
+            req.method, self.target, path, headers, body, raw, model, bool(req.stream), surface
+        )
+
+    @staticmethod
+    def _surface(req: Request) -> Surface:
+        """The surface recorded with the request, else the one its path names."""
+        if req.api:
+            return protocols.BY_NAME.get(req.api, PLAIN)
+        anthropic = any(n.lower() == "anthropic-version" for n, _ in req.headers)
+        return protocols.detect(req.path, anthropic=anthropic)
 
     def _query(self, query: str | None) -> str | None:
         if not query or "REDACTED" not in query:
@@ -246,32 +266,43 @@ class Rewriter:
     def _rewrite_body(
         self,
         body: bytes,
-        encoding: str | None,
+        req: Request,
         model: str | None,
+        surface: Surface,
         extra: Mapping[str, Any] | None = None,
-    ) -> tuple[bytes, str | None]:
-        enc = (encoding or "").lower()
+    ) -> tuple[bytes, str | None, Surface]:
+        enc = (req.content_encoding or "").lower()
         try:
             plain = zlib.decompress(body, 16 + zlib.MAX_WBITS) if enc == "gzip" else body
             obj = json.loads(plain) if enc in ("", "identity", "gzip") else None
         except (ValueError, zlib.error):
-            return body, model
+            return body, model, surface
         if not isinstance(obj, dict):
-            return body, model
+            return body, model, surface
+        if surface is PLAIN:  # a gateway's own path: the body's shape may say which API it is
+            surface = protocols.detect(req.path, obj)
         changed = self._drop_markers(obj)
-        if isinstance(obj.get("model"), str) and obj["model"] in self.model_map:
-            obj["model"] = self.model_map[obj["model"]]
-            model = obj["model"]
+        old = obj.get("model")
+        if (
+            isinstance(old, str)
+            and old in self.model_map
+            and surface.set_model(obj, self.model_map[old])
+        ):
+            model = self.model_map[old]
             changed = True
         if extra:
-            changed |= _per_copy(obj, extra)
+            copy, salt = extra.get("copy"), extra.get("salt")
+            if copy:
+                changed |= surface.copy_user(obj, int(copy))
+            if salt:
+                changed |= surface.salt(obj, str(salt))
         if not changed:
-            return body, model
+            return body, model, surface
         out = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
         if enc == "gzip":
             c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
             out = c.compress(out) + c.flush()
-        return out, model
+        return out, model, surface
 
     def _drop_markers(self, obj: Any) -> bool:
         """Remove JSON fields whose whole value is a redaction marker (a key we do not have)."""
@@ -289,31 +320,6 @@ class Rewriter:
             for v in obj:
                 changed |= self._drop_markers(v)
         return changed
-
-
-def _per_copy(obj: dict[str, Any], extra: Mapping[str, Any]) -> bool:
-    """Make an amplified copy's body its own: a separate `user`, and a salted prompt."""
-    changed = False
-    k = extra.get("copy")
-    if k and isinstance(obj.get("user"), str):
-        obj["user"] = f"{obj['user']}~c{k}"
-        changed = True
-    salt = extra.get("salt")
-    if salt:
-        msgs = obj.get("messages")
-        if isinstance(msgs, list):
-            for m in msgs:
-                if (
-                    isinstance(m, dict)
-                    and m.get("role") == "user"
-                    and isinstance(m.get("content"), str)
-                ):
-                    m["content"] = f"[{salt}] {m['content']}"
-                    return True
-        if isinstance(obj.get("prompt"), str):
-            obj["prompt"] = f"[{salt}] {obj['prompt']}"
-            return True
-    return changed
 
 
 def mask_url(url: str) -> str:

@@ -21,7 +21,10 @@ def _resp(status: str, body: bytes, headers: str = "", ctype: str = "application
     ).encode() + body
 
 
-OK_BODY = b'{"ok":true,"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+# a chat completion's shape, so a chat path reads its usage (/ok is plain HTTP: no usage read)
+OK_BODY = (
+    b'{"object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+)
 
 
 class FaultServer:
@@ -89,7 +92,7 @@ class FaultServer:
 
     async def _respond(self, path: str, q: dict[str, str], writer: asyncio.StreamWriter) -> bool:
         w = writer.write
-        if path == "/ok":
+        if path in ("/ok", "/v1/chat/completions"):
             w(_resp("200 OK", OK_BODY))
         elif path == "/close":
             return False

@@ -14,9 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from captures import llm
 from captures.anonymize import anonymize
 from captures.errors import UserError
+from captures.protocols import CHAT, read_response
+from captures.protocols.base import Answer
 from captures.reader import Capture
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.api import run_replay
@@ -39,24 +40,14 @@ SECRETS = [
 ]
 
 
+def answer(rid: str, words: list[str], model: str) -> Answer:
+    return Answer(rid=rid, model=model, created=0, text=[" " + w for w in words], prompt_tokens=9)
+
+
 def sse(words: list[str], model: str) -> bytes:
-    chunks = [llm.chat_chunk("chatcmpl-zanzibarquokka", model, 0, role="assistant", content="")]
-    chunks += [llm.chat_chunk("chatcmpl-zanzibarquokka", model, 0, content=" " + w) for w in words]
-    chunks.append(llm.chat_chunk("chatcmpl-x", model, 0, finish_reason="stop"))
-    chunks.append(
-        llm.chat_chunk(
-            "chatcmpl-x",
-            model,
-            0,
-            empty_choices=True,
-            usage={
-                "prompt_tokens": 9,
-                "completion_tokens": len(words),
-                "total_tokens": 9 + len(words),
-            },
-        )
+    return b"".join(
+        e for _, e in CHAT.render_stream(answer("chatcmpl-zanzibarquokka", words, model))
     )
-    return b"".join(chunks) + llm.SSE_DONE
 
 
 def records() -> list[dict[str, object]]:
@@ -80,14 +71,7 @@ def records() -> list[dict[str, object]]:
             r["resp_body"] = sse(words, str(r["model"]))
             r["resp_headers"] = [("Content-Type", "text/event-stream")]
         else:
-            body = llm.chat_completion(
-                "chatcmpl-hushhushtoken",
-                str(r["model"]),
-                0,
-                " ".join(words),
-                prompt_tokens=9,
-                completion_tokens=9,
-            )
+            body = CHAT.render_body(answer("chatcmpl-hushhushtoken", words, str(r["model"])))
             if i % 4 == 1:  # a gzip-encoded body: the scan must decode it
                 r["resp_body"] = gzip.compress(body)
                 r["resp_content_encoding"] = "gzip"
@@ -179,8 +163,11 @@ def test_structure_timing_sizes_and_usage_survive(tmp_path: Path) -> None:
             assert req["model"] == x["model"] and req["messages"][0]["role"] == "user"
             assert req["user"].startswith("anon-user-")
             ct = "text/event-stream" if x["stream"] else "application/json"
-            before = llm.parse_response(x["resp_body"], ct, x["resp_content_encoding"])
-            after = llm.parse_response(y["resp_body"], ct, y["resp_content_encoding"])
+            before = read_response(CHAT, [x["resp_body"]], ct, x["resp_content_encoding"]).fields
+            after = read_response(CHAT, [y["resp_body"]], ct, y["resp_content_encoding"]).fields
+            assert after.response_id != before.response_id  # ids are pseudonyms ...
+            assert after.response_id and after.response_id.startswith("anon-id-")
+            after.response_id = before.response_id  # ... and the rest is as it was
             assert after == before and after.completion_tokens == 9
     # one capture's identifiers map consistently: the same user, the same pseudonym
     assert (

@@ -13,7 +13,8 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
-from captures import llm
+from captures.protocols import CHAT
+from captures.protocols.base import Answer
 from captures.reader import Capture
 from captures.redact import RedactionPolicy, Redactor
 from proxy_addons.capture import CaptureAddon, _Chunks
@@ -80,24 +81,16 @@ async def test_streamed_and_plain_flows_are_recorded(tmp_path: Path, key_file: P
         configure(tctx, addon, tmp_path / "cap", key_file)
         f1 = chat_flow(stream=True)
         addon.requestheaders(f1)
-        events = [
-            llm.chat_chunk("r", "small", 0, role="assistant", content=""),
-            llm.chat_chunk("r", "small", 0, content="a"),
-            llm.chat_chunk("r", "small", 0, content="b"),
-            llm.chat_chunk("r", "small", 0, finish_reason="length"),
-            llm.chat_chunk(
-                "r",
-                "small",
-                0,
-                empty_choices=True,
-                usage={"prompt_tokens": 2, "completion_tokens": 2},
-            ),
-            llm.SSE_DONE,
-        ]
+        a = Answer(
+            rid="r", model="small", created=0, text=["a", "b"], finish="length", prompt_tokens=2
+        )
+        events = [e for _, e in CHAT.render_stream(a)]  # role, a, b, finish, usage, [DONE]
         respond(addon, f1, events, "text/event-stream")
         f2 = chat_flow(stream=False)
         addon.requestheaders(f2)
-        plain = llm.chat_completion("r", "small", 0, "ab", prompt_tokens=2, completion_tokens=2)
+        plain = CHAT.render_body(
+            Answer(rid="r", model="small", created=0, text=["a", "b"], prompt_tokens=2)
+        )
         respond(
             addon, f2, [gzip.compress(plain)], "application/json", **{"Content-Encoding": "gzip"}
         )

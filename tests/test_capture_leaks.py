@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 
-from captures import llm
+from captures.protocols import decode_body
 from captures.redact import MARKER_RE
 from replay.mock.threaded import running_gateway
 
@@ -87,7 +87,7 @@ def _decoded_strings(value: Any) -> list[str]:
     if isinstance(value, bytes):
         out = [value.decode("latin-1")]
         for enc in ("gzip", "deflate"):
-            dec = llm.decode_body(value, enc)
+            dec = decode_body(value, enc)
             if dec:
                 out.append(dec.decode("latin-1"))
         return out

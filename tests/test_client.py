@@ -48,7 +48,7 @@ async def test_plain_request_and_keep_alive(kind: str) -> None:
     async with FaultServer() as srv:
         c = make(kind, srv.url)
         try:
-            outs = [await send(c, srv.url, "/ok") for _ in range(3)]
+            outs = [await send(c, srv.url, "/v1/chat/completions") for _ in range(3)]
         finally:
             await c.close()
     for o in outs:

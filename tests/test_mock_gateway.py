@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from captures import llm
+from captures.protocols import CHAT, read_response
+from captures.protocols.base import event_data, split_events
 from replay.mock.config import PROFILES, Faults, GatewayConfig, ModelProfile
 from replay.mock.gateway import MockGateway
 from replay.mock.threaded import running_gateway
@@ -77,7 +78,8 @@ async def test_streamed_timing_follows_the_profile(session: aiohttp.ClientSessio
     assert all(0.018 <= g < 0.08 for g in gaps), gaps
     usage = chunks[-1]["usage"]
     assert usage == {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}
-    parsed = llm.parse_response(b"".join(e + b"\n\n" for _, e in events), "text/event-stream")
+    body = b"".join(e + b"\n\n" for _, e in events)
+    parsed = read_response(CHAT, [body], "text/event-stream", None).fields
     assert parsed.finish_reason == "length" and parsed.completion_tokens == 6
 
 
@@ -189,8 +191,8 @@ async def test_malformed_sse_event(session: aiohttp.ClientSession) -> None:
     async with gw, session.post(f"{gw.url}/v1/chat/completions", json=body) as r:
         raw = await r.read()
     bad = 0
-    for data in llm.iter_sse_data(raw.decode()):
-        if data != "[DONE]":
+    for data in (event_data(e) for e in split_events(raw)):
+        if data != b"[DONE]":
             try:
                 json.loads(data)
             except ValueError:
@@ -221,7 +223,7 @@ async def test_completions_models_health_echo(session: aiohttp.ClientSession) ->
             json={"model": "z", "prompt": "abc", "max_tokens": 2, "stream": True},
         ) as r:
             raw = await r.read()
-            assert raw.endswith(llm.SSE_DONE)
+            assert raw.endswith(b"data: [DONE]\n\n")
         async with session.get(f"{gw.url}/v1/models") as r:
             ids = {m["id"] for m in (await r.json())["data"]}
             assert "m" in ids

@@ -76,7 +76,7 @@ def test_parse(
         ("count>=5/s", "unknown unit '/s' for count"),
         (
             "colour=red:latency.p99<1s",
-            "unknown scope 'colour' (want stream, target, endpoint, model, status) (at column 1)",
+            "unknown scope 'colour' (want stream, target, api, endpoint, model, status) (at column 1)",
         ),
         ("stream:latency.p99<1s", "scope 'stream' is not dim=value"),
         ("stream=a,=b:latency.p99<1s", "scope '=b' is not dim=value (at column 10)"),

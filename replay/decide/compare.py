@@ -39,6 +39,7 @@ RESAMPLES = 400
 SAMPLE_COLUMNS = [
     "stream",
     "target",
+    "api",
     "endpoint",
     "model",
     "status",
@@ -48,6 +49,7 @@ SAMPLE_COLUMNS = [
     "sent_ns",
     "headers_ns",
     "first_token_ns",
+    "first_text_ns",
     "end_ns",
     "completion_tokens",
     "token_offsets_us",
@@ -173,6 +175,7 @@ def samples(results: Results, by: tuple[str, ...]) -> dict[tuple[str, ...], dict
     cols = {
         "stream": t["stream"],
         "target": [x or "" for x in t["target"]],
+        "api": [x or "" for x in t["api"]],
         "endpoint": t["endpoint"],
         "model": [x or "" for x in t["model"]],
         "status": classes,
@@ -190,7 +193,7 @@ def samples(results: Results, by: tuple[str, ...]) -> dict[tuple[str, ...], dict
         d: dict[str, Any] = {"count": len(rows), "failed": int(failed[idx].sum())}
         for m in ("latency", "service", "lag"):
             d[m] = t_us[m][idx]
-        for m in ("ttfb", "ttft", "tpot"):  # -1: the request has none
+        for m in ("ttfb", "ttft", "ttft_text", "tpot"):  # -1: the request has none
             v = t_us[m][idx]
             d[m] = v[v >= 0]
         d["itl"] = t_us["itl"][np.isin(t_us["itl_row"], idx)]

@@ -7,13 +7,16 @@ Metrics, in microseconds:
 | latency | intended send time | response end (coordinated-omission-free) |
 | service | actual send | response end |
 | ttfb | actual send | response headers |
-| ttft | actual send | first token event |
-| itl | one token event | the next (one value per gap) |
+| ttft | actual send | first output event of any kind (text, reasoning, tool call) |
+| ttft_text | actual send | first visible text (after ttft when reasoning or a tool call leads) |
+| itl | one output event | the next (one value per gap, over every kind) |
 | tpot | first token | response end, divided by output tokens - 1 |
 | lag | intended send time | actual send (schedule lag) |
 
-Groups are (stream, target, endpoint, model, status class); target is the target's name when a
-run has several (`--target NAME=URL`), else "". Values out of the histogram's range are counted
+Groups are (stream, target, api, endpoint, model, status class); target is the target's name
+when a run has several (`--target NAME=URL`), else ""; api is the API surface (chat, responses,
+messages, ...). Each group also sums tokens by kind (prompt, completion, reasoning, cached) and
+counts finish reasons. Values out of the histogram's range are counted
 per metric, never silently dropped. Per-second interval histograms of latency and TTFT (per
 stream, or `stream@target` with several targets) give the over-time views; only the current
 second's are live, finished ones are kept encoded. Histograms merge exactly (`add`), so shards,
@@ -33,11 +36,11 @@ from hdrh.histogram import HdrHistogram
 
 from captures import hdr
 
-METRICS = ("latency", "service", "ttfb", "ttft", "itl", "tpot", "lag")
+METRICS = ("latency", "service", "ttfb", "ttft", "ttft_text", "itl", "tpot", "lag")
 INTERVAL_METRICS = ("latency", "ttft")
-GroupKey = tuple[str, str, str, str, str]  # stream, target, endpoint, model, status class
-GROUP_DIMS = ("stream", "target", "endpoint", "model", "status")
-HIST_FORMAT = 2  # 1: keys without the target (read as target "")
+GroupKey = tuple[str, str, str, str, str, str]  # stream, target, api, endpoint, model, status
+GROUP_DIMS = ("stream", "target", "api", "endpoint", "model", "status")
+HIST_FORMAT = 3  # 1: keys without target and api; 2: without api (read as "")
 _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
 
 
@@ -63,6 +66,9 @@ class GroupStats:
     statuses: dict[int, int] = field(default_factory=dict)
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reasons: dict[str, int] = field(default_factory=dict)
     bytes_in: int = 0
     first_intended_ns: int | None = None
     last_intended_ns: int | None = None
@@ -78,8 +84,12 @@ class GroupStats:
             self.errors[k] = self.errors.get(k, 0) + v
         for s, v in o.statuses.items():
             self.statuses[s] = self.statuses.get(s, 0) + v
+        for f, v in o.finish_reasons.items():
+            self.finish_reasons[f] = self.finish_reasons.get(f, 0) + v
         self.completion_tokens += o.completion_tokens
         self.prompt_tokens += o.prompt_tokens
+        self.reasoning_tokens += o.reasoning_tokens
+        self.cached_tokens += o.cached_tokens
         self.bytes_in += o.bytes_in
         for a in ("first_intended_ns", "first_end_ns"):
             x, y = getattr(self, a), getattr(o, a)
@@ -102,6 +112,7 @@ def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
         np.asarray(b[c], dtype=np.int64) for c in ("intended_ns", "sent_ns", "end_ns")
     )
     headers, first = arr("headers_ns"), arr("first_token_ns")
+    first_text = arr("first_text_ns") if "first_text_ns" in b else np.full(len(sent), -1)
     ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
     toks = b["token_offsets_us"]
     ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
@@ -113,6 +124,7 @@ def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
         "lag": np.maximum(sent - intended, 0) // us,
         "ttfb": np.where(headers >= 0, (headers - sent) // us, -1),
         "ttft": np.where(first >= 0, (first - sent) // us, -1),
+        "ttft_text": np.where(first_text >= 0, (first_text - sent) // us, -1),
         "tpot": np.where(
             (first >= 0) & (n_out > 1), (end - first) // np.maximum(n_out - 1, 1) // us, -1
         ),
@@ -167,6 +179,8 @@ class Metrics:
         status = np.array([0 if v is None else v for v in b["status"]], dtype=np.int64)
         ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
         ptoks = np.array([v or 0 for v in b["prompt_tokens"]], dtype=np.int64)
+        rtoks = np.array([v or 0 for v in b.get("reasoning_tokens") or [0] * n], dtype=np.int64)
+        cached = np.array([v or 0 for v in b.get("cached_tokens") or [0] * n], dtype=np.int64)
         bytes_in = np.asarray(b["bytes_in"], dtype=np.int64)
         intended = np.asarray(b["intended_ns"], dtype=np.int64)
         end = np.asarray(b["end_ns"], dtype=np.int64)
@@ -177,8 +191,9 @@ class Metrics:
         classes = [status_class(st, e) for st, e in zip(b["status"], b["error_kind"], strict=True)]
         models = [m or "" for m in b["model"]]
         targets = b.get("target") or [""] * n
+        apis = [a or "" for a in b.get("api") or [""] * n]
         for i, key in enumerate(
-            zip(b["stream"], targets, b["endpoint"], models, classes, strict=True)
+            zip(b["stream"], targets, apis, b["endpoint"], models, classes, strict=True)
         ):
             g = gid_of.get(key)
             if g is None:
@@ -187,7 +202,7 @@ class Metrics:
         ng = len(gid_of)
         t = timings(b)
         latency, service, lag = t["latency"], t["service"], t["lag"]
-        ttfb, ttft, tpot = t["ttfb"], t["ttft"], t["tpot"]
+        ttfb, ttft, tpot, ttft_text = t["ttfb"], t["ttft"], t["tpot"], t["ttft_text"]
         itl, itl_owner = t["itl"], gids[t["itl_row"]]
 
         hdr.record_many(self.overall["latency"], latency)
@@ -195,6 +210,8 @@ class Metrics:
         counts = np.bincount(gids * 3 + outcome, minlength=ng * 3).reshape(ng, 3)
         ctok_sum = np.bincount(gids, weights=ctoks, minlength=ng)
         ptok_sum = np.bincount(gids, weights=ptoks, minlength=ng)
+        rtok_sum = np.bincount(gids, weights=rtoks, minlength=ng)
+        cached_sum = np.bincount(gids, weights=cached, minlength=ng)
         bytes_sum = np.bincount(gids, weights=bytes_in, minlength=ng)
         for key, g in gid_of.items():
             sel = gids == g
@@ -206,6 +223,8 @@ class Metrics:
             self._record(hists, "ttfb", v[v >= 0])
             v = ttft[sel]
             self._record(hists, "ttft", v[v >= 0])
+            v = ttft_text[sel]
+            self._record(hists, "ttft_text", v[v >= 0])
             v = tpot[sel]
             self._record(hists, "tpot", v[v >= 0])
             self._record(hists, "itl", itl[itl_owner == g])
@@ -217,6 +236,8 @@ class Metrics:
             st.failed += c_fail
             st.completion_tokens += int(ctok_sum[g])
             st.prompt_tokens += int(ptok_sum[g])
+            st.reasoning_tokens += int(rtok_sum[g])
+            st.cached_tokens += int(cached_sum[g])
             st.bytes_in += int(bytes_sum[g])
             vals, cnts = np.unique(status[sel], return_counts=True)
             for sv, c in zip(vals.tolist(), cnts.tolist(), strict=True):
@@ -229,6 +250,11 @@ class Metrics:
                 last_end_ns=int(end[sel].max()),
             )
             st.merge(span)
+        keys_of = {g: k for k, g in gid_of.items()}
+        for i, fin in enumerate(b.get("finish_reason") or ()):
+            if fin:
+                fr = self.stats[keys_of[int(gids[i])]].finish_reasons
+                fr[fin] = fr.get(fin, 0) + 1
         for i in np.flatnonzero(outcome == 2).tolist():  # failures: usually few
             key = next(k for k, g in gid_of.items() if g == gids[i])
             kind = b["error_kind"][i] or f"http_{b['status'][i]}"
@@ -325,14 +351,24 @@ class Metrics:
         m = cls(int(doc["run_start_ns"]))
         for g in doc["groups"]:
             k = list(g["key"])
-            if len(k) == 4:  # format 1
+            if len(k) == 4:  # format 1: no target
                 k.insert(1, "")
-            key: GroupKey = (k[0], k[1], k[2], k[3], k[4])
-            m.hists[key] = {name: hdr.decode(blob) for name, blob in g["hists"].items()}
+            if len(k) == 5:  # format 2: no api
+                k.insert(2, "")
+            key: GroupKey = (k[0], k[1], k[2], k[3], k[4], k[5])
+            hists = {name: hdr.decode(blob) for name, blob in g["hists"].items()}
+            for name in METRICS:  # a metric added since the file was written: empty
+                hists.setdefault(name, hdr.new_latency_hist())
+            m.hists[key] = hists
             st = GroupStats(
-                **{k: v for k, v in g["stats"].items() if k not in ("errors", "statuses")}
+                **{
+                    k: v
+                    for k, v in g["stats"].items()
+                    if k not in ("errors", "statuses", "finish_reasons")
+                }
             )
             st.errors = dict(g["stats"]["errors"])
+            st.finish_reasons = dict(g["stats"].get("finish_reasons") or {})
             st.statuses = {int(k): v for k, v in g["stats"]["statuses"].items()}
             m.stats[key] = st
         m.out_of_range.update(doc.get("out_of_range", {}))

@@ -38,13 +38,15 @@ SCHEMA = pa.schema(
         ("source_writer", pa.string()),
         ("source_seq", pa.int64()),
         ("method", pa.string()),
+        ("api", pa.string()),  # the API surface: chat, completions, responses, messages, ...
         ("endpoint", pa.string()),
         ("model", pa.string()),
         ("req_bytes", pa.int64()),
         ("intended_ns", pa.int64()),
         ("sent_ns", pa.int64()),
         ("headers_ns", pa.int64()),
-        ("first_token_ns", pa.int64()),
+        ("first_token_ns", pa.int64()),  # the first output event of any kind
+        ("first_text_ns", pa.int64()),  # the first visible text
         ("end_ns", pa.int64()),
         ("status", pa.int32()),
         ("outcome", pa.string()),  # ok | expected | failed
@@ -54,8 +56,16 @@ SCHEMA = pa.schema(
         ("bytes_in", pa.int64()),
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
+        ("reasoning_tokens", pa.int32()),
+        ("cached_tokens", pa.int32()),
+        ("cache_write_tokens", pa.int32()),
         ("finish_reason", pa.string()),
         ("events", pa.int32()),
+        ("text_events", pa.int32()),
+        ("reasoning_events", pa.int32()),
+        ("tool_events", pa.int32()),
+        ("stream_complete", pa.bool_()),
+        ("response_id", pa.string()),
         ("token_offsets_us", pa.list_(pa.int32())),
         ("body_hash", pa.string()),  # blake2b-128 hex of the decoded body (loadtape diff)
         ("recorded_status", pa.int32()),
@@ -195,6 +205,9 @@ class ResultWriter:
             "source_writer": [s.source[0] if s.source else None for s in shots],
             "source_seq": [s.source[1] if s.source else None for s in shots],
             "method": [q.method for q in reqs],
+            "api": [
+                p.surface.name if p is not None else q.api for p, q in zip(preps, reqs, strict=True)
+            ],
             "endpoint": [q.path for q in reqs],
             "model": [
                 p.model if p is not None else q.model for p, q in zip(preps, reqs, strict=True)
@@ -206,6 +219,9 @@ class ResultWriter:
             "first_token_ns": [
                 o.first_token_ns + off if o.first_token_ns is not None else None for o in outs
             ],
+            "first_text_ns": [
+                o.first_text_ns + off if o.first_text_ns is not None else None for o in outs
+            ],
             "end_ns": [o.end_ns + off for o in outs],
             "status": [o.status for o in outs],
             "outcome": [r[4] for r in rows],
@@ -215,8 +231,16 @@ class ResultWriter:
             "bytes_in": [o.bytes_in for o in outs],
             "prompt_tokens": [o.prompt_tokens for o in outs],
             "completion_tokens": [o.completion_tokens for o in outs],
+            "reasoning_tokens": [o.reasoning_tokens for o in outs],
+            "cached_tokens": [o.cached_tokens for o in outs],
+            "cache_write_tokens": [o.cache_write_tokens for o in outs],
             "finish_reason": [o.finish_reason for o in outs],
             "events": [o.events for o in outs],
+            "text_events": [o.text_events for o in outs],
+            "reasoning_events": [o.reasoning_events for o in outs],
+            "tool_events": [o.tool_events for o in outs],
+            "stream_complete": [o.complete for o in outs],
+            "response_id": [o.response_id for o in outs],
             "token_offsets_us": [
                 [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
             ],

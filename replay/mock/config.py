@@ -20,6 +20,7 @@ class ModelProfile:
     itl_ms: float
     output_tokens_median: int = 64
     output_tokens_sigma: float = 0.6
+    reasoning_tokens: int = 0  # reasoning output before the answer (a reasoning model)
 
 
 PROFILES: dict[str, ModelProfile] = {
@@ -28,6 +29,7 @@ PROFILES: dict[str, ModelProfile] = {
         ModelProfile("instant", 0.0, 0.0, 0.0, 16),
         ModelProfile("fast-local", 15.0, 0.01, 4.0, 48),
         ModelProfile("slow-cloud", 250.0, 0.05, 20.0, 96),
+        ModelProfile("reasoner", 40.0, 0.02, 5.0, 48, reasoning_tokens=16),
     )
 }
 
@@ -36,6 +38,9 @@ DEFAULT_MODELS = {
     "large": "slow-cloud",
     "llama-3.1-8b": "fast-local",
     "gpt-4o-mini": "slow-cloud",
+    "reasoner": "reasoner",
+    "claude-small": "fast-local",
+    "embed-small": "fast-local",
 }
 
 
@@ -49,6 +54,7 @@ class Faults:
     malformed_rate: float = 0.0  # share of streamed requests with one malformed SSE event
     drip_rate: float = 0.0  # share of responses sent one byte at a time
     drip_delay_ms: float = 2.0
+    error_event_rate: float = 0.0  # share of streams that end half-way with an error event
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class GatewayConfig:
     retry_after_s: int = 1
     seed: int = 0
     gzip: bool = False  # gzip non-streamed responses (Content-Encoding: gzip)
+    extra_nulls: bool = False  # chat chunks carry every field, null where unused (as LiteLLM)
     faults: Faults = Faults()
 
     def profile_for(self, model: str | None) -> ModelProfile:
@@ -79,7 +86,7 @@ class GatewayConfig:
         for model, prof in self.models.items():
             if prof not in self.profiles:
                 raise ValueError(f"model {model!r} maps to unknown profile {prof!r}")
-        for name in ("error_rate", "reset_rate", "malformed_rate", "drip_rate"):
+        for name in ("error_rate", "reset_rate", "malformed_rate", "drip_rate", "error_event_rate"):
             v = getattr(self.faults, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {v}")
@@ -94,6 +101,8 @@ class GatewayStats:
     rejected: int = 0
     errors: int = 0
     resets: int = 0
+    error_events: int = 0
+    refused: int = 0  # requests a stateful API refused (an unknown previous_response_id)
     in_service: int = 0
     max_in_service_seen: int = 0
     queued: int = 0

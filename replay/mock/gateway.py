@@ -1,11 +1,15 @@
-"""A mock OpenAI-compatible gateway: the embedded default target of the demo, tests and benchmarks.
+"""A mock LLM gateway: the embedded default target of the demo, tests and benchmarks. It speaks
+every API surface loadtape measures (OpenAI chat completions, legacy completions, Responses,
+Anthropic Messages, embeddings), each in its own shape (captures/protocols renders them), with
+the same knobs for all.
 
-Latency model per model profile: TTFT = base + per-prompt-token cost; then one token every
-`itl_ms`; output length = `max_tokens` when the request gives one (finish_reason "length"), else a
-seeded lognormal draw (finish_reason "stop"). Capacity: at most `max_in_service` requests in
-service and `max_queue` waiting; past that a 503 (or 429) with Retry-After. Faults are seeded and
-deterministic per request index: a periodic stall of every response (the coordinated-omission
-case), an error rate, a reset mid-stream, a malformed SSE event, a slow byte-by-byte drip.
+Latency model per model profile: TTFT = base + per-prompt-token cost; then one output token
+(text, reasoning or tool-call argument piece) every `itl_ms`; what the answer holds is decided
+in answers.py (length, reasoning, tool calls, the Responses store). Capacity: at most
+`max_in_service` requests in service and `max_queue` waiting; past that a 503 (or 429) with
+Retry-After, in the surface's error shape. Faults are seeded and deterministic per request
+index: a periodic stall of every response (the coordinated-omission case), an error rate, a
+reset mid-stream, a malformed SSE event, an error event mid-stream, a slow byte-by-byte drip.
 
 It binds 127.0.0.1 only.
 """
@@ -15,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import random
 import signal
 import ssl
@@ -27,9 +30,11 @@ from typing import Any
 
 from aiohttp import web
 
-from captures import llm
 from captures.errors import UserError
+from captures.protocols import EMBEDDINGS, MESSAGES, PLAIN, RESPONSES, SURFACES, Surface
+from captures.protocols.base import Answer
 
+from .answers import Refusal, ResponseStore, error_body, plan_answer
 from .config import GatewayConfig, GatewayStats
 
 
@@ -40,6 +45,7 @@ class _Plan:
     error: bool
     reset: bool
     malformed: bool
+    error_event: bool
     drip: bool
     rng: random.Random
 
@@ -58,12 +64,15 @@ class MockGateway:
         self._n = 0
         self.port = 0
         self.cookies_issued: list[str] = []
+        self.responses = ResponseStore()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 << 20)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
+        for surface in SURFACES:
+            for suffix in surface.path_suffixes:
+                path = suffix if suffix.startswith("/v1/") else "/v1" + suffix
+                app.router.add_post(path, self._handler(surface))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_route("*", "/echo{tail:.*}", self._echo)
@@ -136,6 +145,7 @@ class MockGateway:
             reset=streamed and rng.random() < f.reset_rate,
             malformed=streamed and rng.random() < f.malformed_rate,
             drip=rng.random() < f.drip_rate,
+            error_event=streamed and rng.random() < f.error_event_rate,
             rng=rng,
         )
 
@@ -162,17 +172,23 @@ class MockGateway:
             if slots is not None:
                 slots.release()
 
-    def _overloaded(self) -> web.Response:
-        return web.json_response(
-            {
-                "error": {
-                    "message": "gateway overloaded",
-                    "type": "overloaded",
-                    "code": "overloaded",
-                }
-            },
-            status=self.config.overload_status,
-            headers={"Retry-After": str(self.config.retry_after_s)},
+    def _overloaded(self, surface: Surface = PLAIN) -> web.Response:
+        status = self.config.overload_status
+        return self._refuse(
+            surface,
+            Refusal(status, "overloaded" if surface is not MESSAGES else "", "gateway overloaded"),
+            {"Retry-After": str(self.config.retry_after_s)},
+        )
+
+    def _refuse(
+        self, surface: Surface, r: Refusal, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        """An error response in the surface's shape."""
+        return web.Response(
+            body=error_body(surface, r),
+            status=r.status,
+            content_type="application/json",
+            headers=headers,
         )
 
     # -- handlers ------------------------------------------------------------------------------
@@ -236,106 +252,65 @@ class MockGateway:
         self.stats.completed += 1
         return resp
 
-    async def _read_json(self, request: web.Request) -> dict[str, Any] | web.Response:
+    async def _read_json(
+        self, request: web.Request, surface: Surface
+    ) -> dict[str, Any] | web.Response:
         try:
             obj = json.loads(await request.read())
         except ValueError:
-            return web.json_response(
-                {"error": {"message": "body is not JSON", "type": "invalid_request_error"}},
-                status=400,
-            )
+            return self._refuse(surface, Refusal(400, "invalid_request_error", "body is not JSON"))
         if not isinstance(obj, dict):
-            return web.json_response(
-                {"error": {"message": "body must be an object", "type": "invalid_request_error"}},
-                status=400,
+            return self._refuse(
+                surface, Refusal(400, "invalid_request_error", "body must be an object")
             )
         return obj
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=True)
+    def _handler(self, surface: Surface) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._generate(request, surface)
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=False)
+        return handle
 
-    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, surface: Surface) -> web.StreamResponse:
         self.stats.requests += 1
-        obj = await self._read_json(request)
+        obj = await self._read_json(request, surface)
         if isinstance(obj, web.Response):
             return obj
-        fields = llm.parse_request(json.dumps(obj).encode())
-        model = fields.model or "unknown"
-        streamed = bool(fields.stream)
+        if surface is RESPONSES and (refusal := self.responses.check(obj)) is not None:
+            self.stats.refused += 1
+            return self._refuse(surface, refusal)
+        streamed = surface.streams and obj.get("stream") is True
         plan = self._plan(streamed)
-        prof = self.config.profile_for(fields.model)
-        prompt_tokens = llm.approx_tokens(fields.prompt_chars or 0)
-        if fields.max_tokens is not None and fields.max_tokens > 0:
-            n_out, finish = fields.max_tokens, "length"
-        else:
-            mu = math.log(max(prof.output_tokens_median, 1))
-            n_out = max(1, int(plan.rng.lognormvariate(mu, prof.output_tokens_sigma)))
-            finish = "stop"
+        prof = self.config.profile_for(
+            obj.get("model") if isinstance(obj.get("model"), str) else None
+        )
+        answer, prompt_tokens = plan_answer(surface, obj, prof, plan.rng, self._n, int(time.time()))
+        answer.extra_nulls = self.config.extra_nulls
+        if surface is EMBEDDINGS:
+            inp = obj.get("input")
+            answer.text = [""] * (len(inp) if isinstance(inp, list) else 1)
         k = self.config.slowdown / 1000.0
         ttft = (prof.ttft_base_ms + prof.ttft_per_prompt_token_ms * prompt_tokens) * k
         itl = prof.itl_ms * k
-        include_usage = bool((obj.get("stream_options") or {}).get("include_usage"))
         async with self._admit() as ok:
             if not ok:
-                return self._overloaded()
+                return self._overloaded(surface)
             start = time.monotonic()
             if plan.error:
                 await self._sleep_until(start + ttft)
                 self.stats.errors += 1
-                return web.json_response(
-                    {"error": {"message": "injected failure", "type": "server_error"}},
-                    status=self.config.faults.error_status,
+                return self._refuse(
+                    surface,
+                    Refusal(self.config.faults.error_status, "server_error", "injected failure"),
                 )
-            rid = f"chatcmpl-mock{self._n:08d}"
-            created = int(time.time())
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": n_out,
-                "total_tokens": prompt_tokens + n_out,
-            }
-            texts = [f" tok{i}" for i in range(n_out)]
+            if surface is RESPONSES:
+                self.responses.add(answer)
             if streamed:
-                resp = await self._stream(
-                    request,
-                    plan,
-                    rid,
-                    model,
-                    created,
-                    texts,
-                    finish,
-                    usage,
-                    include_usage,
-                    chat=chat,
-                    t_first=start + ttft,
-                    itl=itl,
-                )
+                resp = await self._stream(request, surface, answer, plan, start + ttft, itl)
             else:
-                await self._sleep_until(start + ttft + itl * max(n_out - 1, 0))
-                text = "".join(texts)
-                if chat:
-                    body = llm.chat_completion(
-                        rid,
-                        model,
-                        created,
-                        text,
-                        finish_reason=finish,
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=n_out,
-                    )
-                else:
-                    body = json.dumps(
-                        {
-                            "id": rid,
-                            "object": "text_completion",
-                            "created": created,
-                            "model": model,
-                            "choices": [{"index": 0, "text": text, "finish_reason": finish}],
-                            "usage": usage,
-                        }
-                    ).encode()
+                pieces = answer.pieces if surface is not EMBEDDINGS else 1
+                await self._sleep_until(start + ttft + itl * max(pieces - 1, 0))
+                body = surface.render_body(answer)
                 if plan.drip:
                     resp = await self._drip(request, body, "application/json")
                 else:
@@ -348,16 +323,9 @@ class MockGateway:
     async def _stream(
         self,
         request: web.Request,
+        surface: Surface,
+        answer: Answer,
         plan: _Plan,
-        rid: str,
-        model: str,
-        created: int,
-        texts: list[str],
-        finish: str,
-        usage: dict[str, int],
-        include_usage: bool,
-        *,
-        chat: bool,
         t_first: float,
         itl: float,
     ) -> web.StreamResponse:
@@ -366,51 +334,27 @@ class MockGateway:
         )
         await self._sleep_until(time.monotonic())  # a stall holds the headers too
         await resp.prepare(request)
-
-        def event(content: str | None, fin: str | None = None, role: str | None = None) -> bytes:
-            if chat:
-                return llm.chat_chunk(
-                    rid, model, created, content=content, finish_reason=fin, role=role
-                )
-            obj = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "text": content or "", "finish_reason": fin}],
-            }
-            return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-        if chat:
-            await resp.write(event("", role="assistant"))
-        reset_at = len(texts) // 2 if plan.reset else -1
-        bad_at = len(texts) // 2 if plan.malformed else -1
-        for i, text in enumerate(texts):
-            await self._sleep_until(t_first + i * itl)
-            if i == reset_at:
-                self.stats.resets += 1
-                if request.transport is not None:
-                    request.transport.abort()
-                return resp
-            if i == bad_at:
-                await resp.write(b'data: {"id": "' + rid.encode() + b'", "choices": [\n\n')
-            await resp.write(event(text))
-        await resp.write(event(None, fin=finish))
-        if include_usage:
-            if chat:
-                await resp.write(
-                    llm.chat_chunk(rid, model, created, empty_choices=True, usage=usage)
-                )
-            else:
-                obj = {
-                    "id": rid,
-                    "object": "text_completion",
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
-        await resp.write(llm.SSE_DONE)
+        half = answer.pieces // 2
+        i = 0  # output events so far
+        for timed, event in surface.render_stream(answer):
+            if timed:
+                await self._sleep_until(t_first + i * itl)
+                if i == half and plan.reset:
+                    self.stats.resets += 1
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
+                if i == half and plan.error_event:
+                    self.stats.error_events += 1
+                    await resp.write(surface.error_event("overloaded_error", "injected failure"))
+                    await resp.write_eof()
+                    return resp
+                if i == half and plan.malformed:
+                    await resp.write(
+                        b'data: {"id": "' + answer.rid.encode() + b'", "choices": [\n\n'
+                    )
+                i += 1
+            await resp.write(event)
         await resp.write_eof()
         return resp
 

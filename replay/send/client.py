@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import httptools
 
+from captures.protocols import PLAIN
 from replay.rewrite import Prepared, Target
 
 from .outcome import Outcome, StreamScanner, classify
@@ -118,7 +119,9 @@ class _Conn(asyncio.Protocol):
         self._keep = self.parser.should_keep_alive()
         if self._retry is not None:
             out.retry_after = self._retry.decode("latin-1")
-        self.scan = StreamScanner(out, self._ctype, self._enc)
+        req = self.req
+        surface = req.surface if req is not None else PLAIN
+        self.scan = StreamScanner(out, self._ctype, self._enc, surface)
         if self._head:
             self.on_message_complete()
 

@@ -69,6 +69,7 @@ class AiohttpClient:
                     out,
                     resp.headers.get("Content-Type", "").lower().encode(),
                     resp.headers.get("Content-Encoding", "").encode(),
+                    req.surface,
                 )
                 async for chunk in resp.content.iter_any():
                     out.bytes_in += len(chunk)

@@ -1,9 +1,13 @@
 """What a sender measures for one request, the one place exceptions become error kinds, and the
-SSE scanner both senders share.
+response scanner both senders share (its events classified by the request's API surface, in
+captures/protocols).
 
 Times are monotonic nanoseconds. Error kinds: `connect` (refused, unreachable, DNS), `tls`,
-`timeout`, `reset` (closed or reset mid-exchange), `protocol` (invalid HTTP, bad framing). An HTTP
-status is not an error kind: the results decide success, expected shedding or failure from it.
+`timeout`, `reset` (closed or reset mid-exchange), `protocol` (invalid HTTP, bad framing), and
+for LLM APIs answering 2xx: `stream_error` (the API's own error event mid-stream, or a failed
+Responses response), `truncated` (a stream that ended without its terminal event or a finish
+reason), `bad_body` (a whole JSON body that is not that API's shape). An HTTP status is not an
+error kind: the results decide success, expected shedding or failure from it.
 """
 
 from __future__ import annotations
@@ -11,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import json
 import re
 import ssl
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-_TOKEN = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
-_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"]+)"')
-_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-JSON_KEEP = 256 << 10  # bytes of a JSON body kept to read its usage
+from captures.protocols import PLAIN, EventScanner, ResponseFields, Surface
+
+JSON_KEEP = 256 << 10  # a JSON body up to this is kept and parsed whole for usage and shape
+JSON_TAIL = 16 << 10  # of a larger one, the end is kept: usage comes last
+_USAGE_KEYS = (
+    ("prompt_tokens", re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')),
+    ("completion_tokens", re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')),
+)
 
 
 @dataclass(slots=True)
@@ -29,17 +37,26 @@ class Outcome:
     sent_ns: int
     end_ns: int = 0
     headers_ns: int | None = None
-    first_token_ns: int | None = None
-    token_ns: list[int] = field(default_factory=list)  # arrival of every token event
+    first_token_ns: int | None = None  # the first output event of any kind (TTFT)
+    first_text_ns: int | None = None  # the first visible text (reasoning and tools come first)
+    token_ns: list[int] = field(default_factory=list)  # arrival of every output event
     status: int | None = None
     bytes_in: int = 0
     error: str | None = None
     error_msg: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
     finish_reason: str | None = None
     retry_after: str | None = None
     events: int = 0  # SSE events seen
+    text_events: int = 0
+    reasoning_events: int = 0
+    tool_events: int = 0
+    complete: bool | None = None  # a stream's terminal event arrived (None: not a stream)
+    response_id: str | None = None
     body_hash: str | None = None  # blake2b-128 of the body as decoded (content-encoding undone)
 
 
@@ -87,16 +104,21 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 
 class StreamScanner:
-    """Reads a response body as it arrives: SSE token events (without parsing each event's
-    JSON: a token event is one whose content/text is a non-empty string), finish_reason and
-    usage; for JSON bodies, the usage at the end."""
+    """Reads a response body as it arrives: an event stream's events classified by the request's
+    API surface (without parsing each event's JSON: see captures/protocols), or, for a JSON
+    body, its usage and shape at the end; and the body's hash."""
 
-    __slots__ = ("_buf", "_hash", "_inflate", "_json", "out", "sse")
+    __slots__ = ("_events", "_hash", "_inflate", "_json", "_tail", "out", "sse", "surface")
 
-    def __init__(self, out: Outcome, content_type: bytes, content_encoding: bytes) -> None:
+    def __init__(
+        self, out: Outcome, content_type: bytes, content_encoding: bytes, surface: Surface = PLAIN
+    ) -> None:
         self.out = out
+        self.surface = surface
         self.sse = b"event-stream" in content_type
+        self._events = EventScanner(surface) if self.sse else None
         self._json = bytearray() if b"json" in content_type else None
+        self._tail = b""
         enc = content_encoding.strip().lower()
         self._inflate = (
             zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -105,7 +127,6 @@ class StreamScanner:
             if enc == b"deflate"
             else None
         )
-        self._buf = b""
         self._hash: Any = hashlib.blake2b(digest_size=16)  # for `loadtape diff`
 
     def feed(self, data: bytes, now: int) -> None:
@@ -114,51 +135,64 @@ class StreamScanner:
                 data = self._inflate.decompress(data)
             except zlib.error:
                 self._inflate = None
-                self.sse = False
+                self._events = None
                 self._hash = None  # undecodable: no hash rather than a wrong one
                 return
         if self._hash is not None:
             self._hash.update(data)
-        if self.sse:
-            buf = self._buf + data
-            if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
-                self._buf = buf
-                return
-            if b"\r" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-            *events, self._buf = buf.split(b"\n\n")
-            out = self.out
-            for ev in events:
-                if not ev:
-                    continue
-                out.events += 1
-                if _TOKEN.search(ev) is not None:
-                    if out.first_token_ns is None:
-                        out.first_token_ns = now
-                    out.token_ns.append(now)
-                # finish_reason and usage may ride on a token event too (the last one)
-                if b'"usage"' in ev or _FINISH.search(ev) is not None:
-                    self._meta(ev)
-        elif self._json is not None and len(self._json) < JSON_KEEP:
-            self._json += data
-
-    def _meta(self, ev: bytes) -> None:
-        out = self.out
-        m = _FINISH.search(ev)
-        if m:
-            out.finish_reason = m.group(1).decode("ascii", "replace")
-        m = _PROMPT.search(ev)
-        if m:
-            out.prompt_tokens = int(m.group(1))
-        m = _COMPLETION.search(ev)
-        if m:
-            out.completion_tokens = int(m.group(1))
+        if self._events is not None:
+            self._events.feed(data, now)
+        elif self._json is not None:
+            if len(self._json) <= JSON_KEEP:
+                self._json += data
+            else:
+                self._tail = (self._tail + data)[-JSON_TAIL:]
 
     def finish(self) -> None:
+        out = self.out
         if self._hash is not None:
-            self.out.body_hash = self._hash.hexdigest()
-        if self._json is not None and self._json:
-            self._meta(bytes(self._json))
+            out.body_hash = self._hash.hexdigest()
+        ok = out.status is not None and 200 <= out.status < 300
+        fields = None
+        if self._events is not None:
+            ev = self._events
+            ev.finish(out.end_ns)
+            fields = ev.fields
+            out.events = ev.events
+            out.first_token_ns = ev.first_output
+            out.first_text_ns = ev.first_text
+            out.token_ns = ev.output_times
+            out.text_events, out.reasoning_events = ev.text_events, ev.reasoning_events
+            out.tool_events = ev.tool_events
+            if self.surface.streams:
+                out.complete = ev.complete
+                if ok and ev.error is not None:
+                    out.error, out.error_msg = "stream_error", ev.error
+                elif ok and not ev.complete and fields.finish_reason is None:
+                    out.error = "truncated"
+                    out.error_msg = "the stream ended without its terminal event"
+        elif self._json is not None and self._json:
+            fields = ResponseFields()
+            if len(self._json) <= JSON_KEEP:
+                try:
+                    self.surface.body(json.loads(self._json), fields)
+                except (ValueError, UnicodeDecodeError):
+                    fields.shape_ok = False
+            else:  # too large to parse whole: usage from its end
+                tail = bytes(self._json[-JSON_TAIL:]) + self._tail
+                for name, pat in _USAGE_KEYS:
+                    found = pat.findall(tail)
+                    if found:
+                        setattr(fields, name, int(found[-1]))
             self._json = None
-        elif self.sse and self._buf.strip():
-            self.feed(b"\n\n", self.out.end_ns)  # a last event without its blank line
+            if ok and fields.shape_ok is False and self.surface is not PLAIN:
+                out.error = "bad_body"
+                out.error_msg = f"the 2xx body is not a {self.surface.name} response"
+        if fields is not None:
+            out.finish_reason = fields.finish_reason
+            out.prompt_tokens = fields.prompt_tokens
+            out.completion_tokens = fields.completion_tokens
+            out.reasoning_tokens = fields.reasoning_tokens
+            out.cached_tokens = fields.cached_tokens
+            out.cache_write_tokens = fields.cache_write_tokens
+            out.response_id = fields.response_id

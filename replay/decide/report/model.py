@@ -101,6 +101,9 @@ def group_doc(dims: dict[str, str], hs: dict[str, HdrHistogram], st: GroupStats)
         "tokens_per_s": _rate(st.completion_tokens, span),
         "completion_tokens": st.completion_tokens,
         "prompt_tokens": st.prompt_tokens,
+        "reasoning_tokens": st.reasoning_tokens,
+        "cached_tokens": st.cached_tokens,
+        "finish_reasons": dict(sorted(st.finish_reasons.items())),
         "bytes_in": st.bytes_in,
         "metrics": {m: metric_stats(hs[m]) for m in METRICS},
     }

@@ -11,6 +11,7 @@ METRIC_TITLES = {
     "service": "service",
     "ttfb": "ttfb",
     "ttft": "ttft",
+    "ttft_text": "ttft_text",
     "itl": "itl",
     "tpot": "tpot",
     "lag": "lag",
@@ -81,13 +82,32 @@ def summary_row(g: dict[str, Any]) -> list[str]:
     ]
 
 
+def shown_metrics(g: dict[str, Any]) -> list[str]:
+    """The timing metrics a group has values of; ttft_text only where it says something ttft
+    does not (reasoning or tool calls came before the text)."""
+    ms = g["metrics"]
+    same = ms["ttft_text"] == ms["ttft"]
+    return [m for m in METRICS if ms[m]["count"] and not (m == "ttft_text" and same)]
+
+
 def percentile_rows(g: dict[str, Any]) -> list[list[str]]:
-    """metric, n and STATS for each timing metric a group has values of."""
+    """metric, n and STATS for each timing metric shown."""
     return [
         [m, str(g["metrics"][m]["count"]), *(fmt_ms(g["metrics"][m][s]) for s in STATS)]
-        for m in METRICS
-        if g["metrics"][m]["count"]
+        for m in shown_metrics(g)
     ]
+
+
+def token_line(g: dict[str, Any]) -> str | None:
+    """Tokens by kind, where any were reported."""
+    kinds = (
+        ("prompt", g["prompt_tokens"]),
+        ("completion", g["completion_tokens"]),
+        ("reasoning", g.get("reasoning_tokens") or 0),
+        ("cached", g.get("cached_tokens") or 0),
+    )
+    shown = [f"{k} {v}" for k, v in kinds if v]
+    return "  ".join(shown) if shown else None
 
 
 def with_total(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,14 +170,18 @@ def _group_text(g: dict[str, Any]) -> list[str]:
         lines.append("  statuses  " + ", ".join(f"{k} {v}" for k, v in g["statuses"].items()))
     if g["errors"]:
         lines.append("  failures  " + ", ".join(f"{k} {v}" for k, v in g["errors"].items()))
-    head = f"  {'ms':<9}{'n':>8}" + "".join(f"{s:>10}" for s in STATS)
+    tokens = token_line(g)
+    if tokens:
+        lines.append(f"  tokens    {tokens}")
+    if g.get("finish_reasons"):
+        finishes = ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items())
+        lines.append(f"  finish    {finishes}")
+    head = f"  {'ms':<10}{'n':>7}" + "".join(f"{s:>10}" for s in STATS)
     lines.append(head)
-    for m in METRICS:
+    for m in shown_metrics(g):
         st = g["metrics"][m]
-        if not st["count"]:
-            continue
         lines.append(
-            f"  {METRIC_TITLES[m]:<9}{st['count']:>8}"
+            f"  {METRIC_TITLES[m]:<10}{st['count']:>7}"
             + "".join(f"{fmt_ms(st[s]):>10}" for s in STATS)
         )
     return lines

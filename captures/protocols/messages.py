@@ -1,0 +1,284 @@
+"""Anthropic Messages: `POST .../v1/messages` with `system`, `messages` (content a string or
+blocks: text, image, tool_use, tool_result) and a required `max_tokens`; streamed as named
+events (`event: TYPE`).
+
+The sequence: `message_start` (the message with `usage.input_tokens`,
+`cache_creation_input_tokens`, `cache_read_input_tokens`), per content block
+`content_block_start` / `content_block_delta` / `content_block_stop`, then `message_delta`
+(`delta.stop_reason`, cumulative `usage.output_tokens`) and `message_stop`; `ping` events may
+come at any time and an `error` event (`{"type": "error", "error": {"type", "message"}}`) ends a
+failed stream. Deltas: `text_delta` (text), `thinking_delta` (reasoning), `input_json_delta`
+(tool arguments); `signature_delta` and `citations_delta` are not output. A `tool_use` block's
+start carries the tool's name: that is tool output too.
+
+Prompt tokens are reported as input + cache read + cache creation (Anthropic counts the three
+apart; the total is what the other APIs call prompt tokens).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from .base import (
+    ERROR,
+    META,
+    REASONING,
+    TERMINAL,
+    TEXT,
+    TOOL,
+    Answer,
+    RequestFields,
+    ResponseFields,
+    Surface,
+    _bool,
+    _int,
+    _str,
+    dumps,
+    event_name,
+    json_type,
+    salt_first_user,
+    sse,
+    text_len,
+    type_pattern,
+)
+
+# delta type -> (its output key holding a non-empty string, flag); found in either key order
+_DELTAS = (
+    (b'"text_delta"', re.compile(rb'"text"\s*:\s*"(?!")'), TEXT),
+    (b'"thinking_delta"', re.compile(rb'"thinking"\s*:\s*"(?!")'), REASONING),
+    (b'"input_json_delta"', re.compile(rb'"partial_json"\s*:\s*"(?!")'), TOOL),
+)
+_EVENTS = {
+    b"message_start": META,
+    b"message_delta": META,
+    b"message_stop": TERMINAL,
+    b"error": ERROR | META,
+}
+_TYPE = type_pattern(
+    "message_start|message_delta|message_stop|content_block_start|content_block_delta"
+    "|content_block_stop|ping|error"
+)
+STOP = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
+
+
+class Messages(Surface):
+    name = "messages"
+    path_suffixes = ("/messages",)
+    streams = True
+
+    def matches_path(self, path: str) -> bool:
+        p = path.split("?", 1)[0].rstrip("/")
+        return p.endswith("/messages") and not p.endswith("/threads/messages")
+
+    def request(self, obj: dict[str, Any]) -> RequestFields:
+        msgs = obj.get("messages")
+        chars = (
+            text_len(obj.get("system"))
+            if not isinstance(obj.get("system"), str)
+            else len(obj["system"])
+        )
+        count = None
+        if isinstance(msgs, list):
+            count = len(msgs)
+            chars += sum(text_len(m.get("content")) for m in msgs if isinstance(m, dict))
+        meta = obj.get("metadata")
+        tools = obj.get("tools")
+        return RequestFields(
+            model=_str(obj.get("model")),
+            stream=_bool(obj.get("stream")),
+            max_tokens=_int(obj.get("max_tokens")),
+            message_count=count,
+            prompt_chars=chars,
+            user=_str(meta.get("user_id")) if isinstance(meta, dict) else None,
+            tools=len(tools) if isinstance(tools, list) else None,
+        )
+
+    def classify(self, event: bytes) -> int:
+        kind = event_name(event) or json_type(event, _TYPE)
+        if kind == b"content_block_delta":
+            for marker, value, flag in _DELTAS:
+                if marker in event:
+                    return flag if value.search(event) is not None else 0
+            return 0
+        if kind == b"content_block_start":
+            return TOOL if b'"tool_use"' in event or b'"server_tool_use"' in event else 0
+        return _EVENTS.get(kind, 0)
+
+    def meta(self, obj: Any, acc: ResponseFields) -> None:
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type")
+        if kind == "error":
+            err = obj.get("error") or {}
+            acc.error = str(err.get("message") or err.get("type") or "error event")[:300]
+        elif kind == "message_start" and isinstance(obj.get("message"), dict):
+            self._message(obj["message"], acc)
+        elif kind == "message_delta":
+            delta = obj.get("delta") or {}
+            if isinstance(delta.get("stop_reason"), str):
+                acc.finish_reason = delta["stop_reason"]
+            self._usage(obj.get("usage"), acc)
+
+    def _usage(self, usage: Any, acc: ResponseFields) -> None:
+        if not isinstance(usage, dict):
+            return
+        out = _int(usage.get("output_tokens"))
+        if out is not None:
+            acc.completion_tokens = out
+        read = _int(usage.get("cache_read_input_tokens"))
+        write = _int(usage.get("cache_creation_input_tokens"))
+        if read is not None:
+            acc.cached_tokens = read
+        if write is not None:
+            acc.cache_write_tokens = write
+        inp = _int(usage.get("input_tokens"))
+        if inp is not None:
+            acc.prompt_tokens = inp + (acc.cached_tokens or 0) + (acc.cache_write_tokens or 0)
+        thinking = _int((usage.get("output_tokens_details") or {}).get("thinking_tokens"))
+        if thinking is not None:
+            acc.reasoning_tokens = thinking
+
+    def _message(self, msg: dict[str, Any], acc: ResponseFields) -> None:
+        if isinstance(msg.get("id"), str):
+            acc.response_id = msg["id"]
+        if isinstance(msg.get("model"), str):
+            acc.model = msg["model"]
+        if isinstance(msg.get("stop_reason"), str):
+            acc.finish_reason = msg["stop_reason"]
+        self._usage(msg.get("usage"), acc)
+
+    def body(self, obj: Any, acc: ResponseFields) -> None:
+        if not isinstance(obj, dict):
+            acc.shape_ok = False
+            return
+        if obj.get("type") == "error":
+            self.meta(obj, acc)
+        else:
+            self._message(obj, acc)
+        acc.shape_ok = obj.get("type") == "message" and isinstance(obj.get("content"), list)
+
+    def output_text(self, obj: Any) -> str | None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
+            return None
+        texts = [b.get("text") for b in obj["content"] if isinstance(b, dict)]
+        return "".join(t for t in texts if isinstance(t, str))
+
+    def salt(self, obj: dict[str, Any], salt: str) -> bool:
+        return salt_first_user(obj.get("messages"), salt)
+
+    def copy_user(self, obj: dict[str, Any], k: int) -> bool:
+        meta = obj.get("metadata")
+        if k and isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
+            meta["user_id"] = f"{meta['user_id']}~c{k}"
+            return True
+        return False
+
+    # -- rendering ---------------------------------------------------------------------------------
+    def blocks(self, a: Answer) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if a.reasoning:
+            out.append({"type": "thinking", "thinking": "".join(a.reasoning), "signature": "sig"})
+        if a.text:
+            out.append({"type": "text", "text": "".join(a.text)})
+        if a.tool_name:
+            out.append(
+                {"type": "tool_use", "id": a.tool_call_id, "name": a.tool_name, "input": _args(a)}
+            )
+        return out
+
+    def usage(self, a: Answer, output: int) -> dict[str, Any]:
+        return {
+            "input_tokens": a.prompt_tokens - a.cached_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": a.cached_tokens,
+            "output_tokens": output,
+        }
+
+    def message(self, a: Answer, content: list[dict[str, Any]], stop: str | None) -> dict[str, Any]:
+        return {
+            "id": a.rid,
+            "type": "message",
+            "role": "assistant",
+            "model": a.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": self.usage(a, a.completion_tokens if stop else 1),
+        }
+
+    def render_body(self, a: Answer) -> bytes:
+        return dumps(self.message(a, self.blocks(a), STOP[a.finish]))
+
+    def render_stream(self, a: Answer) -> Iterator[tuple[bool, bytes]]:
+        yield (
+            False,
+            sse({"type": "message_start", "message": self.message(a, [], None)}, "message_start"),
+        )
+        yield False, sse({"type": "ping"}, "ping")
+        for i, block in enumerate(self.blocks(a)):
+            kind = block["type"]
+            empty = {
+                "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+                "text": {"type": "text", "text": ""},
+                "tool_use": {**block, "input": {}},
+            }[kind]
+            start = {"type": "content_block_start", "index": i, "content_block": empty}
+            yield kind == "tool_use", sse(start, "content_block_start")
+            pieces, delta_type, key = {
+                "thinking": (a.reasoning, "thinking_delta", "thinking"),
+                "text": (a.text, "text_delta", "text"),
+                "tool_use": (a.tool_args, "input_json_delta", "partial_json"),
+            }[kind]
+            for piece in pieces:
+                delta = {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": delta_type, key: piece},
+                }
+                yield True, sse(delta, "content_block_delta")
+            if kind == "thinking":
+                sig = {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "signature_delta", "signature": "sig"},
+                }
+                yield False, sse(sig, "content_block_delta")
+            yield False, sse({"type": "content_block_stop", "index": i}, "content_block_stop")
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": STOP[a.finish], "stop_sequence": None},
+            "usage": {"output_tokens": a.completion_tokens},
+        }
+        yield False, sse(delta, "message_delta")
+        yield False, sse({"type": "message_stop"}, "message_stop")
+
+    def error_body(self, status: int, kind: str, message: str) -> bytes:
+        return dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+    def error_event(self, kind: str, message: str) -> bytes:
+        return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
+
+
+def _args(a: Answer) -> Any:
+    import json
+
+    try:
+        return json.loads("".join(a.tool_args) or "{}")
+    except ValueError:
+        return {}
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+SURFACE = Messages()

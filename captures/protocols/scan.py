@@ -1,0 +1,107 @@
+"""The event scanner: an SSE body fed as it arrives (decoded bytes), each event classified by
+its API surface. What it keeps: when the first output event came (any kind), when the first
+visible text came, the arrival of every output event, counts by kind, usage and finish reason
+from the events that carry them, whether the terminal event arrived, and an error event's
+message. The replay's senders feed it with arrival times; capture feeds it chunk by chunk with
+chunk indices, so a recording knows which network chunk carried the first token.
+
+It never raises on bad input: a malformed event is an event with no flags, a cut stream is one
+without its terminal event.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    ERROR,
+    META,
+    OUTPUT,
+    REASONING,
+    TERMINAL,
+    TEXT,
+    TOOL,
+    ResponseFields,
+    Surface,
+    event_data,
+    parse,
+)
+
+
+class EventScanner:
+    __slots__ = (
+        "_buf",
+        "_classify",
+        "complete",
+        "error",
+        "events",
+        "fields",
+        "first_output",
+        "first_text",
+        "keep_times",
+        "output_times",
+        "reasoning_events",
+        "surface",
+        "text_events",
+        "tool_events",
+    )
+
+    def __init__(self, surface: Surface, *, keep_times: bool = True) -> None:
+        self.surface = surface
+        self._classify = surface.classify
+        self.fields = ResponseFields()
+        self._buf = b""
+        self.keep_times = keep_times
+        self.first_output: int | None = None
+        self.first_text: int | None = None
+        self.output_times: list[int] = []
+        self.events = 0
+        self.text_events = 0
+        self.reasoning_events = 0
+        self.tool_events = 0
+        self.complete = False
+        self.error: str | None = None
+
+    @property
+    def output_events(self) -> int:
+        return self.text_events + self.reasoning_events + self.tool_events
+
+    def feed(self, data: bytes, now: int) -> None:
+        buf = self._buf + data if self._buf else data
+        if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
+            self._buf = buf
+            return
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        *events, self._buf = buf.split(b"\n\n")
+        classify = self._classify
+        for ev in events:
+            if not ev or (ev[0] == 58 and b"\n" not in ev):  # 58 = ":", a comment (keep-alive)
+                continue
+            self.events += 1
+            f = classify(ev)
+            if not f:
+                continue
+            if f & OUTPUT:
+                if self.first_output is None:
+                    self.first_output = now
+                if self.keep_times:
+                    self.output_times.append(now)
+                if f & TEXT:
+                    self.text_events += 1
+                    if self.first_text is None:
+                        self.first_text = now
+                if f & REASONING:
+                    self.reasoning_events += 1
+                if f & TOOL:
+                    self.tool_events += 1
+            if f & (META | ERROR):
+                self.surface.meta(parse(event_data(ev)), self.fields)
+                if self.fields.error is not None:
+                    self.error = self.fields.error
+            if f & TERMINAL:
+                self.complete = True
+
+    def finish(self, now: int) -> None:
+        """The body ended: an event without its closing blank line still counts."""
+        if self._buf.strip():
+            self.feed(b"\n\n", now)
+        self._buf = b""
