@@ -15,6 +15,7 @@ from .reader import Capture
 from .schema import FORMAT_VERSION
 
 PCTS = (50.0, 90.0, 99.0, 100.0)
+TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached")
 _COLUMNS = [
     "req_start_ns",
     "path",
@@ -27,6 +28,12 @@ _COLUMNS = [
     "completion_tokens",
     "error_kind",
     "replayable",
+    "api",
+    "finish_reason",
+    "reasoning_tokens",
+    "cached_tokens",
+    "resp_start_ns",
+    "first_token_us",
 ]
 
 
@@ -43,6 +50,9 @@ class Summary:
     models: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     error_kinds: Counter[str] = field(default_factory=Counter)
+    apis: Counter[str] = field(default_factory=Counter)
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    tokens: Counter[str] = field(default_factory=Counter)  # by kind: prompt, completion, ...
     streamed: int = 0
     not_replayable: int = 0
     parts: int = 0
@@ -68,6 +78,9 @@ class Summary:
             "top_models": self.models.most_common(10),
             "status_mix": dict(sorted(self.statuses.items())),
             "error_kinds": dict(self.error_kinds.most_common()),
+            "apis": dict(self.apis.most_common()),
+            "finish_reasons": dict(self.finish_reasons.most_common()),
+            "tokens": {k: self.tokens[k] for k in TOKEN_KINDS if self.tokens[k]},
             "percentiles": {
                 name: {
                     f"p{p:g}": self.maxima[name] if p == 100 else min(v, self.maxima[name])
@@ -105,6 +118,7 @@ def summarize(cap: Capture) -> Summary:
         "resp_body_bytes": hdr.new_hist(1 << 40),
         "prompt_tokens": hdr.new_hist(1 << 31),
         "completion_tokens": hdr.new_hist(1 << 31),
+        "ttft_ms": hdr.new_hist(1 << 31),
     }
     sources = {
         "req_body_bytes": "req_body_size",
@@ -129,6 +143,19 @@ def summarize(cap: Capture) -> Summary:
         _counter_add(s.models, batch["model"])
         _counter_add(s.statuses, batch["status"], null_label="no response")
         _counter_add(s.error_kinds, batch["error_kind"])
+        _counter_add(s.apis, batch["api"])
+        _counter_add(s.finish_reasons, batch["finish_reason"])
+        for kind in TOKEN_KINDS:
+            s.tokens[kind] += pc.sum(batch[f"{kind}_tokens"]).as_py() or 0
+        # a stream's recorded TTFT: to the response's start, then to the first output chunk
+        ttft = pc.add(
+            pc.divide(pc.subtract(batch["resp_start_ns"], batch["req_start_ns"]), 1_000_000),
+            pc.divide(batch["first_token_us"], 1000),
+        )
+        vals = pc.drop_null(ttft).to_numpy(zero_copy_only=False)
+        hdr.record_many(s.hists["ttft_ms"], vals.astype("int64"))
+        if len(vals):
+            s.maxima["ttft_ms"] = max(s.maxima.get("ttft_ms", 0), int(vals.max()))
         s.streamed += pc.sum(pc.cast(pc.fill_null(batch["stream"], False), pa.int64())).as_py() or 0
         s.not_replayable += n - (pc.sum(pc.cast(batch["replayable"], pa.int64())).as_py() or 0)
         for name, col in sources.items():
@@ -157,6 +184,14 @@ def render_text(s: Summary) -> str:
         ]
         if j["top_models"]:
             lines.append("top models   " + ", ".join(f"{k} ({v})" for k, v in j["top_models"][:5]))
+        if j["apis"]:
+            lines.append("API surfaces " + ", ".join(f"{k} ({v})" for k, v in j["apis"].items()))
+        if j["finish_reasons"]:
+            lines.append(
+                "finish       " + ", ".join(f"{k}: {v}" for k, v in j["finish_reasons"].items())
+            )
+        if j["tokens"]:
+            lines.append("tokens       " + ", ".join(f"{k} {v}" for k, v in j["tokens"].items()))
         if j["error_kinds"]:
             lines.append(
                 "errors       " + ", ".join(f"{k}: {v}" for k, v in j["error_kinds"].items())

@@ -39,6 +39,7 @@ PLAN_COLUMNS = [
     "resp_start_ns",
     "resp_end_ns",
     "chunk_offsets_us",
+    "first_token_us",
     "completion_tokens",
     "finish_reason",
     "replayable",
@@ -138,10 +139,10 @@ def not_replayable(row: Record) -> str | None:
 def recorded_info(row: Record) -> Recorded:
     start, rs, re_ = row.get("req_start_ns"), row.get("resp_start_ns"), row.get("resp_end_ns")
     offsets = row.get("chunk_offsets_us") or None
-    first_content = None
-    if offsets:
-        # SSE: the first chunk is usually the role event; the first content arrives with the
-        # second. For a plain body there is one chunk.
+    first_content = row.get("first_token_us")  # the chunk with the first output event
+    if first_content is None and offsets:
+        # captures written before first_token_us: for SSE the first chunk is usually the role
+        # event and the first content arrives with the second; a plain body has one chunk.
         first_content = offsets[1] if row.get("stream") and len(offsets) > 1 else offsets[0]
     return Recorded(
         status=row.get("status"),

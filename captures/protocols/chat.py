@@ -41,6 +41,13 @@ _REASONING = re.compile(rb'"(?:reasoning_content|reasoning)"\s*:\s*"(?!")')
 _TOOL = re.compile(rb'"(?:arguments|name)"\s*:\s*"(?!")')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_CONTENT = re.compile(rb'"content"\s*:\s*"(?!")')
+# anything but plain text: one pass over the event (a shared-prefix alternation is cheap), so
+# the common token event costs two regex scans and no more
+_RARE = re.compile(
+    rb'"(?:r(?:easoning|efusal)|tool_calls|function_call|finish_reason"\s*:\s*"|usage"\s*:\s*\{'
+    rb'|error")'
+)
 
 
 def _usage(usage: Any, acc: ResponseFields) -> None:
@@ -114,6 +121,15 @@ class Chat(Surface):
     def classify(self, event: bytes) -> int:
         if b"[DONE]" in event[:16]:
             return TERMINAL
+        # keys before "delta" (id, model, created) cannot be output; inside delta any order
+        start = max(event.find(b'"delta"'), 0)
+        f = TEXT if _CONTENT.search(event, start) is not None else 0
+        if _RARE.search(event, start) is None:
+            return f
+        return f | self._full(event)
+
+    def _full(self, event: bytes) -> int:
+        """Every flag, for the few events that carry more than text."""
         f = 0
         if _TEXT.search(event) is not None:
             f = TEXT

@@ -30,6 +30,7 @@ class EventScanner:
     __slots__ = (
         "_buf",
         "_classify",
+        "_crlf",
         "complete",
         "error",
         "events",
@@ -49,6 +50,7 @@ class EventScanner:
         self._classify = surface.classify
         self.fields = ResponseFields()
         self._buf = b""
+        self._crlf: bool | None = None  # the stream's line endings, learnt from its first line
         self.keep_times = keep_times
         self.first_output: int | None = None
         self.first_text: int | None = None
@@ -66,12 +68,12 @@ class EventScanner:
 
     def feed(self, data: bytes, now: int) -> None:
         buf = self._buf + data if self._buf else data
-        if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
-            self._buf = buf
-            return
-        if b"\r" in buf:
+        crlf = self._crlf
+        if crlf is None and b"\n" in buf:
+            crlf = self._crlf = b"\r\n" in buf
+        if crlf:
             buf = buf.replace(b"\r\n", b"\n")
-        *events, self._buf = buf.split(b"\n\n")
+        *events, self._buf = buf.split(b"\n\n")  # no separator: no event yet, all kept
         classify = self._classify
         for ev in events:
             if not ev or (ev[0] == 58 and b"\n" not in ev):  # 58 = ":", a comment (keep-alive)
@@ -93,6 +95,8 @@ class EventScanner:
                     self.reasoning_events += 1
                 if f & TOOL:
                     self.tool_events += 1
+                if not f & (META | ERROR | TERMINAL):
+                    continue
             if f & (META | ERROR):
                 self.surface.meta(parse(event_data(ev)), self.fields)
                 if self.fields.error is not None:

@@ -3,9 +3,10 @@
 1. start the mock gateway (its own process) on a free port;
 2. put the capture proxy (mitmdump + the capture addon) in front of it;
 3. drive a built-in workload through the proxy for about 10 s: several sessions holding
-   multi-turn conversations, streamed and plain chat completions, two models of different speed,
-   varied message lengths, a little non-LLM traffic, and an API key in every request (which the
-   capture redacts);
+   multi-turn conversations on three API surfaces (chat completions, Responses, Anthropic
+   Messages), streamed and plain, two models of different speed, varied message lengths,
+   embeddings and a little non-LLM traffic, and an API key in every request (which the capture
+   redacts);
 4. stop the proxy (flush, compact), summarize the capture;
 5. replay it at 1x and 5x against the mock gateway and print both summaries.
 
@@ -24,11 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from captures import inspect as insp
 from captures.errors import UserError
+from captures.protocols import CHAT, MESSAGES, RESPONSES
 from captures.reader import Capture
 from captures.testing import words
 from proxy_addons.launch import CaptureConfig, CaptureProcess, describe_status
@@ -81,8 +84,51 @@ def start_gateway(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, line.split()[-1]
 
 
+def _turn(
+    api: str, model: str, history: list[dict[str, str]], stream: bool, n: int, u: int
+) -> tuple[str, dict[str, Any]]:
+    """A conversation's next request on its API surface (the full history each turn, as the
+    SDKs' users send it)."""
+    if api == "responses":
+        return "/v1/responses", {
+            "model": model,
+            "input": history[-9:],
+            "stream": stream,
+            "max_output_tokens": n,
+            "user": f"user-{u}",
+        }
+    if api == "messages":
+        msgs = [m for m in history[-9:] if m["role"] != "system"]
+        return "/v1/messages", {
+            "model": model,
+            "system": history[0]["content"],
+            "messages": msgs,
+            "stream": stream,
+            "max_tokens": n,
+            "metadata": {"user_id": f"user-{u}"},
+        }
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": history[-9:],
+        "stream": stream,
+        "max_tokens": n,
+        "user": f"user-{u}",
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return "/v1/chat/completions", body
+
+
+def _answer_text(api: str, data: bytes) -> str:
+    obj = json.loads(data)
+    text = {"chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}[api].output_text(obj)
+    return text or ""
+
+
 async def workload(base: str, seconds: float, sessions: int, seed: int = 7) -> dict[str, int]:
-    """Virtual users through the proxy: conversations with think time between turns."""
+    """Virtual users through the proxy: conversations with think time between turns, each on
+    one API surface (chat completions, Responses, Anthropic Messages), now and then a model
+    list or an embedding."""
     rng = random.Random(seed)
     counts = {"requests": 0, "streamed": 0, "errors": 0}
     deadline = time.monotonic() + seconds
@@ -90,34 +136,42 @@ async def workload(base: str, seconds: float, sessions: int, seed: int = 7) -> d
     async def user(u: int, s: aiohttp.ClientSession) -> None:
         r = random.Random(rng.random())
         model = "small" if r.random() < 0.7 else "large"
+        api = r.choices(["chat", "responses", "messages"], [6, 2, 2])[0]
         sid = f"demo-session-{u}"
         history: list[dict[str, str]] = [{"role": "system", "content": "You are a test assistant."}]
+        headers = {"X-Session-Id": sid}
+        if api == "messages":
+            headers.update(
+                {
+                    "x-api-key": f"sk-ant-demo-{u:04d}-not-a-real-secret",
+                    "anthropic-version": "2023-06-01",
+                }
+            )
+        else:
+            headers["Authorization"] = f"Bearer sk-demo-key-{u:04d}-not-a-real-secret"
         while time.monotonic() < deadline:
-            if r.random() < 0.1:
-                async with s.get("/v1/models") as resp:
-                    await resp.read()
-                counts["requests"] += 1
+            extra = r.random()
+            try:
+                if extra < 0.08:
+                    async with s.get("/v1/models", headers=headers) as resp:
+                        await resp.read()
+                    counts["requests"] += 1
+                elif extra < 0.14:
+                    body = {"model": "embed-small", "input": [words(r, 20), words(r, 20)]}
+                    async with s.post("/v1/embeddings", json=body, headers=headers) as resp:
+                        await resp.read()
+                    counts["requests"] += 1
+            except aiohttp.ClientError:
+                counts["errors"] += 1
             history.append({"role": "user", "content": words(r, r.randint(5, 120))})
             stream = r.random() < 0.6
-            body = {
-                "model": model,
-                "messages": history[-9:],
-                "stream": stream,
-                "max_tokens": r.choice([8, 16, 32, 48]),
-                "user": f"user-{u}",
-            }
-            if stream:
-                body["stream_options"] = {"include_usage": True}
-            headers = {
-                "X-Session-Id": sid,
-                "Authorization": f"Bearer sk-demo-key-{u:04d}-not-a-real-secret",
-            }
+            path, body = _turn(api, model, history, stream, r.choice([8, 16, 32, 48]), u)
             try:
-                async with s.post("/v1/chat/completions", json=body, headers=headers) as resp:
+                async with s.post(path, json=body, headers=headers) as resp:
                     data = await resp.read()
                 counts["requests"] += 1
                 counts["streamed"] += stream
-                text = "ok" if stream else json.loads(data)["choices"][0]["message"]["content"]
+                text = "ok" if stream else _answer_text(api, data)
                 history.append({"role": "assistant", "content": text[:200]})
             except (aiohttp.ClientError, ValueError, KeyError):
                 counts["errors"] += 1

@@ -117,7 +117,8 @@ class StreamScanner:
         self.surface = surface
         self.sse = b"event-stream" in content_type
         self._events = EventScanner(surface) if self.sse else None
-        self._json = bytearray() if b"json" in content_type else None
+        # a JSON body is kept only where its surface reads it (plain HTTP reads nothing)
+        self._json = bytearray() if b"json" in content_type and surface is not PLAIN else None
         self._tail = b""
         enc = content_encoding.strip().lower()
         self._inflate = (

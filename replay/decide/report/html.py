@@ -22,7 +22,16 @@ from captures import hdr
 from replay.measure.metrics import METRICS, Metrics
 
 from .model import RUN_KEYS, groups
-from .text import STATS, SUMMARY_HEADER, headline, notes, percentile_rows, summary_row, with_total
+from .text import (
+    STATS,
+    SUMMARY_HEADER,
+    headline,
+    notes,
+    percentile_rows,
+    shown_metrics,
+    summary_row,
+    with_total,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;
@@ -263,7 +272,9 @@ def render_html(
     parts.append("<h2>Percentile spectrum</h2>")
     parts.append(
         plots_div(
-            spectrum_plot([(lab, hs[m]) for lab, hs in hists.items()], f"{m} (ms)") for m in METRICS
+            spectrum_plot([(lab, hs[m]) for lab, hs in hists.items()], f"{m} (ms)")
+            for m in METRICS
+            if m in shown_metrics(report["total"])
         )
     )
     parts.append("<h2>Over time</h2>")
