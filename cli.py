@@ -46,6 +46,13 @@ SEND = [  # how a run sends: replay, run, sweep
         default="none",
         help="ordered: a session's requests in recorded order, each after the last finished.",
     ),
+    _o(
+        "--history",
+        type=click.Choice(["recorded", "live"]),
+        default="recorded",
+        help="live: each earlier assistant turn in a conversation's history is what the target "
+        "answered (needs --sessions ordered).",
+    ),
     _o("--concurrency", type=int, default=None, help="Closed loop with N workers."),
     _o(
         "--requests",
@@ -207,6 +214,7 @@ def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
     return {
         "out": opts["out"],
         "sessions": opts["sessions"],
+        "history": opts["history"],
         "concurrency": opts.get("concurrency"),
         "requests": opts["requests"],
         "max_in_flight": opts["max_in_flight"],
@@ -335,7 +343,7 @@ def inspect(capture: str, as_json: bool) -> None:
 @click.option("--body-limit", default="4m", help="Keep at most this much of a body.")
 @click.option(
     "--session-key",
-    default="header:X-Session-Id,user,connection",
+    default="header:X-Session-Id,user,chain,connection",
     help="Session key sources, first match wins: header:NAME, user, connection, none.",
 )
 @click.option("--redact-header", "redact_headers", multiple=True, help="Another header to redact.")
@@ -555,7 +563,7 @@ def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opt
     "--fail-on",
     default=None,
     metavar="LIST",
-    help="Exit 1 on differences in some of status,finish_reason,tokens,body.",
+    help="Exit 1 on differences in some of status,finish_reason,tokens,answer,body.",
 )
 def diff_cmd(
     results: str, capture: str | None, fmt: str, examples: int, fail_on: str | None

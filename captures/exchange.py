@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import protocols
+from .conversations import Tracker
+from .protocols.base import msg_hash
 from .redact import Redactor, decode_and_parse
 from .schema import Headers, Record, headers_get
 
@@ -102,8 +104,12 @@ def error_kind(msg: str) -> str:
     return "other"
 
 
+SESSION_SOURCES = "header:X-Session-Id,user,chain,connection"
+
+
 def parse_session_sources(spec: str) -> list[tuple[str, str]]:
-    """'header:X-Session-Id,user,connection' -> [('header', 'X-Session-Id'), ('user', ''), ...]"""
+    """'header:X-Session-Id,user,chain,connection' -> [('header', 'X-Session-Id'), ('user', ''),
+    ...]. chain: the conversation found from content (captures/conversations.py)."""
     out = []
     for item in (p.strip() for p in spec.split(",")):
         if not item:
@@ -112,20 +118,25 @@ def parse_session_sources(spec: str) -> list[tuple[str, str]]:
         kind = kind.lower()
         if kind == "header" and arg:
             out.append(("header", arg))
-        elif kind in ("user", "connection", "none") and not arg:
+        elif kind in ("user", "chain", "connection", "none") and not arg:
             out.append((kind, ""))
         else:
             raise ValueError(
-                f"bad session key source {item!r} (want header:NAME, user, connection)"
+                f"bad session key source {item!r} (want header:NAME, user, chain, connection)"
             )
     return out
 
 
 def build_record(
-    s: Snapshot, red: Redactor, session_sources: list[tuple[str, str]], body_limit: int
+    s: Snapshot,
+    red: Redactor,
+    session_sources: list[tuple[str, str]],
+    body_limit: int,
+    tracker: Tracker | None = None,
 ) -> Record:
     """A snapshot as a capture record: headers decoded, secrets redacted, LLM fields parsed,
-    bodies cut to the limit. (Live capture and the HAR and mitmproxy importers share it.)"""
+    bodies cut to the limit, its conversation found (with a tracker that has seen the
+    exchanges before it). (Live capture and the HAR and mitmproxy importers share it.)"""
     notes: list[str] = []
     req_headers: Headers = [(_h(n), _h(v)) for n, v in s.req_headers]
     path_q = _h(s.path)
@@ -138,6 +149,7 @@ def build_record(
     # Decode and parse the whole request body once (LLM fields and redaction share it),
     # redact it, then cut it to the body limit.
     anthropic = "anthropic-version" in req_map
+    obj = None
     if raw_req:
         decoded = decode_and_parse(raw_req, req_ce, req_ct)
         surface = protocols.detect(path, decoded.obj, anthropic=anthropic)
@@ -176,6 +188,7 @@ def build_record(
         "user": red.text(fields.user, "user", notes),
         "replayable": not s.websocket,
     }
+    resp = protocols.ResponseFields()
     if s.status is not None and s.resp_headers is not None:
         resp_headers: Headers = [(_h(n), _h(v)) for n, v in s.resp_headers]
         resp_map = _first_values(resp_headers)
@@ -217,6 +230,11 @@ def build_record(
                 "cached_tokens": resp.cached_tokens,
                 "cache_write_tokens": resp.cache_write_tokens,
                 "response_id": red.text(resp.response_id, "response_id", notes),
+                "tool_call_ids": [
+                    red.text(i, "tool_call_ids", notes) or i for i in resp.tool_call_ids
+                ]
+                or None,
+                "answer_hash": msg_hash(resp.answer) if resp.answer is not None else None,
             }
         )
         offsets: list[int] = []
@@ -241,8 +259,22 @@ def build_record(
                 rec["error_kind"] = "stream_error"
                 rec["error_message"] = red.text(resp.error[:500], "error_message", notes)
     if s.error:
-        rec["error_kind"] = error_kind(s.error)
-        rec["error_message"] = red.text(s.error[:500], "error_message", notes)
+        kind = error_kind(s.error)
+        if kind == "client_abort" and rec.get("stream_complete") and s.chunk_times:
+            # The client closed once it had the terminal event ([DONE], response.completed,
+            # message_stop), before the upstream closed its chunked body: SDKs do this. The
+            # exchange is complete; it ended when its last chunk arrived.
+            rec["resp_end_ns"] = _ns(s.chunk_times[-1])
+        else:
+            rec["error_kind"] = kind
+            rec["error_message"] = red.text(s.error[:500], "error_message", notes)
+    turn = None
+    if tracker is not None and rec.get("status") is not None:
+        end = rec.get("resp_end_ns")
+        turn = tracker.see(surface, obj, resp.answer, resp.minted, rec["req_start_ns"], end)
+    if turn is not None:
+        rec.update(conversation=turn.conversation, turn=turn.turn)
+        rec["think_us"] = turn.think_ns // 1000 if turn.think_ns is not None else None
     rec["session_key"] = red.text(
         _session_key(session_sources, rec, fields.user), "session_key", notes
     )
@@ -258,6 +290,8 @@ def _session_key(sources: list[tuple[str, str]], rec: Record, user: str | None) 
                 return v
         elif kind == "user" and user:
             return user
+        elif kind == "chain" and rec.get("conversation"):
+            return str(rec["conversation"])
         elif kind == "connection":
             return str(rec["conn_id"])
         elif kind == "none":

@@ -34,6 +34,8 @@ _COLUMNS = [
     "cached_tokens",
     "resp_start_ns",
     "first_token_us",
+    "conversation",
+    "think_us",
 ]
 
 
@@ -53,12 +55,24 @@ class Summary:
     apis: Counter[str] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)  # by kind: prompt, completion, ...
+    turns: Counter[str] = field(default_factory=Counter)  # conversation -> requests
     streamed: int = 0
     not_replayable: int = 0
     parts: int = 0
     notes: list[str] = field(default_factory=list)
     hists: dict[str, Any] = field(default_factory=dict)
     maxima: dict[str, int] = field(default_factory=dict)  # exact p100 (HDR rounds to 3 digits)
+
+    def _conversations(self) -> dict[str, Any] | None:
+        if not self.turns:
+            return None
+        counts = sorted(self.turns.values())
+        return {
+            "count": len(counts),
+            "multi_turn": sum(1 for c in counts if c > 1),
+            "turns_p50": counts[len(counts) // 2],
+            "turns_max": counts[-1],
+        }
 
     def to_json(self) -> dict[str, Any]:
         span_s = (self.last_ns - self.first_ns) / 1e9 if self.first_ns and self.last_ns else 0.0
@@ -81,6 +95,7 @@ class Summary:
             "apis": dict(self.apis.most_common()),
             "finish_reasons": dict(self.finish_reasons.most_common()),
             "tokens": {k: self.tokens[k] for k in TOKEN_KINDS if self.tokens[k]},
+            "conversations": self._conversations(),
             "percentiles": {
                 name: {
                     f"p{p:g}": self.maxima[name] if p == 100 else min(v, self.maxima[name])
@@ -119,6 +134,7 @@ def summarize(cap: Capture) -> Summary:
         "prompt_tokens": hdr.new_hist(1 << 31),
         "completion_tokens": hdr.new_hist(1 << 31),
         "ttft_ms": hdr.new_hist(1 << 31),
+        "think_ms": hdr.new_hist(1 << 31),
     }
     sources = {
         "req_body_bytes": "req_body_size",
@@ -152,6 +168,11 @@ def summarize(cap: Capture) -> Summary:
             pc.divide(pc.subtract(batch["resp_start_ns"], batch["req_start_ns"]), 1_000_000),
             pc.divide(batch["first_token_us"], 1000),
         )
+        _counter_add(s.turns, batch["conversation"])
+        think = pc.drop_null(pc.divide(batch["think_us"], 1000)).to_numpy(zero_copy_only=False)
+        hdr.record_many(s.hists["think_ms"], think.astype("int64"))
+        if len(think):
+            s.maxima["think_ms"] = max(s.maxima.get("think_ms", 0), int(think.max()))
         vals = pc.drop_null(ttft).to_numpy(zero_copy_only=False)
         hdr.record_many(s.hists["ttft_ms"], vals.astype("int64"))
         if len(vals):
@@ -192,6 +213,12 @@ def render_text(s: Summary) -> str:
             )
         if j["tokens"]:
             lines.append("tokens       " + ", ".join(f"{k} {v}" for k, v in j["tokens"].items()))
+        conv = j["conversations"]
+        if conv:
+            lines.append(
+                f"conversations {conv['count']} ({conv['multi_turn']} multi-turn; turns p50 "
+                f"{conv['turns_p50']}, max {conv['turns_max']})"
+            )
         if j["error_kinds"]:
             lines.append(
                 "errors       " + ", ".join(f"{k}: {v}" for k, v in j["error_kinds"].items())

@@ -83,6 +83,12 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [
     ("first_text_us", pa.int32(), True),
     ("output_events", pa.int32(), True),
     ("stream_complete", pa.bool_(), True),
+    ("tool_call_ids", pa.list_(pa.string()), True),  # the answer's tool calls' ids, in order
+    ("answer_hash", pa.string(), True),  # a hash of the answer in canonical form (diff, history)
+    # conversations (captures/conversations.py: found from content where no hint says)
+    ("conversation", pa.string(), True),
+    ("turn", pa.int32(), True),
+    ("think_us", pa.int64(), True),  # from the previous turn's answer to this request
     # outcome
     ("error_kind", pa.string(), True),
     ("error_message", pa.string(), True),

@@ -107,7 +107,7 @@ class CaptureAddon:
         add(
             "capture_session_key",
             str,
-            "header:X-Session-Id,user,connection",
+            "header:X-Session-Id,user,chain,connection",
             "Where a request's session key comes from, first match wins: header:NAME, user "
             "(the OpenAI user field), connection (the client connection), none.",
         )

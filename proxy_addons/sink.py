@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from captures.conversations import Tracker
 from captures.exchange import Snapshot, build_record, error_kind, parse_session_sources
 from captures.redact import Redactor
 from captures.schema import Record
@@ -83,6 +84,9 @@ class CaptureSink:
         self.status_file = status_file
         self.on_fatal = on_fatal
         self.stats = Stats()
+        # conversations found from content: snapshots come in completion order, so a turn's
+        # predecessor has been seen before it
+        self.tracker = Tracker()
         self.inflight = 0
         self.listen: list[list[Any]] = []  # the proxy's bound addresses, once known
         self.proxy_dropped = 0  # dropped before reaching this sink (worker mode: in the proxy)
@@ -289,7 +293,7 @@ class CaptureSink:
 
     # -- building records (writer thread) ------------------------------------------------------
     def build(self, s: Snapshot) -> Record:
-        rec = build_record(s, self.redactor, self.session_sources, self.body_limit)
+        rec = build_record(s, self.redactor, self.session_sources, self.body_limit, self.tracker)
         self._count(rec, size_in=rec["req_body_size"])
         return rec
 

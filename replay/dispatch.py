@@ -25,6 +25,7 @@ from replay.send.router import Client
 from .plan import Shot
 from .rewrite import Prepared
 from .schedule import Scheduler
+from .state import SessionState
 from .timer import PreciseTimer
 
 
@@ -61,8 +62,10 @@ class Dispatcher:
         *,
         spin_ns: int = 1_500_000,
         clock: Callable[[], int] = time.monotonic_ns,
+        state: SessionState | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.state = state  # ordered sessions of a stateful API: ids mapped, live history
         self.prepare = prepare
         self.client = client
         self.sink = sink
@@ -91,6 +94,8 @@ class Dispatcher:
         return lambda out: self._done(shot, prepared, intended, out)
 
     def _done(self, shot: Shot, prepared: Prepared, intended: int, out: Outcome) -> None:
+        if self.state is not None:  # before the session's next request can be released
+            self.state.learn(shot, out)
         self.scheduler.done(shot, self.clock() - self.start)
         self.stats.completed += 1
         self.sink.add(shot, prepared, intended, out)
@@ -115,6 +120,8 @@ class Dispatcher:
                 if lag > st.max_lag_ns:
                     st.max_lag_ns = lag
                 prepared = self.prepare(shot)
+                if self.state is not None:
+                    prepared = self.state.apply(shot, prepared)
                 self.client.submit(prepared, self._completion(shot, prepared, intended))
                 now = clock()
         if self._stopping or sch.exhausted:

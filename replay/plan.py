@@ -42,6 +42,9 @@ PLAN_COLUMNS = [
     "first_token_us",
     "completion_tokens",
     "finish_reason",
+    "response_id",
+    "tool_call_ids",
+    "answer_hash",
     "replayable",
     "error_kind",
 ]
@@ -73,6 +76,8 @@ class Recorded:
     first_chunk_us: int | None
     completion_tokens: int | None
     finish_reason: str | None
+    minted: tuple[str, ...] = ()  # ids the recorded server made: the response's, its tool calls'
+    answer_hash: str | None = None  # the recorded answer, in canonical form (diff, live history)
 
 
 @dataclass(slots=True)
@@ -152,6 +157,11 @@ def recorded_info(row: Record) -> Recorded:
         first_chunk_us=first_content,
         completion_tokens=row.get("completion_tokens"),
         finish_reason=row.get("finish_reason"),
+        minted=tuple(
+            ([row["response_id"]] if row.get("response_id") else [])
+            + (row.get("tool_call_ids") or [])
+        ),
+        answer_hash=row.get("answer_hash"),
     )
 
 

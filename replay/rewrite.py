@@ -20,7 +20,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -179,6 +179,7 @@ class Prepared:
     model: str | None
     stream: bool
     surface: Surface = PLAIN  # the API surface: how its response is read
+    refs: tuple[str, ...] = ()  # server-minted ids the body names (a stateful replay maps them)
 
     @property
     def url(self) -> str:
@@ -210,13 +211,15 @@ class Rewriter:
         body = req.body or b""
         model = req.model
         surface = self._surface(req)
+        refs: tuple[str, ...] = ()
         if body and (
             self.model_map
             or b"[REDACTED:" in body
             or extra
             or (surface is PLAIN and req.method.upper() == "POST" and body[:1] == b"{")
+            or any(k in body for k in _ID_KEYS)
         ):
-            body, model, surface = self._rewrite_body(body, req, model, surface, extra)
+            body, model, surface, refs = self._rewrite_body(body, req, model, surface, extra)
         headers: Headers = []
         recorded_host = None
         for name, value in req.headers:
@@ -241,7 +244,16 @@ class Rewriter:
         head = f"{req.method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
         raw = head.encode("utf-8") + b"\r\n" + body
         return Prepared(
-            req.method, self.target, path, headers, body, raw, model, bool(req.stream), surface
+            req.method,
+            self.target,
+            path,
+            headers,
+            body,
+            raw,
+            model,
+            bool(req.stream),
+            surface,
+            refs,
         )
 
     @staticmethod
@@ -270,17 +282,18 @@ class Rewriter:
         model: str | None,
         surface: Surface,
         extra: Mapping[str, Any] | None = None,
-    ) -> tuple[bytes, str | None, Surface]:
+    ) -> tuple[bytes, str | None, Surface, tuple[str, ...]]:
         enc = (req.content_encoding or "").lower()
         try:
             plain = zlib.decompress(body, 16 + zlib.MAX_WBITS) if enc == "gzip" else body
             obj = json.loads(plain) if enc in ("", "identity", "gzip") else None
         except (ValueError, zlib.error):
-            return body, model, surface
+            return body, model, surface, ()
         if not isinstance(obj, dict):
-            return body, model, surface
+            return body, model, surface, ()
         if surface is PLAIN:  # a gateway's own path: the body's shape may say which API it is
             surface = protocols.detect(req.path, obj)
+        refs = tuple(dict.fromkeys(surface.referenced_ids(obj)))
         changed = self._drop_markers(obj)
         old = obj.get("model")
         if (
@@ -297,12 +310,8 @@ class Rewriter:
             if salt:
                 changed |= surface.salt(obj, str(salt))
         if not changed:
-            return body, model, surface
-        out = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        if enc == "gzip":
-            c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-            out = c.compress(out) + c.flush()
-        return out, model, surface
+            return body, model, surface, refs
+        return _encoded(obj, enc), model, surface, refs
 
     def _drop_markers(self, obj: Any) -> bool:
         """Remove JSON fields whose whole value is a redaction marker (a key we do not have)."""
@@ -320,6 +329,34 @@ class Rewriter:
             for v in obj:
                 changed |= self._drop_markers(v)
         return changed
+
+
+# keys of server-minted ids a request can name (previous_response_id, tool-call ids)
+_ID_KEYS = (
+    b'"previous_response_id"',
+    b'"tool_call_id"',
+    b'"call_id"',
+    b'"tool_use_id"',
+    b'"tool_calls"',
+)
+
+
+def _encoded(obj: Any, enc: str) -> bytes:
+    out = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    if enc == "gzip":
+        c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        out = c.compress(out) + c.flush()
+    return out
+
+
+def rebuilt(p: Prepared, body: bytes) -> Prepared:
+    """A prepared request with another body (its Content-Length and raw bytes made anew)."""
+    headers = [
+        (n, str(len(body))) if n.lower() == "content-length" else (n, v) for n, v in p.headers
+    ]
+    head = f"{p.method} {p.path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
+    raw = head.encode("utf-8") + b"\r\n" + body
+    return replace(p, headers=headers, body=body, raw=raw)
 
 
 def mask_url(url: str) -> str:

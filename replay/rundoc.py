@@ -18,6 +18,7 @@ from replay.measure.metrics import series_name
 from .dispatch import DispatchStats
 from .rewrite import mask_url
 from .settings import RunSettings, StreamPlan
+from .state import SessionState
 
 
 def run_document(
@@ -33,6 +34,7 @@ def run_document(
     connections: dict[str, int | None],
     uvloop: bool,
     run_info: dict[str, Any] | None = None,
+    state: SessionState | None = None,
 ) -> dict[str, Any]:
     """The document of one process's run. outcomes: (ok, expected, failed); rates: (scheduled,
     achieved) per second; run_info: what the caller adds (the capture, the options)."""
@@ -70,6 +72,8 @@ def run_document(
             "unsent": stats.unsent,
             "skipped": skipped,
             "redacted_values_dropped": sum(s.rewriter.dropped_redacted for s in streams),
+            "ids_mapped": state.mapped if state is not None else 0,
+            "live_answers": state.replaced if state is not None else 0,
         },
         "scheduled_rate": rates[0],
         "achieved_rate": rates[1],

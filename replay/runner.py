@@ -31,6 +31,7 @@ from .rewrite import Prepared, cached_prepare
 from .rundoc import run_document
 from .schedule import Scheduler
 from .settings import Progress, RunSettings, RunSummary, StreamPlan, default_out_dir
+from .state import SessionState
 from .timeline import merged, sharded, with_prepared
 
 PREFILL = 32_768  # shots planned before the start instant (the plan buffer's size)
@@ -118,6 +119,11 @@ def run_streams(
         ordered_sessions=settings.sessions == "ordered",
         closed_loop=closed,
     )
+    state = (
+        SessionState(live_history=settings.history == "live")
+        if settings.sessions == "ordered"
+        else None
+    )
     warm_up()
     wall_start = settings.start_wall_ns or time.time_ns()
     metrics = Metrics(run_start_ns=wall_start)
@@ -146,7 +152,9 @@ def run_streams(
                 for t in targets
             }
         )
-        disp = Dispatcher(scheduler, prepare, router, writer, spin_ns=int(settings.spin_ms * 1e6))
+        disp = Dispatcher(
+            scheduler, prepare, router, writer, spin_ns=int(settings.spin_ms * 1e6), state=state
+        )
         loop = asyncio.get_running_loop()
         presses = {"n": 0}
         closing: list[asyncio.Task[None]] = []
@@ -208,6 +216,7 @@ def run_streams(
         connections=client_stats,
         uvloop=_uvloop_factory() is not None,
         run_info=run_info,
+        state=state,
     )
     if settings.part is None:  # a worker's run.json is its runner's to write
         write_run_json(out_dir, run_doc)

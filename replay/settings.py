@@ -38,6 +38,9 @@ class RunSettings:
     concurrency: int | None = None  # closed loop
     max_in_flight: int = 1000
     sessions: str = "none"
+    history: str = (
+        "recorded"  # recorded | live: earlier answers in a history as the target gave them
+    )
     requests: int | None = None  # stop after this many shots
     timeout_s: float = 60.0
     client: str = "fast"
@@ -61,6 +64,13 @@ class RunSettings:
     def validate(self) -> None:
         if self.sessions not in ("none", "ordered"):
             raise UserError(f"--sessions {self.sessions!r}: want ordered or none")
+        if self.history not in ("recorded", "live"):
+            raise UserError(f"--history {self.history!r}: want recorded or live")
+        if self.history == "live" and self.sessions != "ordered":
+            raise UserError(
+                "--history live needs --sessions ordered (a turn's history holds the answers "
+                "to the turns before it)"
+            )
         if self.concurrency is not None and self.concurrency < 1:
             raise UserError("--concurrency must be >= 1")
         if self.max_in_flight < 1:

@@ -40,16 +40,19 @@ def test_compare_sides_counts_by_table() -> None:
         body: str | None = None,
         streamed: bool = False,
         ttft: int | None = None,
-        chunks: int | None = None,
+        events: int | None = None,
+        answer: str | None = None,
     ) -> dict[str, object]:
         return {
             "status": status,
+            "api": "chat",
             "finish_reason": fin,
             "tokens": tok,
             "body": body,
+            "answer": answer,
             "streamed": streamed,
             "ttft_us": ttft,
-            "chunks": chunks,
+            "events": events,
             "gap_us": None,
         }
 
@@ -58,23 +61,34 @@ def test_compare_sides_counts_by_table() -> None:
         (side(body="a"), side(body="b"), 1),  # body differs
         (side(), side(status="503", fin=None, tok=None), 2),  # shed
         (side(fin="stop", tok=8), side(fin="length", tok=4), 3),
-        (side(streamed=True, ttft=100, chunks=10), side(streamed=True, ttft=200, chunks=12), 4),
+        (side(streamed=True, ttft=100, events=10), side(streamed=True, ttft=200, events=12), 4),
+        (side(answer="x", body="a"), side(answer="x", body="b"), 5),  # fresh ids, same answer
+        (side(answer="x"), side(answer="y"), 6),
     ]
     c = compare_sides("x", pairs, examples=10)
-    assert c["pairs"] == 5
-    assert c["status"] == {"same": 4, "different": 1, "transitions": {"200->503": 1}}
+    assert c["pairs"] == 7
+    assert c["verdicts"] == {"identical": 1, "equivalent": 2, "different": 4}
+    assert c["differences"] == {
+        "body": 1,
+        "status": 1,
+        "finish_reason": 1,
+        "tokens": 1,
+        "answer": 1,
+    }
+    assert c["answer"] == {"compared": 2, "equal": 1} and c["apis"] == {"chat": 7}
+    assert c["status"] == {"same": 6, "different": 1, "transitions": {"200->503": 1}}
     assert c["finish_reason"]["different"] == 1 and c["finish_reason"]["transitions"] == {
         "stop->length": 1
     }
     assert (
-        c["tokens"]["compared"] == 4
-        and c["tokens"]["equal"] == 3
-        and c["tokens"]["mean_delta"] == -1
+        c["tokens"]["compared"] == 6
+        and c["tokens"]["equal"] == 5
+        and round(c["tokens"]["mean_delta"], 3) == round(-4 / 6, 3)
     )
-    assert c["body"] == {"equal": 1, "different": 1, "not_comparable": 1}
+    assert c["body"] == {"equal": 1, "different": 2, "not_comparable": 2}
     assert c["stream"]["compared"] == 1 and c["stream"]["ttft_ratio"]["p50"] == 2.0
-    assert c["stream"]["chunk_delta"]["p50"] == 2
-    assert [e["seq"] for e in c["examples"]] == [1, 2, 3]
+    assert c["stream"]["event_delta"]["p50"] == 2
+    assert [e["seq"] for e in c["examples"]] == [1, 2, 3, 6]
 
 
 def _capture(tmp_path: Path) -> Path:

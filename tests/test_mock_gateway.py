@@ -94,20 +94,26 @@ async def test_plain_completion_waits_for_all_tokens(session: aiohttp.ClientSess
     assert 0.130 + 4 * 0.025 - 0.005 <= elapsed < 0.5
 
 
-async def test_output_length_is_seeded_without_max_tokens(session: aiohttp.ClientSession) -> None:
+async def test_output_length_is_seeded_by_the_request_without_max_tokens(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The same request gets the same answer, in any order, from any instance with the same
+    seed (a replay against an identical mock gets the recording's answers back); different
+    requests get different lengths."""
+    prompts = [f"question {i}" for i in range(6)]
     lengths = []
-    for _ in range(2):
+    for order in (prompts, prompts[::-1]):
         async with MockGateway(cfg(default_profile="instant", models={}, seed=7)) as gw:
-            got = []
-            for _ in range(3):
-                body = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+            got = {}
+            for q in order:
+                body = {"model": "x", "messages": [{"role": "user", "content": q}]}
                 async with session.post(f"{gw.url}/v1/chat/completions", json=body) as r:
                     j = await r.json()
-                    got.append(j["usage"]["completion_tokens"])
+                    got[q] = j["usage"]["completion_tokens"]
                     assert j["choices"][0]["finish_reason"] == "stop"
             lengths.append(got)
     assert lengths[0] == lengths[1]
-    assert len(set(lengths[0])) > 1
+    assert len(set(lengths[0].values())) > 1
 
 
 async def test_capacity_turns_into_503_with_retry_after(session: aiohttp.ClientSession) -> None:

@@ -338,6 +338,10 @@ def test_responses_incomplete_failed_and_error() -> None:
     )
     s = scan(P.RESPONSES, [named(refusal), named(err)])
     assert s.text_events == 1 and s.error == "slow down" and not s.complete
+    # LiteLLM's error on a Responses stream is chat-shaped, then [DONE]
+    litellm = b'data: {"error": {"message": "Error processing stream start", "type": "internal_server_error", "param": null, "code": "500"}}\n\n'
+    s = scan(P.RESPONSES, [litellm, DONE])
+    assert s.error == "Error processing stream start" and not s.complete
 
 
 def test_responses_whole_body() -> None:

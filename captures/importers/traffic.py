@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from captures.conversations import Tracker
 from captures.errors import UserError
-from captures.exchange import Snapshot, build_record, parse_session_sources
+from captures.exchange import SESSION_SOURCES, Snapshot, build_record, parse_session_sources
 from captures.redact import RedactionPolicy, Redactor, load_or_create_key
 from captures.schema import Record
 
@@ -20,7 +21,7 @@ from . import ImportOptions, ImportSummary
 from .traces import parse_timestamp_ns
 
 BODY_LIMIT = 64 << 20
-SESSIONS = parse_session_sources("header:X-Session-Id,user,connection")
+SESSIONS = parse_session_sources(SESSION_SOURCES)
 
 
 def _redactor(opts: ImportOptions) -> Redactor:
@@ -50,7 +51,11 @@ def har_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterato
     except (KeyError, TypeError):
         raise UserError(f"{path}: not a HAR file (no log.entries list)") from None
     red = _redactor(opts)
-    for n, e in enumerate(entries):
+    tracker = Tracker()
+    ordered = sorted(
+        entries, key=lambda e: str(e.get("startedDateTime", "")) if isinstance(e, dict) else ""
+    )
+    for n, e in enumerate(ordered):
         try:
             req, resp = e["request"], e.get("response") or {}
             start_ns = parse_timestamp_ns(str(e["startedDateTime"]).replace("T", " "))
@@ -104,7 +109,7 @@ def har_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterato
             snap.resp_body = resp_body
         else:
             snap.error = "no response recorded in the HAR entry"
-        rec = build_record(snap, red, SESSIONS, BODY_LIMIT)
+        rec = build_record(snap, red, SESSIONS, BODY_LIMIT, tracker)
         rec["replayable"] = (status or 0) != 101
         yield rec
 
@@ -114,6 +119,7 @@ def flow_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterat
     from mitmproxy.exceptions import FlowReadException
 
     red = _redactor(opts)
+    tracker = Tracker()
     try:
         fh = open(path, "rb")  # noqa: SIM115 - open errors get their own message
     except OSError as exc:
@@ -154,6 +160,6 @@ def flow_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterat
                     snap.websocket = rd.status_code == 101
                 if f.error is not None:
                     snap.error = f.error.msg
-                yield build_record(snap, red, SESSIONS, BODY_LIMIT)
+                yield build_record(snap, red, SESSIONS, BODY_LIMIT, tracker)
         except FlowReadException as exc:
             raise UserError(f"{path}: not a mitmproxy flow file ({exc})") from None

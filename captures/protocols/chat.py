@@ -22,15 +22,26 @@ from .base import (
     TERMINAL,
     TEXT,
     TOOL,
+    TOOL_ID,
     Answer,
+    AnswerParts,
+    Msg,
     RequestFields,
     ResponseFields,
     Surface,
     _bool,
     _int,
     _str,
+    canonical_args,
+    content_text,
     dumps,
+    event_data,
+    json_escaped,
+    merged,
+    msg_hash,
+    parse,
     salt_first_user,
+    string_at,
     text_len,
     usage_int,
 )
@@ -42,6 +53,7 @@ _TOOL = re.compile(rb'"(?:arguments|name)"\s*:\s*"(?!")')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _CONTENT = re.compile(rb'"content"\s*:\s*"(?!")')
+_CONTENT_VALUE = re.compile(rb'"content"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # anything but plain text: one pass over the event (a shared-prefix alternation is cheap), so
 # the common token event costs two regex scans and no more
 _RARE = re.compile(
@@ -73,8 +85,8 @@ def chunk(
         "created": a.created,
         "model": a.model,
     }
-    if delta is None:
-        obj["choices"] = []
+    if delta is None:  # LiteLLM's usage chunk keeps one empty choice
+        obj["choices"] = [{"index": 0, "delta": {}}] if a.extra_nulls else []
     else:
         d = dict(delta)
         if a.extra_nulls:  # LiteLLM's chunks carry every field, null where unused
@@ -119,14 +131,19 @@ class Chat(Surface):
         return out
 
     def classify(self, event: bytes) -> int:
+        return self.scan(event)[0]
+
+    def scan(self, event: bytes) -> tuple[int, bytes | None]:
         if b"[DONE]" in event[:16]:
-            return TERMINAL
+            return TERMINAL, None
         # keys before "delta" (id, model, created) cannot be output; inside delta any order
         start = max(event.find(b'"delta"'), 0)
-        f = TEXT if _CONTENT.search(event, start) is not None else 0
+        m = _CONTENT.search(event, start)  # a non-empty string value
+        text = string_at(event, m.end()) if m is not None else None
+        f = TEXT if text else 0
         if _RARE.search(event, start) is None:
-            return f
-        return f | self._full(event)
+            return f, text or None
+        return f | self._full(event), text or None
 
     def _full(self, event: bytes) -> int:
         """Every flag, for the few events that carry more than text."""
@@ -137,6 +154,8 @@ class Chat(Surface):
             f |= REASONING
         if (b'"tool_calls"' in event or b'"function_call"' in event) and _TOOL.search(event):
             f |= TOOL
+            if b'"id"' in event:
+                f |= TOOL_ID
         if (b'"finish_reason"' in event and _FINISH.search(event) is not None) or (
             b'"usage"' in event and _USAGE.search(event) is not None
         ):
@@ -156,13 +175,86 @@ class Chat(Surface):
         if isinstance(obj.get("id"), str):
             acc.response_id = obj["id"]
         for ch in obj.get("choices") or ():
-            if isinstance(ch, dict) and isinstance(ch.get("finish_reason"), str):
+            if not isinstance(ch, dict):
+                continue
+            if isinstance(ch.get("finish_reason"), str):
                 acc.finish_reason = ch["finish_reason"]
+            msg = ch.get("delta") if isinstance(ch.get("delta"), dict) else ch.get("message")
+            for tc in (msg or {}).get("tool_calls") or () if isinstance(msg, dict) else ():
+                if isinstance(tc, dict) and isinstance(tc.get("id"), str) and tc["id"]:
+                    acc.tool_call_ids.append(tc["id"])
         _usage(obj.get("usage"), acc)
 
     def body(self, obj: Any, acc: ResponseFields) -> None:
         self.meta(obj, acc)
         acc.shape_ok = isinstance(obj, dict) and isinstance(obj.get("choices"), list)
+        try:
+            msg = obj["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            return
+        if isinstance(msg, dict):
+            acc.answer = _msg({**msg, "role": "assistant"})
+
+    # -- conversations -------------------------------------------------------------------------
+    def history(self, obj: dict[str, Any]) -> list[Msg]:
+        msgs = obj.get("messages")
+        return (
+            merged([_msg(m) for m in msgs if isinstance(m, dict)]) if isinstance(msgs, list) else []
+        )
+
+    def tool_results(self, obj: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for m in reversed(obj.get("messages") or []):
+            if not isinstance(m, dict) or m.get("role") not in ("tool", "function"):
+                break
+            if isinstance(m.get("tool_call_id"), str):
+                out.append(m["tool_call_id"])
+        return out[::-1]
+
+    def referenced_ids(self, obj: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for m in obj.get("messages") or []:
+            if not isinstance(m, dict):
+                continue
+            for tc in m.get("tool_calls") or ():
+                if isinstance(tc, dict) and isinstance(tc.get("id"), str):
+                    out.append(tc["id"])
+            if isinstance(m.get("tool_call_id"), str):
+                out.append(m["tool_call_id"])
+        return out
+
+    def piece(self, event: bytes, flags: int, acc: AnswerParts) -> None:
+        """Tool-call pieces (the text came with scan())."""
+        if flags & TOOL:
+            obj = parse(event_data(event))
+            for ch in (obj or {}).get("choices") or () if isinstance(obj, dict) else ():
+                delta = ch.get("delta") if isinstance(ch, dict) else None
+                if not isinstance(delta, dict):
+                    continue
+                calls = list(delta.get("tool_calls") or ())
+                if isinstance(delta.get("function_call"), dict):
+                    calls.append({"index": 0, "function": delta["function_call"]})
+                for tc in calls:
+                    fn = tc.get("function") or {} if isinstance(tc, dict) else {}
+                    args = fn.get("arguments")
+                    acc.tool(
+                        int(tc.get("index") or 0),
+                        fn.get("name"),
+                        json_escaped(args) if isinstance(args, str) and args else None,
+                    )
+
+    def replace_answer(self, obj: dict[str, Any], old: str, new: Msg) -> bool:
+        done = False
+        for m in obj.get("messages") or []:
+            if isinstance(m, dict) and m.get("role") == "assistant" and msg_hash(_msg(m)) == old:
+                m["content"] = new[1] if new[1] or not m.get("tool_calls") else None
+                calls = m.get("tool_calls")
+                if isinstance(calls, list) and len(calls) == len(new[2]):
+                    for tc, (name, args) in zip(calls, new[2], strict=True):
+                        if isinstance(tc, dict) and isinstance(tc.get("function"), dict):
+                            tc["function"].update(name=name, arguments=args)
+                done = True
+        return done
 
     def output_text(self, obj: Any) -> str | None:
         try:
@@ -239,6 +331,23 @@ class Chat(Surface):
         if a.include_usage:
             yield False, chunk(a, None, usage=self.usage(a))
         yield False, DONE
+
+
+ROLES = {"developer": "system", "function": "tool"}
+
+
+def _msg(m: dict[str, Any]) -> Msg:
+    """A chat message in the canonical form."""
+    role = str(m.get("role") or "user")
+    calls = [tc.get("function") for tc in m.get("tool_calls") or () if isinstance(tc, dict)]
+    if isinstance(m.get("function_call"), dict):
+        calls.append(m["function_call"])
+    tools = tuple(
+        (str(fn.get("name") or ""), canonical_args(fn.get("arguments") or ""))
+        for fn in calls
+        if isinstance(fn, dict)
+    )
+    return (ROLES.get(role, role), content_text(m.get("content")), tools)
 
 
 SURFACE = Chat()

@@ -13,12 +13,15 @@ from .base import (
     TERMINAL,
     TEXT,
     Answer,
+    AnswerParts,
+    Msg,
     RequestFields,
     ResponseFields,
     Surface,
     _bool,
     _int,
     _str,
+    content_text,
     dumps,
     salt_content,
 )
@@ -26,6 +29,7 @@ from .chat import FINISH
 from .chat import SURFACE as CHAT
 
 _TEXT = re.compile(rb'"text"\s*:\s*"(?!")')
+_TEXT_VALUE = re.compile(rb'"text"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
@@ -56,16 +60,21 @@ class Completions(Surface):
         return out
 
     def classify(self, event: bytes) -> int:
+        return self.scan(event)[0]
+
+    def scan(self, event: bytes) -> tuple[int, bytes | None]:
         if b"[DONE]" in event[:16]:
-            return TERMINAL
-        f = TEXT if _TEXT.search(event) is not None else 0
+            return TERMINAL, None
+        m = _TEXT_VALUE.search(event)
+        text = m.group(1) if m is not None and m.group(1) else None
+        f = TEXT if text else 0
         if (b'"finish_reason"' in event and _FINISH.search(event) is not None) or (
             b'"usage"' in event and _USAGE.search(event) is not None
         ):
             f |= META
         if b'"error"' in event:
             f |= ERROR
-        return f
+        return f, text
 
     def meta(self, obj: Any, acc: ResponseFields) -> None:
         CHAT.meta(obj, acc)  # the same choices[].finish_reason, usage and error shapes
@@ -73,6 +82,9 @@ class Completions(Surface):
     def body(self, obj: Any, acc: ResponseFields) -> None:
         self.meta(obj, acc)
         acc.shape_ok = isinstance(obj, dict) and isinstance(obj.get("choices"), list)
+        text = self.output_text(obj)
+        if text is not None:
+            acc.answer = ("assistant", text.strip(), ())
 
     def output_text(self, obj: Any) -> str | None:
         try:
@@ -83,6 +95,12 @@ class Completions(Surface):
 
     def salt(self, obj: dict[str, Any], salt: str) -> bool:
         return salt_content(obj, "prompt", salt)
+
+    def history(self, obj: dict[str, Any]) -> list[Msg]:
+        return [("user", content_text(obj.get("prompt")), ())]
+
+    def piece(self, event: bytes, flags: int, acc: AnswerParts) -> None:
+        """Nothing but text, which came with scan()."""
 
     def _obj(self, a: Answer, text: str, finish: str | None) -> dict[str, Any]:
         return {

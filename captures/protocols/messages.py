@@ -17,6 +17,7 @@ apart; the total is what the other APIs call prompt tokens).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -28,16 +29,25 @@ from .base import (
     TERMINAL,
     TEXT,
     TOOL,
+    TOOL_ID,
     Answer,
+    AnswerParts,
+    Msg,
     RequestFields,
     ResponseFields,
     Surface,
     _bool,
     _int,
     _str,
+    canonical_args,
+    content_text,
     dumps,
+    event_data,
     event_name,
     json_type,
+    merged,
+    msg_hash,
+    parse,
     salt_first_user,
     sse,
     text_len,
@@ -56,6 +66,9 @@ _EVENTS = {
     b"message_stop": TERMINAL,
     b"error": ERROR | META,
 }
+_BLOCK_INDEX = re.compile(rb'"index"\s*:\s*(\d+)')
+_TEXT_VALUE = re.compile(rb'"text"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_JSON_VALUE = re.compile(rb'"partial_json"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _TYPE = type_pattern(
     "message_start|message_delta|message_stop|content_block_start|content_block_delta"
     "|content_block_stop|ping|error"
@@ -96,14 +109,24 @@ class Messages(Surface):
         )
 
     def classify(self, event: bytes) -> int:
+        return self.scan(event)[0]
+
+    def scan(self, event: bytes) -> tuple[int, bytes | None]:
         kind = event_name(event) or json_type(event, _TYPE)
         if kind == b"content_block_delta":
+            if b'"text_delta"' in event:
+                m = _TEXT_VALUE.search(event)
+                return (TEXT, m.group(1)) if m is not None and m.group(1) else (0, None)
             for marker, value, flag in _DELTAS:
                 if marker in event:
-                    return flag if value.search(event) is not None else 0
-            return 0
+                    return (flag if value.search(event) is not None else 0), None
+            return 0, None
+        return self._other(kind, event), None
+
+    def _other(self, kind: bytes, event: bytes) -> int:
         if kind == b"content_block_start":
-            return TOOL if b'"tool_use"' in event or b'"server_tool_use"' in event else 0
+            tool = b'"tool_use"' in event or b'"server_tool_use"' in event
+            return TOOL | TOOL_ID if tool else 0
         return _EVENTS.get(kind, 0)
 
     def meta(self, obj: Any, acc: ResponseFields) -> None:
@@ -120,6 +143,10 @@ class Messages(Surface):
             if isinstance(delta.get("stop_reason"), str):
                 acc.finish_reason = delta["stop_reason"]
             self._usage(obj.get("usage"), acc)
+        elif kind == "content_block_start":
+            block = obj.get("content_block") or {}
+            if isinstance(block, dict) and isinstance(block.get("id"), str):
+                acc.tool_call_ids.append(block["id"])
 
     def _usage(self, usage: Any, acc: ResponseFields) -> None:
         if not isinstance(usage, dict):
@@ -158,6 +185,86 @@ class Messages(Surface):
         else:
             self._message(obj, acc)
         acc.shape_ok = obj.get("type") == "message" and isinstance(obj.get("content"), list)
+        if acc.shape_ok:
+            acc.answer = _msg({"role": "assistant", "content": obj["content"]})[0]
+            acc.tool_call_ids = [
+                b["id"]
+                for b in obj["content"]
+                if isinstance(b, dict)
+                and b.get("type") == "tool_use"
+                and isinstance(b.get("id"), str)
+            ]
+
+    # -- conversations -------------------------------------------------------------------------
+    def history(self, obj: dict[str, Any]) -> list[Msg]:
+        out: list[Msg] = []
+        system = obj.get("system")
+        if system:
+            out.append(("system", content_text(system), ()))
+        for m in obj.get("messages") or []:
+            if isinstance(m, dict):
+                out += _msg(m)
+        return merged(out)
+
+    def tool_results(self, obj: dict[str, Any]) -> list[str]:
+        msgs = obj.get("messages") or []
+        last = msgs[-1] if msgs else None
+        content = last.get("content") if isinstance(last, dict) else None
+        blocks = content if isinstance(content, list) else []
+        return [
+            b["tool_use_id"]
+            for b in blocks
+            if isinstance(b, dict)
+            and b.get("type") == "tool_result"
+            and isinstance(b.get("tool_use_id"), str)
+        ]
+
+    def referenced_ids(self, obj: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for m in obj.get("messages") or []:
+            content = m.get("content") if isinstance(m, dict) else None
+            for b in content if isinstance(content, list) else []:
+                if isinstance(b, dict):
+                    out += [b[k] for k in ("id", "tool_use_id") if isinstance(b.get(k), str)]
+        return out
+
+    def piece(self, event: bytes, flags: int, acc: AnswerParts) -> None:
+        """Tool-call pieces (the text came with scan())."""
+        m = _BLOCK_INDEX.search(event)
+        index = int(m.group(1)) if m else 0
+        if flags & TOOL_ID:
+            obj = parse(event_data(event))
+            block = obj.get("content_block") if isinstance(obj, dict) else None
+            if isinstance(block, dict):
+                acc.tool(index, block.get("name"))
+        elif flags & TOOL:
+            j = _JSON_VALUE.search(event)
+            if j is not None:
+                acc.tool(index, None, j.group(1))
+
+    def replace_answer(self, obj: dict[str, Any], old: str, new: Msg) -> bool:
+        done = False
+        for m in obj.get("messages") or []:
+            if not isinstance(m, dict) or m.get("role") != "assistant":
+                continue
+            turn = merged(_msg(m))
+            if not turn or msg_hash(turn[0]) != old:
+                continue
+            content = m.get("content")
+            if isinstance(content, str) or not isinstance(content, list):
+                m["content"] = new[1]
+            else:
+                calls = iter(new[2])
+                text_done = False
+                for b in content:
+                    if not isinstance(b, dict):
+                        continue
+                    if b.get("type") == "text" and not text_done:
+                        b["text"], text_done = new[1], True
+                    elif b.get("type") == "tool_use" and (call := next(calls, None)) is not None:
+                        b["name"], b["input"] = call[0], json.loads(call[1] or "{}")
+            done = True
+        return done
 
     def output_text(self, obj: Any) -> str | None:
         if not isinstance(obj, dict) or not isinstance(obj.get("content"), list):
@@ -261,9 +368,31 @@ class Messages(Surface):
         return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
 
 
-def _args(a: Answer) -> Any:
-    import json
+def _msg(m: dict[str, Any]) -> list[Msg]:
+    """A Messages message in the canonical form: tool results become tool messages."""
+    role = str(m.get("role") or "user")
+    content = m.get("content")
+    if not isinstance(content, list):
+        return [(role, content_text(content), ())]
+    out: list[Msg] = []
+    texts: list[str] = []
+    tools: list[tuple[str, str]] = []
+    for b in content:
+        if not isinstance(b, dict):
+            continue
+        kind = b.get("type")
+        if kind == "text" and isinstance(b.get("text"), str):
+            texts.append(b["text"])
+        elif kind in ("tool_use", "server_tool_use"):
+            tools.append((str(b.get("name") or ""), canonical_args(b.get("input") or {})))
+        elif kind == "tool_result":
+            out.append(("tool", content_text(b.get("content")), ()))
+    if texts or tools or not out:
+        out.append((role, "".join(texts).strip(), tuple(tools)))
+    return out
 
+
+def _args(a: Answer) -> Any:
     try:
         return json.loads("".join(a.tool_args) or "{}")
     except ValueError:

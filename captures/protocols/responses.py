@@ -14,6 +14,7 @@ event reports a failure mid-stream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,16 +25,25 @@ from .base import (
     TERMINAL,
     TEXT,
     TOOL,
+    TOOL_ID,
     Answer,
+    AnswerParts,
+    Msg,
     RequestFields,
     ResponseFields,
     Surface,
     _bool,
     _int,
     _str,
+    canonical_args,
+    content_text,
     dumps,
+    event_data,
     event_name,
     json_type,
+    merged,
+    msg_hash,
+    parse,
     salt_content,
     suffix_key,
     text_len,
@@ -60,6 +70,53 @@ _FINAL = {
 
 
 _TYPE = type_pattern(r"response\.[a-z_.]+|error")
+_DELTA_VALUE = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_INDEX = re.compile(rb'"output_index"\s*:\s*(\d+)')
+
+
+def _item(i: dict[str, Any]) -> Msg | None:
+    """An input or output item in the canonical form (None: not part of the conversation)."""
+    kind = i.get("type")
+    if kind in (None, "message") and isinstance(i.get("role"), str):
+        role = {"developer": "system"}.get(i["role"], i["role"])
+        return (role, content_text(i.get("content")), ())
+    if kind == "function_call":
+        call = (str(i.get("name") or ""), canonical_args(i.get("arguments") or ""))
+        return ("assistant", "", (call,))
+    if kind == "function_call_output":
+        out = i.get("output")
+        return ("tool", out.strip() if isinstance(out, str) else content_text(out), ())
+    return None
+
+
+def _answer(output: list[Any]) -> Msg | None:
+    turn = merged([m for m in (_item(i) for i in output if isinstance(i, dict)) if m is not None])
+    return turn[0] if turn else None
+
+
+def _is_assistant(i: Any) -> bool:
+    return isinstance(i, dict) and (
+        i.get("type") == "function_call" or i.get("role") == "assistant"
+    )
+
+
+def _put_answer(items: list[Any], new: Msg) -> None:
+    """Replace an assistant turn's text and tool arguments (by position) with new."""
+    calls = iter(new[2])
+    text_done = False
+    for it in items:
+        if it.get("type") == "function_call":
+            call = next(calls, None)
+            if call is not None:
+                it.update(name=call[0], arguments=call[1])
+        elif not text_done:
+            c = it.get("content")
+            if isinstance(c, list) and c and isinstance(c[0], dict):
+                c[0]["text"] = new[1]
+                del c[1:]
+            else:
+                it["content"] = new[1]
+            text_done = True
 
 
 def _input_chars(inp: Any) -> tuple[int, int]:
@@ -100,19 +157,41 @@ class Responses(Surface):
         )
 
     def classify(self, event: bytes) -> int:
+        return self.scan(event)[0]
+
+    def scan(self, event: bytes) -> tuple[int, bytes | None]:
         kind = event_name(event) or json_type(event, _TYPE)
         f = _DELTAS.get(kind)
         if f is not None:
-            return f if b'"delta":""' not in event and b'"delta": ""' not in event else 0
+            m = _DELTA_VALUE.search(event)
+            if m is None or not m.group(1):
+                return 0, None
+            text = m.group(1) if kind == b"response.output_text.delta" else None
+            return f, text
+        return self._other(kind, event), None
+
+    def _other(self, kind: bytes, event: bytes) -> int:
         if kind == b"response.output_item.added":  # a function call's name comes with its item
-            return TOOL if b'"function_call"' in event else 0
-        return _FINAL.get(kind, 0)
+            return TOOL | TOOL_ID if b'"function_call"' in event else 0
+        f = _FINAL.get(kind)
+        if f is None:  # a gateway's chat-style error event (LiteLLM): data: {"error": {...}}
+            return ERROR | META if b'"error"' in event else 0
+        return f
 
     def meta(self, obj: Any, acc: ResponseFields) -> None:
         if not isinstance(obj, dict):
             return
         if obj.get("type") == "error":
             acc.error = str(obj.get("message") or obj.get("code") or "error event")[:300]
+            return
+        if isinstance(obj.get("error"), dict) and "response" not in obj:
+            err = obj["error"]
+            acc.error = str(err.get("message") or err.get("type") or "error event")[:300]
+            return
+        item = obj.get("item")
+        if obj.get("type") == "response.output_item.added" and isinstance(item, dict):
+            if isinstance(item.get("call_id"), str):
+                acc.tool_call_ids.append(item["call_id"])
             return
         resp: dict[str, Any] = obj["response"] if isinstance(obj.get("response"), dict) else obj
         self._response(resp, acc)
@@ -129,6 +208,14 @@ class Responses(Surface):
         if status == "failed":
             err = resp.get("error") or {}
             acc.error = str(err.get("message") or err.get("code") or "response failed")[:300]
+        output = resp.get("output")
+        if isinstance(output, list) and output:  # the whole answer: exact, better than pieces
+            acc.answer = _answer(output)
+            acc.tool_call_ids = [
+                i["call_id"]
+                for i in output
+                if isinstance(i, dict) and isinstance(i.get("call_id"), str)
+            ]
         usage = resp.get("usage")
         if isinstance(usage, dict):
             acc.prompt_tokens = _int(usage.get("input_tokens"))
@@ -153,6 +240,76 @@ class Responses(Surface):
             if isinstance(c, dict) and c.get("type") == "output_text"
         ]
         return "".join(p for p in parts if isinstance(p, str)) if parts else None
+
+    # -- conversations -------------------------------------------------------------------------
+    def history(self, obj: dict[str, Any]) -> list[Msg]:
+        out: list[Msg] = []
+        if isinstance(obj.get("instructions"), str):
+            out.append(("system", obj["instructions"].strip(), ()))
+        inp = obj.get("input")
+        if isinstance(inp, str):
+            out.append(("user", inp.strip(), ()))
+        elif isinstance(inp, list):
+            out += [m for m in (_item(i) for i in inp if isinstance(i, dict)) if m is not None]
+        return merged(out)
+
+    def parent(self, obj: dict[str, Any]) -> str | None:
+        prev = obj.get("previous_response_id")
+        return prev if isinstance(prev, str) and prev else None
+
+    def tool_results(self, obj: dict[str, Any]) -> list[str]:
+        inp = obj.get("input")
+        items = inp if isinstance(inp, list) else []
+        return [
+            i["call_id"]
+            for i in items
+            if isinstance(i, dict)
+            and i.get("type") == "function_call_output"
+            and isinstance(i.get("call_id"), str)
+        ]
+
+    def referenced_ids(self, obj: dict[str, Any]) -> list[str]:
+        out = [p] if (p := self.parent(obj)) else []
+        inp = obj.get("input")
+        for i in inp if isinstance(inp, list) else []:
+            if isinstance(i, dict):
+                out += [i[k] for k in ("call_id", "id") if isinstance(i.get(k), str)]
+        return out
+
+    def piece(self, event: bytes, flags: int, acc: AnswerParts) -> None:
+        """Tool-call pieces (the text came with scan())."""
+        if flags & TOOL:
+            m = _INDEX.search(event)
+            index = int(m.group(1)) if m else 0
+            if flags & TOOL_ID:
+                obj = parse(event_data(event))
+                item = obj.get("item") if isinstance(obj, dict) else None
+                if isinstance(item, dict):
+                    acc.tool(index, item.get("name"))
+            else:
+                d = _DELTA_VALUE.search(event)
+                if d is not None:
+                    acc.tool(index, None, d.group(1))
+
+    def replace_answer(self, obj: dict[str, Any], old: str, new: Msg) -> bool:
+        inp = obj.get("input")
+        if not isinstance(inp, list):
+            return False
+        done = False
+        i = 0
+        while i < len(inp):  # an assistant turn: consecutive message and function_call items
+            j = i
+            while j < len(inp) and _is_assistant(inp[j]):
+                j += 1
+            if j > i:
+                turn = merged([m for m in (_item(x) for x in inp[i:j]) if m is not None])
+                if turn and msg_hash(turn[0]) == old:
+                    _put_answer(inp[i:j], new)
+                    done = True
+                i = j
+            else:
+                i += 1
+        return done
 
     def salt(self, obj: dict[str, Any], salt: str) -> bool:
         inp = obj.get("input")

@@ -19,6 +19,8 @@ from .base import (
     TERMINAL,
     TEXT,
     TOOL,
+    TOOL_ID,
+    AnswerParts,
     ResponseFields,
     Surface,
     event_data,
@@ -29,9 +31,11 @@ from .base import (
 class EventScanner:
     __slots__ = (
         "_buf",
-        "_classify",
         "_crlf",
+        "_parts",
+        "_scan",
         "complete",
+        "complete_at",
         "error",
         "events",
         "fields",
@@ -45,13 +49,17 @@ class EventScanner:
         "tool_events",
     )
 
-    def __init__(self, surface: Surface, *, keep_times: bool = True) -> None:
+    def __init__(
+        self, surface: Surface, *, keep_times: bool = True, keep_answer: bool = True
+    ) -> None:
         self.surface = surface
-        self._classify = surface.classify
+        self._scan = surface.scan
         self.fields = ResponseFields()
         self._buf = b""
         self._crlf: bool | None = None  # the stream's line endings, learnt from its first line
         self.keep_times = keep_times
+        # the answer's pieces, still JSON-escaped: decoded once, at the end
+        self._parts = AnswerParts() if keep_answer else None
         self.first_output: int | None = None
         self.first_text: int | None = None
         self.output_times: list[int] = []
@@ -60,6 +68,7 @@ class EventScanner:
         self.reasoning_events = 0
         self.tool_events = 0
         self.complete = False
+        self.complete_at: int | None = None  # when the terminal event arrived
         self.error: str | None = None
 
     @property
@@ -74,12 +83,13 @@ class EventScanner:
         if crlf:
             buf = buf.replace(b"\r\n", b"\n")
         *events, self._buf = buf.split(b"\n\n")  # no separator: no event yet, all kept
-        classify = self._classify
+        scan = self._scan
+        parts = self._parts
         for ev in events:
             if not ev or (ev[0] == 58 and b"\n" not in ev):  # 58 = ":", a comment (keep-alive)
                 continue
             self.events += 1
-            f = classify(ev)
+            f, text = scan(ev)
             if not f:
                 continue
             if f & OUTPUT:
@@ -91,21 +101,28 @@ class EventScanner:
                     self.text_events += 1
                     if self.first_text is None:
                         self.first_text = now
+                    if parts is not None and text is not None:
+                        parts.text.append(text)
                 if f & REASONING:
                     self.reasoning_events += 1
                 if f & TOOL:
                     self.tool_events += 1
-                if not f & (META | ERROR | TERMINAL):
+                if parts is not None and f & TOOL:
+                    self.surface.piece(ev, f, parts)
+                if not f & (META | ERROR | TERMINAL | TOOL_ID):
                     continue
-            if f & (META | ERROR):
+            if f & (META | ERROR | TOOL_ID):
                 self.surface.meta(parse(event_data(ev)), self.fields)
                 if self.fields.error is not None:
                     self.error = self.fields.error
-            if f & TERMINAL:
+            if f & TERMINAL and not self.complete:
                 self.complete = True
+                self.complete_at = now
 
     def finish(self, now: int) -> None:
         """The body ended: an event without its closing blank line still counts."""
         if self._buf.strip():
             self.feed(b"\n\n", now)
         self._buf = b""
+        if self._parts is not None and self.fields.answer is None and self.output_events:
+            self.fields.answer = self._parts.answer()

@@ -1,20 +1,21 @@
 """`loadtape diff RESULTS`: what the target answered, against the recording and, with several
-targets, against each other. No traffic: the results directory and (for recorded bodies and
-chunk gaps) the capture it was replayed from.
+targets, against each other. No traffic: the results directory and (for recorded bodies, answers
+and event timing) the capture it was replayed from.
 
 Pairs: a replayed request pairs with its recorded exchange (source_writer, source_seq); with
 several targets, the same planned shot (stream, source, loop, copy) on each target pairs with the
-first target's. For each comparison:
+first target's. Each pair gets a verdict:
 
-- status: same / different, with the transitions (`200->503`); a transport error counts as
-  status `error`;
-- finish_reason (when both sides have one) and completion tokens (delta statistics);
-- body equality for plain (not streamed) responses: the blake2b-128 of the decoded body. Useful
-  on deterministic endpoints; an LLM answer carries an id and a timestamp, so different bodies
-  there say little (the counts say how many were compared);
-- stream shape for streamed responses: TTFT ratio (replayed / recorded, from the request's
-  send), chunk count delta (replayed SSE events vs recorded network chunks: a proxy may coalesce
-  events, so compare like with like across targets), median chunk-gap ratio.
+- identical: the same status and byte-identical bodies (content encoding undone);
+- equivalent: the same status, finish reason, completion tokens and answer, the answer compared
+  in the canonical form of captures/protocols (text, tool calls by name and JSON-equal
+  arguments): ids, `created`, `system_fingerprint` and every other volatile field leave it;
+- different: and how (status, finish_reason, tokens, answer, body), counted.
+
+Beside the verdicts: status and finish-reason transitions, completion-token deltas, the API
+surfaces compared, and stream timing on output events on both sides (the recording's are found
+by reading its body chunk by chunk with the surface's event scanner): TTFT ratio, output-event
+count delta, median inter-event gap ratio. Ratios are right side / left side.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from captures import protocols
 from captures.errors import CaptureError, UserError
 from captures.reader import Capture
 from replay.measure.resultsdir import Results
@@ -41,16 +43,21 @@ COLUMNS = [
     "loop",
     "source_writer",
     "source_seq",
+    "api",
     "endpoint",
     "status",
     "error_kind",
     "finish_reason",
     "completion_tokens",
     "events",
+    "text_events",
+    "reasoning_events",
+    "tool_events",
     "sent_ns",
     "first_token_ns",
     "token_offsets_us",
     "body_hash",
+    "answer_hash",
     "recorded_status",
     "recorded_ttfb_us",
     "recorded_first_chunk_us",
@@ -58,7 +65,19 @@ COLUMNS = [
     "recorded_completion_tokens",
     "recorded_finish_reason",
 ]
-CATEGORIES = ("status", "finish_reason", "tokens", "body")
+CATEGORIES = ("status", "finish_reason", "tokens", "answer", "body")
+CAPTURE_COLUMNS = [
+    "writer_id",
+    "seq",
+    "api",
+    "resp_headers",
+    "resp_body",
+    "resp_body_truncated",
+    "resp_content_encoding",
+    "chunk_offsets_us",
+    "chunk_sizes",
+    "answer_hash",
+]
 
 
 def decoded_hash(body: bytes | None, encoding: str | None) -> str | None:
@@ -108,88 +127,146 @@ def _pcts(values: list[float]) -> dict[str, float] | None:
     }
 
 
+def _recorded_events(cap: dict[str, Any]) -> list[int] | None:
+    """The recording's output-event times (us from the response start), read chunk by chunk."""
+    body, sizes, offsets = cap.get("resp_body"), cap.get("chunk_sizes"), cap.get("chunk_offsets_us")
+    enc = (cap.get("resp_content_encoding") or "").lower()
+    if (
+        not body
+        or not sizes
+        or not offsets
+        or cap.get("resp_body_truncated")
+        or enc
+        not in (
+            "",
+            "identity",
+        )
+    ):
+        return None
+    scan = protocols.EventScanner(
+        protocols.BY_NAME.get(cap.get("api") or "", protocols.PLAIN), keep_answer=False
+    )
+    pos = 0
+    for size, t in zip(sizes, offsets, strict=False):
+        scan.feed(body[pos : pos + size], t)
+        pos += size
+    scan.finish(offsets[-1])
+    return scan.output_times
+
+
 class Side:
-    """One side of a comparison, row by row: status, finish, tokens, body hash, stream shape."""
+    """One side of a comparison, row by row: status, finish, tokens, answer, body, stream."""
 
     @staticmethod
     def replayed(row: dict[str, Any]) -> dict[str, Any]:
+        offsets = row.get("token_offsets_us")
+        outputs = sum(row.get(k) or 0 for k in ("text_events", "reasoning_events", "tool_events"))
         return {
             "status": _status(row),
+            "api": row.get("api") or "",
             "finish_reason": row.get("finish_reason"),
             "tokens": row.get("completion_tokens"),
-            "body": row.get("body_hash") if not row.get("token_offsets_us") else None,
-            "streamed": bool(row.get("token_offsets_us")),
+            "body": row.get("body_hash"),
+            "answer": row.get("answer_hash"),
+            "streamed": bool(offsets),
             "ttft_us": _ttft_us(row),
-            "chunks": row.get("events") or None,
-            "gap_us": _gaps(row.get("token_offsets_us")),
+            "events": outputs or (len(offsets) if offsets else None),
+            "gap_us": _gaps(offsets),
         }
 
     @staticmethod
     def recorded(row: dict[str, Any], cap: dict[str, Any] | None) -> dict[str, Any]:
         ttfb, first = row.get("recorded_ttfb_us"), row.get("recorded_first_chunk_us")
         streamed = bool(row.get("recorded_chunks") and row["recorded_chunks"] > 1)
-        body = None
-        gap = None
+        body = answer = gap = events = None
         if cap is not None:
-            if not cap.get("resp_body_truncated") and not streamed:
+            if not cap.get("resp_body_truncated"):
                 body = decoded_hash(cap.get("resp_body"), cap.get("resp_content_encoding"))
-            gap = _gaps(cap.get("chunk_offsets_us"))
+            answer = cap.get("answer_hash")
+            times = _recorded_events(cap) if streamed else None
+            if times:
+                events, gap = len(times), _gaps(times)
         return {
             "status": _status(row, "recorded_"),
+            "api": (cap or {}).get("api") or row.get("api") or "",
             "finish_reason": row.get("recorded_finish_reason"),
             "tokens": row.get("recorded_completion_tokens"),
             "body": body,
+            "answer": answer,
             "streamed": streamed,
             "ttft_us": ttfb + first
             if ttfb is not None and first is not None and streamed
             else None,
-            "chunks": row.get("recorded_chunks"),
+            "events": events,
             "gap_us": gap,
         }
+
+
+def verdict(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
+    """identical / equivalent / different, and what differs (categories, described)."""
+    what: list[str] = []
+    if a["status"] != b["status"]:
+        what.append(f"status {a['status']}->{b['status']}")
+    if a["finish_reason"] and b["finish_reason"] and a["finish_reason"] != b["finish_reason"]:
+        what.append(f"finish_reason {a['finish_reason']}->{b['finish_reason']}")
+    if a["tokens"] is not None and b["tokens"] is not None and a["tokens"] != b["tokens"]:
+        what.append(f"tokens {a['tokens']}->{b['tokens']}")
+    if a["answer"] and b["answer"]:
+        if a["answer"] != b["answer"]:
+            what.append("answer differs")
+    elif a["body"] and b["body"] and a["body"] != b["body"] and not a["streamed"]:
+        what.append("body differs")  # no answer to compare (plain HTTP): the body must match
+    if what:
+        return "different", what
+    if a["body"] and a["body"] == b["body"]:
+        return "identical", []
+    return "equivalent", []
 
 
 def compare_sides(
     name: str, pairs: Iterable[tuple[dict[str, Any], dict[str, Any], int]], examples: int
 ) -> dict[str, Any]:
     n = 0
+    verdicts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    apis: Counter[str] = Counter()
     status: Counter[str] = Counter()
     finish: Counter[str] = Counter()
     fin_compared = 0
     deltas: list[int] = []
     body: Counter[str] = Counter()
     ttft_ratio: list[float] = []
-    chunk_delta: list[int] = []
+    event_delta: list[int] = []
     gap_ratio: list[float] = []
     shown: list[dict[str, Any]] = []
+    answers = 0
     for a, b, seq in pairs:
         n += 1
-        what = []
+        answers += bool(a["answer"] and b["answer"])
+        apis[b["api"] or a["api"] or "http"] += 1
+        v, what = verdict(a, b)
+        verdicts[v] += 1
+        for w in what:
+            reasons[w.split(" ", 1)[0]] += 1
         if a["status"] == b["status"]:
             status["same"] += 1
         else:
             status[f"{a['status']}->{b['status']}"] += 1
-            what.append(f"status {a['status']}->{b['status']}")
         if a["finish_reason"] and b["finish_reason"]:
             fin_compared += 1
             if a["finish_reason"] != b["finish_reason"]:
                 finish[f"{a['finish_reason']}->{b['finish_reason']}"] += 1
-                what.append(f"finish_reason {a['finish_reason']}->{b['finish_reason']}")
         if a["tokens"] is not None and b["tokens"] is not None:
             deltas.append(int(b["tokens"]) - int(a["tokens"]))
-            if deltas[-1]:
-                what.append(f"completion tokens {a['tokens']}->{b['tokens']}")
         if not a["streamed"] and not b["streamed"] and a["status"] == b["status"]:
             if a["body"] and b["body"]:
-                same = a["body"] == b["body"]
-                body["equal" if same else "different"] += 1
-                if not same:
-                    what.append("body differs")
+                body["equal" if a["body"] == b["body"] else "different"] += 1
             else:
                 body["not comparable"] += 1
         if a["ttft_us"] and b["ttft_us"]:
             ttft_ratio.append(b["ttft_us"] / a["ttft_us"])
-        if a["streamed"] and b["streamed"] and a["chunks"] and b["chunks"]:
-            chunk_delta.append(int(b["chunks"]) - int(a["chunks"]))
+        if a["streamed"] and b["streamed"] and a["events"] and b["events"]:
+            event_delta.append(int(b["events"]) - int(a["events"]))
         if a["gap_us"] and b["gap_us"]:
             gap_ratio.append(b["gap_us"] / a["gap_us"])
         if what and len(shown) < examples:
@@ -198,6 +275,9 @@ def compare_sides(
     return {
         "name": name,
         "pairs": n,
+        "verdicts": {k: verdicts[k] for k in ("identical", "equivalent", "different")},
+        "differences": dict(reasons.most_common()),
+        "apis": dict(apis.most_common()),
         "status": {
             "same": status.pop("same", 0),
             "different": sum(status.values()),
@@ -214,6 +294,7 @@ def compare_sides(
             "mean_delta": round(float(d.mean()), 3) if len(d) else None,
             "abs_delta": _pcts(np.abs(d).tolist()),
         },
+        "answer": {"compared": answers, "equal": answers - reasons.get("answer", 0)},
         "body": {
             "equal": body["equal"],
             "different": body["different"],
@@ -222,7 +303,7 @@ def compare_sides(
         "stream": {
             "compared": len(ttft_ratio),
             "ttft_ratio": _pcts(ttft_ratio),
-            "chunk_delta": _pcts([float(x) for x in chunk_delta]),
+            "event_delta": _pcts([float(x) for x in event_delta]),
             "gap_ratio": _pcts(gap_ratio),
         },
         "examples": shown,
@@ -230,14 +311,7 @@ def compare_sides(
 
 
 def _capture_rows(path: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
-    cols = [
-        "writer_id",
-        "seq",
-        "resp_body",
-        "resp_body_truncated",
-        "resp_content_encoding",
-        "chunk_offsets_us",
-    ]
+    cols = CAPTURE_COLUMNS
     out: dict[tuple[str, int], dict[str, Any]] = {}
     writers = {w for w, _ in keys}
     for batch in Capture(path).batches(cols):
@@ -321,15 +395,7 @@ def mismatches(doc: dict[str, Any], categories: Sequence[str]) -> list[str]:
     out = []
     for c in doc["comparisons"]:
         for cat in categories:
-            n = (
-                c["status"]["different"]
-                if cat == "status"
-                else c["finish_reason"]["different"]
-                if cat == "finish_reason"
-                else c["tokens"]["compared"] - c["tokens"]["equal"]
-                if cat == "tokens"
-                else c["body"]["different"]
-            )
+            n = c["differences"].get(cat, 0)
             if n:
                 out.append(f"{c['name']}: {n} {cat} difference{'s' if n != 1 else ''}")
     return out

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from captures.errors import UserError
+from captures.protocols.base import msg_hash
 from replay.plan import Shot
 from replay.prefetch import background_priority
 from replay.rewrite import Prepared
@@ -66,6 +67,8 @@ SCHEMA = pa.schema(
         ("tool_events", pa.int32()),
         ("stream_complete", pa.bool_()),
         ("response_id", pa.string()),
+        ("minted_ids", pa.list_(pa.string())),  # ids the target made: response, tool calls
+        ("answer_hash", pa.string()),  # the answer in canonical form (diff: equivalent answers)
         ("token_offsets_us", pa.list_(pa.int32())),
         ("body_hash", pa.string()),  # blake2b-128 hex of the decoded body (loadtape diff)
         ("recorded_status", pa.int32()),
@@ -241,6 +244,8 @@ class ResultWriter:
             "tool_events": [o.tool_events for o in outs],
             "stream_complete": [o.complete for o in outs],
             "response_id": [o.response_id for o in outs],
+            "minted_ids": [o.minted or None for o in outs],
+            "answer_hash": [msg_hash(o.answer) if o.answer is not None else None for o in outs],
             "token_offsets_us": [
                 [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
             ],

@@ -16,6 +16,7 @@ captures/protocols render it), and the state a stateful API keeps.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from captures.protocols import CHAT, MESSAGES, RESPONSES, Surface
-from captures.protocols.base import Answer, approx_tokens
+from captures.protocols.base import Answer, approx_tokens, msg_hash
 from captures.protocols.messages import ERROR_TYPES
 
 from .config import ModelProfile
@@ -83,6 +84,19 @@ def tool_to_call(surface: Surface, obj: dict[str, Any]) -> str | None:
     return str(name)
 
 
+def content_rng(surface: Surface, obj: dict[str, Any], seed: int) -> random.Random:
+    """A draw seeded by what the request says (its canonical history: no ids, no formatting),
+    so the same request gets the same answer whenever it comes and whatever ids it names: a
+    replay against an identical mock gets the recording's answers back."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{seed}:{surface.name}:{obj.get('model')}:".encode())
+    for m in surface.history(obj):
+        h.update(msg_hash(m).encode())
+    caps = [obj.get(k) for k in ("max_tokens", "max_output_tokens", "max_completion_tokens")]
+    h.update(json.dumps(caps).encode())
+    return random.Random(int.from_bytes(h.digest(), "big"))
+
+
 def plan_answer(
     surface: Surface,
     obj: dict[str, Any],
@@ -90,8 +104,10 @@ def plan_answer(
     rng: random.Random,
     n: int,
     created: int,
+    instance: str = "",
 ) -> tuple[Answer, int]:
-    """The answer to request number n, and its prompt size in tokens."""
+    """The answer to request number n (its ids), drawn from rng (its length), and its prompt
+    size in tokens."""
     fields = surface.request(obj)
     prompt_tokens = approx_tokens(fields.prompt_chars or 0)
     mu = math.log(max(prof.output_tokens_median, 1))
@@ -103,7 +119,7 @@ def plan_answer(
         n_out, finish = drawn, "stop"
     prefix = {"responses": "resp_mock", "messages": "msg_mock"}.get(surface.name, "chatcmpl-mock")
     a = Answer(
-        rid=f"{prefix}{n:08d}",
+        rid=f"{prefix}{instance}{n:08d}",
         model=fields.model or "unknown",
         created=created,
         prompt_tokens=prompt_tokens,
@@ -116,7 +132,9 @@ def plan_answer(
     if tool is not None:
         a.tool_name = tool
         a.tool_args = list(TOOL_ARGS)
-        a.tool_call_id = ("toolu_mock" if surface is MESSAGES else "call_mock") + f"{n:08d}"
+        a.tool_call_id = (
+            "toolu_mock" if surface is MESSAGES else "call_mock"
+        ) + f"{instance}{n:08d}"
         a.finish = "tool"
     else:
         a.text = [f" tok{i}" for i in range(n_out - reasoning)]

@@ -72,6 +72,9 @@ class GatewayConfig:
     seed: int = 0
     gzip: bool = False  # gzip non-streamed responses (Content-Encoding: gzip)
     extra_nulls: bool = False  # chat chunks carry every field, null where unused (as LiteLLM)
+    # hold a stream's body open this long after its terminal event (an upstream slow to close
+    # its chunked body: an SDK that stops reading at the terminal event closes first)
+    eof_delay_ms: float = 0.0
     faults: Faults = Faults()
 
     def profile_for(self, model: str | None) -> ModelProfile:
@@ -103,6 +106,7 @@ class GatewayStats:
     resets: int = 0
     error_events: int = 0
     refused: int = 0  # requests a stateful API refused (an unknown previous_response_id)
+    closed_early: int = 0  # streams whose client left before the body's end (after the terminal)
     in_service: int = 0
     max_in_service_seen: int = 0
     queued: int = 0

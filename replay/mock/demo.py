@@ -3,8 +3,9 @@
 1. start the mock gateway (its own process) on a free port;
 2. put the capture proxy (mitmdump + the capture addon) in front of it;
 3. drive a built-in workload through the proxy for about 10 s: several sessions holding
-   multi-turn conversations on three API surfaces (chat completions, Responses, Anthropic
-   Messages), streamed and plain, two models of different speed, varied message lengths,
+   multi-turn conversations on three API surfaces (chat completions, Responses chained by
+   `previous_response_id`, Anthropic Messages), half of them with no session header, streamed
+   and plain, two models of different speed, varied message lengths,
    embeddings and a little non-LLM traffic, and an API key in every request (which the capture
    redacts);
 4. stop the proxy (flush, compact), summarize the capture;
@@ -16,7 +17,6 @@ Files go under ./loadtape-demo/ (recreated on each run, and only if it is a demo
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import shutil
 import subprocess
@@ -31,7 +31,7 @@ import aiohttp
 
 from captures import inspect as insp
 from captures.errors import UserError
-from captures.protocols import CHAT, MESSAGES, RESPONSES
+from captures.protocols import CHAT, MESSAGES, RESPONSES, read_response
 from captures.reader import Capture
 from captures.testing import words
 from proxy_addons.launch import CaptureConfig, CaptureProcess, describe_status
@@ -85,18 +85,25 @@ def start_gateway(log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _turn(
-    api: str, model: str, history: list[dict[str, str]], stream: bool, n: int, u: int
+    api: str,
+    model: str,
+    history: list[dict[str, str]],
+    stream: bool,
+    n: int,
+    previous: str | None,
 ) -> tuple[str, dict[str, Any]]:
-    """A conversation's next request on its API surface (the full history each turn, as the
-    SDKs' users send it)."""
+    """A conversation's next request on its API surface: the full history each turn, as the
+    SDKs' users send it, except Responses, where the server holds it."""
     if api == "responses":
-        return "/v1/responses", {
+        body: dict[str, Any] = {
             "model": model,
-            "input": history[-9:],
+            "input": history[-1:] if previous else history,
             "stream": stream,
             "max_output_tokens": n,
-            "user": f"user-{u}",
         }
+        if previous:
+            body["previous_response_id"] = previous
+        return "/v1/responses", body
     if api == "messages":
         msgs = [m for m in history[-9:] if m["role"] != "system"]
         return "/v1/messages", {
@@ -105,24 +112,19 @@ def _turn(
             "messages": msgs,
             "stream": stream,
             "max_tokens": n,
-            "metadata": {"user_id": f"user-{u}"},
         }
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": history[-9:],
-        "stream": stream,
-        "max_tokens": n,
-        "user": f"user-{u}",
-    }
+    body = {"model": model, "messages": history[-9:], "stream": stream, "max_tokens": n}
     if stream:
         body["stream_options"] = {"include_usage": True}
     return "/v1/chat/completions", body
 
 
-def _answer_text(api: str, data: bytes) -> str:
-    obj = json.loads(data)
-    text = {"chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}[api].output_text(obj)
-    return text or ""
+def _answer(api: str, data: bytes, stream: bool) -> tuple[str, str | None]:
+    """The answer's text and the response's id, from a body or a stream."""
+    surface = {"chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}[api]
+    ctype = "text/event-stream" if stream else "application/json"
+    fields = read_response(surface, [data], ctype, None).fields
+    return (fields.answer[1] if fields.answer else ""), fields.response_id
 
 
 async def workload(base: str, seconds: float, sessions: int, seed: int = 7) -> dict[str, int]:
@@ -137,9 +139,11 @@ async def workload(base: str, seconds: float, sessions: int, seed: int = 7) -> d
         r = random.Random(rng.random())
         model = "small" if r.random() < 0.7 else "large"
         api = r.choices(["chat", "responses", "messages"], [6, 2, 2])[0]
-        sid = f"demo-session-{u}"
         history: list[dict[str, str]] = [{"role": "system", "content": "You are a test assistant."}]
-        headers = {"X-Session-Id": sid}
+        previous: str | None = None
+        # half the users send a session header; the others, like most applications, none: the
+        # capture finds their conversations from content
+        headers = {"X-Session-Id": f"demo-session-{u}"} if u % 2 else {}
         if api == "messages":
             headers.update(
                 {
@@ -165,14 +169,15 @@ async def workload(base: str, seconds: float, sessions: int, seed: int = 7) -> d
                 counts["errors"] += 1
             history.append({"role": "user", "content": words(r, r.randint(5, 120))})
             stream = r.random() < 0.6
-            path, body = _turn(api, model, history, stream, r.choice([8, 16, 32, 48]), u)
+            path, body = _turn(api, model, history, stream, r.choice([8, 16, 32, 48]), previous)
             try:
                 async with s.post(path, json=body, headers=headers) as resp:
                     data = await resp.read()
                 counts["requests"] += 1
                 counts["streamed"] += stream
-                text = "ok" if stream else _answer_text(api, data)
-                history.append({"role": "assistant", "content": text[:200]})
+                text, rid = _answer(api, data, stream)
+                previous = rid if api == "responses" else None
+                history.append({"role": "assistant", "content": text})
             except (aiohttp.ClientError, ValueError, KeyError):
                 counts["errors"] += 1
             await asyncio.sleep(min(r.expovariate(1 / 0.6), 2.0))

@@ -34,7 +34,7 @@ from captures.errors import UserError
 from captures.protocols import EMBEDDINGS, MESSAGES, PLAIN, RESPONSES, SURFACES, Surface
 from captures.protocols.base import Answer
 
-from .answers import Refusal, ResponseStore, error_body, plan_answer
+from .answers import Refusal, ResponseStore, content_rng, error_body, plan_answer
 from .config import GatewayConfig, GatewayStats
 
 
@@ -65,6 +65,9 @@ class MockGateway:
         self.port = 0
         self.cookies_issued: list[str] = []
         self.responses = ResponseStore()
+        # ids this instance mints are its own, as a real server's are: a recording made
+        # against one mock names ids another mock never issued
+        self.instance = uuid.uuid4().hex[:6]
 
     # -- lifecycle -----------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -284,7 +287,10 @@ class MockGateway:
         prof = self.config.profile_for(
             obj.get("model") if isinstance(obj.get("model"), str) else None
         )
-        answer, prompt_tokens = plan_answer(surface, obj, prof, plan.rng, self._n, int(time.time()))
+        rng = content_rng(surface, obj, self.config.seed)
+        answer, prompt_tokens = plan_answer(
+            surface, obj, prof, rng, self._n, int(time.time()), self.instance
+        )
         answer.extra_nulls = self.config.extra_nulls
         if surface is EMBEDDINGS:
             inp = obj.get("input")
@@ -355,7 +361,12 @@ class MockGateway:
                     )
                 i += 1
             await resp.write(event)
-        await resp.write_eof()
+        if self.config.eof_delay_ms > 0:
+            await asyncio.sleep(self.config.eof_delay_ms / 1000)
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:  # the client left after the terminal event, as SDKs do
+            self.stats.closed_early += 1
         return resp
 
     async def _drip(self, request: web.Request, body: bytes, ctype: str) -> web.StreamResponse:

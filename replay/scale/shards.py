@@ -19,7 +19,16 @@ from replay.settings import Progress, RunSettings, RunSummary, StreamPlan, defau
 from replay.workload.replaying import build_replay
 from replay.workload.scenario import load
 
-SUM_COUNTS = ("planned", "sent", "ok", "expected", "failed", "redacted_values_dropped")
+SUM_COUNTS = (
+    "planned",
+    "sent",
+    "ok",
+    "expected",
+    "failed",
+    "redacted_values_dropped",
+    "ids_mapped",
+    "live_answers",
+)
 
 
 @dataclass(frozen=True)

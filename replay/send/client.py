@@ -93,6 +93,9 @@ class _Conn(asyncio.Protocol):
         if exc is None and out.headers_ns is not None and not self._framed:
             self.on_message_complete()  # a close-delimited body ends at EOF
             return
+        if self.scan is not None and self.scan.complete:
+            self.on_message_complete()  # closed after the terminal event: the stream is whole
+            return
         if exc is None:
             kind, msg = "reset", "connection closed by the target before the response ended"
         else:

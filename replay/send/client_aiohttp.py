@@ -52,6 +52,7 @@ class AiohttpClient:
 
     async def _send(self, req: Prepared) -> Outcome:
         out = Outcome(sent_ns=_now())
+        scan: StreamScanner | None = None
         headers = [(n, v) for n, v in req.headers if n.lower() not in _SKIP]
         headers.append(("Host", next(v for n, v in req.headers if n.lower() == "host")))
         try:
@@ -78,6 +79,9 @@ class AiohttpClient:
                 scan.finish()
         except Exception as exc:  # failures are results: classified at the one seam
             out.end_ns = _now()
+            if scan is not None and scan.complete:  # closed after the terminal event: whole
+                scan.finish()
+                return out
             out.error, out.error_msg = classify(exc)
         return out
 

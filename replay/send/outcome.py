@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captures.protocols import PLAIN, EventScanner, ResponseFields, Surface
+from captures.protocols.base import Msg
 
 JSON_KEEP = 256 << 10  # a JSON body up to this is kept and parsed whole for usage and shape
 JSON_TAIL = 16 << 10  # of a larger one, the end is kept: usage comes last
@@ -57,6 +58,8 @@ class Outcome:
     tool_events: int = 0
     complete: bool | None = None  # a stream's terminal event arrived (None: not a stream)
     response_id: str | None = None
+    minted: list[str] = field(default_factory=list)  # ids the target made: response, tool calls
+    answer: Msg | None = None  # what the target answered, in canonical form
     body_hash: str | None = None  # blake2b-128 of the body as decoded (content-encoding undone)
 
 
@@ -149,6 +152,11 @@ class StreamScanner:
             else:
                 self._tail = (self._tail + data)[-JSON_TAIL:]
 
+    @property
+    def complete(self) -> bool:
+        """The stream's terminal event has arrived (what comes after cannot fail it)."""
+        return self._events is not None and self._events.complete
+
     def finish(self) -> None:
         out = self.out
         if self._hash is not None:
@@ -167,6 +175,10 @@ class StreamScanner:
             out.tool_events = ev.tool_events
             if self.surface.streams:
                 out.complete = ev.complete
+                if ev.complete_at is not None:
+                    # done when the terminal event came, as for an SDK, however long the
+                    # server then takes to close its body
+                    out.end_ns = ev.complete_at
                 if ok and ev.error is not None:
                     out.error, out.error_msg = "stream_error", ev.error
                 elif ok and not ev.complete and fields.finish_reason is None:
@@ -197,3 +209,5 @@ class StreamScanner:
             out.cached_tokens = fields.cached_tokens
             out.cache_write_tokens = fields.cache_write_tokens
             out.response_id = fields.response_id
+            out.minted = fields.minted
+            out.answer = fields.answer

@@ -70,6 +70,7 @@ class ReplayOptions:
     duration_s: float | None = None
     loops: int = 1
     sessions: str = "none"  # none | ordered
+    history: str = "recorded"  # recorded | live
     concurrency: int | None = None  # closed loop with N workers
     requests: int | None = None  # stop after this many shots (loops the capture as needed)
     max_in_flight: int = 1000
@@ -99,6 +100,7 @@ class ReplayOptions:
             concurrency=self.concurrency,
             max_in_flight=self.max_in_flight,
             sessions=self.sessions,
+            history=self.history,
             requests=self.requests,
             timeout_s=self.timeout_s,
             client=self.client,

@@ -15,8 +15,17 @@ def _pct(d: dict[str, float] | None, fmt: str = "{:.2f}") -> str:
 def _lines(c: dict[str, Any]) -> list[tuple[str, str]]:
     st, fr, tk, bd, sm = c["status"], c["finish_reason"], c["tokens"], c["body"], c["stream"]
     trans = ", ".join(f"{k} {v}" for k, v in list(st["transitions"].items())[:6])
+    v, an = c["verdicts"], c["answer"]
+    how = ", ".join(f"{k} {n}" for k, n in c["differences"].items())
     out = [
         ("pairs", str(c["pairs"])),
+        (
+            "verdict",
+            f"{v['identical']} identical, {v['equivalent']} equivalent, "
+            f"{v['different']} different" + (f" ({how})" if how else ""),
+        ),
+        ("API surfaces", ", ".join(f"{k} {n}" for k, n in c["apis"].items())),
+        ("answers", f"{an['compared']} compared, {an['equal']} equal (text, tool calls)"),
         (
             "status",
             f"{st['same']} same, {st['different']} different" + (f" ({trans})" if trans else ""),
@@ -40,13 +49,13 @@ def _lines(c: dict[str, Any]) -> list[tuple[str, str]]:
             ),
         ),
         (
-            "body (plain responses)",
+            "body bytes (plain responses)",
             f"{bd['equal']} equal, {bd['different']} different, "
             f"{bd['not_comparable']} not comparable",
         ),
         ("stream: TTFT ratio", f"{_pct(sm['ttft_ratio'])} over {sm['compared']} streams"),
-        ("stream: chunk count delta", _pct(sm["chunk_delta"], "{:+.0f}")),
-        ("stream: chunk gap ratio", _pct(sm["gap_ratio"])),
+        ("stream: output events delta", _pct(sm["event_delta"], "{:+.0f}")),
+        ("stream: event gap ratio", _pct(sm["gap_ratio"])),
     ]
     return out
 
@@ -60,7 +69,7 @@ def render_text(doc: dict[str, Any]) -> str:
     lines.append("  (ratios: right side / left side; deltas: right - left)")
     for c in doc["comparisons"]:
         lines += ["", f"== {c['name']}"]
-        lines += [f"  {k:<26}{v}" for k, v in _lines(c)]
+        lines += [f"  {k:<29}{v}" for k, v in _lines(c)]
         for ex in c["examples"]:
             lines.append(f"  e.g. seq {ex['seq']}: " + "; ".join(ex["differences"]))
     return "\n".join(lines) + "\n"
