@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .protocols import Surface
-from .protocols.base import Msg, msg_hash
+from .protocols.canonical import Msg, msg_hash
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from . import protocols
 from .conversations import Tracker
-from .protocols.base import msg_hash
+from .protocols.canonical import msg_hash
 from .redact import Redactor, decode_and_parse
 from .schema import Headers, Record, headers_get
 

@@ -23,7 +23,7 @@ import json
 import zlib
 from typing import Any
 
-from captures.protocols.base import Msg, replace_ids
+from captures.protocols.canonical import Msg, replace_ids
 
 from .plan import Shot
 from .rewrite import Prepared, rebuilt

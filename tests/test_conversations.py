@@ -10,7 +10,7 @@ import pytest
 
 from captures import protocols as P
 from captures.conversations import Tracker
-from captures.protocols.base import Msg, msg_hash
+from captures.protocols.canonical import Msg, msg_hash
 from replay.decide.diff import verdict
 from replay.plan import Recorded, Request, Shot
 from replay.rewrite import Rewriter, parse_target

@@ -13,18 +13,16 @@ from .base import (
     TERMINAL,
     TEXT,
     Answer,
-    AnswerParts,
-    Msg,
     RequestFields,
     ResponseFields,
     Surface,
     _bool,
     _int,
     _str,
-    content_text,
     dumps,
     salt_content,
 )
+from .canonical import AnswerParts, Msg, content_text
 from .chat import FINISH
 from .chat import SURFACE as CHAT
 

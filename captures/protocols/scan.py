@@ -20,12 +20,12 @@ from .base import (
     TEXT,
     TOOL,
     TOOL_ID,
-    AnswerParts,
     ResponseFields,
     Surface,
     event_data,
     parse,
 )
+from .canonical import AnswerParts
 
 
 class EventScanner:

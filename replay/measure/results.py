@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from captures.errors import UserError
-from captures.protocols.base import msg_hash
+from captures.protocols.canonical import msg_hash
 from replay.plan import Shot
 from replay.prefetch import background_priority
 from replay.rewrite import Prepared

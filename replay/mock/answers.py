@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from captures.protocols import CHAT, MESSAGES, RESPONSES, Surface
-from captures.protocols.base import Answer, approx_tokens, msg_hash
+from captures.protocols.base import Answer, approx_tokens
+from captures.protocols.canonical import msg_hash
 from captures.protocols.messages import ERROR_TYPES
 
 from .config import ModelProfile

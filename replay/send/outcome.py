@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captures.protocols import PLAIN, EventScanner, ResponseFields, Surface
-from captures.protocols.base import Msg
+from captures.protocols.canonical import Msg
 
 JSON_KEEP = 256 << 10  # a JSON body up to this is kept and parsed whole for usage and shape
 JSON_TAIL = 16 << 10  # of a larger one, the end is kept: usage comes last
