@@ -7,7 +7,8 @@ finished (a turn is sent after its predecessor's answer, so predecessors come fi
 a request to an earlier conversation by, strongest first:
 
 1. a tool result naming a tool call an earlier answer made (its call id);
-2. Responses' `previous_response_id` naming an earlier response;
+2. Responses' `previous_response_id` naming an earlier response, or its `conversation` naming
+   the server-side conversation an earlier request used;
 3. its history: the last assistant turn in it, with the message before it, is an earlier
    request's last message and that request's answer (each message hashed in a canonical form
    that all API surfaces share, so re-serialisation by an SDK does not matter, and a client
@@ -87,6 +88,8 @@ class Tracker:
         state.last_end_ns = end_ns if end_ns is not None else state.last_end_ns
         for i in minted:
             self._put(self._ids, i, conv)
+        if (thread := surface.thread(obj)) is not None:
+            self._put(self._ids, thread, conv)
         if answer is not None:
             last = history[-1]
             context = msg_hash(history[-2]) if len(history) > 1 else ""
@@ -105,9 +108,9 @@ class Tracker:
         for call in surface.tool_results(obj):
             if call in self._ids:
                 return self._ids[call]
-        parent = surface.parent(obj)
-        if parent is not None and parent in self._ids:
-            return self._ids[parent]
+        for parent in (surface.parent(obj), surface.thread(obj)):
+            if parent is not None and parent in self._ids:
+                return self._ids[parent]
         for j in range(len(history) - 1, 0, -1):  # the last assistant turn with its prompt
             if history[j][0] != "assistant":
                 continue

@@ -175,6 +175,12 @@ def test_tool_results_and_previous_response_id_link_first() -> None:
     )
     assert r1 and r2 and r3 and r1.conversation == r2.conversation == r3.conversation
     assert r3.turn == 2 and r1.conversation != call.conversation
+    # a server-side conversation object: every request naming it is one conversation
+    c1 = t.see(P.RESPONSES, {"input": "a", "conversation": "conv_7"}, ans("A"), ["resp_8"], 6, 7)
+    c2 = t.see(P.RESPONSES, {"input": "b", "conversation": {"id": "conv_7"}}, ans("B"), [], 8, 9)
+    other = t.see(P.RESPONSES, {"input": "b", "conversation": "conv_8"}, ans("B"), [], 8, 9)
+    assert c1 and c2 and other and c1.conversation == c2.conversation != other.conversation
+    assert c2.turn == 1 and c1.conversation != r1.conversation
 
 
 def test_anthropic_tool_round() -> None:

@@ -148,6 +148,11 @@ class Surface:
         `previous_response_id`), if any."""
         return None
 
+    def thread(self, obj: dict[str, Any]) -> str | None:
+        """The id of a server-side conversation this request belongs to (Responses'
+        `conversation`), if any."""
+        return None
+
     def tool_results(self, obj: dict[str, Any]) -> list[str]:
         """The call ids of the tool results this request sends (answers to earlier calls)."""
         return []

@@ -250,6 +250,12 @@ class Responses(ResponsesRender, Surface):
         prev = obj.get("previous_response_id")
         return prev if isinstance(prev, str) and prev else None
 
+    def thread(self, obj: dict[str, Any]) -> str | None:
+        conv = obj.get("conversation")
+        if isinstance(conv, dict):
+            conv = conv.get("id")
+        return conv if isinstance(conv, str) and conv else None
+
     def tool_results(self, obj: dict[str, Any]) -> list[str]:
         inp = obj.get("input")
         items = inp if isinstance(inp, list) else []
@@ -262,7 +268,7 @@ class Responses(ResponsesRender, Surface):
         ]
 
     def referenced_ids(self, obj: dict[str, Any]) -> list[str]:
-        out = [p] if (p := self.parent(obj)) else []
+        out = [p for p in (self.parent(obj), self.thread(obj)) if p]
         inp = obj.get("input")
         for i in inp if isinstance(inp, list) else []:
             if isinstance(i, dict):
