@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import protocols
+from .codec import decode_and_parse
 from .conversations import Tracker
 from .protocols.canonical import msg_hash
-from .redact import Redactor, decode_and_parse
+from .redact import MARKER_RE, Redactor, Scope
 from .schema import Headers, Record, headers_get
 
 HeaderFields = tuple[tuple[bytes, bytes], ...]
@@ -137,7 +138,7 @@ def build_record(
     """A snapshot as a capture record: headers decoded, secrets redacted, LLM fields parsed,
     bodies cut to the limit, its conversation found (with a tracker that has seen the
     exchanges before it). (Live capture and the HAR and mitmproxy importers share it.)"""
-    notes: list[str] = []
+    red_x = red.exchange()  # this exchange's redaction: the request first, then the response
     req_headers: Headers = [(_h(n), _h(v)) for n, v in s.req_headers]
     path_q = _h(s.path)
     path, _, query = path_q.partition("?")
@@ -146,6 +147,11 @@ def build_record(
     req_ce = req_map.get("content-encoding")
     raw_req = s.req_body
     req_size = len(raw_req) if raw_req is not None else 0
+    # Headers, path and query are redacted before the body, so a secret sent in a header is
+    # known when it reappears in the body.
+    red_headers = red_x.headers(req_headers, "req_headers")
+    red_path = red_x.text(path, "path") or path
+    red_query = red_x.query(query) if query else None
     # Decode and parse the whole request body once (LLM fields and redaction share it),
     # redact it, then cut it to the body limit.
     anthropic = "anthropic-version" in req_map
@@ -155,7 +161,7 @@ def build_record(
         surface = protocols.detect(path, decoded.obj, anthropic=anthropic)
         obj = decoded.obj
         fields = surface.request(obj) if isinstance(obj, dict) else protocols.RequestFields()
-        req_body = red.body(raw_req, req_ce, req_ct, "req_body", notes, decoded=decoded)
+        req_body = red_x.body(raw_req, req_ce, req_ct, "req_body", decoded=decoded)
     else:
         surface = protocols.detect(path, anthropic=anthropic)
         fields, req_body = protocols.RequestFields(), raw_req
@@ -171,10 +177,10 @@ def build_record(
         "scheme": _h(s.scheme),
         "host": s.host,
         "port": s.port,
-        "path": red.text(path, "path", notes) or path,
-        "query": red.query(query, notes) if query else None,
+        "path": red_path,
+        "query": red_query,
         "http_version": _h(s.http_version),
-        "req_headers": red.headers(req_headers, "req_headers", notes),
+        "req_headers": red_headers,
         "req_body": req_body,
         "req_body_size": req_size,
         "req_body_truncated": req_trunc,
@@ -185,7 +191,7 @@ def build_record(
         "max_tokens": fields.max_tokens,
         "message_count": fields.message_count,
         "prompt_chars": fields.prompt_chars,
-        "user": red.text(fields.user, "user", notes),
+        "user": red_x.text(fields.user, "user"),
         "replayable": not s.websocket,
     }
     resp = protocols.ResponseFields()
@@ -208,15 +214,19 @@ def build_record(
         readable = not truncated or ce in (None, "", "identity")
         seen = protocols.read_response(surface, parts if readable else None, ct, ce)
         resp = seen.fields
-        red_body = red.body(body, ce, ct, "resp_body", notes) if not truncated or not ce else None
+        red_resp_headers = red_x.headers(resp_headers, "resp_headers")
+        red_body = red_x.body(body, ce, ct, "resp_body") if not truncated or not ce else None
         if truncated and ce:
-            notes.append("resp_body:cut-encoded-dropped")
+            red_x.note("resp_body:cut-encoded-dropped")
+        if red_body is not None and seen.streamed and _split_secret(red_x, resp, red_body):
+            red_body = None  # a secret in the answer, cut across events: the body cannot be kept
+            red_x.note("resp_body:split-secret-dropped")
         t0 = s.resp_start or s.req_start
         rec.update(
             {
                 "status": s.status,
                 "reason": _h(s.reason or b""),
-                "resp_headers": red.headers(resp_headers, "resp_headers", notes),
+                "resp_headers": red_resp_headers,
                 "resp_body": red_body,
                 "resp_body_size": size,
                 "resp_body_truncated": truncated,
@@ -229,10 +239,8 @@ def build_record(
                 "reasoning_tokens": resp.reasoning_tokens,
                 "cached_tokens": resp.cached_tokens,
                 "cache_write_tokens": resp.cache_write_tokens,
-                "response_id": red.text(resp.response_id, "response_id", notes),
-                "tool_call_ids": [
-                    red.text(i, "tool_call_ids", notes) or i for i in resp.tool_call_ids
-                ]
+                "response_id": red_x.text(resp.response_id, "response_id"),
+                "tool_call_ids": [red_x.text(i, "tool_call_ids") or i for i in resp.tool_call_ids]
                 or None,
                 "answer_hash": msg_hash(resp.answer) if resp.answer is not None else None,
             }
@@ -257,7 +265,7 @@ def build_record(
                     rec[col] = offsets[idx]
             if resp.error and not s.error:
                 rec["error_kind"] = "stream_error"
-                rec["error_message"] = red.text(resp.error[:500], "error_message", notes)
+                rec["error_message"] = red_x.text(resp.error[:500], "error_message")
     if s.error:
         kind = error_kind(s.error)
         if kind == "client_abort" and rec.get("stream_complete") and s.chunk_times:
@@ -267,7 +275,7 @@ def build_record(
             rec["resp_end_ns"] = _ns(s.chunk_times[-1])
         else:
             rec["error_kind"] = kind
-            rec["error_message"] = red.text(s.error[:500], "error_message", notes)
+            rec["error_message"] = red_x.text(s.error[:500], "error_message")
     turn = None
     if tracker is not None and rec.get("status") is not None:
         end = rec.get("resp_end_ns")
@@ -275,11 +283,29 @@ def build_record(
     if turn is not None:
         rec.update(conversation=turn.conversation, turn=turn.turn)
         rec["think_us"] = turn.think_ns // 1000 if turn.think_ns is not None else None
-    rec["session_key"] = red.text(
-        _session_key(session_sources, rec, fields.user), "session_key", notes
-    )
-    rec["redacted"] = sorted(set(notes)) or None
+    rec["session_key"] = red_x.text(_session_key(session_sources, rec, fields.user), "session_key")
+    rec["redacted"] = sorted(set(red_x.notes)) or None
     return rec
+
+
+def _split_secret(red_x: Scope, resp: protocols.ResponseFields, body: bytes) -> bool:
+    """Whether the answer assembled from a stream holds a secret that the redacted body does
+    not show as a marker: one cut across events, which no scan of the body finds."""
+    if resp.answer is None or not red_x.on:
+        return False
+    _, text, tools = resp.answer
+    for piece in (text, *(args for _, args in tools)):
+        if not piece:
+            continue
+        probe = red_x.redactor.exchange()
+        probe.echoes = red_x.echoes
+        red = probe.text(piece)
+        if red == piece:
+            continue
+        markers = {m.encode() for m in MARKER_RE.findall(red or "")}
+        if not all(m in body for m in markers):
+            return True
+    return False
 
 
 def _session_key(sources: list[tuple[str, str]], rec: Record, user: str | None) -> str | None:

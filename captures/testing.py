@@ -99,7 +99,7 @@ def request_body(
     return json.dumps(obj).encode()
 
 
-def chat_record(
+def chat_snapshot(
     *,
     start_ns: int = T0_NS,
     model: str = "small",
@@ -120,10 +120,18 @@ def chat_record(
     api: str = "chat",
     reasoning_tokens: int = 0,
     tool: str | None = None,
-) -> Record:
-    """A complete exchange of an API surface (chat completions by default) as the capture addon
-    would record it: the first output event `ttft_ms` after the response started, one every
-    `itl_ms` after it."""
+) -> Snapshot:
+    """The snapshot the capture addon hands its worker for a `chat_record` exchange."""
+    return _chat_exchange(**locals())[0]
+
+
+def _chat_exchange(**kw: Any) -> tuple[Snapshot, dict[str, Any]]:
+    """The snapshot and the exact times it was made from (its float seconds round)."""
+    start_ns, model, stream, prompt = kw["start_ns"], kw["model"], kw["stream"], kw["prompt"]
+    completion_tokens, max_tokens, user = kw["completion_tokens"], kw["max_tokens"], kw["user"]
+    conn_id, status, ttft_ms, itl_ms = kw["conn_id"], kw["status"], kw["ttft_ms"], kw["itl_ms"]
+    host, port, path, extra_headers = kw["host"], kw["port"], kw["path"], kw["extra_headers"]
+    api, reasoning_tokens, tool = kw["api"], kw["reasoning_tokens"], kw["tool"]
     surface = protocols.BY_NAME[api]
     body = request_body(api, model, prompt, stream=stream, max_tokens=max_tokens, user=user)
     path = path or API_PATHS[api]
@@ -199,6 +207,60 @@ def chat_record(
         resp_parts=_split(resp_body, sizes),
         resp_total=len(resp_body),
     )
+    exact = {
+        "resp_start_ns": resp_start,
+        "resp_end_ns": resp_end,
+        "chunk_offsets_us": offsets,
+    }
+    return snap, exact
+
+
+def chat_record(
+    *,
+    start_ns: int = T0_NS,
+    model: str = "small",
+    stream: bool = False,
+    prompt: str = "Hello there",
+    completion_tokens: int = 8,
+    max_tokens: int | None = None,
+    session_key: str | None = None,
+    user: str | None = None,
+    conn_id: str | None = "conn-1",
+    status: int = 200,
+    ttft_ms: float = 20.0,
+    itl_ms: float = 5.0,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    path: str | None = None,
+    extra_headers: Headers | None = None,
+    api: str = "chat",
+    reasoning_tokens: int = 0,
+    tool: str | None = None,
+) -> Record:
+    """A complete exchange of an API surface (chat completions by default) as the capture addon
+    would record it: the first output event `ttft_ms` after the response started, one every
+    `itl_ms` after it."""
+    snap, exact = _chat_exchange(
+        start_ns=start_ns,
+        model=model,
+        stream=stream,
+        prompt=prompt,
+        completion_tokens=completion_tokens,
+        max_tokens=max_tokens,
+        session_key=session_key,
+        user=user,
+        conn_id=conn_id,
+        status=status,
+        ttft_ms=ttft_ms,
+        itl_ms=itl_ms,
+        host=host,
+        port=port,
+        path=path,
+        extra_headers=extra_headers,
+        api=api,
+        reasoning_tokens=reasoning_tokens,
+        tool=tool,
+    )
     rec = build_record(snap, _PLAIN, [("header", "X-Session-Id"), ("none", "")], 64 << 20)
     # exact values, not the float round trip of the snapshot's seconds
     rec.update(
@@ -206,10 +268,8 @@ def chat_record(
         session_key=session_key,
         req_start_ns=start_ns,
         req_end_ns=start_ns + 100_000,
-        resp_start_ns=resp_start,
-        resp_end_ns=resp_end,
-        chunk_offsets_us=offsets,
         redacted=None,
+        **exact,
     )
     return rec
 

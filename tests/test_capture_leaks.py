@@ -1,6 +1,9 @@
-"""Redaction leak test: secrets planted everywhere, captured through a real mitmdump started by
-`loadtape capture`, then searched for in every file of the capture (raw and decoded, the journal
-while it is live, the parts after compaction) and in the proxy's and the CLI's output."""
+"""The redaction leak matrix: 57 planted secrets (tests/leak_matrix.py) and the server's own
+cookies and keys, sent through a real mitmdump started by `loadtape capture` to an upstream that
+echoes each request back (JSON and SSE, coded and not), then searched for in raw, URL-encoded and
+base64 forms in every file of the capture (raw and decoded, the journal while it is live, the
+parts after compaction), in the proxy's and the CLI's output, and after a replay in every
+result, report, histogram and console output."""
 
 from __future__ import annotations
 
@@ -11,73 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pyarrow.parquet as pq
+from leak_matrix import SECRETS, hits, send_all
 
-from captures.protocols import decode_body
+from captures import codec
 from captures.redact import MARKER_RE
 from replay.mock.threaded import running_gateway
 
-SECRETS = {
-    "auth_lower": "sk-LEAKauthlower0000000000000",
-    "auth_upper": "LEAKauthupperplainvalue001",
-    "x_api_key": "LEAKxapikey0000plain",
-    "api_key_hdr": "LEAKapikeyheader0000",
-    "cookie": "LEAKcookievalue00000",
-    "proxy_auth": "LEAKproxyauth0000000",
-    "custom": "LEAKcustomheader0000",
-    "q_api_key": "LEAKqueryapikey00000",
-    "q_token": "LEAKquerytoken000000",
-    "q_key": "LEAKquerykey00000000",
-    "json_deep": "LEAKjsondeep00000000",
-    "json_password": "LEAKjsonpassword0000",
-    "prompt_sk": "sk-LEAKpromptsk00000000000000",
-    "prompt_bearer": "LEAKpromptbearer000000",
-}
-
 LOADTAPE = [sys.executable, "-c", "import cli; cli.main()"]
-
-
-def _req(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
-    req = urllib.request.Request(url, data=data, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return bytes(r.read())
-
-
-def _send_everything(base: str) -> None:
-    S = SECRETS
-    plain = f"{base}/echo/x?size=10"
-    _req(plain, headers={"authorization": f"Bearer {S['auth_lower']}"})
-    _req(plain, headers={"AUTHORIZATION": S["auth_upper"]})
-    _req(plain, headers={"x-API-key": S["x_api_key"]})
-    _req(plain, headers={"Api-Key": S["api_key_hdr"]})
-    _req(plain, headers={"Cookie": f"session={S['cookie']}; other=1"})
-    _req(plain, headers={"Proxy-Authorization": f"Basic {S['proxy_auth']}"})
-    _req(plain, headers={"X-Custom-Secret": S["custom"]})
-    _req(f"{base}/echo/q?size=1&api_key={S['q_api_key']}&Token={S['q_token']}&key={S['q_key']}")
-    _req(f"{base}/echo/c?size=1&set_cookie=1")
-    body = {
-        "model": "small",
-        "max_tokens": 2,
-        "config": {"deep": [{"nested": {"API_KEY": S["json_deep"]}}]},
-        "password": S["json_password"],
-        "messages": [
-            {
-                "role": "user",
-                "content": f"key {S['prompt_sk']} and token Bearer {S['prompt_bearer']}",
-            }
-        ],
-    }
-    for stream in (False, True):
-        _req(
-            f"{base}/v1/chat/completions",
-            json.dumps({**body, "stream": stream}).encode(),
-            {"Content-Type": "application/json"},
-        )
 
 
 def _decoded_strings(value: Any) -> list[str]:
@@ -86,8 +34,8 @@ def _decoded_strings(value: Any) -> list[str]:
         return []
     if isinstance(value, bytes):
         out = [value.decode("latin-1")]
-        for enc in ("gzip", "deflate"):
-            dec = decode_body(value, enc)
+        for enc in ("gzip", "deflate", "br", "zstd"):
+            dec = codec.decode(value, enc)
             if dec:
                 out.append(dec.decode("latin-1"))
         return out
@@ -96,10 +44,6 @@ def _decoded_strings(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [s for v in value for s in _decoded_strings(v)]
     return [str(value), unquote(str(value))]  # query strings keep markers URL-encoded
-
-
-def _hits(text: str, secrets: dict[str, str]) -> list[str]:
-    return [name for name, s in secrets.items() if s in text]
 
 
 def test_no_secret_survives_capture(tmp_path: Path) -> None:
@@ -140,7 +84,7 @@ def test_no_secret_survives_capture(tmp_path: Path) -> None:
                             base = line.split()[4]
                     time.sleep(0.1)
                 assert base, cli_out.read_text()
-                _send_everything(base)
+                sent = send_all(base)
                 time.sleep(0.5)  # the writer thread journals within its flush interval
                 journal_copy = tmp_path / "journal-live"
                 shutil.copytree(out / "journal", journal_copy)
@@ -149,37 +93,53 @@ def test_no_secret_survives_capture(tmp_path: Path) -> None:
             finally:
                 if p.poll() is None:
                     p.kill()
-        cookie = gw.gateway.cookies_issued
-    secrets = {**SECRETS, "set_cookie": cookie[0].split("=", 1)[1]}
+        issued = gw.gateway.issued
+    secrets = dict(SECRETS)
+    for i, c in enumerate(issued["cookies"]):
+        secrets[f"s_cookie_{i}"] = c.split("=", 1)[1]
+    for i, k in enumerate(issued["keys"]):
+        secrets[f"s_key_{i}"] = k
+    assert len(secrets) >= 60
 
     # The live journal really held the records (raw msgpack, uncompressed): search it raw.
     seg_bytes = b"".join(f.read_bytes() for f in journal_copy.glob("*.seg"))
     assert b"/v1/chat/completions" in seg_bytes and len(seg_bytes) > 2000
-    assert not _hits(seg_bytes.decode("latin-1"), secrets)
+    assert not hits(seg_bytes.decode("latin-1"), secrets)
 
     files = [f for f in out.rglob("*") if f.is_file()]
     assert any(f.suffix == ".parquet" for f in files)
     for f in files:
         raw = f.read_bytes().decode("latin-1")
-        assert not _hits(raw, secrets), f
+        assert not hits(raw, secrets), f
         if f.suffix == ".parquet":
             table = pq.read_table(f)
             text = "\n".join(s for row in table.to_pylist() for s in _decoded_strings(row))
             assert text.count("/echo/") + text.count("/v1/") >= 1
-            assert not _hits(text, secrets), f
-    assert not _hits(cli_out.read_text(), secrets)
+            assert not hits(text, secrets), f
+    assert not hits(cli_out.read_text(), secrets)
 
-    # Every planted secret became a marker; the capture kept 11 requests.
+    # Every request was kept, bodies stayed readable: a JSON body is still JSON, and it holds
+    # markers where the secrets were.
     rows = [r for f in files if f.suffix == ".parquet" for r in pq.read_table(f).to_pylist()]
-    assert len(rows) == 11
+    assert len(rows) == sent
     markers = set()
     for r in rows:
         for s in _decoded_strings(r):
             markers.update(MARKER_RE.findall(s))
-    # One distinct marker per distinct secret (the streamed and plain chat share theirs).
-    assert len(markers) == len(secrets), sorted(markers)
+        for side in ("req", "resp"):
+            body, ctype = r[f"{side}_body"], _ctype(r[f"{side}_headers"])
+            if body and "json" in ctype:
+                plain = codec.decode(body, r[f"{side}_content_encoding"])
+                assert plain is not None and json.loads(plain) is not None, r["path"]
+    assert len(markers) >= len(SECRETS), len(markers)
+    chat = [r for r in rows if r["path"] == "/v1/chat/completions"]
+    assert len(chat) == 2 and all(r["status"] == 200 and r["model"] == "small" for r in chat)
     assert key_file.read_bytes() not in b"".join(f.read_bytes() for f in files)
     _after_capture(out, key_file, tmp_path, secrets)
+
+
+def _ctype(headers: list[tuple[str, str]] | None) -> str:
+    return next((v.lower() for n, v in headers or () if n.lower() == "content-type"), "")
 
 
 def _after_capture(cap: Path, key_file: Path, tmp: Path, secrets: dict[str, str]) -> None:
@@ -238,14 +198,18 @@ def _after_capture(cap: Path, key_file: Path, tmp: Path, secrets: dict[str, str]
         tmp / "c.html",
     ]
     for f in files:
-        assert not _hits(f.read_bytes().decode("latin-1"), everything), f
+        assert not hits(f.read_bytes().decode("latin-1"), everything), f
     for text in outputs:
-        assert not _hits(text, everything), text[:500]
+        assert not hits(text, everything), text[:500]
     assert json.loads((tmp / "a" / "run.json").read_text())["options"]["headers"] == [
         "Authorization: <set>"
     ]
-    # permissions: capture files 0600, directories 0700; the key 0600, not in the capture
-    for f in [cap, *cap.rglob("*")]:
+    # permissions: capture, results, reports and histograms: files 0600, directories 0700; the
+    # key 0600, not in the capture
+    written = [cap, *cap.rglob("*"), *files]
+    for d in (tmp / "a", tmp / "b", tmp / "hgrm"):
+        written += [d, *d.rglob("*")]
+    for f in written:
         mode = f.stat().st_mode & 0o777
         assert mode == (0o700 if f.is_dir() else 0o600), (f, oct(mode))
     assert key_file.stat().st_mode & 0o777 == 0o600

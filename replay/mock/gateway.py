@@ -30,12 +30,14 @@ from typing import Any
 
 from aiohttp import web
 
+from captures import codec
 from captures.errors import UserError
 from captures.protocols import EMBEDDINGS, MESSAGES, PLAIN, RESPONSES, SURFACES, Surface
 from captures.protocols.base import Answer
 
 from .answers import Refusal, ResponseStore, content_rng, error_body, plan_answer
 from .config import GatewayConfig, GatewayStats
+from .echo import echo_response
 
 
 @dataclass
@@ -63,7 +65,8 @@ class MockGateway:
         self._slots: asyncio.Semaphore | None = None
         self._n = 0
         self.port = 0
-        self.cookies_issued: list[str] = []
+        self.issued: dict[str, list[str]] = {"cookies": [], "keys": []}  # by the echo endpoint
+        self.cookies_issued = self.issued["cookies"]
         self.responses = ResponseStore()
         # ids this instance mints are its own, as a real server's are: a recording made
         # against one mock names ids another mock never issued
@@ -214,44 +217,21 @@ class MockGateway:
         return ws
 
     async def _echo(self, request: web.Request) -> web.StreamResponse:
-        """Echo for non-LLM traffic. Query knobs: status=, delay_ms=, size= (response bytes),
-        gzip=1 (with size=), header=Name:Value (added to the response, repeatable), set_cookie=1
-        (a random session cookie, kept in `cookies_issued`)."""
+        """Echo for non-LLM traffic (the knobs: replay/mock/echo.py)."""
         self.stats.requests += 1
-        body = await request.read()
         q = request.query
         try:
-            status = int(q.get("status", "200"))
             delay = float(q.get("delay_ms", "0")) / 1000.0 * self.config.slowdown
-            size = int(q.get("size", "-1"))
+            int(q.get("status", "200")), int(q.get("size", "-1"))
+            if q.get("enc") and not codec.known(q["enc"]):
+                raise ValueError(q["enc"])
         except ValueError:
             return web.json_response({"error": "bad echo parameter"}, status=400)
         async with self._admit() as ok:
             if not ok:
                 return self._overloaded()
             await self._sleep_until(time.monotonic() + delay)
-            if size >= 0:
-                resp = web.Response(body=b"x" * size, status=status, content_type="text/plain")
-                if q.get("gzip") == "1":
-                    resp.enable_compression(web.ContentCoding.gzip)
-            else:
-                resp = web.json_response(
-                    {
-                        "method": request.method,
-                        "path": request.path,
-                        "query": request.query_string,
-                        "headers": list(request.headers.items()),
-                        "body_size": len(body),
-                    },
-                    status=status,
-                )
-            if q.get("set_cookie") == "1":
-                self.cookies_issued.append(f"sid={uuid.uuid4().hex}")
-                resp.headers.add("Set-Cookie", f"{self.cookies_issued[-1]}; HttpOnly")
-            for item in q.getall("header", []):
-                name, sep, value = item.partition(":")
-                if sep and name:
-                    resp.headers.add(name.strip(), value.strip())
+            resp = await echo_response(request, self.issued)
         self.stats.completed += 1
         return resp
 

@@ -1,0 +1,161 @@
+"""HTTP content codings: gzip, deflate, br and zstd, undone with a bound and redone the same way.
+
+Capture undoes a body's coding to read and redact it and stores it coded again, so a replay
+sends what the client sent; replay undoes it to edit a request (model map, salting, dropped
+markers). Both use this module. A coding list (`gzip, br`) is undone last-applied first.
+Decoding never yields more than `limit` bytes: a body that inflates beyond it is refused (None),
+like one whose data is bad or whose coding is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import brotli
+import zstandard
+
+LIMIT = 64 << 20  # never inflate a body beyond this
+_STEP = 4096  # brotli and zstd are fed this much at a time, the output checked after each
+
+
+def codings(content_encoding: str | None) -> list[str]:
+    """The codings a Content-Encoding names, in the order they were applied (identity left
+    out)."""
+    out = [c.strip().lower() for c in (content_encoding or "").split(",")]
+    return [c for c in out if c and c != "identity"]
+
+
+def known(content_encoding: str | None) -> bool:
+    return all(c in _DECODERS for c in codings(content_encoding))
+
+
+def decode(body: bytes, content_encoding: str | None, limit: int = LIMIT) -> bytes | None:
+    """The body with its codings undone; None if a coding is unknown, the data is bad or the
+    result would exceed `limit`."""
+    out = body
+    for c in reversed(codings(content_encoding)):
+        fn = _DECODERS.get(c)
+        if fn is None:
+            return None
+        try:
+            got = fn(out, limit)
+        except (zlib.error, brotli.error, zstandard.ZstdError, EOFError):
+            return None
+        if got is None:
+            return None
+        out = got
+    return out
+
+
+def encode(body: bytes, content_encoding: str | None) -> bytes:
+    """The body coded as `content_encoding` says (ValueError for an unknown coding)."""
+    out = body
+    for c in codings(content_encoding):
+        fn = _ENCODERS.get(c)
+        if fn is None:
+            raise ValueError(f"unknown content coding {c!r}")
+        out = fn(out)
+    return out
+
+
+def _zlib(wbits: int) -> Callable[[bytes, int], bytes | None]:
+    def run(data: bytes, limit: int) -> bytes | None:
+        d = zlib.decompressobj(wbits)
+        out = d.decompress(data, limit + 1)
+        return out if len(out) <= limit and d.eof else None
+
+    return run
+
+
+def _deflate(data: bytes, limit: int) -> bytes | None:
+    """`deflate` is zlib-wrapped by the standard, raw by some servers: both are read."""
+    try:
+        return _zlib(zlib.MAX_WBITS)(data, limit)
+    except zlib.error:
+        return _zlib(-zlib.MAX_WBITS)(data, limit)
+
+
+def _brotli(data: bytes, limit: int) -> bytes | None:
+    d = brotli.Decompressor()
+    parts: list[bytes] = []
+    size = 0
+    for i in range(0, len(data), _STEP):
+        got = d.process(data[i : i + _STEP])
+        size += len(got)
+        if size > limit:
+            return None
+        parts.append(got)
+    if not d.is_finished():
+        return None
+    return b"".join(parts)
+
+
+def _zstd(data: bytes, limit: int) -> bytes | None:
+    d = zstandard.ZstdDecompressor().decompressobj()
+    parts: list[bytes] = []
+    size = 0
+    for i in range(0, len(data), _STEP):
+        got = d.decompress(data[i : i + _STEP])
+        size += len(got)
+        if size > limit:
+            return None
+        parts.append(got)
+    return b"".join(parts) if d.eof else None
+
+
+def _gzip_encode(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+_DECODERS: dict[str, Callable[[bytes, int], bytes | None]] = {
+    "gzip": _zlib(16 + zlib.MAX_WBITS),
+    "x-gzip": _zlib(16 + zlib.MAX_WBITS),
+    "deflate": _deflate,
+    "br": _brotli,
+    "zstd": _zstd,
+}
+_ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": _gzip_encode,
+    "x-gzip": _gzip_encode,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
+}
+
+
+NOT_JSON: Any = object()  # parse_json's answer for a body that is not (complete) JSON
+
+
+def looks_like_json(plain: bytes, content_type: str | None) -> bool:
+    return "json" in (content_type or "").lower() or plain.lstrip()[:1] in (b"{", b"[")
+
+
+def parse_json(plain: bytes, content_type: str | None) -> Any:
+    if not looks_like_json(plain, content_type):
+        return NOT_JSON
+    try:
+        return json.loads(plain)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return NOT_JSON
+
+
+@dataclass
+class Decoded:
+    plain: bytes | None  # None: the content coding could not be undone
+    obj: Any  # the parsed JSON, or NOT_JSON
+
+
+def decode_and_parse(
+    body: bytes, content_encoding: str | None, content_type: str | None
+) -> Decoded:
+    """Undo the content coding and parse JSON, once (capture's surface reading and its
+    redaction share the result)."""
+    plain = decode(body, content_encoding)
+    if plain is None:
+        return Decoded(None, NOT_JSON)
+    return Decoded(plain, parse_json(plain, content_type))
