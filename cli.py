@@ -19,6 +19,7 @@ import click
 
 from captures.errors import UserError
 from captures.schema import LOADTAPE_VERSION
+from captures.store import seal_private
 
 Decorator = Callable[[Any], Any]
 PATH = click.Path(path_type=str)
@@ -307,6 +308,7 @@ def emit(text: str, out: str | None, what: str, summary: str = "") -> None:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+    seal_private(path)
     click.echo(f"{what}: {path}" + (f" ({summary})" if summary else ""), err=True)
 
 
@@ -716,6 +718,9 @@ def mock_gateway(**opts: Any) -> None:
 
 def main() -> None:
     """Console entry point: one-line errors, exit 2 for bad input, never a traceback for it."""
+    # Everything loadtape writes (captures, results, reports, histograms) holds what traffic
+    # held: the owner's only, whatever writes it (pyarrow, matplotlib, our own code).
+    os.umask(0o077)
     try:
         rv = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:

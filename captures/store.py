@@ -75,6 +75,22 @@ def mkdir_private(path: Path) -> None:
     os.chmod(path, DIR_MODE)
 
 
+def seal_private(path: Path) -> None:
+    """A directory and everything in it made the owner's only (0700 directories, 0600 files):
+    results, reports and histograms hold what a capture holds."""
+    if not path.exists():
+        return
+    if path.is_file():
+        os.chmod(path, FILE_MODE)
+        return
+    os.chmod(path, DIR_MODE)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), DIR_MODE)
+        for f in files:
+            os.chmod(os.path.join(root, f), FILE_MODE)
+
+
 def open_private(path: Path, flags: int) -> int:
     """os.open with mode 0600 (and the mode forced even where umask would widen nothing)."""
     fd = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)

@@ -19,6 +19,7 @@ from typing import Any
 
 from captures import hdr
 from captures.errors import UserError
+from captures.store import mkdir_private, seal_private
 from replay.measure.metrics import Metrics
 from replay.measure.results import Expect, ResultWriter, warm_up
 from replay.measure.resultsdir import write_histograms, write_run_json
@@ -90,7 +91,7 @@ def run_streams(
         raise UserError("nothing to run: no streams")
     closed = settings.closed
     out_dir = Path(settings.out) if settings.out else default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mkdir_private(out_dir)
     keys = [(s.name, s.rewriter.target.name) for s in streams]
     if len(set(keys)) != len(keys):
         raise UserError("two streams have the same name (and target)")
@@ -220,6 +221,7 @@ def run_streams(
     )
     if settings.part is None:  # a worker's run.json is its runner's to write
         write_run_json(out_dir, run_doc)
+    seal_private(out_dir)
     return RunSummary(out_dir, metrics, run_doc, stats, interrupted["flag"])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from captures.errors import UserError
+from captures.store import mkdir_private
 from replay.api import run_replay
 from replay.measure.resultsdir import Results
 from replay.settings import RunSummary
@@ -133,7 +134,7 @@ def run_sweep(
     if isinstance(base.target, list) and len(base.target) > 1:
         raise UserError("sweep: one --target (compare targets with replay --target NAME=URL)")
     run = runner or (lambda o: run_replay(o, install_signals=True))
-    opts.out.mkdir(parents=True, exist_ok=True)
+    mkdir_private(opts.out)
     levels: list[dict[str, Any]] = []
     stopped = None
     for value in opts.levels:

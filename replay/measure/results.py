@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from captures.errors import UserError
 from captures.protocols.canonical import msg_hash
+from captures.store import mkdir_private
 from replay.plan import Shot
 from replay.prefetch import background_priority
 from replay.rewrite import Prepared
@@ -143,7 +144,7 @@ class ResultWriter:
         schedule); unthreaded: on the loop, in the tick (closed loop: no schedule to protect,
         and the thread's GIL handoffs measured as about 2x the CPU per request)."""
         self.out_dir = out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
+        mkdir_private(out_dir)
         self.expect = expect
         self.expect_by_stream = dict(expect_by_stream or {})
         self.metrics = metrics

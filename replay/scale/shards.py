@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from captures.store import mkdir_private, seal_private
 from replay.dispatch import DispatchStats
 from replay.measure.metrics import Metrics
 from replay.measure.resultsdir import write_run_json
@@ -68,7 +69,7 @@ def shard_settings(settings: RunSettings, index: int, count: int, **more: Any) -
 def clean_out_dir(settings: RunSettings) -> Path:
     """The results directory, without the parts of an earlier run (they would be merged in)."""
     out_dir = Path(settings.out) if settings.out else default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mkdir_private(out_dir)
     for old in [*out_dir.glob("results*.parquet"), *out_dir.glob("histograms*.msgpack")]:
         old.unlink()
     return out_dir
@@ -167,5 +168,6 @@ def merge(
     if failures:
         run_doc["worker_failures"] = failures
     write_run_json(out_dir, run_doc)
+    seal_private(out_dir)
     stats = DispatchStats(sent=counts["sent"], unsent=unsent)
     return RunSummary(out_dir, metrics, run_doc, stats, bool(run_doc["interrupted"]))

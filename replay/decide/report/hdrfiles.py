@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from captures import hdr
+from captures.store import mkdir_private, seal_private
 from replay.measure.metrics import INTERVAL_METRICS, METRICS, Metrics
 
 from .model import groups
@@ -29,7 +30,7 @@ def _slug(parts: list[str]) -> str:
 
 def write_hgrm(metrics: Metrics, by: tuple[str, ...], out_dir: Path) -> list[Path]:
     """One percentile-distribution file per metric and group that has values."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mkdir_private(out_dir)
     written = []
     for proj, keys in groups(metrics, by).items():
         hs, _ = metrics.merged(keys)
@@ -43,6 +44,7 @@ def write_hgrm(metrics: Metrics, by: tuple[str, ...], out_dir: Path) -> list[Pat
             path = out_dir / f"{m}.{name}.hgrm"
             path.write_bytes(buf.getvalue())
             written.append(path)
+    seal_private(out_dir)
     return written
 
 
@@ -80,6 +82,7 @@ def write_hlog(metrics: Metrics, path: Path) -> Path:
     lines += [r[2] for r in sorted(rows)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    seal_private(path)
     return path
 
 
