@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from captures import protocols
+from captures import codec, protocols
 from captures.errors import UserError
 from captures.protocols import PLAIN, Surface
 from captures.redact import MARKER_RE
@@ -50,6 +49,7 @@ HOP_BY_HOP = frozenset(
 )
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _QUOTED_MARKER = re.compile(r"%5BREDACTED%3A", re.I)
+_QUERY_SEP = re.compile(r"([&;])")
 
 
 @dataclass(frozen=True)
@@ -267,13 +267,17 @@ class Rewriter:
     def _query(self, query: str | None) -> str | None:
         if not query or "REDACTED" not in query:
             return query
-        kept = []
-        for item in query.split("&"):
-            if _QUOTED_MARKER.search(item) or "[REDACTED:" in item:
+        out: list[str] = []  # items and the separators (`&` or `;`) before them
+        for item in _QUERY_SEP.split(query):
+            if item in ("&", ";"):
+                out.append(item)
+            elif _QUOTED_MARKER.search(item) or "[REDACTED:" in item:
                 self.dropped_redacted += 1
-                continue
-            kept.append(item)
-        return "&".join(kept)
+                if out:
+                    out.pop()  # its separator goes with it
+            else:
+                out.append(item)
+        return "".join(out).lstrip("&;")
 
     def _rewrite_body(
         self,
@@ -283,11 +287,13 @@ class Rewriter:
         surface: Surface,
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[bytes, str | None, Surface, tuple[str, ...]]:
-        enc = (req.content_encoding or "").lower()
+        enc = req.content_encoding
+        plain = codec.decode(body, enc)
+        if plain is None:
+            return body, model, surface, ()
         try:
-            plain = zlib.decompress(body, 16 + zlib.MAX_WBITS) if enc == "gzip" else body
-            obj = json.loads(plain) if enc in ("", "identity", "gzip") else None
-        except (ValueError, zlib.error):
+            obj = json.loads(plain)
+        except (ValueError, RecursionError):
             return body, model, surface, ()
         if not isinstance(obj, dict):
             return body, model, surface, ()
@@ -341,12 +347,9 @@ _ID_KEYS = (
 )
 
 
-def _encoded(obj: Any, enc: str) -> bytes:
-    out = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-    if enc == "gzip":
-        c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-        out = c.compress(out) + c.flush()
-    return out
+def _encoded(obj: Any, enc: str | None) -> bytes:
+    """The edited body, coded as the recorded one was (gzip, deflate, br, zstd)."""
+    return codec.encode(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(), enc)
 
 
 def rebuilt(p: Prepared, body: bytes) -> Prepared:

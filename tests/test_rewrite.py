@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from captures import codec
 from captures.errors import UserError
 from replay.plan import Request
 from replay.rewrite import Rewriter, parse_header_args, parse_model_map, parse_target
@@ -66,6 +67,10 @@ def test_prepare_rewrites_host_framing_and_drops_redacted_values() -> None:
     assert head.startswith(b"POST /gw/v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
     assert rest == p.body
     assert b"prod-gateway" not in p.raw
+    # `;` separates parameters too; a redacted one goes with its separator
+    m = "%5BREDACTED%3Aquery-sig%3A01234567%5D"
+    p = rw.prepare(req(query=f"sig={m};a=1&b=2;key={m}&c=3"))
+    assert p.path == "/gw/v1/chat/completions?a=1&b=2&c=3"
 
 
 def test_headers_set_remove_and_env_expansion() -> None:
@@ -93,6 +98,10 @@ def test_model_map_and_gzip_bodies() -> None:
     p2 = rw.prepare(req(body=gz, content_encoding="gzip", headers=[("Content-Encoding", "gzip")]))
     assert json.loads(gzip.decompress(p2.body))["model"] == "llama-3.1-8b"
     assert dict(p2.headers)["Content-Length"] == str(len(p2.body))
+    for enc in ("br", "zstd", "deflate"):  # every coding a capture stores is edited the same
+        coded = codec.encode(json.dumps({"model": "gpt-4o-mini"}).encode(), enc)
+        p3 = rw.prepare(req(body=coded, content_encoding=enc, headers=[("Content-Encoding", enc)]))
+        assert json.loads(codec.decode(p3.body, enc) or b"")["model"] == "llama-3.1-8b"
     with pytest.raises(UserError):
         parse_model_map(["no-equals"])
 
