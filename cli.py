@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from captures.store import seal_private
 Decorator = Callable[[Any], Any]
 PATH = click.Path(path_type=str)
 FORMATS = click.Choice(["text", "json", "markdown", "html"])
+REPORT_FORMATS = click.Choice(["text", "json", "markdown", "html", "csv"])
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -41,6 +43,7 @@ def _o(*decls: str, **kw: Any) -> tuple[str, Decorator]:
 
 SEND = [  # how a run sends: replay, run, sweep
     _o("--out", type=PATH, help="Results directory (default runs/<time>)."),
+    _o("--force", is_flag=True, help="Replace the results of an earlier run in --out."),
     _o(
         "--sessions",
         type=click.Choice(["none", "ordered"]),
@@ -81,6 +84,18 @@ SEND = [  # how a run sends: replay, run, sweep
     ),
 ]
 CAPTURE = [  # what of a capture is replayed, and how it is shaped: replay, sweep
+    _o(
+        "--skip-damaged",
+        is_flag=True,
+        help="Leave out a damaged capture part (from where the damage is) and say so, instead of "
+        "stopping.",
+    ),
+    _o(
+        "--include-junk",
+        is_flag=True,
+        help="Replay what is left out by default: requests the client aborted in the recording "
+        "and HTTP/2 prefaces recorded as requests (PRI *).",
+    ),
     _o(
         "--target",
         required=True,
@@ -214,6 +229,7 @@ def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
     assert timeout is not None
     return {
         "out": opts["out"],
+        "force": opts["force"],
         "sessions": opts["sessions"],
         "history": opts["history"],
         "concurrency": opts.get("concurrency"),
@@ -260,6 +276,8 @@ def replay_options(capture: str, opts: dict[str, Any]) -> Any:
         salt_prompts=opts["salt_prompts"],
         synthetic=list(opts["synthetic"]),
         seed=opts["seed"],
+        skip_damaged=opts["skip_damaged"],
+        include_junk=opts["include_junk"],
         **send_settings(opts),
     )
 
@@ -284,7 +302,7 @@ def live_progress(quiet: bool) -> Any:
 def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
     """The end of a run: the text report (and SLO table) on stdout; 130 if interrupted, 1 if a
     gate failed, 3 if a worker died."""
-    from replay.decide.reporting import make
+    from replay.decide.reporting import make, no_success
     from replay.measure.resultsdir import Results
 
     res = Results(result.out_dir, result.run, result.metrics)
@@ -297,6 +315,10 @@ def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
         return 3  # a worker died: what it measured is in the results, the run is not whole
     if result.interrupted:
         return 130
+    cause = no_success(result.run, result.metrics)
+    if cause:
+        click.echo(f"loadtape: error: {cause}", err=True)
+        return 1
     return 1 if rows and not all(r["pass"] for r in rows) else 0
 
 
@@ -328,12 +350,19 @@ def cli() -> None:
 @cli.command()
 @click.argument("capture", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(capture: str, as_json: bool) -> None:
+@click.option(
+    "--verify", is_flag=True, help="Read every column of every part and check its checksums."
+)
+@click.option("--skip-damaged", is_flag=True, help="Leave out damaged parts and say so.")
+def inspect(capture: str, as_json: bool, verify: bool, skip_damaged: bool) -> None:
     """Summarize a capture: size, time span, rates, paths, models, statuses, tokens."""
     from captures import inspect as insp
     from captures.reader import Capture
 
-    summary = insp.summarize(Capture(capture))
+    cap = Capture(capture, skip_damaged=skip_damaged)
+    if verify:
+        cap.verify()
+    summary = insp.summarize(cap)
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else insp.render_text(summary))
 
 
@@ -497,13 +526,13 @@ def sweep(
 
 @cli.command()
 @click.argument("results", type=PATH)
-@click.option("--format", "fmt", type=FORMATS, default="text")
+@click.option("--format", "fmt", type=REPORT_FORMATS, default="text")
 @click.option("--out", type=PATH, help="Write the report here (default stdout).")
 @click.option("--hgrm", type=PATH, help="Write .hgrm percentile files here.")
 @click.option("--hlog", type=PATH, help="Write the HdrHistogram interval log.")
 @options(GATES)
 def report(results: str, fmt: str, **opts: Any) -> int:
-    """Report on a results directory (no traffic): text, json, markdown or html; SLO gates."""
+    """Report on a results directory (no traffic): text, json, markdown, html or csv; SLO gates."""
     from replay.decide.report import parse_by
     from replay.decide.report.hdrfiles import write_hgrm, write_hlog
     from replay.decide.reporting import make
@@ -539,6 +568,12 @@ def report(results: str, fmt: str, **opts: Any) -> int:
 @click.option("--out", type=PATH, help="Write it here (default stdout).")
 @click.option("--by", default=None, metavar="DIMS", help="Group by (as in report).")
 @click.option("--seed", default=0, help="Seed of the bootstrap.")
+@click.option(
+    "--min-change",
+    default="1ms",
+    metavar="DUR",
+    help="A timing change smaller than this is never a regression, whatever the rule allows.",
+)
 def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opts: Any) -> int:
     """Compare a run with a baseline; exit 1 on a regression (noise-aware)."""
     from replay.decide.compare import DEFAULT_RULES, parse_rule
@@ -548,7 +583,8 @@ def compare(baseline: str, current: str, rules: tuple[str, ...], fmt: str, **opt
 
     parsed = [parse_rule(r) for r in (rules or DEFAULT_RULES)]
     base, cur = Results.open(baseline), Results.open(current)
-    doc = run_compare(base, cur, parsed, opts["by"], seed=opts["seed"])
+    floor = _duration(opts["min_change"], "--min-change") or 0.0
+    doc = run_compare(base, cur, parsed, opts["by"], seed=opts["seed"], min_change_ms=floor * 1000)
     n = len(doc["regressions"])
     emit(render(doc, fmt, base, cur), opts["out"], "compare", f"{n} regression{'s' * (n != 1)}")
     return 1 if doc["regressions"] else 0
@@ -716,11 +752,19 @@ def mock_gateway(**opts: Any) -> None:
     serve_until_signal(config, lambda url: click.echo(f"mock gateway listening on {url}"))
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit 2 for bad input, never a traceback for it."""
     # Everything loadtape writes (captures, results, reports, histograms) holds what traffic
     # held: the owner's only, whatever writes it (pyarrow, matplotlib, our own code).
     os.umask(0o077)
+    # SIGTERM before a run installs its own handlers (planning, opening a capture) stops the
+    # command as Ctrl-C does: exit 130, not a kill that leaves no word.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:

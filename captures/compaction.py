@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -63,12 +64,30 @@ class SegmentRows:
 
 
 def read_segment(path: Path) -> SegmentRows:
-    """Decode a segment; damage becomes notes, never an exception (except an unusable header)."""
+    """Decode a segment; damage becomes notes, never an exception (except a header that is
+    there and is not ours). A segment cut before its header frame was whole (what a kill between
+    creating a segment and writing its header leaves) holds nothing: it reads as empty, said so.
+    """
     try:
-        scan = journal.scan_file(path)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) < journal.HEAD_SIZE or journal.cut_in_header(data):
+        return SegmentRows(
+            path,
+            {},
+            [],
+            [
+                f"{path}: empty segment ({len(data)} bytes, no whole header frame): "
+                "recovered as empty"
+            ],
+        )
+    try:
+        scan = journal.scan_bytes(data)
     except journal.JournalError as exc:
         raise CaptureError(f"{path}: {exc}") from None
-    assert scan.header is not None
+    if scan.header is None:
+        return SegmentRows(path, {}, [], [f"{path}: empty segment: recovered as empty"])
     header = scan.header
     check_version(header.get("format_version"), str(path))
     columns = tuple(header.get("columns") or ())
@@ -129,7 +148,13 @@ def write_part(root: Path, writer_id: str, segment: int, table: pa.Table) -> Pat
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb", closefd=False) as fh:
-            pq.write_table(table, fh, row_group_size=row_group_rows(table), compression="zstd")
+            pq.write_table(
+                table,
+                fh,
+                row_group_size=row_group_rows(table),
+                compression="zstd",
+                write_page_checksum=True,  # a damaged page is an error on read, not wrong data
+            )
             fh.flush()
         os.fsync(fd)
     except BaseException:
@@ -193,6 +218,7 @@ def recover(root: Path) -> tuple[list[str], list[SegmentFile]]:
     for seg in list_segments(root):
         by_writer.setdefault(seg.writer_id, []).append(seg)
     jdir = root / JOURNAL_DIR
+    notes.extend(_remove_stale_parts(root, by_writer))
     for writer_id, segs in by_writer.items():
         try:
             lock = try_lock(jdir, writer_id)
@@ -217,6 +243,34 @@ def recover(root: Path) -> tuple[list[str], list[SegmentFile]]:
     if notes:
         log_recovery(root, notes)
     return notes, left
+
+
+def _remove_stale_parts(root: Path, by_writer: dict[str, list[SegmentFile]]) -> list[str]:
+    """Temporary part files a compaction cut short left behind (`.part-<writer>-<n>...tmp`):
+    removed when their writer is not alive (its segment is still there and is compacted
+    again)."""
+    notes = []
+    jdir = root / JOURNAL_DIR
+    for tmp in sorted((root / PARTS_DIR).glob(".part-*.tmp")):
+        m = _TMP_PART_RE.match(tmp.name)
+        writer_id = m.group(1) if m else None
+        if writer_id is not None and writer_id in by_writer:
+            try:
+                lock = try_lock(jdir, writer_id)
+            except OSError:
+                continue
+            if lock is None:
+                continue  # a live writer is compacting it right now
+            lock.release(unlink=False)
+        try:
+            tmp.unlink()
+        except OSError:
+            continue
+        notes.append(f"{tmp}: removed a temporary part left by a compaction cut short")
+    return notes
+
+
+_TMP_PART_RE = re.compile(r"^\.part-([A-Za-z0-9_.]+)-\d{6,}\.parquet\.[0-9a-f]+\.tmp$")
 
 
 def log_recovery(root: Path, notes: list[str]) -> None:

@@ -9,3 +9,10 @@ class UserError(Exception):
 
 class CaptureError(UserError):
     """A capture cannot be read or written as asked."""
+
+
+class RunFailed(UserError):
+    """The command ran and failed (a proxy that stopped recording, a run in which nothing
+    succeeded): exit 1, like a failed gate, not 2 (the input was fine)."""
+
+    exit_code = 1

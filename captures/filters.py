@@ -38,6 +38,19 @@ class RowFilter:
     def is_empty(self) -> bool:
         return not self.columns()
 
+    def describe(self) -> str:
+        """The filters as the command line spells them."""
+        parts = []
+        for flag, values in (
+            ("--filter-method", self.methods),
+            ("--filter-path", self.path_globs),
+            ("--filter-model", self.models),
+            ("--filter-status", self.statuses),
+        ):
+            if values is not None:
+                parts.append(f"{flag} {','.join(sorted(values))}")
+        return " ".join(parts) or "(none)"
+
     def mask(self, batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
         """A boolean mask for the batch, or None if everything passes."""
         conds: list[Any] = []

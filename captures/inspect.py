@@ -36,6 +36,7 @@ _COLUMNS = [
     "first_token_us",
     "conversation",
     "think_us",
+    "chunk_offsets_us",
 ]
 
 
@@ -135,6 +136,10 @@ def summarize(cap: Capture) -> Summary:
         "completion_tokens": hdr.new_hist(1 << 31),
         "ttft_ms": hdr.new_hist(1 << 31),
         "think_ms": hdr.new_hist(1 << 31),
+        # a stream's timing between body chunks as the proxy read them (a chunk can hold
+        # several token events; replay measures the events themselves)
+        "chunk_gap_us": hdr.new_hist(1 << 40),
+        "chunks_per_stream": hdr.new_hist(1 << 31),
     }
     sources = {
         "req_body_bytes": "req_body_size",
@@ -177,6 +182,7 @@ def summarize(cap: Capture) -> Summary:
         hdr.record_many(s.hists["ttft_ms"], vals.astype("int64"))
         if len(vals):
             s.maxima["ttft_ms"] = max(s.maxima.get("ttft_ms", 0), int(vals.max()))
+        _chunk_timing(s, batch)
         s.streamed += pc.sum(pc.cast(pc.fill_null(batch["stream"], False), pa.int64())).as_py() or 0
         s.not_replayable += n - (pc.sum(pc.cast(batch["replayable"], pa.int64())).as_py() or 0)
         for name, col in sources.items():
@@ -185,6 +191,31 @@ def summarize(cap: Capture) -> Summary:
             if len(vals):
                 s.maxima[name] = max(s.maxima.get(name, 0), int(vals.max()))
     return s
+
+
+def _chunk_timing(s: Summary, batch: pa.RecordBatch) -> None:
+    """Gaps between a streamed response's chunks (within each response, never across two),
+    and chunks per stream."""
+    streamed = pc.fill_null(batch["stream"], False)
+    lists = pc.filter(batch["chunk_offsets_us"], streamed)
+    lists = pc.drop_null(lists)
+    if not len(lists):
+        return
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    for name, vals in (("chunks_per_stream", lengths),):
+        hdr.record_many(s.hists[name], vals)
+        s.maxima[name] = max(s.maxima.get(name, 0), int(vals.max()))
+    flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if len(flat) < 2:
+        return
+    gaps = np.diff(flat)
+    starts = np.cumsum(lengths)[:-1] - 1  # a gap from one response's last chunk to the next's
+    keep = np.ones(len(gaps), dtype=bool)
+    keep[starts[(starts >= 0) & (starts < len(gaps))]] = False
+    gaps = gaps[keep & (gaps >= 0)]
+    if len(gaps):
+        hdr.record_many(s.hists["chunk_gap_us"], gaps)
+        s.maxima["chunk_gap_us"] = max(s.maxima.get("chunk_gap_us", 0), int(gaps.max()))
 
 
 def render_text(s: Summary) -> str:

@@ -98,6 +98,12 @@ def _try_frame(buf: memoryview, off: int) -> tuple[Any, int] | str:
     return obj, end
 
 
+def cut_in_header(data: bytes) -> bool:
+    """Whether a segment ends inside its header frame (the writer died while writing it)."""
+    res = _try_frame(memoryview(data), 0)
+    return isinstance(res, str) and res.startswith("truncated")
+
+
 def scan_bytes(data: bytes) -> Scan:
     """Decode every good frame of a segment, reporting damage instead of raising on it."""
     with gc_paused():

@@ -52,9 +52,15 @@ class PartInfo:
 class Capture:
     """An open capture (directory, or a single part file). Recovers dead writers' segments."""
 
-    def __init__(self, path: str | Path, *, recover: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, *, recover: bool = True, skip_damaged: bool = False
+    ) -> None:
+        """skip_damaged: a damaged part is left out (from where the damage is) and said so in
+        `notes` and `damaged`, instead of being an error."""
         self.path = Path(path)
         self.notes: list[str] = []
+        self.skip_damaged = skip_damaged
+        self.damaged: list[str] = []
         self._segment_runs: list[_Run] = []
         if self.path.is_file():
             self.manifest = None
@@ -81,10 +87,48 @@ class Capture:
         self._runs: list[_Run] = []
         self.parts: list[PartInfo] = []
         for i, p in enumerate(self._part_paths):
-            self._add_part(i, p)
+            try:
+                self._add_part(i, p)
+            except CaptureError as exc:
+                if not skip_damaged:
+                    raise
+                self._skip(str(exc))
         for run in self._segment_runs:
             run.order = len(self._runs)
             self._runs.append(run)
+
+    def verify(self) -> None:
+        """Read every column of every part (page checksums checked), in bounded memory: a
+        damaged part is an error naming it, or with skip_damaged, left out and said so."""
+        for part in list(self.parts):
+            try:
+                pf = store.open_part(part.path)
+                for _ in pf.iter_batches(batch_size=4096, use_threads=False):
+                    pass
+            except (OSError, pa.ArrowException) as exc:
+                what = f"{part.path}: damaged Parquet part ({str(exc).splitlines()[0][:200]})"
+                if not self.skip_damaged:
+                    raise CaptureError(what) from None
+                self._skip(what)
+                self.parts.remove(part)
+                self._runs = [r for r in self._runs if r.path != part.path]
+            except CaptureError as exc:
+                if not self.skip_damaged:
+                    raise
+                self._skip(str(exc))
+
+    def _skip(self, what: str) -> None:
+        self.damaged.append(what)
+        self.notes.append(f"{what}; skipped (--skip-damaged)")
+
+    def _guarded(self, run: _Run, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """A part's batches; with skip_damaged, a damaged part ends where its damage is."""
+        try:
+            yield from batches
+        except CaptureError as exc:
+            if not self.skip_damaged:
+                raise
+            self._skip(str(exc))
 
     @property
     def capture_id(self) -> str | None:
@@ -165,7 +209,7 @@ class Capture:
         """Record batches part by part (not merged: for whole-capture statistics)."""
         cols = _projection(columns)
         for run in self._runs:
-            yield from _run_batches(run, cols, filt, batch_size)
+            yield from self._guarded(run, _run_batches(run, cols, filt, batch_size))
 
     def rows(
         self,
@@ -204,7 +248,7 @@ class Capture:
         heap: list[tuple[int, int, _Cursor]] = []
 
         def activate(run: _Run) -> None:
-            cur = _Cursor(run, _run_batches(run, cols, filt, batch_size))
+            cur = _Cursor(run, self._guarded(run, _run_batches(run, cols, filt, batch_size)))
             if cur.advance_batch():
                 heapq.heappush(heap, (cur.starts[cur.i], run.order, cur))
 

@@ -128,6 +128,8 @@ def read_manifest(root: Path) -> Manifest | None:
         return None
     except OSError as exc:
         raise CaptureError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise CaptureError(f"{path}: not a loadtape capture manifest (not UTF-8)") from None
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
@@ -136,7 +138,7 @@ def read_manifest(root: Path) -> Manifest | None:
         return Manifest(str(data["capture_id"]), version, int(data.get("created_ns", 0)))
     except CaptureError:
         raise
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
         raise CaptureError(f"{path}: not a loadtape capture manifest") from None
 
 
@@ -247,7 +249,9 @@ def iter_part_files(root: Path) -> Iterator[tuple[Path, pq.ParquetFile]]:
 def open_part(path: Path) -> pq.ParquetFile:
     """Open a part for streaming (no pre-buffering of whole files) and check its version."""
     try:
-        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        pf = pq.ParquetFile(
+            path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True
+        )
     except (OSError, ValueError) as exc:
         raise CaptureError(f"{path}: not a readable Parquet part ({_short(exc)})") from None
     meta = pf.schema_arrow.metadata or {}

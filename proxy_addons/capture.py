@@ -19,8 +19,11 @@ and disk I/O happen on the writer thread (proxy_addons/sink.py), compaction in a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
+import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -75,6 +78,24 @@ class _Chunks:
 
 def _bad(message: str) -> exceptions.OptionsError:
     return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
+
+
+def _mark_fatal(status_file: str | None, reason: str) -> None:
+    """Put the reason the capture stopped into its status file (what `loadtape capture` shows)."""
+    if not status_file:
+        return
+    path = Path(status_file)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = {**(data if isinstance(data, dict) else {}), "fatal": reason, "done": False}
+    tmp = path.with_name(path.name + ".fatal.tmp")
+    with contextlib.suppress(OSError):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
 
 
 def _globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -252,7 +273,9 @@ class CaptureAddon:
             await asyncio.sleep(0.05)
 
     def _fatal(self, reason: str) -> None:
-        """Called from the writer thread under capture_on_error=stop."""
+        """Recording cannot go on (capture_on_error=stop, or the worker and its in-process
+        replacement both failed): say why in the status file, and stop the proxy."""
+        _mark_fatal(ctx.options.capture_status_file, reason)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(ctx.master.shutdown)

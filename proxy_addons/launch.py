@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captures.errors import CaptureError, UserError
+from captures.errors import CaptureError, RunFailed, UserError
 
 ADDON = Path(__file__).with_name("capture.py")
 STATUS_FILE = "capture-status.json"
@@ -114,6 +114,8 @@ class CaptureProcess:
                 f"{cfg.out}: cannot create the capture directory ({exc.strerror or exc})"
             ) from None
         self.status_path.unlink(missing_ok=True)
+        if cfg.listen_port:
+            _check_free(cfg.listen_host, cfg.listen_port)
         argv = cfg.argv(find_mitmdump())
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -123,6 +125,7 @@ class CaptureProcess:
                 stdout=fd,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # signals come from us, so shutdown is always clean
+                preexec_fn=_die_with_parent,
             )
         finally:
             os.close(fd)
@@ -130,6 +133,10 @@ class CaptureProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise UserError(f"the capture proxy exited at start: {self.last_log_line()}")
+            status = self.status()
+            if status and status.get("fatal"):
+                self.kill(group=True)
+                raise UserError(f"the capture could not start: {status['fatal']}")
             port = self._listening_port()
             if port and self._accepts(port):
                 self.port = port
@@ -141,8 +148,8 @@ class CaptureProcess:
         )
 
     def _listening_port(self) -> int | None:
-        if self.config.listen_port:
-            return self.config.listen_port
+        """The port the proxy listens on, once its addon says it does (a connection alone
+        could reach another process holding the port)."""
         status = self.status()
         if status and status.get("listen"):
             return int(status["listen"][0][1])
@@ -162,9 +169,19 @@ class CaptureProcess:
             return ""
 
     def last_log_line(self) -> str:
+        """The log line that says why the proxy failed: the first specific error, not
+        mitmproxy's closing "Error logged during startup, exiting..."."""
         lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower() or "Error" in ln]
-        return (errors or lines or ["(no output)"])[-1][:300]
+        generic = ("error logged during startup", "exiting...")
+        errors = [
+            ln
+            for ln in lines
+            if ("error" in ln.lower() or "errno" in ln.lower() or "failed" in ln.lower())
+            and not any(g in ln.lower() for g in generic)
+        ]
+        if errors:
+            return errors[0][:300]
+        return (lines or ["(no output)"])[-1][:300]
 
     @property
     def url(self) -> str:
@@ -211,6 +228,34 @@ class CaptureProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `loadtape capture` dies, even by kill -9, so no
+    proxy keeps forwarding unrecorded traffic as an orphan (its worker then finishes, on EOF).
+    Linux only; elsewhere the proxy outlives a killed parent."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Bad input, said at once, when another process listens on --listen already."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"--listen {host}:{port}: cannot listen there ({exc.strerror or exc}); "
+                "another process has the port, or pick another one"
+            ) from None
 
 
 def describe_status(s: dict[str, Any] | None) -> str:
@@ -260,6 +305,8 @@ def run_until_signal(
             signal.signal(sig, h)
     exited_early = not proc.alive()
     final = proc.stop()
+    if final and final.get("fatal"):
+        raise RunFailed(f"the capture stopped recording: {final['fatal']}")
     if exited_early and not (final and final.get("done")):
-        raise UserError(f"the capture proxy stopped: {proc.last_log_line()}")
+        raise RunFailed(f"the capture proxy stopped: {proc.last_log_line()}")
     return final

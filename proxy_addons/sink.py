@@ -102,6 +102,7 @@ class CaptureSink:
         for note in self.writer.notes:
             log.warning("capture: recovery: %s", note)
         self._failing_since: float | None = None
+        self.fatal: str | None = None  # why recording stopped, when it had to
         self._last_loud = 0.0
         self._last_status = 0.0
         self._thread = threading.Thread(
@@ -198,6 +199,9 @@ class CaptureSink:
         self.stats.write_error = msg
         now = time.monotonic()
         if self.on_error == "stop":
+            self.fatal = (
+                f"cannot write to {self.directory} ({msg}); stopped (capture_on_error=stop)"
+            )
             log.error(
                 "capture: cannot write to %s (%s); stopping the proxy (capture_on_error=stop)",
                 self.directory,
@@ -256,6 +260,7 @@ class CaptureSink:
             "write_error": s.write_error,
             "notes": s.writer_notes,
             "done": self._stopped,
+            "fatal": self.fatal,
             "updated": time.time(),
         }
         tmp = self.status_file.with_name(self.status_file.name + ".tmp")

@@ -190,7 +190,16 @@ class WorkerClient:
             "capture: the capture worker exited (code %s); recording continues inside the proxy",
             code,
         )
-        sink = self.config.build(compaction="process", on_fatal=self.on_fatal)
+        try:
+            sink = self.config.build(compaction="process", on_fatal=self.on_fatal)
+        except Exception as exc:
+            reason = (
+                f"the capture worker exited (code {code}) and recording inside the proxy could "
+                f"not start: {exc}"
+            )
+            log.error("capture: %s; stopping the proxy", reason)
+            self.on_fatal(reason)
+            return
         sink.stats.dropped = self.stats.dropped
         sink.stats.filtered = self.stats.filtered
         sink.stats.lost = self.stats.lost

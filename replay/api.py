@@ -14,8 +14,9 @@ from replay.scale.workers import run_workers
 from replay.workload.replaying import ReplayOptions, build_replay
 from replay.workload.scenario import load
 
+from .measure.resultsdir import claim_out_dir
 from .runner import run_streams
-from .settings import Progress, RunSettings, RunSummary
+from .settings import Progress, RunSettings, RunSummary, default_out_dir
 
 
 def run_replay(
@@ -27,6 +28,7 @@ def run_replay(
     """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
     one target or, the same plan, to each of several; on `--workers N` processes."""
     settings = opts.settings()
+    _claim(settings)
     if settings.sharded:
         build_replay(opts)  # bad options fail here, once, before any worker starts
         return run_sharded(
@@ -50,9 +52,17 @@ def run_scenario(
     path: str | Path, settings: RunSettings, *, target: str | None = None, **kw: Any
 ) -> RunSummary:
     streams = load(path, target=target)  # checks the file before any worker starts
+    _claim(settings)
     if settings.sharded:
         return run_sharded(Job("scenario", (str(path), target)), settings, **kw)
     return run_streams(streams, settings, run_info={"scenario": str(Path(path).resolve())}, **kw)
+
+
+def _claim(settings: RunSettings) -> None:
+    """The results directory, checked before anything is sent (and fixed in the settings, so
+    every shard writes the same one)."""
+    out = Path(settings.out) if settings.out else default_out_dir()
+    settings.out = str(claim_out_dir(out, settings.force))
 
 
 def run_sharded(

@@ -39,6 +39,9 @@ class Sink(Protocol):
     ) -> None: ...
 
 
+DRAIN_BUDGET_S = 0.2  # how long a stopped run may spend counting the plan it did not send
+
+
 @dataclass
 class DispatchStats:
     sent: int = 0
@@ -50,6 +53,7 @@ class DispatchStats:
     first_sent_ns: int | None = None  # monotonic
     last_sent_ns: int = 0
     unsent: dict[str, int] = field(default_factory=dict)
+    unsent_counted: bool = True  # False: a stopped plan's rest was too long to count
 
 
 class Dispatcher:
@@ -180,8 +184,16 @@ class Dispatcher:
                 loop.call_soon(self._pump)
             await self._sending_done
             st = self.stats
+            # The plan's rest is counted as unsent, for as long as counting is cheap: a plan
+            # can be endless (a synthetic stream of 100000 h), and a stop must not wait on it.
+            counted, budget = 0, time.monotonic() + DRAIN_BUDGET_S
             for _ in self.scheduler.drain():
-                st.unsent["stopped"] = st.unsent.get("stopped", 0) + 1
+                counted += 1  # (checked each shot: a slow plan blocks in its next one)
+                if time.monotonic() > budget:
+                    st.unsent_counted = False
+                    break
+            if counted:
+                st.unsent["stopped"] = st.unsent.get("stopped", 0) + counted
             if self.scheduler.in_flight > 0:
                 await self._all_done
             return st

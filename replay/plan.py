@@ -10,6 +10,7 @@ requests plus one mean gap, so the pacing carries on across the seam).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,10 +107,18 @@ class PlanOptions:
     duration_s: float | None = None  # --duration: window length from --from
     loops: int = 1
     stream: str = "replay"
+    include_junk: bool = False  # replay what the recording shows was not real traffic too
 
     def validate(self) -> None:
-        if not self.speed > 0:
-            raise ValueError(f"speed must be > 0, got {self.speed}")
+        if not 0 < self.speed < math.inf:
+            raise ValueError(f"speed must be a finite number > 0, got {self.speed}")
+        for name, v in (
+            ("--from", self.start_s),
+            ("--to", self.end_s),
+            ("--duration", self.duration_s),
+        ):
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v}")
         if self.loops < 1:
             raise ValueError(f"loop count must be >= 1, got {self.loops}")
         if self.start_s < 0:
@@ -130,14 +139,24 @@ class PlanOptions:
         return lo, None
 
 
-def not_replayable(row: Record) -> str | None:
-    """Why a recorded exchange cannot be replayed (None: it can). Reported, never fatal."""
+def not_replayable(row: Record, include_junk: bool = False) -> str | None:
+    """Why a recorded exchange is not replayed (None: it is). Reported, never fatal.
+    Junk, left out unless asked for (`include_junk`): an HTTP/2 connection preface recorded as
+    a request (`PRI *`), and requests whose client went away before the answer (a cancelled
+    generation is not the load the application meant to send)."""
     if not row.get("replayable", True):
         return "not replayable (websocket or tunnel)"
     if row.get("req_body_truncated"):
         return "request body was cut by the capture's body limit"
-    if (row.get("method") or "").upper() == "CONNECT":
+    method = (row.get("method") or "").upper()
+    if method == "CONNECT":
         return "CONNECT tunnel"
+    if include_junk:
+        return None
+    if method == "PRI" and row.get("path") == "*":
+        return "HTTP/2 connection preface (PRI *)"
+    if row.get("error_kind") == "client_abort":
+        return "client aborted it in the recording (--include-junk replays it)"
     return None
 
 
@@ -237,7 +256,7 @@ def plan_replay(
             if loop == 0:
                 t_last = t
                 count += 1
-            reason = not_replayable(row)
+            reason = not_replayable(row, opts.include_junk)
             if reason is not None:
                 if loop == 0:
                     st.skip(reason)

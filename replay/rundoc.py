@@ -70,6 +70,7 @@ def run_document(
             "expected": expected,
             "failed": failed,
             "unsent": stats.unsent,
+            "unsent_counted": stats.unsent_counted,
             "skipped": skipped,
             "redacted_values_dropped": sum(s.rewriter.dropped_redacted for s in streams),
             "ids_mapped": state.mapped if state is not None else 0,

@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ from .settings import Progress, RunSettings, RunSummary, StreamPlan, default_out
 from .state import SessionState
 from .timeline import merged, sharded, with_prepared
 
-PREFILL = 32_768  # shots planned before the start instant (the plan buffer's size)
+PREFILL = 32_768  # shots planned before the start instant (the plan buffer's size) ...
+PREFILL_WAIT_S = 1.0  # ... or as many as the plan makes in this long (it goes on planning)
+STOP_GRACE_S = 0.3  # after a stop signal, requests in flight have this long to finish
 SWITCH_INTERVAL_S = 0.0005  # GIL switch interval during an open-loop run (default 5 ms)
 
 
@@ -111,7 +114,9 @@ def run_streams(
     plan_buffer: Prefetch[planmod.Shot] | None = None
     if not closed:
         plan_buffer = Prefetch(with_prepared(shots, prepare))
-        plan_buffer.prefill(PREFILL)  # before the start instant: the first shots are ready
+        # before the start instant: the first shots are ready
+        plan_buffer.prefill(PREFILL, PREFILL_WAIT_S)
+    plan_size = planned(streams, settings, len(targets))
     max_in_flight = settings.concurrency if closed else settings.max_in_flight
     assert max_in_flight is not None
     scheduler = Scheduler(
@@ -133,6 +138,7 @@ def run_streams(
         part=settings.part,
         expect=Expect(),
         expect_by_stream={s.name: s.expect for s in streams},
+        target_by_stream={s.name: s.rewriter.target.url for s in streams},
         metrics=metrics,
         threaded=not closed,
     )
@@ -159,19 +165,26 @@ def run_streams(
         loop = asyncio.get_running_loop()
         presses = {"n": 0}
         closing: list[asyncio.Task[None]] = []
+        grace: list[asyncio.TimerHandle] = []
+
+        def abandon() -> None:
+            if not closing:
+                closing.append(loop.create_task(router.close()))
 
         def on_signal() -> None:
             presses["n"] += 1
             interrupted["flag"] = True
             disp.stop()
-            if presses["n"] >= 2:  # second Ctrl-C: abandon in-flight requests
-                closing.append(loop.create_task(router.close()))
+            if presses["n"] >= 2:  # second Ctrl-C: abandon in-flight requests now
+                abandon()
+            else:  # the first: they have STOP_GRACE_S to finish, then they are abandoned
+                grace.append(loop.call_later(STOP_GRACE_S, abandon))
 
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal)
         ticker = loop.create_task(
-            _tick(disp, writer, metrics, on_progress, should_stop, interrupted)
+            _tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size)
         )
         t0 = time.monotonic_ns()
         switch = sys.getswitchinterval()
@@ -188,6 +201,8 @@ def run_streams(
             client_stats.update(connects=router.connects, resends=router.resends)
         finally:
             sys.setswitchinterval(switch)
+            for handle in grace:
+                handle.cancel()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -225,6 +240,25 @@ def run_streams(
     return RunSummary(out_dir, metrics, run_doc, stats, interrupted["flag"])
 
 
+def planned(
+    streams: Sequence[StreamPlan], settings: RunSettings, targets: int
+) -> tuple[int | None, bool, float | None]:
+    """(requests planned, whether that is an estimate, when the last is due) for the
+    progress line; None where a stream cannot say."""
+    counts = [s.planned for s in streams]
+    total = sum(c for c in counts if c is not None) * targets if None not in counts else None
+    approx = any(s.planned_approx for s in streams)
+    if settings.requests is not None:
+        cap = settings.requests * targets
+        total = cap if total is None else min(total, cap)
+        approx = approx and total != cap
+    if total is not None and settings.shard is not None:
+        total, approx = math.ceil(total / settings.shard[1]), True
+    ends = [s.planned_end_s for s in streams]
+    end = max(e for e in ends if e is not None) if ends and None not in ends else None
+    return total, approx, end
+
+
 async def _tick(
     disp: Dispatcher,
     writer: ResultWriter,
@@ -232,6 +266,7 @@ async def _tick(
     on_progress: Callable[[Progress], None] | None,
     should_stop: Callable[[], bool] | None = None,
     interrupted: dict[str, bool] | None = None,
+    plan_size: tuple[int | None, bool, float | None] = (None, False, None),
 ) -> None:
     """Every 100 ms: hand results to the results thread (ResultWriter); every half second:
     report progress."""
@@ -254,7 +289,9 @@ async def _tick(
             Progress(
                 elapsed_s=(time.monotonic_ns() - disp.start) / 1e9,
                 scheduled_s=st.last_due_ns / 1e9,
-                planned=None,
+                planned=plan_size[0],
+                planned_approx=plan_size[1],
+                planned_end_s=plan_size[2],
                 sent=st.sent,
                 ok=writer.ok,
                 expected=writer.expected,

@@ -30,11 +30,17 @@ class StreamPlan:
     expect: Expect = field(default_factory=Expect)
     stats: planmod.PlanStats | None = None
     describe: dict[str, Any] = field(default_factory=dict)  # for run.json
+    # what the plan will hold, for the progress line: requests (None: unknown; `approx`: an
+    # estimate, e.g. a Poisson stream or a filtered window) and when its last one is due
+    planned: int | None = None
+    planned_approx: bool = False
+    planned_end_s: float | None = None
 
 
 @dataclass
 class RunSettings:
     out: str | None = None
+    force: bool = False  # replace the results of an earlier run in `out`
     concurrency: int | None = None  # closed loop
     max_in_flight: int = 1000
     sessions: str = "none"
@@ -92,6 +98,8 @@ class Progress:
     elapsed_s: float
     scheduled_s: float
     planned: int | None
+    planned_approx: bool
+    planned_end_s: float | None
     sent: int
     ok: int
     expected: int
@@ -112,4 +120,10 @@ class RunSummary:
 
 
 def default_out_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    """runs/<time>, with a suffix when a run of the same second has it already."""
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out

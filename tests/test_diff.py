@@ -12,7 +12,8 @@ import pytest
 
 from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.api import run_replay
-from replay.decide.diff import compare_sides, decoded_hash
+from replay.decide.diff import compare_sides
+from replay.decide.pairs import decoded_hash
 from replay.mock.config import Faults
 from replay.mock.threaded import running_gateway
 from replay.workload.replaying import ReplayOptions

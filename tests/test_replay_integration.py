@@ -274,7 +274,7 @@ def test_replay_command(tmp_path: Path, small_capture: Path) -> None:
         (["replay", str(small_capture), "--target", "127.0.0.1:1"], "want an http"),
         (
             ["replay", str(small_capture), "--target", "http://127.0.0.1:1", "--speed", "0"],
-            "speed must be > 0",
+            "speed must be a finite number > 0",
         ),
         (["replay", str(tmp_path / "nope"), "--target", "http://127.0.0.1:1"], "no such capture"),
         (

@@ -24,11 +24,23 @@ CLI = [sys.executable, "-c", "import cli; cli.main()"]
 @pytest.mark.parametrize(
     ("points", "tol", "want"),
     [
-        ([(1, 30), (2, 60), (4, 120), (8, 125), (16, 124)], 0.05, {"level": 4, "throughput": 125}),
+        (
+            [(1, 30), (2, 60), (4, 120), (8, 125), (16, 124)],
+            0.05,
+            {"level": 4, "throughput": 120, "peak": 125, "peak_level": 8},
+        ),
         ([(1, 30), (2, 60), (4, 120)], 0.05, None),  # still rising
         ([(1, 30), (2, 60), (4, 120), (8, 140)], 0.05, None),  # +17 % at the top: rising
-        ([(1, 30), (2, 60), (4, 120), (8, 140)], 0.20, {"level": 4, "throughput": 140}),
-        ([(1, 100), (2, 90), (4, 50)], 0.05, {"level": 1, "throughput": 100}),  # collapse
+        (
+            [(1, 30), (2, 60), (4, 120), (8, 140)],
+            0.20,
+            {"level": 4, "throughput": 120, "peak": 140, "peak_level": 8},
+        ),
+        (  # collapse
+            [(1, 100), (2, 90), (4, 50)],
+            0.05,
+            {"level": 1, "throughput": 100, "peak": 100, "peak_level": 1},
+        ),
         ([(1, 100)], 0.05, None),  # one level shows nothing
         ([], 0.05, None),
     ],

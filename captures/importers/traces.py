@@ -77,13 +77,20 @@ def _csv_rows(
             raise UserError(f"{path}:{reader.line_num}: unreadable CSV ({exc})") from None
 
 
-def _int(path: Path, line: int, name: str, value: str) -> int:
+MAX_TOKENS = 2_000_000  # the longest context windows offered today; beyond it, a trace is wrong
+MAX_TIME_S = 10 * 365 * 86400  # a trace's offsets: ten years at most
+
+
+def _int(path: Path, line: int, name: str, value: Any, limit: int = MAX_TOKENS) -> int:
+    """A count from a trace: a finite number from 0 to `limit` (every importer alike)."""
     try:
         v = int(float(value))
-    except ValueError:
-        raise UserError(f"{path}:{line}: {name} is not a number: {value!r}") from None
+    except (ValueError, TypeError, OverflowError):
+        raise UserError(f"{path}:{line}: {name} is not a finite number: {value!r}") from None
     if v < 0:
-        raise UserError(f"{path}:{line}: {name} is negative")
+        raise UserError(f"{path}:{line}: {name} is negative ({v})")
+    if v > limit:
+        raise UserError(f"{path}:{line}: {name} {v} is above the limit of {limit:,}")
     return v
 
 
@@ -125,9 +132,10 @@ BURSTGPT = {
 def burstgpt_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterator[Record]:
     for n, (line, r) in enumerate(_csv_rows(path, BURSTGPT, "BurstGPT")):
         try:
-            t = BASE_NS + round(float(r["ts"]) * 1e9)
+            secs = float(r["ts"])
         except ValueError:
             raise UserError(f"{path}:{line}: bad Timestamp {r['ts']!r}") from None
+        t = BASE_NS + _int(path, line, "Timestamp", secs * 1e9, MAX_TIME_S * 10**9)
         p = _int(path, line, "Request tokens", r["prompt"])
         o = _int(path, line, "Response tokens", r["output"])
         if o == 0:
@@ -157,14 +165,15 @@ def mooncake_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> It
                 continue
             try:
                 obj = json.loads(line)
-                ts = int(obj["timestamp"])
-                ilen = int(obj["input_length"])
-                olen = int(obj["output_length"])
+                raw = (obj["timestamp"], obj["input_length"], obj["output_length"])
                 ids = [int(x) for x in obj.get("hash_ids", [])]
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
                 raise UserError(
                     f"{path}:{line_no}: not a Mooncake trace line ({type(exc).__name__}: {exc})"
                 ) from None
+            ts = _int(path, line_no, "timestamp", raw[0], MAX_TIME_S * 1000)
+            ilen = _int(path, line_no, "input_length", raw[1])
+            olen = _int(path, line_no, "output_length", raw[2])
             words: list[str] = []
             for k, bid in enumerate(ids):
                 if len(words) >= ilen:
@@ -227,6 +236,8 @@ def sharegpt_pairs(path: Path) -> list[tuple[str, int]]:
         raise UserError(
             f"{path}: not a ShareGPT JSON file ({str(exc).splitlines()[0][:120]})"
         ) from None
+    except RecursionError:
+        raise UserError(f"{path}: not a ShareGPT JSON file (nested too deep)") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: not a ShareGPT file (want a JSON list of conversations)")
     out = []
@@ -258,9 +269,10 @@ def lengths(path: Path, which: str) -> list[int]:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
-                    out.append(int(json.loads(line)[key]))
-                except (ValueError, KeyError, TypeError):
+                    value = json.loads(line)[key]
+                except (ValueError, KeyError, TypeError, RecursionError):
                     raise UserError(f"{path}:{line_no}: no {key}") from None
+                out.append(_int(path, line_no, key, value))
         return out
     head = path.read_text(encoding="utf-8-sig", errors="replace").split("\n", 1)[0].lower()
     spec = AZURE if "contexttokens" in head else BURSTGPT

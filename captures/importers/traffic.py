@@ -48,6 +48,8 @@ def har_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterato
             raise TypeError
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path}: not a HAR file ({str(exc).splitlines()[0][:120]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a HAR file (nested too deep)") from None
     except (KeyError, TypeError):
         raise UserError(f"{path}: not a HAR file (no log.entries list)") from None
     red = _redactor(opts)

@@ -20,20 +20,18 @@ count delta, median inter-event gap ratio. Ratios are right side / left side.
 
 from __future__ import annotations
 
-import hashlib
-import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from statistics import median
 from typing import Any
 
 import numpy as np
 
-from captures import protocols
 from captures.errors import CaptureError, UserError
-from captures.reader import Capture
 from replay.measure.resultsdir import Results
+
+from . import pairs
 
 COLUMNS = [
     "seq",
@@ -66,35 +64,6 @@ COLUMNS = [
     "recorded_finish_reason",
 ]
 CATEGORIES = ("status", "finish_reason", "tokens", "answer", "body")
-CAPTURE_COLUMNS = [
-    "writer_id",
-    "seq",
-    "api",
-    "resp_headers",
-    "resp_body",
-    "resp_body_truncated",
-    "resp_content_encoding",
-    "chunk_offsets_us",
-    "chunk_sizes",
-    "answer_hash",
-]
-
-
-def decoded_hash(body: bytes | None, encoding: str | None) -> str | None:
-    """The hash `StreamScanner` computes, of a recorded body (content-encoding undone)."""
-    if body is None:
-        return None
-    enc = (encoding or "").strip().lower()
-    try:
-        if enc == "gzip":
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        elif enc == "deflate":
-            body = zlib.decompress(body)
-        elif enc not in ("", "identity"):
-            return None
-    except zlib.error:
-        return None
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 def _status(row: dict[str, Any], prefix: str = "") -> str:
@@ -116,42 +85,15 @@ def _ttft_us(row: dict[str, Any]) -> int | None:
     return int((row["first_token_ns"] - row["sent_ns"]) // 1000)
 
 
-def _pcts(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
+def _pcts(values: Any) -> dict[str, float] | None:
     a = np.asarray(values, dtype=float)
+    if not len(a):
+        return None
     return {
         "p10": round(float(np.percentile(a, 10)), 4),
         "p50": round(float(np.percentile(a, 50)), 4),
         "p90": round(float(np.percentile(a, 90)), 4),
     }
-
-
-def _recorded_events(cap: dict[str, Any]) -> list[int] | None:
-    """The recording's output-event times (us from the response start), read chunk by chunk."""
-    body, sizes, offsets = cap.get("resp_body"), cap.get("chunk_sizes"), cap.get("chunk_offsets_us")
-    enc = (cap.get("resp_content_encoding") or "").lower()
-    if (
-        not body
-        or not sizes
-        or not offsets
-        or cap.get("resp_body_truncated")
-        or enc
-        not in (
-            "",
-            "identity",
-        )
-    ):
-        return None
-    scan = protocols.EventScanner(
-        protocols.BY_NAME.get(cap.get("api") or "", protocols.PLAIN), keep_answer=False
-    )
-    pos = 0
-    for size, t in zip(sizes, offsets, strict=False):
-        scan.feed(body[pos : pos + size], t)
-        pos += size
-    scan.finish(offsets[-1])
-    return scan.output_times
 
 
 class Side:
@@ -176,16 +118,15 @@ class Side:
 
     @staticmethod
     def recorded(row: dict[str, Any], cap: dict[str, Any] | None) -> dict[str, Any]:
+        """The recorded side: from the results row and the capture's facts about the exchange
+        (`Recorded.get`: body and answer hashes, API, output events and their median gap)."""
         ttfb, first = row.get("recorded_ttfb_us"), row.get("recorded_first_chunk_us")
         streamed = bool(row.get("recorded_chunks") and row["recorded_chunks"] > 1)
         body = answer = gap = events = None
         if cap is not None:
-            if not cap.get("resp_body_truncated"):
-                body = decoded_hash(cap.get("resp_body"), cap.get("resp_content_encoding"))
-            answer = cap.get("answer_hash")
-            times = _recorded_events(cap) if streamed else None
-            if times:
-                events, gap = len(times), _gaps(times)
+            body, answer = cap["body"], cap["answer"]
+            if streamed and cap["events"]:
+                events, gap = cap["events"], cap["gap_us"]
         return {
             "status": _status(row, "recorded_"),
             "api": (cap or {}).get("api") or row.get("api") or "",
@@ -223,159 +164,149 @@ def verdict(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, list[str]]:
     return "equivalent", []
 
 
+class Tally:
+    """One comparison's counts, accumulated pair by pair (arrays, not lists of objects)."""
+
+    def __init__(self, name: str, examples: int) -> None:
+        self.name, self.examples = name, examples
+        self.n = self.answers = self.fin_compared = 0
+        self.verdicts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.apis: Counter[str] = Counter()
+        self.status: Counter[str] = Counter()
+        self.finish: Counter[str] = Counter()
+        self.body: Counter[str] = Counter()
+        self.deltas = array("q")
+        self.ttft_ratio = array("d")
+        self.event_delta = array("q")
+        self.gap_ratio = array("d")
+        self.shown: list[dict[str, Any]] = []
+
+    def add(self, a: dict[str, Any], b: dict[str, Any], seq: int) -> None:
+        self.n += 1
+        self.answers += bool(a["answer"] and b["answer"])
+        self.apis[b["api"] or a["api"] or "http"] += 1
+        v, what = verdict(a, b)
+        self.verdicts[v] += 1
+        for w in what:
+            self.reasons[w.split(" ", 1)[0]] += 1
+        if a["status"] == b["status"]:
+            self.status["same"] += 1
+        else:
+            self.status[f"{a['status']}->{b['status']}"] += 1
+        if a["finish_reason"] and b["finish_reason"]:
+            self.fin_compared += 1
+            if a["finish_reason"] != b["finish_reason"]:
+                self.finish[f"{a['finish_reason']}->{b['finish_reason']}"] += 1
+        if a["tokens"] is not None and b["tokens"] is not None:
+            self.deltas.append(int(b["tokens"]) - int(a["tokens"]))
+        if not a["streamed"] and not b["streamed"] and a["status"] == b["status"]:
+            if a["body"] and b["body"]:
+                self.body["equal" if a["body"] == b["body"] else "different"] += 1
+            else:
+                self.body["not comparable"] += 1
+        if a["ttft_us"] and b["ttft_us"]:
+            self.ttft_ratio.append(b["ttft_us"] / a["ttft_us"])
+        if a["streamed"] and b["streamed"] and a["events"] and b["events"]:
+            self.event_delta.append(int(b["events"]) - int(a["events"]))
+        if a["gap_us"] and b["gap_us"]:
+            self.gap_ratio.append(b["gap_us"] / a["gap_us"])
+        if what and len(self.shown) < self.examples:
+            self.shown.append({"seq": seq, "differences": what})
+
+    def result(self) -> dict[str, Any]:
+        d = np.frombuffer(self.deltas, dtype=np.int64).astype(float)
+        status = Counter(self.status)
+        return {
+            "name": self.name,
+            "pairs": self.n,
+            "verdicts": {k: self.verdicts[k] for k in ("identical", "equivalent", "different")},
+            "differences": dict(self.reasons.most_common()),
+            "apis": dict(self.apis.most_common()),
+            "status": {
+                "same": status.pop("same", 0),
+                "different": sum(status.values()),
+                "transitions": dict(status.most_common()),
+            },
+            "finish_reason": {
+                "compared": self.fin_compared,
+                "different": sum(self.finish.values()),
+                "transitions": dict(self.finish.most_common()),
+            },
+            "tokens": {
+                "compared": len(d),
+                "equal": int((d == 0).sum()),
+                "mean_delta": round(float(d.mean()), 3) if len(d) else None,
+                "abs_delta": _pcts(np.abs(d)),
+            },
+            "answer": {
+                "compared": self.answers,
+                "equal": self.answers - self.reasons.get("answer", 0),
+            },
+            "body": {
+                "equal": self.body["equal"],
+                "different": self.body["different"],
+                "not_comparable": self.body["not comparable"],
+            },
+            "stream": {
+                "compared": len(self.ttft_ratio),
+                "ttft_ratio": _pcts(np.frombuffer(self.ttft_ratio, dtype=np.float64)),
+                "event_delta": _pcts(np.frombuffer(self.event_delta, dtype=np.int64)),
+                "gap_ratio": _pcts(np.frombuffer(self.gap_ratio, dtype=np.float64)),
+            },
+            "examples": self.shown,
+        }
+
+
 def compare_sides(
     name: str, pairs: Iterable[tuple[dict[str, Any], dict[str, Any], int]], examples: int
 ) -> dict[str, Any]:
-    n = 0
-    verdicts: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    apis: Counter[str] = Counter()
-    status: Counter[str] = Counter()
-    finish: Counter[str] = Counter()
-    fin_compared = 0
-    deltas: list[int] = []
-    body: Counter[str] = Counter()
-    ttft_ratio: list[float] = []
-    event_delta: list[int] = []
-    gap_ratio: list[float] = []
-    shown: list[dict[str, Any]] = []
-    answers = 0
+    tally = Tally(name, examples)
     for a, b, seq in pairs:
-        n += 1
-        answers += bool(a["answer"] and b["answer"])
-        apis[b["api"] or a["api"] or "http"] += 1
-        v, what = verdict(a, b)
-        verdicts[v] += 1
-        for w in what:
-            reasons[w.split(" ", 1)[0]] += 1
-        if a["status"] == b["status"]:
-            status["same"] += 1
-        else:
-            status[f"{a['status']}->{b['status']}"] += 1
-        if a["finish_reason"] and b["finish_reason"]:
-            fin_compared += 1
-            if a["finish_reason"] != b["finish_reason"]:
-                finish[f"{a['finish_reason']}->{b['finish_reason']}"] += 1
-        if a["tokens"] is not None and b["tokens"] is not None:
-            deltas.append(int(b["tokens"]) - int(a["tokens"]))
-        if not a["streamed"] and not b["streamed"] and a["status"] == b["status"]:
-            if a["body"] and b["body"]:
-                body["equal" if a["body"] == b["body"] else "different"] += 1
-            else:
-                body["not comparable"] += 1
-        if a["ttft_us"] and b["ttft_us"]:
-            ttft_ratio.append(b["ttft_us"] / a["ttft_us"])
-        if a["streamed"] and b["streamed"] and a["events"] and b["events"]:
-            event_delta.append(int(b["events"]) - int(a["events"]))
-        if a["gap_us"] and b["gap_us"]:
-            gap_ratio.append(b["gap_us"] / a["gap_us"])
-        if what and len(shown) < examples:
-            shown.append({"seq": seq, "differences": what})
-    d = np.asarray(deltas, dtype=float)
-    return {
-        "name": name,
-        "pairs": n,
-        "verdicts": {k: verdicts[k] for k in ("identical", "equivalent", "different")},
-        "differences": dict(reasons.most_common()),
-        "apis": dict(apis.most_common()),
-        "status": {
-            "same": status.pop("same", 0),
-            "different": sum(status.values()),
-            "transitions": dict(status.most_common()),
-        },
-        "finish_reason": {
-            "compared": fin_compared,
-            "different": sum(finish.values()),
-            "transitions": dict(finish.most_common()),
-        },
-        "tokens": {
-            "compared": len(deltas),
-            "equal": int((d == 0).sum()),
-            "mean_delta": round(float(d.mean()), 3) if len(d) else None,
-            "abs_delta": _pcts(np.abs(d).tolist()),
-        },
-        "answer": {"compared": answers, "equal": answers - reasons.get("answer", 0)},
-        "body": {
-            "equal": body["equal"],
-            "different": body["different"],
-            "not_comparable": body["not comparable"],
-        },
-        "stream": {
-            "compared": len(ttft_ratio),
-            "ttft_ratio": _pcts(ttft_ratio),
-            "event_delta": _pcts([float(x) for x in event_delta]),
-            "gap_ratio": _pcts(gap_ratio),
-        },
-        "examples": shown,
-    }
-
-
-def _capture_rows(path: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
-    cols = CAPTURE_COLUMNS
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-    writers = {w for w, _ in keys}
-    for batch in Capture(path).batches(cols):
-        ws = batch.column("writer_id").to_pylist()
-        ss = batch.column("seq").to_pylist()
-        want = [
-            i
-            for i, (w, s) in enumerate(zip(ws, ss, strict=True))
-            if w in writers and (w, s) in keys
-        ]
-        if want:
-            for i in want:
-                out[(ws[i], ss[i])] = {c: batch.column(c)[i].as_py() for c in cols}
-    return out
+        tally.add(a, b, seq)
+    return tally.result()
 
 
 def diff(results: Results, capture: str | None = None, examples: int = 5) -> dict[str, Any]:
-    rows = results.table(COLUMNS).to_pylist()  # older results: body_hash reads as null
-    first_seq: dict[str, int] = {}
-    for r in rows:  # targets in the order given (the first takes each shot first)
-        t = r["target"] or ""
-        first_seq[t] = min(first_seq.get(t, r["seq"]), r["seq"])
-    targets = sorted(first_seq, key=first_seq.__getitem__)
+    """The comparisons of a results directory, in bounded memory (replay/decide/pairs.py)."""
+    plan = pairs.scan_keys(results)
+    targets = plan.targets
     cap_path = capture or (results.run.get("capture") or {}).get("path")
-    recorded = [r for r in rows if r.get("recorded_status") is not None or r.get("recorded_chunks")]
-    cap_rows: dict[tuple[str, int], dict[str, Any]] = {}
+    recorded = pairs.Recorded()
     note = None
-    if recorded:
-        keys = {(r["source_writer"], r["source_seq"]) for r in recorded if r["source_writer"]}
-        if cap_path and Path(cap_path).exists():
+    if plan.recorded_rows:
+        if pairs.exists(cap_path):
             try:
-                cap_rows = _capture_rows(cap_path, keys)
+                recorded = pairs.read_recorded(str(cap_path), plan)
             except CaptureError as exc:
                 note = f"capture not read ({exc}): no recorded bodies or chunk gaps"
         else:
             note = "capture not found (give --capture): no recorded bodies or chunk gaps"
-    comparisons = []
-    for t in targets:
-        mine = [r for r in recorded if (r["target"] or "") == t]
-        if not mine:
-            continue
-        pairs = (
-            (
-                Side.recorded(r, cap_rows.get((r["source_writer"], r["source_seq"]))),
-                Side.replayed(r),
-                r["seq"],
-            )
-            for r in mine
-        )
-        comparisons.append(compare_sides(f"recording -> {t or 'target'}", pairs, examples))
+    ref = targets[0] if targets else ""
+    ref_sides = pairs.Sides()
     if len(targets) > 1:
-        ref = targets[0]
-
-        def key(r: dict[str, Any]) -> tuple[Any, ...]:
-            return (r["stream"], r["source_writer"], r["source_seq"], r["loop"], r["copy"])
-
-        by_key = {key(r): r for r in rows if (r["target"] or "") == ref and r["source_writer"]}
-        for t in targets[1:]:
-            pairs_t = [
-                (Side.replayed(by_key[key(r)]), Side.replayed(r), r["seq"])
-                for r in rows
-                if (r["target"] or "") == t and r["source_writer"] and key(r) in by_key
-            ]
-            comparisons.append(compare_sides(f"{ref} -> {t}", pairs_t, examples))
+        for r in pairs.result_rows(results, COLUMNS):
+            if (r["target"] or "") == ref and r["source_writer"]:
+                ref_sides.add(pairs.Sides.key(ref_sides.codes, r), Side.replayed(r))
+        ref_sides.seal()
+    to_recording = {t: Tally(f"recording -> {t or 'target'}", examples) for t in targets}
+    to_ref = {t: Tally(f"{ref} -> {t}", examples) for t in targets[1:]}
+    for r in pairs.result_rows(results, COLUMNS):
+        t = r["target"] or ""
+        mine = Side.replayed(r)
+        if r.get("recorded_status") is not None or r.get("recorded_chunks"):
+            cap = (
+                recorded.get(plan.key(r["source_writer"], r["source_seq"]))
+                if r["source_writer"]
+                else None
+            )
+            to_recording[t].add(Side.recorded(r, cap), mine, r["seq"])
+        if t in to_ref and r["source_writer"]:
+            other = ref_sides.get(pairs.Sides.key(ref_sides.codes, r))
+            if other is not None:
+                to_ref[t].add(other, mine, r["seq"])
+    comparisons = [x.result() for x in to_recording.values() if x.n]
+    comparisons += [x.result() for x in to_ref.values()]
     if not comparisons:
         raise UserError(
             f"{results.path}: nothing to compare (no replayed requests from a capture, one target)"

@@ -19,6 +19,7 @@ requests fails ("no requests"): a gate that silently passes on nothing would hid
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,8 @@ OPS = ("<=", ">=", "<", ">")
 _GATE = re.compile(
     r"^(?:(?P<scope>.*):)?\s*(?P<measure>[A-Za-z_][A-Za-z0-9_.]*)\s*"
     r"(?P<op><=|>=|<|>|==|=|!=)?\s*(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)?"
-    r"\s*(?P<unit>\S*)\s*$"
+    r"\s*(?P<unit>\S*)\s*$",
+    re.ASCII,  # digits are 0-9: a threshold in other scripts' digits is a typo, not a number
 )
 
 
@@ -79,6 +81,11 @@ def parse_gate(expr: str) -> Gate:
     if m.group("num") is None:
         raise _bad(expr, m.end("op"), "missing number after the operator")
     value = float(m.group("num"))
+    npos = m.start("num")
+    if not math.isfinite(value):
+        raise _bad(expr, npos, f"threshold {m.group('num')} is not a finite number")
+    if value < 0:
+        raise _bad(expr, npos, "threshold must not be negative")
     unit, upos = m.group("unit"), m.start("unit")
     if name in METRICS:
         if not stat:
@@ -97,6 +104,8 @@ def parse_gate(expr: str) -> Gate:
             if unit not in ("", "%"):
                 raise _bad(expr, upos, f"unknown unit {unit!r} for {name} (want % or a fraction)")
             value = value / 100 if unit == "%" else value
+            if value > 1:
+                raise _bad(expr, npos, f"{name} cannot be above 100% (a fraction is 0 to 1)")
         elif unit not in ("", "/s", "rps") or (name == "count" and unit):
             raise _bad(expr, upos, f"unknown unit {unit!r} for {name}")
         return Gate(expr, tuple(scope), name, None, op, value)
@@ -110,7 +119,7 @@ def parse_gate(expr: str) -> Gate:
 
 def percentile_of(stat: str | None) -> float | None:
     """The percentile of a `pN` statistic (p99 -> 99.0); None if not one, or out of (0, 100]."""
-    if stat is None or not re.fullmatch(r"p\d+(\.\d+)?", stat):
+    if stat is None or not re.fullmatch(r"p\d+(\.\d+)?", stat, re.ASCII):
         return None
     p = float(stat[1:])
     return p if 0 < p <= 100 else None

@@ -68,11 +68,14 @@ def parse_levels(text: str, flag: str) -> tuple[float, ...]:
 def ceiling(points: Sequence[tuple[float, float]], tolerance: float) -> dict[str, float] | None:
     """The throughput ceiling: the first level after which throughput rises by no more than
     `tolerance` (relative) at any higher level; None while it still rises at the last level
-    (or with fewer than two levels: a ceiling needs a level above it to show)."""
+    (or with fewer than two levels: a ceiling needs a level above it to show).
+    The figures say where each was measured: `throughput` at `level` (where the ceiling is
+    reached), `peak` the highest at or above it, at `peak_level`."""
     for i in range(len(points) - 1):
         level, thr = points[i]
         if all(t <= thr * (1 + tolerance) for _, t in points[i + 1 :]):
-            return {"level": level, "throughput": max(t for _, t in points[i:])}
+            peak_level, peak = max(points[i:], key=lambda p: p[1])
+            return {"level": level, "throughput": thr, "peak": peak, "peak_level": peak_level}
     return None
 
 
@@ -183,6 +186,6 @@ def summarize(
 def load(path: Path) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads((path / "sweep.json").read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: not a sweep directory ({exc})") from None
     return doc

@@ -32,6 +32,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from hdrh.histogram import HdrHistogram
 
 from captures import hdr
@@ -46,8 +48,8 @@ _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
 
 def series_name(stream: str, target: str) -> str:
     """A stream's name in run.json and the over-time series: `stream@target` with several
-    targets."""
-    return f"{stream}@{target}" if target else stream
+    (named) targets; a run's one target is in the results by its URL and not in the name."""
+    return f"{stream}@{target}" if target and "://" not in target else stream
 
 
 def status_class(status: int | None, error: str | None) -> str:
@@ -105,17 +107,24 @@ def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
     plus `itl`, every inter-token gap, with `itl_row`, the row it belongs to. The one definition
     of each metric, for the histograms and for compare's per-request samples."""
 
-    def arr(name: str) -> np.ndarray:
-        return np.array([-1 if v is None else v for v in b[name]], dtype=np.int64)
+    def arr(name: str, missing: int = -1) -> np.ndarray:
+        col = b[name]
+        if isinstance(col, pa.Array | pa.ChunkedArray):  # Arrow: converted without Python ints
+            return np.asarray(pc.fill_null(col, missing).to_numpy(), dtype=np.int64)
+        return np.array([missing if v is None else v for v in col], dtype=np.int64)
 
-    intended, sent, end = (
-        np.asarray(b[c], dtype=np.int64) for c in ("intended_ns", "sent_ns", "end_ns")
-    )
+    intended, sent, end = (arr(c) for c in ("intended_ns", "sent_ns", "end_ns"))
     headers, first = arr("headers_ns"), arr("first_token_ns")
     first_text = arr("first_text_ns") if "first_text_ns" in b else np.full(len(sent), -1)
-    ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
+    ctoks = arr("completion_tokens", 0)
     toks = b["token_offsets_us"]
-    ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
+    if isinstance(toks, pa.Array | pa.ChunkedArray):
+        lists = toks.combine_chunks() if isinstance(toks, pa.ChunkedArray) else toks
+        ntok_events = np.asarray(pc.fill_null(pc.list_value_length(lists), 0), dtype=np.int64)
+        flat_arrow = np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+    else:
+        ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
+        flat_arrow = None
     us = 1000
     n_out = np.where(ctoks > 0, ctoks, ntok_events)
     out = {
@@ -132,7 +141,11 @@ def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
     # inter-token gaps: flatten every request's token offsets, diff, drop the seams
     total = int(ntok_events.sum())
     if total > 0:
-        flat = np.fromiter((t for ts in toks if ts for t in ts), dtype=np.int64, count=total)
+        flat = (
+            flat_arrow
+            if flat_arrow is not None
+            else np.fromiter((t for ts in toks if ts for t in ts), dtype=np.int64, count=total)
+        )
         row = np.repeat(np.arange(len(ntok_events)), ntok_events)
         same = np.diff(row) == 0
         out["itl"], out["itl_row"] = np.diff(flat)[same], row[1:][same]
@@ -262,7 +275,7 @@ class Metrics:
             errs[kind] = errs.get(kind, 0) + 1
         series = (
             [series_name(s, t) for s, t in zip(b["stream"], targets, strict=True)]
-            if any(targets)
+            if any(t and "://" not in t for t in targets)
             else b["stream"]
         )
         self._record_intervals(series, latency, ttft, outcome, end)

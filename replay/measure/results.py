@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from captures.errors import UserError
@@ -82,6 +83,55 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 
+# Written beside the ns integers for a query's sake (DuckDB, polars, pandas): the timing
+# metrics in milliseconds, by the same definitions as the histograms (metrics.timings), and
+# the instants as UTC timestamps (microseconds: Python's datetime, and so pyarrow's
+# to_pylist, stops there; the ns integers keep the rest). Derived when a row group is written;
+# not read back by loadtape itself, which keeps to the integers.
+UTC_US = pa.timestamp("us", tz="UTC")
+DERIVED = pa.schema(
+    [
+        ("latency_ms", pa.float64()),  # intended send -> end
+        ("service_ms", pa.float64()),  # actual send -> end
+        ("lag_ms", pa.float64()),  # intended -> actual send
+        ("ttfb_ms", pa.float64()),  # send -> response headers
+        ("ttft_ms", pa.float64()),  # send -> first output event
+        ("ttft_text_ms", pa.float64()),  # send -> first visible text
+        ("intended_at", UTC_US),
+        ("sent_at", UTC_US),
+        ("end_at", UTC_US),
+    ]
+)
+FILE_SCHEMA = pa.schema([*SCHEMA, *DERIVED])
+
+
+def _instant(ns: pa.ChunkedArray) -> pa.ChunkedArray:
+    as_ns = pc.cast(ns, pa.timestamp("ns", tz="UTC"))
+    return pc.cast(as_ns, UTC_US, safe=False)  # truncated to the microsecond
+
+
+def with_derived(table: pa.Table) -> pa.Table:
+    """`table` (SCHEMA) with the DERIVED columns appended."""
+
+    def ms(later: str, earlier: str) -> pa.ChunkedArray:
+        diff = pc.cast(pc.subtract(table[later], table[earlier]), pa.float64())
+        return pc.divide(diff, 1e6)
+
+    derived = {
+        "latency_ms": ms("end_ns", "intended_ns"),
+        "service_ms": ms("end_ns", "sent_ns"),
+        "lag_ms": pc.max_element_wise(ms("sent_ns", "intended_ns"), 0.0),
+        "ttfb_ms": ms("headers_ns", "sent_ns"),
+        "ttft_ms": ms("first_token_ns", "sent_ns"),
+        "ttft_text_ms": ms("first_text_ns", "sent_ns"),
+        "intended_at": _instant(table["intended_ns"]),
+        "sent_at": _instant(table["sent_ns"]),
+        "end_at": _instant(table["end_ns"]),
+    }
+    for f in DERIVED:
+        table = table.append_column(f, derived[f.name].cast(f.type))
+    return table
+
 
 @dataclass(frozen=True)
 class Expect:
@@ -139,6 +189,7 @@ class ResultWriter:
         epoch_offset: int | None = None,
         threaded: bool = True,
         expect_by_stream: Mapping[str, Expect] | None = None,
+        target_by_stream: Mapping[str, str] | None = None,
     ) -> None:
         """threaded: process results on a thread (open loop: keeps the event loop free for the
         schedule); unthreaded: on the loop, in the tick (closed loop: no schedule to protect,
@@ -147,12 +198,17 @@ class ResultWriter:
         mkdir_private(out_dir)
         self.expect = expect
         self.expect_by_stream = dict(expect_by_stream or {})
+        # a shot's target is named only when a run has several; the results name it always
+        # (its URL), so `--by target` and DuckDB see where each request went
+        self.target_by_stream = dict(target_by_stream or {})
         self.metrics = metrics
         self.batch_rows = batch_rows
         self.offset = _mono_to_epoch() if epoch_offset is None else epoch_offset
         name = f"results-{part}.parquet" if part else "results.parquet"
         self.path = out_dir / name
-        self._writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
+        self._writer = pq.ParquetWriter(
+            self.path, FILE_SCHEMA, compression="zstd", write_page_checksum=True
+        )
         self._rows: list[tuple[Shot, Prepared | None, int, Outcome, str]] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -202,7 +258,7 @@ class ResultWriter:
         return {
             "seq": [s.seq for s in shots],
             "stream": [s.stream for s in shots],
-            "target": [s.target for s in shots],
+            "target": [s.target or self.target_by_stream.get(s.stream, "") for s in shots],
             "copy": [s.copy for s in shots],
             "loop": [s.loop for s in shots],
             "session": [s.session for s in shots],
@@ -276,7 +332,7 @@ class ResultWriter:
             return
         table = pa.Table.from_batches(self._pending, schema=SCHEMA)
         self._pending, self._pending_rows = [], 0
-        self._writer.write_table(table)
+        self._writer.write_table(with_derived(table))
 
     def _work(self) -> None:
         """The results thread."""

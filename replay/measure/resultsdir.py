@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,25 @@ from .metrics import Metrics
 from .results import COLUMNS, SCHEMA
 
 RESULTS_FORMAT = 1
+
+
+RUN_FILES = ("run.json", "results*.parquet", "histograms*.msgpack", "*.tmp")
+
+
+def claim_out_dir(out: Path, force: bool) -> Path:
+    """The directory a run will write, refused (bad input) when it is a file, or holds an
+    earlier run and `force` is not given; with `force`, the earlier run's files are removed."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a results directory")
+    old = [f for pattern in RUN_FILES for f in out.glob(pattern)] if out.is_dir() else []
+    if old and not force:
+        raise UserError(
+            f"--out {out}: holds an earlier run ({old[0].name}); give another --out, or "
+            "--force to replace it"
+        )
+    for f in old:
+        f.unlink()
+    return out
 
 
 def write_histograms(out_dir: Path, metrics: Metrics, part: str | None = None) -> Path:
@@ -86,6 +105,29 @@ class Results:
     def result_files(self) -> list[Path]:
         return sorted(self.path.glob("results*.parquet"))
 
+    def batches(self, columns: Iterable[str], batch_size: int = 16_384) -> Iterator[pa.RecordBatch]:
+        """The results, a batch at a time (bounded memory on runs of millions of rows); columns
+        a file does not have (written by an older loadtape) read as nulls."""
+        want = list(columns)
+        for f in self.result_files():
+            try:
+                pf = pq.ParquetFile(f, page_checksum_verification=True)
+                have = set(pf.schema_arrow.names)
+                for batch in pf.iter_batches(
+                    batch_size=batch_size, columns=[c for c in want if c in have], use_threads=False
+                ):
+                    arrays = [
+                        batch.column(c)
+                        if c in have
+                        else pa.nulls(batch.num_rows, SCHEMA.field(c).type)
+                        for c in want
+                    ]
+                    yield pa.RecordBatch.from_arrays(arrays, names=want)
+            except (OSError, pa.ArrowException, KeyError) as exc:
+                raise UserError(
+                    f"{f}: unreadable results ({str(exc).splitlines()[0][:200]})"
+                ) from None
+
     def table(self, columns: Iterable[str] | None = None) -> pa.Table:
         cols = list(columns) if columns is not None else None
         tables = []
@@ -93,7 +135,9 @@ class Results:
             try:
                 have = set(pq.read_schema(f).names)
                 want = cols if cols is not None else [c for c in COLUMNS if c in have]
-                t = pq.read_table(f, columns=[c for c in want if c in have])
+                t = pq.read_table(
+                    f, columns=[c for c in want if c in have], page_checksum_verification=True
+                )
                 for c in want:  # columns added since the file was written read as nulls
                     if c not in have and c in COLUMNS:
                         t = t.append_column(

@@ -88,7 +88,15 @@ class MockGateway:
     async def start(self) -> None:
         if self.config.max_in_service > 0:
             self._slots = asyncio.Semaphore(self.config.max_in_service)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # A client that goes away cancels its handler, as real model servers stop generating
+        # on a disconnect; stopping waits at most a second for the rest.
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -341,12 +349,15 @@ class MockGateway:
                     )
                 i += 1
             await resp.write(event)
-        if self.config.eof_delay_ms > 0:
-            await asyncio.sleep(self.config.eof_delay_ms / 1000)
         try:
+            if self.config.eof_delay_ms > 0:
+                await asyncio.sleep(self.config.eof_delay_ms / 1000)
             await resp.write_eof()
         except ConnectionResetError:  # the client left after the terminal event, as SDKs do
             self.stats.closed_early += 1
+        except asyncio.CancelledError:  # ... noticed while holding the body open
+            self.stats.closed_early += 1
+            raise
         return resp
 
     async def _drip(self, request: web.Request, body: bytes, ctype: str) -> web.StreamResponse:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from captures.schema import LOADTAPE_VERSION
 from replay.measure.metrics import Metrics
-from replay.measure.results import COLUMNS, SCHEMA
+from replay.measure.results import COLUMNS, SCHEMA, with_derived
 from replay.measure.resultsdir import write_histograms, write_run_json
 
 T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
@@ -137,7 +137,8 @@ def make_results(
             seq += 1
     metrics = Metrics(run_start_ns=start_ns)
     metrics.record_batch(cols)
-    pq.write_table(pa.Table.from_pydict(cols, schema=SCHEMA), out / "results.parquet")
+    table = with_derived(pa.Table.from_pydict(cols, schema=SCHEMA))
+    pq.write_table(table, out / "results.parquet", write_page_checksum=True)
     write_histograms(out, metrics)
     counts = {k: sum(1 for o in cols["outcome"] if o == k) for k in ("ok", "expected", "failed")}
     duration_s = (last_end - start_ns) / 1e9

@@ -80,7 +80,11 @@ def sum_progress(latest: dict[int, Progress], start: float) -> Progress:
     return Progress(
         elapsed_s=time.monotonic() - start,
         scheduled_s=max(p.scheduled_s for p in ps),
-        planned=None,
+        planned=None if any(p.planned is None for p in ps) else sum(p.planned or 0 for p in ps),
+        planned_approx=any(p.planned_approx for p in ps),
+        planned_end_s=max((p.planned_end_s or 0.0 for p in ps), default=None)
+        if all(p.planned_end_s is not None for p in ps)
+        else None,
         sent=sum(p.sent for p in ps),
         ok=sum(p.ok for p in ps),
         expected=sum(p.expected for p in ps),
@@ -138,6 +142,7 @@ def merge(
         for reason, v in (r["counts"].get("unsent") or {}).items():
             unsent[reason] = unsent.get(reason, 0) + v
     counts["unsent"] = unsent
+    counts["unsent_counted"] = all(r["counts"].get("unsent_counted", True) for r in runs.values())
 
     def total(key: str) -> float | None:
         vals = [float(r[key]) for r in runs.values() if r.get(key) is not None]

@@ -24,7 +24,7 @@ import httptools
 from captures.protocols import PLAIN
 from replay.rewrite import Prepared, Target
 
-from .outcome import Outcome, StreamScanner, classify
+from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
 
 Done = Callable[[Outcome], None]
 _now = time.monotonic_ns
@@ -287,6 +287,9 @@ class FastClient:
             self._idle.remove(conn)
 
     async def close(self) -> None:
+        for conn in list(self._all):  # requests still in flight: abandoned, and said so
+            if conn.out is not None:
+                conn._fail("interrupted", INTERRUPTED_MSG)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,7 +13,7 @@ import aiohttp
 from replay.rewrite import Prepared, Target
 
 from .client import Done
-from .outcome import Outcome, StreamScanner, classify
+from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
 
 _now = time.monotonic_ns
 _SKIP = frozenset({"host", "content-length"})
@@ -48,10 +48,17 @@ class AiohttpClient:
             if item is None:
                 return
             req, done = item
-            done(await self._send(req))
+            out = Outcome(sent_ns=_now())
+            try:
+                await self._send(req, out)
+            except asyncio.CancelledError:  # closed with the request in flight: abandoned
+                out.end_ns = _now()
+                out.error, out.error_msg = "interrupted", INTERRUPTED_MSG
+                done(out)
+                raise
+            done(out)
 
-    async def _send(self, req: Prepared) -> Outcome:
-        out = Outcome(sent_ns=_now())
+    async def _send(self, req: Prepared, out: Outcome) -> Outcome:
         scan: StreamScanner | None = None
         headers = [(n, v) for n, v in req.headers if n.lower() not in _SKIP]
         headers.append(("Host", next(v for n, v in req.headers if n.lower() == "host")))

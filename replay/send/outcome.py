@@ -6,7 +6,8 @@ Times are monotonic nanoseconds. Error kinds: `connect` (refused, unreachable, D
 `timeout`, `reset` (closed or reset mid-exchange), `protocol` (invalid HTTP, bad framing), and
 for LLM APIs answering 2xx: `stream_error` (the API's own error event mid-stream, or a failed
 Responses response), `truncated` (a stream that ended without its terminal event or a finish
-reason), `bad_body` (a whole JSON body that is not that API's shape). An HTTP status is not an
+reason), `bad_body` (a whole JSON body that is not that API's shape), and `interrupted` (in
+flight when the run was stopped, abandoned: not the target's doing). An HTTP status is not an
 error kind: the results decide success, expected shedding or failure from it.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from captures.protocols import PLAIN, EventScanner, ResponseFields, Surface
 from captures.protocols.canonical import Msg
 
+INTERRUPTED_MSG = "in flight when the run was stopped: abandoned"
 JSON_KEEP = 256 << 10  # a JSON body up to this is kept and parsed whole for usage and shape
 JSON_TAIL = 16 << 10  # of a larger one, the end is kept: usage comes last
 _USAGE_KEYS = (

@@ -209,7 +209,7 @@ def build_maker(
         if isinstance(template, str):
             try:
                 template = json.loads(Path(template).read_text())
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:
                 raise UserError(f"{where}.template: cannot read {template!r} ({exc})") from None
         if template is not None and not isinstance(template, dict):
             raise UserError(f"{where}.template: want a JSON object (or a file holding one)")

@@ -4,12 +4,14 @@ stream per target plus any `--synthetic` stress streams sampling the same captur
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captures.arrivals import arrival_from, parse_kv
+from captures.arrivals import Arrival, arrival_from, parse_kv
 from captures.errors import CaptureError, UserError
 from captures.filters import RowFilter
 from captures.reader import Capture
@@ -64,6 +66,9 @@ class ReplayOptions:
     capture: str
     target: str | list[str]  # a URL, or NAME=URL items for several targets
     out: str | None = None
+    force: bool = False
+    skip_damaged: bool = False  # a damaged capture part is left out (and said), not an error
+    include_junk: bool = False  # client aborts and HTTP/2 prefaces are replayed too
     speed: float = 1.0
     from_s: float = 0.0
     to_s: float | None = None
@@ -97,6 +102,7 @@ class ReplayOptions:
     def settings(self) -> RunSettings:
         return RunSettings(
             out=self.out,
+            force=self.force,
             concurrency=self.concurrency,
             max_in_flight=self.max_in_flight,
             sessions=self.sessions,
@@ -146,20 +152,28 @@ def replay_stream(
     start_s: float = 0.0,
     expect: Expect | None = None,
     rate: float | None = None,
+    skip_damaged: bool = False,
+    include_junk: bool = False,
 ) -> StreamPlan:
     """A replay stream: the capture's window, scaled, looped, amplified, starting at start_s."""
     popts = planmod.PlanOptions(
-        speed=speed, start_s=from_s, end_s=to_s, duration_s=duration_s, loops=loops, stream=name
+        speed=speed,
+        start_s=from_s,
+        end_s=to_s,
+        duration_s=duration_s,
+        loops=loops,
+        stream=name,
+        include_junk=include_junk,
     )
     try:
         popts.validate()
-        if amplify < 1:
-            raise ValueError(f"--amplify must be >= 1, got {amplify}")
+        if not 1 <= amplify < math.inf:
+            raise ValueError(f"--amplify must be a finite number >= 1, got {amplify}")
         if amplify_mode not in ("spread", "burst"):
             raise ValueError(f"--amplify-mode must be spread or burst, got {amplify_mode!r}")
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    cap = Capture(capture)
+    cap = Capture(capture, skip_damaged=skip_damaged)
     span = cap.time_span()
     if span is None:
         raise CaptureError(f"{capture}: the capture holds no requests")
@@ -167,6 +181,10 @@ def replay_stream(
     shots: Iterable[planmod.Shot] = planmod.plan_replay(
         capture_source(cap, filt), span[0], popts, stats
     )
+    first = next(iter(shots), None)  # a plan that matches nothing is bad input, said now
+    if first is None:
+        raise UserError(_nothing_matched(capture, cap, popts, filt, stats))
+    shots = itertools.chain([first], shots)
     if rate is not None:
         if not rate > 0:
             raise UserError(f"--rate must be > 0, got {rate}")
@@ -175,6 +193,7 @@ def replay_stream(
         shots = amplify_shots(shots, amplify, mode=amplify_mode, seed=seed, salt=salt_prompts)
     if start_s:
         shots = _shifted(shots, round(start_s * 1e9))
+    planned, end_s = _planned(cap, popts, span, loops * amplify, rate)
     return StreamPlan(
         name,
         shots,
@@ -191,6 +210,72 @@ def replay_stream(
             "amplify": amplify,
             "start_s": start_s,
         },
+        planned=planned,
+        planned_approx=filt is not None or amplify != int(amplify),
+        planned_end_s=start_s + end_s if end_s is not None else None,
+    )
+
+
+def _planned(
+    cap: Capture,
+    popts: planmod.PlanOptions,
+    span: tuple[int, int],
+    copies: float,
+    rate: float | None,
+) -> tuple[int, float | None]:
+    """Requests in the window (one column read, before filters) times the copies, and when
+    the last is due (seconds after the stream's start)."""
+    lo, hi = popts.window_ns(span[0])
+    n, first, last = 0, None, None
+    for b in cap.batches(["req_start_ns"]):
+        t = b.column(0).to_numpy(zero_copy_only=False)
+        t = t[(t >= lo) & (t < hi)] if hi is not None else t[t >= lo]
+        if len(t):
+            n += len(t)
+            first = int(t.min()) if first is None else min(first, int(t.min()))
+            last = int(t.max()) if last is None else max(last, int(t.max()))
+    total = round(n * copies)
+    if first is None or last is None:
+        return total, None
+    if rate is not None:
+        return total, total / rate
+    one = (last - first) / 1e9 / popts.speed
+    return total, one * popts.loops
+
+
+def _synthetic_count(arrival: Arrival, duration_s: float) -> int:
+    return round(arrival.mean_rate() * duration_s)
+
+
+def _nothing_matched(
+    capture: str,
+    cap: Capture,
+    popts: planmod.PlanOptions,
+    filt: RowFilter | None,
+    stats: planmod.PlanStats,
+) -> str:
+    """Why a replay's plan is empty, in one line: the window, the filters, what was skipped."""
+    why = []
+    if popts.start_s or popts.end_s is not None or popts.duration_s is not None:
+        span = cap.time_span()
+        length = (span[1] - span[0]) / 1e9 if span else 0.0
+        end = (
+            popts.end_s
+            if popts.end_s is not None
+            else (popts.start_s + popts.duration_s if popts.duration_s is not None else None)
+        )
+        window = (
+            f"{popts.start_s:g}s to {end:g}s" if end is not None else f"from {popts.start_s:g}s"
+        )
+        why.append(f"the window {window} (the capture spans {length:.1f}s)")
+    if filt is not None and not filt.is_empty():
+        why.append(f"the filters {filt.describe()}")
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items()))
+    tail = f"; skipped: {skipped}" if skipped else ""
+    return (
+        f"{capture}: nothing to replay: no request matches "
+        + (" and ".join(why) if why else "the capture")
+        + tail
     )
 
 
@@ -235,6 +320,8 @@ def build_replay(opts: ReplayOptions) -> tuple[list[StreamPlan], dict[str, Any]]
                 seed=opts.seed,
                 expect=expect,
                 rate=opts.rate,
+                skip_damaged=opts.skip_damaged,
+                include_junk=opts.include_junk,
             )
         )
         if opts.synthetic:
@@ -327,4 +414,7 @@ def synthetic_from_flag(
         expect,
         None,
         describe={"kind": "synthetic", "spec": spec, "start_s": start, "duration_s": duration},
+        planned=_synthetic_count(arrival, duration),
+        planned_approx=True,
+        planned_end_s=start + duration,
     )

@@ -178,6 +178,8 @@ def _load(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{p}: not valid TOML: nested too deep") from None
     w = _Where(p, text)
     base = p.parent
     unknown = set(doc) - TOP_KEYS
@@ -368,4 +370,9 @@ def _synthetic(
             "count": count,
             "seed": seed,
         },
+        planned=count
+        if count is not None and duration is None
+        else min(count or 10**18, round(arrival.mean_rate() * (duration or 0))),
+        planned_approx=count is None or duration is not None,
+        planned_end_s=start + duration if duration is not None else None,
     )

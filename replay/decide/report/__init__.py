@@ -1,5 +1,5 @@
 """Reports from a results directory: the data model (model.py), text and markdown (text.py),
-HdrHistogram files (hdrfiles.py), self-contained HTML with plots (html.py)."""
+CSV (tables.py), HdrHistogram files (hdrfiles.py), self-contained HTML with plots (html.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from replay.measure.metrics import Metrics
 
 from .model import build, parse_by
 
-FORMATS = ("text", "json", "markdown", "html")
+FORMATS = ("text", "json", "markdown", "html", "csv")
 
 __all__ = ["FORMATS", "build", "parse_by", "render"]
 
@@ -34,6 +34,10 @@ def render(
         if slo is not None:
             doc["slo"] = slo
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if fmt == "csv":
+        from .tables import render_csv
+
+        return render_csv(report)
     if fmt == "html":
         from .html import render_html
 

@@ -42,7 +42,7 @@ def parse_by(spec: str | Sequence[str] | None, metrics: Metrics | None = None) -
     Default: stream, endpoint, model, plus target when the run had several."""
     if spec is None or spec == "" or spec == []:
         dims = ["stream", "endpoint", "model"]
-        if metrics is not None and any(k[1] for k in metrics.hists):
+        if metrics is not None and several_targets(metrics):
             dims.insert(1, "target")
         return tuple(dims)
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -56,6 +56,10 @@ def parse_by(spec: str | Sequence[str] | None, metrics: Metrics | None = None) -
         if d not in out:
             out.append(d)
     return tuple(out)
+
+
+def several_targets(metrics: Metrics) -> bool:
+    return len({k[1] for k in metrics.hists}) > 1
 
 
 def _ms(us: float) -> float:
@@ -75,8 +79,10 @@ def metric_stats(h: HdrHistogram) -> dict[str, Any]:
     return doc
 
 
-def _rate(n: int, span_s: float) -> float | None:
-    return round(n / span_s, 3) if span_s > 0 else None
+def _rate(n: int, span_s: float, count: int) -> float | None:
+    """A rate over a group's span; none for a group of one request (its "span" is that
+    request's latency, and 1/latency reads as a throughput it never had)."""
+    return round(n / span_s, 3) if span_s > 0 and count >= 2 else None
 
 
 def group_doc(dims: dict[str, str], hs: dict[str, HdrHistogram], st: GroupStats) -> dict[str, Any]:
@@ -96,9 +102,9 @@ def group_doc(dims: dict[str, str], hs: dict[str, HdrHistogram], st: GroupStats)
         "scheduled_rate": round((st.count - 1) / scheduled_span, 3)
         if st.count > 1 and scheduled_span > 0
         else None,
-        "throughput": _rate(st.count, span),
-        "goodput": _rate(st.ok, span),
-        "tokens_per_s": _rate(st.completion_tokens, span),
+        "throughput": _rate(st.count, span, st.count),
+        "goodput": _rate(st.ok, span, st.count),
+        "tokens_per_s": _rate(st.completion_tokens, span, st.count),
         "completion_tokens": st.completion_tokens,
         "prompt_tokens": st.prompt_tokens,
         "reasoning_tokens": st.reasoning_tokens,
@@ -151,6 +157,7 @@ def build(results: Results, by: str | Sequence[str] | None = None) -> dict[str, 
         docs.append(group_doc(dict(zip(dims, proj, strict=True)), hs, st))
     hs, st = metrics.total()
     run = {k: results.run.get(k) for k in RUN_KEYS}
+    run["sessions"] = (results.run.get("settings") or {}).get("sessions")
     return {
         "format": "loadtape-report",
         "version": REPORT_VERSION,

@@ -33,10 +33,10 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
     out = []
     c = doc["ceiling"]
     if c:
-        out.append(
-            f"throughput ceiling: {c['throughput']:.1f} req/s, reached at {unit} {c['level']:g} "
-            f"(no higher level gained more than {doc['tolerance'] * 100:g}%)"
-        )
+        line = f"throughput ceiling: {c['throughput']:.1f} req/s at {unit} {c['level']:g}"
+        if c.get("peak_level", c["level"]) != c["level"]:
+            line += f" (highest {c['peak']:.1f} req/s, at {unit} {c['peak_level']:g})"
+        out.append(line + f"; no higher level gained more than {doc['tolerance'] * 100:g}%")
     else:
         mx = doc["max_throughput"]
         out.append(

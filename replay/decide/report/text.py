@@ -111,9 +111,12 @@ def token_line(g: dict[str, Any]) -> str | None:
 
 
 def with_total(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The groups, and an "all" group when there are several."""
-    total = [{**report["total"], "label": "all"}] if len(report["groups"]) > 1 else []
-    return [*report["groups"], *total]
+    """The groups, then the "all" group (always: a reader looks for it, and with one group it
+    is where the whole run's figures are whatever the grouping)."""
+    groups = report["groups"]
+    if any(g["label"] == "all" for g in groups):  # --by all: the one group is the total
+        return list(groups)
+    return [*groups, {**report["total"], "label": "all"}]
 
 
 def headline(report: dict[str, Any]) -> str:
@@ -125,8 +128,12 @@ def headline(report: dict[str, Any]) -> str:
         f"({run.get('mode') or 'open'} loop): "
         f"achieved {fmt_rate(run.get('achieved_rate'))} req/s"
     )
-    if run.get("scheduled_rate"):
-        line += f", scheduled {fmt_rate(run['scheduled_rate'])} req/s"
+    # the "all" group's scheduled rate (from the plan's intended times), so the headline and
+    # the table agree; the dispatcher's own figure, from due times that waiting on an earlier
+    # turn of a conversation moves, is in run.json
+    scheduled = t.get("scheduled_rate") or run.get("scheduled_rate")
+    if scheduled:
+        line += f", scheduled {fmt_rate(scheduled)} req/s"
     return line + f"; ok {t['ok']}, expected {t['expected']}, failed {t['failed']}"
 
 
@@ -147,12 +154,32 @@ def notes(report: dict[str, Any]) -> list[str]:
             "out of histogram range (not in percentiles): "
             + ", ".join(f"{k} {v}" for k, v in report["out_of_range"].items())
         )
+    wait = session_wait(report)
+    if wait:
+        out.append(wait)
     targets = run.get("targets") or {}
     if targets:
         out.append("targets: " + ", ".join(f"{k}={v}" for k, v in sorted(targets.items())))
     elif run.get("target"):
         out.append(f"target: {run['target']}")
     return out
+
+
+def session_wait(report: dict[str, Any]) -> str | None:
+    """With --sessions ordered, how much of the latency is the conversation's order (a turn
+    waits for the one before it; that wait is lag) and how much is the target (service)."""
+    if report["run"].get("sessions") != "ordered":
+        return None
+    ms = report["total"]["metrics"]
+    lat, lag, svc = ms["latency"]["p50"], ms["lag"]["p50"], ms["service"]["p50"]
+    if lat is None or lag is None or svc is None:
+        return None
+    return (
+        f"sessions ordered: latency p50 {fmt_ms(lat)} ms is made of waiting for earlier turns "
+        f"of the same conversation (lag p50 {fmt_ms(lag)} ms) and the target's own time "
+        f"(service p50 {fmt_ms(svc)} ms); a large lag is the conversations' order at this "
+        "speed, not the target"
+    )
 
 
 def _group_text(g: dict[str, Any]) -> list[str]:

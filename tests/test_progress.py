@@ -1,0 +1,58 @@
+"""The live line: planned total, share done and ETA, from what each stream plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from captures.testing import T0_NS, chat_record, write_capture
+from replay.progress import describe
+from replay.rewrite import Rewriter, parse_target
+from replay.runner import planned
+from replay.settings import Progress, RunSettings
+from replay.workload.replaying import replay_stream
+
+S = 1_000_000_000
+
+
+def _p(**kw: object) -> Progress:
+    base: dict[str, object] = dict(
+        elapsed_s=30.0, scheduled_s=30.0, planned=None, planned_approx=False,
+        planned_end_s=None, sent=300, ok=300, expected=0, failed=0, in_flight=2, rate=10.0,
+        p99_ms=12.0, lag_p99_ms=0.4,
+    )  # fmt: skip
+    base.update(kw)
+    return Progress(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kw", "want", "absent"),
+    [
+        ({"planned": 1200, "planned_end_s": 120.0}, ["sent 300/1200", "25%", "ETA 1m30s"], []),
+        ({"planned": 1200, "planned_approx": True}, ["sent 300/~1200", "25%", "ETA 1m30s"], []),
+        ({"planned": 400, "rate": 0.0}, ["sent 300/400", "75%"], ["ETA"]),
+        ({}, ["sent 300 "], ["%", "ETA"]),  # an endless plan: no share, no ETA
+        ({"planned": 10**6, "planned_end_s": 7300.0}, ["ETA 2h01m"], []),
+    ],
+)
+def test_the_line(kw: dict[str, object], want: list[str], absent: list[str]) -> None:
+    line = describe(_p(**kw)) + " "
+    assert all(w in line for w in want), line
+    assert not any(a in line for a in absent), line
+
+
+def test_a_replay_plans_its_window_times_its_copies(tmp_path: Path) -> None:
+    cap = write_capture(tmp_path / "cap", [chat_record(start_ns=T0_NS + i * S // 10)
+                                           for i in range(100)])  # fmt: skip
+    rw = Rewriter(parse_target("http://127.0.0.1:9"))
+    whole = replay_stream("r", str(cap), rw, speed=2.0)
+    assert (whole.planned, whole.planned_approx) == (100, False)
+    assert whole.planned_end_s == pytest.approx(9.9 / 2)
+    window = replay_stream("r", str(cap), rw, from_s=2.0, to_s=5.0, loops=3)
+    assert window.planned == 30 * 3 and window.planned_end_s == pytest.approx(2.9 * 3)
+    amp = replay_stream("r", str(cap), rw, amplify=2.5)
+    assert amp.planned == 250 and amp.planned_approx
+    total, approx, end = planned([whole, window], RunSettings(), targets=2)
+    assert (total, approx, end) == (2 * (100 + 90), False, pytest.approx(8.7))
+    assert planned([whole], RunSettings(requests=40), targets=1)[:2] == (40, False)
