@@ -485,12 +485,20 @@ def run_cmd(scenario: str, **opts: Any) -> int:
     default="5%",
     help="Throughput within this of a lower level's counts as no longer rising.",
 )
+@click.option(
+    "--slo",
+    multiple=True,
+    metavar="GATE",
+    help="A gate evaluated at every level (e.g. 'latency.p99<1s'); the sweep names the first "
+    "level where one fails.",
+)
 @click.option("--format", "fmt", type=FORMATS, default="text")
 @options(CAPTURE, SEND, skip=("concurrency", "speed", "rate", "loops", "synthetic"))
 def sweep(
     capture: str, conc: str | None, speeds: str | None, rates: str | None, fmt: str, **opts: Any
 ) -> int:
     """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
+    from replay.api import run_replay
     from replay.decide.report.sweepview import level_row, render
     from replay.decide.sweep import SweepOptions, parse_levels, run_sweep
 
@@ -508,16 +516,30 @@ def sweep(
         p99_limit_ms=p99_limit * 1000 if p99_limit is not None else None,
         stop_error_rate=_percent(opts["stop_on_error_rate"], "--stop-on-error-rate"),
         tolerance=_percent(opts["tolerance"], "--tolerance") or 0.0,
+        gates=tuple(parse_gates(opts)),
     )
     sopts.validate()
     base = replay_options(
         capture, {**opts, "speed": 1.0, "loops": 1, "synthetic": (), "rate": None}
     )
 
+    def on_start(value: float, lopts: Any) -> None:
+        planned = f", {lopts.requests} requests" if lopts.requests else ""
+        click.echo(f"level {value:g}: started{planned} -> {lopts.out}", err=True)
+
     def on_level(f: dict[str, Any]) -> None:
         click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)
+        if f.get("slo_failed"):
+            click.echo(f"level {f['level']:g}: SLO failed: " + "; ".join(f["slo_failed"]), err=True)
 
-    doc = run_sweep(base, sopts, on_level=on_level)
+    with live_progress(opts["quiet"]) as line:
+        doc = run_sweep(
+            base,
+            sopts,
+            on_level=on_level,
+            on_start=on_start,
+            runner=lambda o: run_replay(o, on_progress=line.update),
+        )
     (out / "sweep.html").write_text(render(doc, "html"), encoding="utf-8")
     click.echo(render(doc, fmt), nl=False)
     click.echo(f"sweep: {out} (sweep.json, sweep.html, one results directory per level)", err=True)

@@ -47,6 +47,39 @@ PAGE_FACTS = """JSON.stringify({
   tables: document.querySelectorAll('table').length,
   scripts: document.querySelectorAll('script').length,
   text: document.body.innerText.slice(0, 20000),
+  viewport: window.innerWidth,
+  scrollWidth: document.documentElement.scrollWidth,
+  // elements reaching past the window's right edge (outermost only)
+  overflowing: [...document.body.querySelectorAll('*')]
+    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+    .filter(e => !e.parentElement || e.parentElement.getBoundingClientRect().right
+      <= window.innerWidth + 0.5)
+    .map(e => e.tagName.toLowerCase() + (e.className && e.className.baseVal === undefined
+      ? '.' + e.className : '')).slice(0, 20),
+  plots: [...document.querySelectorAll('svg')].map(s => {
+    const legend = s.querySelector('g[id^="legend"]');
+    const box = legend ? legend.getBoundingClientRect() : null;
+    // the data lines: clipped paths of line2d groups outside the legend
+    const lines = [...s.querySelectorAll('g[id^="axes"] > g[id^="line2d"] path')];
+    let inside = 0;
+    const styles = [];
+    for (const p of lines) {
+      const st = getComputedStyle(p);
+      styles.push(st.stroke + ' ' + st.strokeDasharray);
+      if (!box) continue;
+      const n = p.getTotalLength ? p.getTotalLength() : 0;
+      const m = p.getScreenCTM();
+      for (let i = 0; i <= 200 && n > 0; i++) {
+        const q = p.getPointAtLength(n * i / 200).matrixTransform(m);
+        if (q.x >= box.left && q.x <= box.right && q.y >= box.top && q.y <= box.bottom) inside++;
+      }
+    }
+    const ticks = [...s.querySelectorAll('g[id^="xtick"] text, g[id^="ytick"] text')]
+      .map(t => t.textContent);
+    const title = s.querySelector('g[id^="axes"] > g[id^="text"] text');
+    return {title: title ? title.textContent : '',
+            legend: !!legend, lines: lines.length, inside, styles, ticks};
+  }),
 })"""
 
 
@@ -58,7 +91,9 @@ class PageReport:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-async def _open(html: Path, png: Path | None, timeout: float) -> PageReport:
+async def _open(
+    html: Path, png: Path | None, timeout: float, width: int | None = None
+) -> PageReport:
     assert CHROMIUM is not None
     out = PageReport()
     with tempfile.TemporaryDirectory(prefix="loadtape-chromium-") as profile:
@@ -144,6 +179,15 @@ async def _open(html: Path, png: Path | None, timeout: float) -> PageReport:
                         s = att["sessionId"]
                         for domain in ("Runtime", "Log", "Network", "Page"):
                             await call(f"{domain}.enable", s)
+                        if width is not None:  # a window this wide, as a user's laptop
+                            await call(
+                                "Emulation.setDeviceMetricsOverride",
+                                s,
+                                width=width,
+                                height=900,
+                                deviceScaleFactor=1,
+                                mobile=False,
+                            )
                         await call("Page.navigate", s, url=page_url)
                         await loaded.wait()
                         await asyncio.sleep(0.3)  # late console messages
@@ -175,5 +219,7 @@ async def _open(html: Path, png: Path | None, timeout: float) -> PageReport:
     return out
 
 
-def open_page(html: Path, png: Path | None = None, timeout: float = 60.0) -> PageReport:
-    return asyncio.run(_open(html, png, timeout))
+def open_page(
+    html: Path, png: Path | None = None, timeout: float = 60.0, width: int | None = None
+) -> PageReport:
+    return asyncio.run(_open(html, png, timeout, width))

@@ -117,13 +117,15 @@ def test_hgrm_and_hlog_read_back_with_hdrh(run_dir: Path, tmp_path: Path) -> Non
     latency_total = 0
     try:
         while (h := reader.get_next_interval_histogram()) is not None:
-            # the reader drops tags; latency and ttft lines alternate per second: count both
+            # the reader drops tags; latency, ttft and itl lines alternate per second
             latency_total += h.total_count
         assert reader.get_start_time_sec() == pytest.approx(res.metrics.run_start_ns / 1e9)
     finally:
         reader.close()
-    ttft_total = sum(g["metrics"]["ttft"]["count"] for g in build(res)["groups"])
-    assert latency_total == 600 + ttft_total
+    groups = build(res)["groups"]
+    ttft_total = sum(g["metrics"]["ttft"]["count"] for g in groups)
+    itl_total = sum(g["metrics"]["itl"]["count"] for g in groups)
+    assert latency_total == 600 + ttft_total + itl_total
 
 
 def test_report_command_and_exit_codes(run_dir: Path, tmp_path: Path) -> None:
@@ -191,8 +193,9 @@ def test_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
     assert {"Summary", "Percentile spectrum", "Over time", "Token timing distributions"} <= set(
         f["headings"]
     )
-    # 7 spectra + 3 over time + 2 distributions, each drawn (non-empty box, many paths)
-    assert len(f["svgs"]) == 12
+    # 7 spectra + 7 over time (latency, TTFT, ITL, throughput, sent vs scheduled, in flight,
+    # errors) + 2 distributions, each drawn (non-empty box, many paths)
+    assert len(f["svgs"]) == 16
     assert all(s["w"] > 200 and s["h"] > 150 and s["paths"] > 10 for s in f["svgs"])
     assert "600 requests" in f["text"] and "SLO: 1 passed, 0 failed" in f["text"]
     assert (tmp_path / "report.png").stat().st_size > 50_000

@@ -135,5 +135,5 @@ def test_the_sweep_ceiling_names_where_each_figure_was_measured() -> None:
         "stopped": None,
     }
     line = verdicts(doc)[0]
-    assert "300.0 req/s at concurrency 10" in line, line
-    assert "highest 310.0 req/s, at concurrency 100" in line, line
+    assert "300.0 ok req/s (goodput) at concurrency 10" in line, line
+    assert "highest 310.0 ok req/s, at concurrency 100" in line, line

@@ -181,3 +181,38 @@ def test_open_loop_rates_and_stop_on_error_rate(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "exactly one of" in bad.stderr
+
+
+def test_the_user_count_where_a_gate_first_fails_is_one_command(tmp_path: Path) -> None:
+    """The seed exercise: users (closed-loop concurrency) against a gateway that serves 4 at
+    once, queues 8 and sheds the rest with 503 (expected shedding, not failure): the sweep
+    names the first level at which the served requests' p95 < 50 ms fails (one service time
+    is ~31 ms; past 4 users a served request waits in the queue), and prints a line as each
+    level starts."""
+    recs = [
+        chat_record(start_ns=T0_NS + i * 10_000_000, model="small", max_tokens=4, prompt="hi")
+        for i in range(50)
+    ]
+    cap = write_capture(tmp_path / "cap", recs)
+    with running_gateway(max_in_service=4, max_queue=8) as gw:
+        p = subprocess.run(
+            [*CLI, "sweep", str(cap), "--target", gw.url, "--concurrency", "1,4,16,32",
+             "--requests", "160", "--expect-status", "503", "--slo", "status=2xx:latency.p95<50ms",
+             "--slo", "error_rate<1%", "--out", str(tmp_path / "sw"), "--format", "json"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    levels = {f["level"]: f for f in doc["levels"]}
+    assert levels[1]["slo_failed"] == [] and levels[4]["slo_failed"] == []
+    assert doc["slo_knee"] is not None and doc["slo_knee"]["level"] in (16, 32), doc["slo_knee"]
+    assert any("latency.p95<50ms" in f for f in doc["slo_knee"]["failed"])
+    assert levels[32]["error_rate"] == 0  # 503s shed at 32 users are expected, not failures
+    started = [ln for ln in p.stderr.splitlines() if "started" in ln]
+    assert len(started) == 4 and "160 requests" in started[0], p.stderr
+    text = subprocess.run(
+        [*CLI, "sweep", str(cap), "--target", "http://127.0.0.1:1", "--concurrency", "1",
+         "--requests", "1", "--slo", "nonsense", "--out", str(tmp_path / "bad")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert text.returncode == 2 and "nonsense" in text.stderr, text.stderr

@@ -344,6 +344,7 @@ def compare(
         rows.append(row)
         g["metrics"] = rows
         groups.append(g)
+    groups.sort(key=_order)
     regressions = [
         f"{g['label']}: {r['metric']}"
         for g in groups
@@ -361,6 +362,20 @@ def compare(
         "groups": groups,
         "regressions": regressions,
     }
+
+
+def _order(g: dict[str, Any]) -> tuple[int, int]:
+    """Groups with a regression first, then by size; groups nothing could be judged on (in
+    one run only, or too small for any rule) last."""
+    rows = g.get("metrics", [])
+    if any(r.get("regression") for r in rows):
+        rank = 0
+    elif "only_in" in g or not any("regression" in r and "note" not in r for r in rows):
+        rank = 2
+    else:
+        rank = 1
+    n = g.get("count", {})
+    return rank, -max(n.get("baseline", 0), n.get("current", 0))
 
 
 def _group_hists(res: Results, dims: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, Any]]:

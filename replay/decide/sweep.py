@@ -23,6 +23,7 @@ from replay.settings import RunSummary
 from replay.workload.replaying import ReplayOptions
 
 from .report import build
+from .slo import evaluate
 
 KINDS = {"concurrency": "concurrency", "speeds": "speed", "rates": "rate"}
 
@@ -36,6 +37,7 @@ class SweepOptions:
     p99_limit_ms: float | None = None
     stop_error_rate: float | None = None  # a fraction
     tolerance: float = 0.05
+    gates: tuple[Any, ...] = ()  # --slo: evaluated at every level; the first failing one named
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -132,7 +134,10 @@ def run_sweep(
     *,
     on_level: Callable[[dict[str, Any]], None] | None = None,
     runner: Callable[[ReplayOptions], RunSummary] | None = None,
+    on_start: Callable[[float, ReplayOptions], None] | None = None,
 ) -> dict[str, Any]:
+    """Every level in turn; `on_start` before each (a level can run for minutes: say so),
+    `on_level` with its figures after it."""
     opts.validate()
     if isinstance(base.target, list) and len(base.target) > 1:
         raise UserError("sweep: one --target (compare targets with replay --target NAME=URL)")
@@ -141,8 +146,17 @@ def run_sweep(
     levels: list[dict[str, Any]] = []
     stopped = None
     for value in opts.levels:
-        r = run(level_options(base, opts, value))
-        fig = level_figures(opts.kind, value, Results(r.out_dir, r.run, r.metrics))
+        lopts = level_options(base, opts, value)
+        if on_start is not None:
+            on_start(value, lopts)
+        r = run(lopts)
+        res = Results(r.out_dir, r.run, r.metrics)
+        fig = level_figures(opts.kind, value, res)
+        if opts.gates:
+            rows = evaluate(list(opts.gates), r.metrics)
+            fig["slo_failed"] = [f"{x['expr']} (measured {x['measured_text']})" for x in rows
+                                 if not x["pass"]]  # fmt: skip
+            fig["slo_passed"] = sum(1 for x in rows if x["pass"])
         levels.append(fig)
         if on_level is not None:
             on_level(fig)
@@ -164,7 +178,8 @@ def run_sweep(
 def summarize(
     opts: SweepOptions, levels: list[dict[str, Any]], stopped: str | None
 ) -> dict[str, Any]:
-    ceil = ceiling([(f["level"], f["throughput"] or 0.0) for f in levels], opts.tolerance)
+    # on goodput: a gateway shedding with fast 503s "gains throughput" it does not serve
+    ceil = ceiling([(f["level"], f["goodput"] or 0.0) for f in levels], opts.tolerance)
     doc: dict[str, Any] = {
         "format": "loadtape-sweep",
         "version": 1,
@@ -177,6 +192,18 @@ def summarize(
         "p99_limit_ms": opts.p99_limit_ms,
         "knee": knee([(f["level"], f["latency_p99"]) for f in levels], opts.p99_limit_ms)
         if opts.p99_limit_ms is not None
+        else None,
+        "slo": [g.expr for g in opts.gates],
+        # the knee by gate: the first level at which a gate fails, and which
+        "slo_knee": next(
+            (
+                {"level": f["level"], "failed": f["slo_failed"]}
+                for f in levels
+                if f.get("slo_failed")
+            ),
+            None,
+        )
+        if opts.gates
         else None,
         "stopped": stopped,
     }

@@ -39,7 +39,10 @@ from hdrh.histogram import HdrHistogram
 from captures import hdr
 
 METRICS = ("latency", "service", "ttfb", "ttft", "ttft_text", "itl", "tpot", "lag")
-INTERVAL_METRICS = ("latency", "ttft")
+INTERVAL_METRICS = ("latency", "ttft", "itl")
+# per stream and second: [ok, expected, failed] by completion second, then [scheduled, sent]
+# by intended and by actual send second (in flight at a second's end is sent - done so far)
+PER_SECOND = ("ok", "expected", "failed", "scheduled", "sent")
 GroupKey = tuple[str, str, str, str, str, str]  # stream, target, api, endpoint, model, status
 GROUP_DIMS = ("stream", "target", "api", "endpoint", "model", "status")
 HIST_FORMAT = 3  # 1: keys without target and api; 2: without api (read as "")
@@ -163,7 +166,7 @@ class Metrics:
         # per stream: second -> metric -> encoded histogram (finished seconds)
         self.intervals: dict[str, dict[int, dict[str, bytes]]] = defaultdict(dict)
         self._live: dict[tuple[str, int], dict[str, HdrHistogram]] = {}
-        # per stream, per second: [ok, expected, failed] by completion second
+        # per stream, per second: PER_SECOND counts
         self.per_second: dict[str, dict[int, list[int]]] = defaultdict(dict)
         # all groups together, kept live for the progress line (cheap to read)
         self.overall = {"latency": hdr.new_latency_hist(), "lag": hdr.new_latency_hist()}
@@ -278,7 +281,10 @@ class Metrics:
             if any(t and "://" not in t for t in targets)
             else b["stream"]
         )
-        self._record_intervals(series, latency, ttft, outcome, end)
+        sent = np.asarray(b["sent_ns"], dtype=np.int64)
+        self._record_intervals(
+            series, latency, ttft, outcome, end, (intended, sent), (itl, t["itl_row"])
+        )
 
     def _record_intervals(
         self,
@@ -287,6 +293,8 @@ class Metrics:
         ttft: np.ndarray,
         outcome: np.ndarray,
         end: np.ndarray,
+        starts: tuple[np.ndarray, np.ndarray],
+        itl: tuple[np.ndarray, np.ndarray],
     ) -> None:
         secs = (end - self.run_start_ns) // 1_000_000_000
         sid_of: dict[str, int] = {}
@@ -298,7 +306,7 @@ class Metrics:
             sel = combo == c
             stream = streams[int(np.flatnonzero(sel)[0])]
             sec = int(secs[sel][0])
-            ps = self.per_second[stream].setdefault(sec, [0, 0, 0])
+            ps = self.per_second[stream].setdefault(sec, [0] * len(PER_SECOND))
             oc = np.bincount(outcome[sel], minlength=3)
             for j in range(3):
                 ps[j] += int(oc[j])
@@ -310,6 +318,17 @@ class Metrics:
             hdr.record_many(live["latency"], np.maximum(latency[sel], 0))
             t = ttft[sel]
             hdr.record_many(live["ttft"], t[t >= 0])
+            gaps, rows = itl
+            if len(gaps):
+                hdr.record_many(live["itl"], gaps[sel[rows]])
+        for j, at in ((3, starts[0]), (4, starts[1])):  # scheduled and sent, by their second
+            at_secs = (at - self.run_start_ns) // 1_000_000_000
+            for sid in np.unique(sids).tolist():
+                mine = sids == sid
+                stream = next(s for s, i in sid_of.items() if i == sid)
+                vals, cnts = np.unique(at_secs[mine], return_counts=True)
+                for sec, c in zip(vals.tolist(), cnts.tolist(), strict=True):
+                    self.per_second[stream].setdefault(sec, [0] * len(PER_SECOND))[j] += c
 
     def seal_intervals(self, before_sec: int | None = None) -> None:
         """Encode and free the live interval histograms of seconds < before_sec (all if None)."""
@@ -388,7 +407,9 @@ class Metrics:
         for s, d in doc.get("intervals", {}).items():
             m.intervals[s] = {int(sec): v for sec, v in d.items()}
         for s, d in doc.get("per_second", {}).items():
-            m.per_second[s] = {int(sec): list(v) for sec, v in d.items()}
+            m.per_second[s] = {  # files before [scheduled, sent]: zeros there
+                int(sec): [*v, *[0] * (len(PER_SECOND) - len(v))] for sec, v in d.items()
+            }
         return m
 
     def add(self, other: Metrics) -> None:
@@ -413,7 +434,7 @@ class Metrics:
                         h.decode_and_add(blob)
                         mine_i[name] = hdr.encode(h)
         for s, counts in other.per_second.items():
-            for sec, triple in counts.items():
-                cur = self.per_second[s].setdefault(sec, [0, 0, 0])
-                for i in range(3):
-                    cur[i] += triple[i]
+            for sec, row in counts.items():
+                cur = self.per_second[s].setdefault(sec, [0] * len(PER_SECOND))
+                for i, v in enumerate(row):
+                    cur[i] += v

@@ -9,6 +9,7 @@ from replay.measure.metrics import METRICS
 from replay.measure.resultsdir import Results
 
 from . import html as h
+from . import plots
 from .model import groups
 from .text import fmt_ms
 
@@ -118,9 +119,16 @@ def render_html(doc: dict[str, Any], base: Results, cur: Results) -> str:
     base_keys, cur_keys = groups(base.metrics, dims), groups(cur.metrics, dims)
 
     parts = [f"<h1>loadtape compare</h1><p>{h.esc(headline(doc))}</p>"]
+    n = len(doc["regressions"])
+    verdict = f"{n} regression{'s' if n != 1 else ''}" if n else "no regression"
+    parts.append(f'<h2 class="{"fail" if n else "pass"}">Verdict: {verdict}</h2>')
+    if n:
+        parts.append("<ul>" + "".join(f"<li>{h.esc(r)}</li>" for r in doc["regressions"]) + "</ul>")
     parts.append(
         '<p class="note">A regression exceeds its rule and the 95% bootstrap interval of the '
-        "difference is above zero (noise does not fail a build).</p>"
+        "difference is above zero (noise does not fail a build); changes under "
+        f"{doc.get('min_change_ms', 0):g} ms never are. Groups with a regression come first, "
+        "groups nothing could be judged on last.</p>"
     )
     for (title, table), g in zip(rows(doc), doc["groups"], strict=True):
         parts.append(f"<h2>{h.esc(title)}</h2>")
@@ -137,8 +145,8 @@ def render_html(doc: dict[str, Any], base: Results, cur: Results) -> str:
         hb = base.metrics.merged(base_keys[key])[0]
         hc = cur.metrics.merged(cur_keys[key])[0]
         parts.append(
-            h.plots_div(
-                h.spectrum_plot([("baseline", hb[m]), ("current", hc[m])], f"{m} (ms)")
+            plots.plots_div(
+                plots.spectrum_plot([("baseline", hb[m]), ("current", hc[m])], f"{m} (ms)")
                 for m in OVERLAY_METRICS
                 if m in METRICS
             )

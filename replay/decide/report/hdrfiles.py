@@ -49,7 +49,8 @@ def write_hgrm(metrics: Metrics, by: tuple[str, ...], out_dir: Path) -> list[Pat
 
 
 def write_hlog(metrics: Metrics, path: Path) -> Path:
-    """The interval log: a histogram per second and series, for latency and TTFT."""
+    """The interval log: a histogram per second and series, for latency, TTFT and inter-token
+    latency."""
     metrics.seal_intervals()
     start_s = metrics.run_start_ns / 1e9
     lines = [

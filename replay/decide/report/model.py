@@ -14,7 +14,14 @@ from hdrh.histogram import HdrHistogram
 
 from captures import hdr
 from captures.errors import UserError
-from replay.measure.metrics import GROUP_DIMS, METRICS, GroupKey, GroupStats, Metrics
+from replay.measure.metrics import (
+    GROUP_DIMS,
+    METRICS,
+    PER_SECOND,
+    GroupKey,
+    GroupStats,
+    Metrics,
+)
 from replay.measure.resultsdir import Results
 
 REPORT_VERSION = 1
@@ -125,18 +132,32 @@ def groups(metrics: Metrics, by: Sequence[str]) -> dict[tuple[str, ...], list[Gr
 
 
 def over_time(metrics: Metrics) -> dict[str, list[dict[str, Any]]]:
-    """Per series (stream, or stream@target), per second of the run (by completion): counts
-    and latency / TTFT percentiles."""
+    """Per series (stream, or stream@target), per second of the run: completions by outcome,
+    requests scheduled and sent in that second, in flight at its end, and latency / TTFT /
+    inter-token percentiles of the requests completed in it."""
     metrics.seal_intervals()
     out: dict[str, list[dict[str, Any]]] = {}
     for series in sorted(set(metrics.per_second) | set(metrics.intervals)):
         secs = sorted(set(metrics.per_second.get(series, {})) | set(metrics.intervals[series]))
+        if secs:
+            secs = list(range(secs[0], secs[-1] + 1))  # every second, quiet ones too
         rows = []
+        in_flight = 0
         for sec in secs:
-            ok, exp, failed = metrics.per_second.get(series, {}).get(sec, [0, 0, 0])
-            row: dict[str, Any] = {"t": sec, "ok": ok, "expected": exp, "failed": failed}
+            counts = metrics.per_second.get(series, {}).get(sec, [0] * len(PER_SECOND))
+            ok, exp, failed, scheduled, sent = counts
+            in_flight += sent - ok - exp - failed
+            row: dict[str, Any] = {
+                "t": sec,
+                "ok": ok,
+                "expected": exp,
+                "failed": failed,
+                "scheduled": scheduled,
+                "sent": sent,
+                "in_flight": max(in_flight, 0),
+            }
             blobs = metrics.intervals[series].get(sec, {})
-            for m in ("latency", "ttft"):
+            for m in ("latency", "ttft", "itl"):
                 h = hdr.decode(blobs[m]) if m in blobs else None
                 if h is not None and h.total_count:
                     ps = hdr.percentiles(h, (50.0, 99.0))

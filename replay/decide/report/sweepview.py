@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from . import html as h
+from . import plots
 from .text import fmt_ms, fmt_pct, fmt_rate
 
 UNITS = {"concurrency": "concurrency", "speeds": "speed (x)", "rates": "rate (req/s)"}
@@ -33,9 +34,11 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
     out = []
     c = doc["ceiling"]
     if c:
-        line = f"throughput ceiling: {c['throughput']:.1f} req/s at {unit} {c['level']:g}"
+        line = (
+            f"throughput ceiling: {c['throughput']:.1f} ok req/s (goodput) at {unit} {c['level']:g}"
+        )
         if c.get("peak_level", c["level"]) != c["level"]:
-            line += f" (highest {c['peak']:.1f} req/s, at {unit} {c['peak_level']:g})"
+            line += f" (highest {c['peak']:.1f} ok req/s, at {unit} {c['peak_level']:g})"
         out.append(line + f"; no higher level gained more than {doc['tolerance'] * 100:g}%")
     else:
         mx = doc["max_throughput"]
@@ -49,6 +52,13 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
             f"knee: p99 crosses {fmt_ms(doc['p99_limit_ms'])} ms at {unit} {k:g}"
             if k is not None
             else f"knee: p99 stays under {fmt_ms(doc['p99_limit_ms'])} ms at every level"
+        )
+    if doc.get("slo"):
+        k = doc.get("slo_knee")
+        out.append(
+            f"SLO: first fails at {unit} {k['level']:g}: " + "; ".join(k["failed"])
+            if k
+            else f"SLO: {', '.join(doc['slo'])} pass at every level"
         )
     if doc["stopped"]:
         out.append(f"stopped early: {doc['stopped']}")
@@ -79,7 +89,7 @@ def render_html(doc: dict[str, Any]) -> str:
     xs = [f["level"] for f in doc["levels"]]
     unit = UNITS[doc["kind"]]
     logx = len(xs) > 2 and xs[-1] / max(xs[0], 1e-9) >= 20
-    thr = h.line_plot(
+    thr = plots.line_plot(
         [
             ("throughput", xs, [f["throughput"] for f in doc["levels"]]),
             ("goodput", xs, [f["goodput"] for f in doc["levels"]]),
@@ -90,7 +100,7 @@ def render_html(doc: dict[str, Any]) -> str:
         logx=logx,
         marker="o",
     )
-    lat = h.line_plot(
+    lat = plots.line_plot(
         [(p, xs, [f[f"latency_{p}"] for f in doc["levels"]]) for p in ("p50", "p95", "p99")],
         "latency against load",
         unit,
@@ -99,7 +109,7 @@ def render_html(doc: dict[str, Any]) -> str:
         marker="o",
         hline=doc["p99_limit_ms"],
     )
-    err = h.line_plot(
+    err = plots.line_plot(
         [("error rate", xs, [100 * (f["error_rate"] or 0) for f in doc["levels"]])],
         "error rate against load",
         unit,
@@ -109,7 +119,7 @@ def render_html(doc: dict[str, Any]) -> str:
     )
     parts = ["<h1>loadtape sweep</h1>"]
     parts += [f"<p><b>{h.esc(v)}</b></p>" for v in verdicts(doc)]
-    parts.append(h.plots_div([thr, lat, err]))
+    parts.append(plots.plots_div([thr, lat, err]))
     parts.append("<h2>Levels</h2>")
     parts.append(h.table(list(COLUMNS), [[h.esc(c) for c in level_row(f)] for f in doc["levels"]]))
     parts.append(
