@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -159,6 +159,31 @@ CAPTURE = [  # what of a capture is replayed, and how it is shaped: replay, swee
     ),
     _o("--seed", default=0, help="Seed for every random draw."),
 ]
+WATCH = [  # the run's figures while it goes: replay, run, sweep
+    _o(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics during the run (loopback).",
+    ),
+    _o(
+        "--live",
+        default=None,
+        metavar="HOST:PORT",
+        help="Serve a live page of the run at http://HOST:PORT/ (with /metrics beside it).",
+    ),
+    _o(
+        "--metrics-allow-remote",
+        is_flag=True,
+        help="Let --metrics-listen bind a non-loopback address (the metrics name targets).",
+    ),
+    _o(
+        "--metrics-linger",
+        default="0s",
+        metavar="DUR",
+        help="Keep serving this long after the run, for Prometheus's last scrape.",
+    ),
+]
 GATES = [  # SLO gates on the results: replay, run, report
     _o(
         "--slo",
@@ -290,6 +315,61 @@ def parse_gates(opts: dict[str, Any]) -> Any:
     if opts.get("by"):
         parse_by(opts["by"])
     return parse(opts.get("slo") or ())
+
+
+class Watch:
+    """The metrics endpoint of a run (or a sweep), when asked for: an observer of its result
+    rows and a progress feed beside the live line."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.server: Any = None
+        self.observer: Any = None
+        self.linger = _duration(opts.get("metrics_linger") or "0s", "--metrics-linger") or 0.0
+        listen, live = opts.get("metrics_listen"), opts.get("live")
+        if listen and live:
+            raise UserError("give --metrics-listen or --live (which serves /metrics too)")
+        if listen or live:
+            from replay.live.exporter import RunObserver
+            from replay.live.server import RunServer, parse_listen
+
+            flag = "--live" if live else "--metrics-listen"
+            host, port = parse_listen(
+                str(live or listen), flag, allow_remote=opts.get("metrics_allow_remote", False)
+            )
+            self.observer = RunObserver()
+            self.server = RunServer(host, port, self.observer, page=bool(live), flag=flag)
+            click.echo(f"metrics: {self.server.url('/metrics')}", err=True)
+            if live:
+                click.echo(f"live page: {self.server.url('/')}", err=True)
+
+    def finished(self, out_dir: Any) -> None:
+        """The run's HTML report, for the live page's link."""
+        if self.server is None or not self.server.page:
+            return
+        from replay.decide.reporting import make
+        from replay.measure.resultsdir import Results
+
+        path = Path(out_dir) / "report.html"
+        path.write_text(make(Results.open(out_dir), "html")[0], encoding="utf-8")
+        seal_private(path)
+        self.observer.report = str(path)
+
+    def feed(self, line: Any) -> Callable[[Any], None]:
+        if self.observer is None:
+            return cast(Callable[[Any], None], line.update)
+
+        def both(p: Any) -> None:
+            line.update(p)
+            self.observer.progress(p)
+
+        return both
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.close(self.linger if exc[0] is None else 0.0)
 
 
 def live_progress(quiet: bool) -> Any:
@@ -440,22 +520,23 @@ def capture(**opts: Any) -> None:
 
 @cli.command()
 @click.argument("capture", type=PATH)
-@options(CAPTURE, SEND, GATES)
+@options(CAPTURE, SEND, WATCH, GATES)
 def replay(capture: str, **opts: Any) -> int:
     """Replay a capture against --target with its original timing (scaled by --speed)."""
     from replay.api import run_replay
 
     gates = parse_gates(opts)
     ropts = replay_options(capture, opts)
-    with live_progress(opts["quiet"]) as line:
-        result = run_replay(ropts, on_progress=line.update)
-    return finish_run(result, opts, gates)
+    with Watch(opts) as watch, live_progress(opts["quiet"]) as line:
+        result = run_replay(ropts, on_progress=watch.feed(line), observer=watch.observer)
+        watch.finished(result.out_dir)
+        return finish_run(result, opts, gates)
 
 
 @cli.command("run")
 @click.argument("scenario", type=PATH)
 @click.option("--target", default=None, help="Target for streams without their own.")
-@options(SEND, GATES)
+@options(SEND, WATCH, GATES)
 def run_cmd(scenario: str, **opts: Any) -> int:
     """Run a TOML scenario: replay and synthetic streams merged on one timeline."""
     from replay.api import run_scenario
@@ -463,9 +544,16 @@ def run_cmd(scenario: str, **opts: Any) -> int:
 
     gates = parse_gates(opts)
     settings = RunSettings(**send_settings(opts))
-    with live_progress(opts["quiet"]) as line:
-        result = run_scenario(scenario, settings, target=opts["target"], on_progress=line.update)
-    return finish_run(result, opts, gates)
+    with Watch(opts) as watch, live_progress(opts["quiet"]) as line:
+        result = run_scenario(
+            scenario,
+            settings,
+            target=opts["target"],
+            on_progress=watch.feed(line),
+            observer=watch.observer,
+        )
+        watch.finished(result.out_dir)
+        return finish_run(result, opts, gates)
 
 
 @cli.command()
@@ -493,7 +581,7 @@ def run_cmd(scenario: str, **opts: Any) -> int:
     "level where one fails.",
 )
 @click.option("--format", "fmt", type=FORMATS, default="text")
-@options(CAPTURE, SEND, skip=("concurrency", "speed", "rate", "loops", "synthetic"))
+@options(CAPTURE, SEND, WATCH, skip=("concurrency", "speed", "rate", "loops", "synthetic"))
 def sweep(
     capture: str, conc: str | None, speeds: str | None, rates: str | None, fmt: str, **opts: Any
 ) -> int:
@@ -526,19 +614,21 @@ def sweep(
     def on_start(value: float, lopts: Any) -> None:
         planned = f", {lopts.requests} requests" if lopts.requests else ""
         click.echo(f"level {value:g}: started{planned} -> {lopts.out}", err=True)
+        if watch.observer is not None:  # one endpoint for the sweep; the level as a label
+            watch.observer.stage["sweep_level"] = f"{value:g}"
 
     def on_level(f: dict[str, Any]) -> None:
         click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)
         if f.get("slo_failed"):
             click.echo(f"level {f['level']:g}: SLO failed: " + "; ".join(f["slo_failed"]), err=True)
 
-    with live_progress(opts["quiet"]) as line:
+    with Watch(opts) as watch, live_progress(opts["quiet"]) as line:
         doc = run_sweep(
             base,
             sopts,
             on_level=on_level,
             on_start=on_start,
-            runner=lambda o: run_replay(o, on_progress=line.update),
+            runner=lambda o: run_replay(o, on_progress=watch.feed(line), observer=watch.observer),
         )
     (out / "sweep.html").write_text(render(doc, "html"), encoding="utf-8")
     click.echo(render(doc, fmt), nl=False)

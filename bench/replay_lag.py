@@ -9,7 +9,12 @@ records is packaged for this machine: no wrk2, no vegeta): one asyncio task per 
 sleeping until its absolute due time, then sending with aiohttp, on uvloop. Its lag is measured
 the same way. Goal (issue 4): loadtape p99 <= 1 ms at 2k req/s, <= 5 ms at 5k req/s.
 
-    python bench/replay_lag.py [--seconds 10] [--rates 1000,2000,5000]
+    python bench/replay_lag.py [--seconds 10] [--rates 1000,2000,5000] [--live]
+
+--live adds a third run per rate: loadtape with `--metrics-listen` while this process scrapes
+/metrics every second, as Prometheus would: what watching a run costs it. (`--live` serves the
+same observer's numbers as a page, and at the end renders the HTML report once: about 2 s of
+CPU after the last request, outside the schedule.)
 """
 
 from __future__ import annotations
@@ -69,11 +74,50 @@ def stats(lag_ms: np.ndarray) -> dict[str, float]:
     }
 
 
+def watched_run(cap: Path, target: str, run: Path, n: int) -> dict[str, float]:
+    """loadtape with --metrics-listen on a free port, scraped every second while it runs."""
+    import socket
+    import threading
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = threading.Event()
+    scrapes = [0]
+
+    def scrape() -> None:
+        while not done.is_set():
+            for path in ("/metrics",):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                        r.read()
+                    scrapes[0] += 1
+                except OSError:
+                    pass
+            done.wait(1.0)
+
+    th = threading.Thread(target=scrape, daemon=True)
+    th.start()
+    try:
+        _, _, cpu = measured(
+            [str(BIN / "loadtape"), "replay", str(cap), "--target", target, "--out", str(run),
+             "-q", "--metrics-listen", f"127.0.0.1:{port}"]
+        )  # fmt: skip
+    finally:
+        done.set()
+        th.join(5)
+    t = pq.read_table(run / "results.parquet", columns=["intended_ns", "sent_ns"])
+    lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
+    return {**stats(lag), "cpu_us_per_req": cpu / n * 1e6, "scrapes": scrapes[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", default="1000,2000,5000")
     ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--live", action="store_true", help="also run with --live, scraped")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -125,6 +169,15 @@ def main() -> None:
                 nlag = np.asarray(json.loads(lag_file.read_text())) * 1e3
                 naive = {**stats(nlag), "cpu_us_per_req": ncpu / n * 1e6}
                 results[str(rate)] = {"loadtape": lt, "naive_task_per_shot": naive}
+                if args.live:
+                    live = watched_run(cap, nginx.url, work / f"live{rate}", n)
+                    results[str(rate)]["loadtape_live"] = live
+                    print(
+                        f"{rate:5d} req/s  loadtape --metrics-listen, scraped every 1 s: lag p50 "
+                        f"{live['p50_ms']:.3f} p99 {live['p99_ms']:.3f} max {live['max_ms']:.1f} "
+                        f"ms, {live['cpu_us_per_req']:.0f} us CPU/req, {live['scrapes']} scrapes",
+                        flush=True,
+                    )
                 print(
                     f"{rate:5d} req/s  loadtape: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
                     f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, {lt['cpu_us_per_req']:.0f} us CPU/req | "

@@ -73,6 +73,17 @@ def record_many(h: HdrHistogram, values: Iterable[int] | np.ndarray) -> int:
     return int(arr.size - n_ok)
 
 
+def add(dst: HdrHistogram, src: HdrHistogram) -> None:
+    """dst += src for two histograms of the same layout, as one array add (hdrh's own add
+    walks the counts in Python: milliseconds per call)."""
+    if not src.total_count:
+        return
+    _counts_view(dst)[:] += _counts_view(src)
+    dst.total_count += src.total_count
+    dst.min_value = min(dst.min_value, src.min_value)
+    dst.max_value = max(dst.max_value, src.max_value)
+
+
 def encode(h: HdrHistogram) -> bytes:
     """The standard compressed V2 encoding (base64), readable by every HdrHistogram library."""
     out = h.encode()

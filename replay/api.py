@@ -14,6 +14,7 @@ from replay.scale.workers import run_workers
 from replay.workload.replaying import ReplayOptions, build_replay
 from replay.workload.scenario import load
 
+from .measure.results import ResultObserver
 from .measure.resultsdir import claim_out_dir
 from .runner import run_streams
 from .settings import Progress, RunSettings, RunSummary, default_out_dir
@@ -24,6 +25,7 @@ def run_replay(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
+    observer: ResultObserver | None = None,
 ) -> RunSummary:
     """`loadtape replay`: a one-stream scenario (plus `--synthetic` stress streams), sent to
     one target or, the same plan, to each of several; on `--workers N` processes."""
@@ -45,6 +47,7 @@ def run_replay(
         run_info=info,
         on_progress=on_progress,
         install_signals=install_signals,
+        observer=observer,
     )
 
 
@@ -54,6 +57,7 @@ def run_scenario(
     streams = load(path, target=target)  # checks the file before any worker starts
     _claim(settings)
     if settings.sharded:
+        kw.pop("observer", None)  # workers' rows stay in the workers: progress only
         return run_sharded(Job("scenario", (str(path), target)), settings, **kw)
     return run_streams(streams, settings, run_info={"scenario": str(Path(path).resolve())}, **kw)
 

@@ -22,7 +22,7 @@ from captures import hdr
 from captures.errors import UserError
 from captures.store import mkdir_private, seal_private
 from replay.measure.metrics import Metrics
-from replay.measure.results import Expect, ResultWriter, warm_up
+from replay.measure.results import Expect, ResultObserver, ResultWriter, warm_up
 from replay.measure.resultsdir import write_histograms, write_run_json
 from replay.send.router import Router, make_client
 
@@ -86,6 +86,7 @@ def run_streams(
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    observer: ResultObserver | None = None,
 ) -> RunSummary:
     """Run the streams on one timeline and write a results directory. should_stop: polled
     every 100 ms (a Ray actor's stop request; signals cover the command line)."""
@@ -139,6 +140,7 @@ def run_streams(
         expect=Expect(),
         expect_by_stream={s.name: s.expect for s in streams},
         target_by_stream={s.name: s.rewriter.target.url for s in streams},
+        observer=observer,
         metrics=metrics,
         threaded=not closed,
     )

@@ -87,12 +87,18 @@ PAGE_FACTS = """JSON.stringify({
 class PageReport:
     console_errors: list[str] = field(default_factory=list)
     exceptions: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)  # URLs other than the page itself
+    requests: list[str] = field(default_factory=list)  # URLs off the page's own origin
     facts: dict[str, Any] = field(default_factory=dict)
+    samples: list[Any] = field(default_factory=list)  # `sample_js` at each of `samples` s
 
 
 async def _open(
-    html: Path, png: Path | None, timeout: float, width: int | None = None
+    html: Path | str,
+    png: Path | None,
+    timeout: float,
+    width: int | None = None,
+    samples: tuple[float, ...] = (),
+    sample_js: str = "",
 ) -> PageReport:
     assert CHROMIUM is not None
     out = PageReport()
@@ -123,7 +129,9 @@ async def _open(
                 ids = itertools.count(1)
                 pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
                 loaded = asyncio.Event()
-                page_url = html.resolve().as_uri()
+                page_url = html if isinstance(html, str) else html.resolve().as_uri()
+                origin = re.match(r"^(\w+://[^/]+)", page_url)
+                same_origin = origin.group(1) if origin and page_url.startswith("http") else None
 
                 async def reader() -> None:
                     async for msg in ws:
@@ -148,7 +156,9 @@ async def _open(
                             out.console_errors.append(params["entry"].get("text", "?"))
                         elif method == "Network.requestWillBeSent":
                             url = params["request"]["url"]
-                            if url != page_url:
+                            if url != page_url and not (
+                                same_origin and url.startswith(same_origin + "/")
+                            ):
                                 out.requests.append(url)
                         elif method == "Page.loadEventFired":
                             loaded.set()
@@ -190,6 +200,12 @@ async def _open(
                             )
                         await call("Page.navigate", s, url=page_url)
                         await loaded.wait()
+                        for at in samples:  # a page that changes: look at it over time
+                            await asyncio.sleep(at)
+                            res = await call(
+                                "Runtime.evaluate", s, expression=sample_js, returnByValue=True
+                            )
+                            out.samples.append(res["result"].get("value"))
                         await asyncio.sleep(0.3)  # late console messages
                         res = await call(
                             "Runtime.evaluate", s, expression=PAGE_FACTS, returnByValue=True
@@ -220,6 +236,12 @@ async def _open(
 
 
 def open_page(
-    html: Path, png: Path | None = None, timeout: float = 60.0, width: int | None = None
+    html: Path | str,
+    png: Path | None = None,
+    timeout: float = 60.0,
+    width: int | None = None,
+    samples: tuple[float, ...] = (),
+    sample_js: str = "",
 ) -> PageReport:
-    return asyncio.run(_open(html, png, timeout, width))
+    """Open a file (or an http URL: then requests to its own origin are the page's own)."""
+    return asyncio.run(_open(html, png, timeout, width, samples, sample_js))

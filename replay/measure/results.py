@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -163,6 +163,12 @@ class Expect:
         return "failed"
 
 
+class ResultObserver(Protocol):
+    """Sees every batch of result rows as the histograms do (the live metrics endpoint)."""
+
+    def record(self, b: Mapping[str, Any]) -> None: ...
+
+
 def _mono_to_epoch() -> int:
     """Offset to add to time.monotonic_ns() to get epoch ns (sampled once per run)."""
     return time.time_ns() - time.monotonic_ns()
@@ -190,6 +196,7 @@ class ResultWriter:
         threaded: bool = True,
         expect_by_stream: Mapping[str, Expect] | None = None,
         target_by_stream: Mapping[str, str] | None = None,
+        observer: ResultObserver | None = None,
     ) -> None:
         """threaded: process results on a thread (open loop: keeps the event loop free for the
         schedule); unthreaded: on the loop, in the tick (closed loop: no schedule to protect,
@@ -201,6 +208,7 @@ class ResultWriter:
         # a shot's target is named only when a run has several; the results name it always
         # (its URL), so `--by target` and DuckDB see where each request went
         self.target_by_stream = dict(target_by_stream or {})
+        self.observer = observer
         self.metrics = metrics
         self.batch_rows = batch_rows
         self.offset = _mono_to_epoch() if epoch_offset is None else epoch_offset
@@ -326,6 +334,8 @@ class ResultWriter:
         self._pending.append(pa.RecordBatch.from_arrays(arrays, schema=SCHEMA))
         self._pending_rows += len(cols["seq"])
         self.metrics.record_batch(cols)
+        if self.observer is not None:
+            self.observer.record(cols)
 
     def _write_pending(self, force: bool = False) -> None:
         if not self._pending or (self._pending_rows < self.GROUP_ROWS and not force):

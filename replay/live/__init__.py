@@ -1,0 +1,1 @@
+"""Watching a run while it goes: Prometheus metrics (exporter.py)."""

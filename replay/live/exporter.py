@@ -1,0 +1,310 @@
+"""`--metrics-listen HOST:PORT`: the run's figures in Prometheus exposition, served by
+prometheus_client while the run goes on.
+
+The results thread hands every batch of result rows to `RunObserver.record` (the same rows
+that feed the histograms and results.parquet), which keeps counters and Prometheus bucket
+counts by stream, target, endpoint and model under a lock; the live line's progress snapshot
+adds what only the dispatcher knows (sent, in flight, send rate, lag). A collector turns a
+copy of both into metric families at each scrape, so a scrape never waits on the run and the
+counters at the end equal the results exactly.
+
+Quantiles: Prometheus histograms for `histogram_quantile` (buckets chosen for LLM latencies),
+and beside them the exact p50/p90/p99 of the last `WINDOW_S` seconds from HdrHistograms.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from captures import hdr
+from replay.measure.metrics import timings
+from replay.settings import Progress
+
+LABELS = ("stream", "target", "endpoint", "model")
+# seconds; LLM requests run from milliseconds (embeddings, a cached answer) to minutes (long
+# generations), tokens arrive every few milliseconds
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
+HISTOGRAMS = {  # metric (timings' name) -> buckets
+    "latency": LATENCY_BUCKETS,
+    "service": LATENCY_BUCKETS,
+    "ttft": LATENCY_BUCKETS,
+    "itl": TOKEN_BUCKETS,
+    "lag": TOKEN_BUCKETS,
+}
+QUANTILES = (0.5, 0.9, 0.99)
+MAX_POINTS = 3600
+WINDOW_S = 10
+OUTCOMES = ("ok", "expected", "failed")
+TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached")
+
+
+@dataclass
+class _Series:
+    """One label set's figures."""
+
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, class)
+    errors: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
+    bytes_in: int = 0
+    buckets: dict[str, np.ndarray] = field(default_factory=dict)  # per metric, +Inf last
+    sums: dict[str, float] = field(default_factory=dict)  # seconds
+
+
+def _status_class(status: int | None, error: str | None) -> str:
+    if error is not None or status is None:
+        return "error"
+    return f"{status // 100}xx"
+
+
+class RunObserver:
+    """Fed by the results thread (record) and the progress tick (progress); read by scrapes."""
+
+    def __init__(self, stage: Mapping[str, str] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], _Series] = {}
+        self._progress: Progress | None = None
+        self._windows: dict[str, collections.deque[tuple[int, dict[str, Any]]]] = {}
+        self.stage = dict(stage or {})  # e.g. the sweep level
+        self.finished = False
+        self.report: str | None = None  # the final report's path, once written
+        # one point per progress tick, for the live page (bounded: a long run thins it)
+        self.history: list[dict[str, Any]] = []
+
+    # -- feeding --------------------------------------------------------------------------------
+    def record(self, b: Mapping[str, Any]) -> None:
+        """One batch of result rows (column lists), counted in whole-array passes: this runs
+        on the results thread beside the histograms, and its cost is the run's."""
+        n = len(b["end_ns"])
+        if not n:
+            return
+        t = timings(b)
+        index: dict[tuple[Any, ...], int] = {}
+        rows = np.fromiter(
+            (index.setdefault(k, len(index)) for k in zip(*(b[k] for k in LABELS), strict=True)),
+            np.int64,
+            count=n,
+        )
+        nk = len(index)
+        classes = [_status_class(st, e) for st, e in zip(b["status"], b["error_kind"], strict=True)]
+        outcomes = collections.Counter(zip(rows.tolist(), b["outcome"], classes, strict=True))
+        tokens = {
+            kind: np.bincount(rows, weights=[v or 0 for v in b[f"{kind}_tokens"]], minlength=nk)
+            for kind in TOKEN_KINDS
+        }
+        bytes_in = np.bincount(rows, weights=[v or 0 for v in b["bytes_in"]], minlength=nk)
+        owners = {"itl": rows[t["itl_row"]] if len(t["itl"]) else np.empty(0, np.int64)}
+        binned = {}
+        for m, bounds in HISTOGRAMS.items():
+            vals, who = t[m], owners.get(m, rows)
+            keep = vals >= 0
+            secs, who = vals[keep] / 1e6, who[keep]  # us -> s
+            nb = len(bounds) + 1
+            slot = who * nb + np.searchsorted(bounds, secs, side="left")
+            counts = np.bincount(slot, minlength=nk * nb).reshape(nk, nb)
+            binned[m] = (counts, np.bincount(who, weights=secs, minlength=nk))
+        failed = [
+            (int(rows[j]), b["error_kind"][j] or f"http_{b['status'][j]}")
+            for j, o in enumerate(b["outcome"])
+            if o == "failed"
+        ]
+        sec = int(time.monotonic())
+        with self._lock:
+            series = [
+                self._series.setdefault(tuple("" if v is None else str(v) for v in key), _Series())
+                for key in index
+            ]
+            for (i, outcome, cls), c in outcomes.items():
+                oc = series[i].outcomes
+                oc[(outcome, cls)] = oc.get((outcome, cls), 0) + c
+            for i, kind in failed:
+                errs = series[i].errors
+                errs[kind] = errs.get(kind, 0) + 1
+            for i, s in enumerate(series):
+                for kind in TOKEN_KINDS:
+                    s.tokens[kind] += int(tokens[kind][i])
+                s.bytes_in += int(bytes_in[i])
+                for m, (counts, sums) in binned.items():
+                    prev = s.buckets.get(m)
+                    s.buckets[m] = counts[i].copy() if prev is None else prev + counts[i]
+                    s.sums[m] = s.sums.get(m, 0.0) + float(sums[i])
+            stream_of = np.array([key[0] for key in index], dtype=object)[rows]
+            for stream in {k[0] for k in index}:
+                self._window_add(stream, sec, t, stream_of == stream)
+
+    def _window_add(self, stream: str, sec: int, t: dict[str, np.ndarray], sel: np.ndarray) -> None:
+        win = self._windows.setdefault(stream, collections.deque())
+        if not win or win[-1][0] != sec:
+            win.append((sec, {m: hdr.new_latency_hist() for m in ("latency", "ttft")}))
+        while win and win[0][0] <= sec - WINDOW_S:
+            win.popleft()
+        hists = win[-1][1]
+        hdr.record_many(hists["latency"], np.maximum(t["latency"][sel], 0))
+        ttft = t["ttft"][sel]
+        hdr.record_many(hists["ttft"], ttft[ttft >= 0])
+
+    def progress(self, p: Progress) -> None:
+        with self._lock:
+            quantiles = self._recent()
+        point: dict[str, Any] = {
+            "t": round(p.elapsed_s, 2),
+            "sent": p.sent,
+            "ok": p.ok,
+            "expected": p.expected,
+            "failed": p.failed,
+            "in_flight": p.in_flight,
+            "rate": round(p.rate, 2),
+            "lag_p99_ms": p.lag_p99_ms,
+        }
+        for metric in ("latency", "ttft"):  # the worst stream's recent percentiles
+            for q in (50, 99):
+                vals = [ps[float(q)] for k, ps in quantiles.items() if k.endswith("\0" + metric)]
+                point[f"{metric}_p{q}_ms"] = round(max(vals) / 1000, 3) if vals else None
+        with self._lock:
+            self._progress = p
+            self.history.append(point)
+            if len(self.history) > MAX_POINTS:  # keep every other point: the shape, bounded
+                self.history = self.history[::2]
+
+    def _recent(self) -> dict[str, Any]:
+        """Exact quantiles of the last WINDOW_S seconds per stream and metric (lock held)."""
+        now = int(time.monotonic())
+        quantiles: dict[str, Any] = {}
+        for stream, win in self._windows.items():
+            for m in ("latency", "ttft"):
+                h = hdr.new_latency_hist()
+                for sec, hs in win:
+                    if sec > now - WINDOW_S:
+                        hdr.add(h, hs[m])
+                if h.total_count:
+                    quantiles[f"{stream}\0{m}"] = hdr.percentiles(
+                        h, tuple(q * 100 for q in QUANTILES)
+                    )
+        return quantiles
+
+    def live(self) -> dict[str, Any]:
+        """What the live page shows: the run so far and where it stands."""
+        with self._lock:
+            p = self._progress
+            return {
+                "points": list(self.history),
+                "planned": p.planned if p else None,
+                "stage": dict(self.stage),
+                "finished": self.finished,
+                "report": "report" if self.report else None,
+            }
+
+    # -- reading --------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[dict[tuple[str, ...], _Series], Progress | None, dict[str, Any]]:
+        with self._lock:
+            series = {
+                k: _Series(
+                    dict(s.outcomes),
+                    dict(s.errors),
+                    dict(s.tokens),
+                    s.bytes_in,
+                    {m: c.copy() for m, c in s.buckets.items()},
+                    dict(s.sums),
+                )
+                for k, s in self._series.items()
+            }
+            return series, self._progress, self._recent()
+
+
+class RunCollector(Collector):
+    def __init__(self, observer: RunObserver) -> None:
+        self.observer = observer
+
+    def collect(self) -> Iterator[Metric]:
+        series, progress, quantiles = self.observer.snapshot()
+        return iter(list(_families(series, progress, quantiles, self.observer)))
+
+
+def _families(
+    series: dict[tuple[str, ...], _Series],
+    progress: Progress | None,
+    quantiles: dict[str, Any],
+    observer: RunObserver,
+) -> Iterable[Metric]:
+    req = CounterMetricFamily(
+        "loadtape_requests",
+        "Requests completed, by outcome (ok, expected shedding, failed) and status class.",
+        labels=[*LABELS, "outcome", "status_class"],
+    )
+    err = CounterMetricFamily(
+        "loadtape_errors", "Failed requests by error kind.", labels=[*LABELS, "kind"]
+    )
+    tok = CounterMetricFamily("loadtape_tokens", "Tokens by kind.", labels=[*LABELS, "kind"])
+    byt = CounterMetricFamily("loadtape_response_bytes", "Response bytes.", labels=list(LABELS))
+    hists = {
+        m: HistogramMetricFamily(
+            f"loadtape_{m}_seconds", f"{m} of completed requests.", labels=list(LABELS)
+        )
+        for m in HISTOGRAMS
+    }
+    for key, s in sorted(series.items()):
+        lv = list(key)
+        for (outcome, cls), v in sorted(s.outcomes.items()):
+            req.add_metric([*lv, outcome, cls], v)
+        for kind, v in sorted(s.errors.items()):
+            err.add_metric([*lv, kind], v)
+        for kind, v in s.tokens.items():
+            tok.add_metric([*lv, kind], v)
+        byt.add_metric(lv, s.bytes_in)
+        for m, bounds in HISTOGRAMS.items():
+            counts = s.buckets.get(m)
+            if counts is None:
+                continue
+            cum = np.cumsum(counts).tolist()
+            edges = [*(f"{b:g}" for b in bounds), "+Inf"]
+            hists[m].add_metric(lv, list(zip(edges, cum, strict=True)), s.sums.get(m, 0.0))
+    yield from (req, err, tok, byt, *hists.values())
+    q = GaugeMetricFamily(
+        "loadtape_recent_seconds",
+        f"Exact quantiles over the last {WINDOW_S} s (HdrHistogram), by stream.",
+        labels=["stream", "metric", "quantile"],
+    )
+    for name, ps in sorted(quantiles.items()):
+        stream, metric = name.split("\0")
+        for qv in QUANTILES:
+            q.add_metric([stream, metric, f"{qv:g}"], ps[qv * 100] / 1e6)
+    yield q
+    if progress is not None:
+        yield from _progress_families(progress)
+    stage = GaugeMetricFamily("loadtape_stage", "The run's stage.", labels=["key", "value"])
+    for name, value in sorted(observer.stage.items()):
+        stage.add_metric([name, value], 1)
+    yield stage
+    yield GaugeMetricFamily(
+        "loadtape_run_finished", "1 once the run has ended.", value=int(observer.finished)
+    )
+
+
+def _progress_families(p: Progress) -> Iterable[Metric]:
+    def gauge(name: str, doc: str, value: float | None) -> Metric:
+        return GaugeMetricFamily(name, doc, value=float("nan") if value is None else value)
+
+    yield CounterMetricFamily("loadtape_sent", "Requests sent so far.", value=p.sent)
+    yield gauge("loadtape_in_flight", "Requests in flight.", p.in_flight)
+    yield gauge("loadtape_send_rate", "Requests sent per second, last half second.", p.rate)
+    yield gauge("loadtape_planned_requests", "Requests the plan holds (or an estimate).",
+                p.planned)  # fmt: skip
+    yield gauge("loadtape_elapsed_seconds", "Seconds since the run started.", p.elapsed_s)
+    yield gauge("loadtape_schedule_seconds", "How far into its schedule the run is.",
+                p.scheduled_s)  # fmt: skip
+    yield gauge("loadtape_lag_p99_seconds", "Schedule lag p99 so far.",
+                None if p.lag_p99_ms is None else p.lag_p99_ms / 1000)  # fmt: skip

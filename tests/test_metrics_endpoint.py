@@ -1,0 +1,219 @@
+"""`--metrics-listen`: Prometheus exposition of a real run against the mock gateway, scraped
+mid-run and after it with prometheus_client's own parser, and checked against the results."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from prometheus_client.parser import text_string_to_metric_families
+
+from captures.testing import T0_NS, chat_record, write_capture
+from replay.mock.config import Faults
+from replay.mock.threaded import running_gateway
+
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def _total(m: dict[str, list[tuple[dict[str, str], float]]], name: str, **want: str) -> float:
+    return sum(
+        v for labels, v in m.get(name, []) if all(labels.get(k) == x for k, x in want.items())
+    )
+
+
+def test_counters_and_histograms_match_the_results(tmp_path: Path) -> None:
+    recs = [
+        chat_record(start_ns=T0_NS + i * 25_000_000, stream=bool(i % 2), completion_tokens=8,
+                    model=("small", "large")[i % 2])
+        for i in range(160)
+    ]  # fmt: skip
+    cap = write_capture(tmp_path / "cap", recs)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    out = tmp_path / "o"
+    with running_gateway(faults=Faults(error_rate=0.2, error_status=500)) as gw:
+        proc = subprocess.Popen(
+            [*CLI, "replay", str(cap), "--target", gw.url, "--out", str(out),
+             "--metrics-listen", f"127.0.0.1:{port}", "--metrics-linger", "20s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        mid: dict[str, list[tuple[dict[str, str], float]]] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # mid-run: something counted, not everything
+            try:
+                mid = _scrape(url)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if 0 < _total(mid, "loadtape_requests_total") < 160:
+                break
+            time.sleep(0.1)
+        assert 0 < _total(mid, "loadtape_requests_total") < 160, mid.get("loadtape_sent_total")
+        assert _total(mid, "loadtape_run_finished") == 0
+        final: dict[str, list[tuple[dict[str, str], float]]] = {}
+        while time.monotonic() < deadline + 30:
+            final = _scrape(url)
+            if _total(final, "loadtape_run_finished") == 1:
+                break
+            time.sleep(0.2)
+        proc.terminate()  # the linger is cut short; the run itself is over
+        _, err = proc.communicate(timeout=60)
+    assert _total(final, "loadtape_run_finished") == 1, err
+    rows = pq.read_table(
+        out / "results.parquet",
+        columns=[
+            "model",
+            "outcome",
+            "status",
+            "completion_tokens",
+            "first_token_ns",
+            "token_offsets_us",
+        ],
+    ).to_pylist()
+    run = json.loads((out / "run.json").read_text())
+    assert _total(final, "loadtape_sent_total") == run["counts"]["sent"] == 160
+    by = Counter((r["model"], r["outcome"]) for r in rows)
+    for (model, outcome), n in by.items():
+        assert _total(final, "loadtape_requests_total", model=model, outcome=outcome) == n
+    assert (
+        _total(final, "loadtape_requests_total", outcome="failed") == by_outcome(rows, "failed") > 0
+    )
+    assert _total(final, "loadtape_errors_total", kind="http_500") == sum(
+        r["status"] == 500 for r in rows
+    )
+    assert _total(final, "loadtape_tokens_total", kind="completion") == sum(
+        r["completion_tokens"] or 0 for r in rows
+    )
+    # histogram counts: every row has a latency; TTFT where a first token came; ITL per gap
+    assert _total(final, "loadtape_latency_seconds_count") == 160
+    assert _total(final, "loadtape_latency_seconds_bucket", le="+Inf") == 160
+    assert _total(final, "loadtape_ttft_seconds_count") == sum(
+        r["first_token_ns"] is not None for r in rows
+    )
+    gaps = sum(max(len(r["token_offsets_us"] or []) - 1, 0) for r in rows)
+    assert _total(final, "loadtape_itl_seconds_count") == gaps > 0
+    # buckets are cumulative and the quantiles exact ones are there per stream
+    les = [(float(lab["le"]), v) for lab, v in final["loadtape_latency_seconds_bucket"]
+           if lab["model"] == "small" and lab["stream"] == "replay"]  # fmt: skip
+    assert [v for _, v in sorted(les)] == sorted(v for _, v in les)
+    assert {lab["quantile"] for lab, _ in final.get("loadtape_recent_seconds", [])} <= {
+        "0.5",
+        "0.9",
+        "0.99",
+    }
+    # every series the Grafana dashboard queries is one the endpoint serves
+    import re
+
+    board = (Path(__file__).parent.parent / "docs" / "grafana" / "loadtape-run.json").read_text()
+    used = set(re.findall(r"loadtape_[a-z0-9_]+", board)) - {"loadtape_run"}
+    assert used and used <= set(final), used - set(final)
+
+
+def by_outcome(rows: list[dict[str, object]], outcome: str) -> int:
+    return sum(r["outcome"] == outcome for r in rows)
+
+
+def test_a_non_loopback_bind_or_a_busy_port_is_refused(tmp_path: Path) -> None:
+    cap = write_capture(tmp_path / "cap", [chat_record(start_ns=T0_NS)])
+    base = [
+        *CLI,
+        "replay",
+        str(cap),
+        "--target",
+        "http://127.0.0.1:1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    p = subprocess.run([*base, "--metrics-listen", "0.0.0.0:9464"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--metrics-allow-remote" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        p = subprocess.run(
+            [*base, "--metrics-listen", f"127.0.0.1:{busy}"], capture_output=True, text=True
+        )
+    assert p.returncode == 2 and "cannot listen" in p.stderr, p.stderr
+    assert not (tmp_path / "o" / "results.parquet").exists()  # refused before any traffic
+
+
+SAMPLE = """JSON.stringify({
+  points: Number(document.getElementById('svg-latency').getAttribute('data-points')),
+  state: document.getElementById('state').textContent,
+  report: !!document.getElementById('report'),
+  sent: (document.querySelector('.kpi b') || {}).textContent || '',
+})"""
+
+
+def test_the_live_page_grows_during_the_run_and_links_the_report(tmp_path: Path) -> None:
+    import json as _json
+
+    import pytest
+    from browser import CHROMIUM, open_page
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine")
+    recs = [
+        chat_record(start_ns=T0_NS + i * 50_000_000, stream=True, completion_tokens=6)
+        for i in range(120)
+    ]  # fmt: skip  (a 6 s run)
+    cap = write_capture(tmp_path / "cap", recs)
+    port = _free_port()
+    out = tmp_path / "o"
+    with running_gateway() as gw:
+        proc = subprocess.Popen(
+            [*CLI, "replay", str(cap), "--target", gw.url, "--out", str(out),
+             "--live", f"127.0.0.1:{port}", "--metrics-linger", "30s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/live.json", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            page = open_page(
+                f"http://127.0.0.1:{port}/",
+                samples=(1.5, 2.0, 6.0),
+                sample_js=SAMPLE,
+                timeout=90,
+            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/report", timeout=5) as r:
+                report_page = r.read()
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=60)
+    assert page.console_errors == [] and page.exceptions == [], page.console_errors
+    assert page.requests == []  # nothing off its own origin
+    first, second, last = (_json.loads(s) for s in page.samples)
+    assert 0 < first["points"] < second["points"], page.samples  # it grows while the run goes
+    assert last["report"] and "finished" in last["state"], (last, err)
+    run = _json.loads((out / "run.json").read_text())
+    assert last["sent"].startswith(str(run["counts"]["sent"]))  # the final state is the report's
+    assert (out / "report.html").exists() and b"loadtape report" in report_page
