@@ -473,6 +473,15 @@ def inspect(capture: str, as_json: bool, verify: bool, skip_damaged: bool) -> No
     help="A name for this proxy when several write one --out (one per core behind a TCP "
     "load balancer): its status and log files.",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the capture's figures as Prometheus metrics at http://HOST:PORT/metrics.",
+)
+@click.option(
+    "--metrics-allow-remote", is_flag=True, help="Let --metrics-listen bind a non-loopback address."
+)
 @click.argument("mitmdump_args", nargs=-1, type=click.UNPROCESSED)
 def capture(**opts: Any) -> None:
     """Record gateway traffic through mitmproxy into a capture directory.
@@ -502,7 +511,23 @@ def capture(**opts: Any) -> None:
         extra_args=list(opts["mitmdump_args"]),
         instance=opts["instance"],
     )
+    listen = None
+    if opts.get("metrics_listen"):
+        from captures.listen import parse_listen
+
+        listen = parse_listen(
+            opts["metrics_listen"], "--metrics-listen", allow_remote=opts["metrics_allow_remote"]
+        )
     proc = launch.CaptureProcess(config).start()
+    metrics = None
+    if listen is not None:
+        from proxy_addons.metrics import CaptureMetrics
+
+        try:
+            metrics = CaptureMetrics(*listen, proc.status)
+        except UserError:
+            proc.stop()
+            raise
 
     def say(message: str) -> None:
         click.echo(message, err=True)
@@ -511,8 +536,14 @@ def capture(**opts: Any) -> None:
     say(f"recording into {config.out}  (proxy log: {proc.log_path})")
     if opts["mode"] == "regular":
         say(f"for HTTPS, clients must trust mitmproxy's CA: {proc.ca_cert()}")
+    if metrics is not None:
+        say(f"metrics: {metrics.url}")
     say("Ctrl-C to stop")
-    final = launch.run_until_signal(proc, live=sys.stderr.isatty(), duration=duration)
+    try:
+        final = launch.run_until_signal(proc, live=sys.stderr.isatty(), duration=duration)
+    finally:
+        if metrics is not None:
+            metrics.close()
     say(f"capture stopped: {launch.describe_status(final)}")
     for note in (final or {}).get("notes") or ():
         say(f"  journal: {note}")
@@ -585,7 +616,8 @@ def run_cmd(scenario: str, **opts: Any) -> int:
 def sweep(
     capture: str, conc: str | None, speeds: str | None, rates: str | None, fmt: str, **opts: Any
 ) -> int:
-    """Replay a capture at rising load: find the throughput ceiling and the latency knee."""
+    """Replay a capture (or run a TOML scenario, by users) at rising load: find the
+    throughput ceiling, the latency knee and where an SLO first fails."""
     from replay.api import run_replay
     from replay.decide.report.sweepview import level_row, render
     from replay.decide.sweep import SweepOptions, parse_levels, run_sweep
@@ -622,18 +654,53 @@ def sweep(
         if f.get("slo_failed"):
             click.echo(f"level {f['level']:g}: SLO failed: " + "; ".join(f["slo_failed"]), err=True)
 
+    scenario = Path(capture).suffix == ".toml" and Path(capture).is_file()
+    if scenario:
+        scenario_levels(capture, kind, opts)
+
     with Watch(opts) as watch, live_progress(opts["quiet"]) as line:
-        doc = run_sweep(
-            base,
-            sopts,
-            on_level=on_level,
-            on_start=on_start,
-            runner=lambda o: run_replay(o, on_progress=watch.feed(line), observer=watch.observer),
-        )
+
+        def runner(o: Any) -> Any:
+            if scenario:
+                return run_scenario_level(capture, o, opts, watch.feed(line), watch.observer)
+            return run_replay(o, on_progress=watch.feed(line), observer=watch.observer)
+
+        doc = run_sweep(base, sopts, on_level=on_level, on_start=on_start, runner=runner)
     (out / "sweep.html").write_text(render(doc, "html"), encoding="utf-8")
     click.echo(render(doc, fmt), nl=False)
     click.echo(f"sweep: {out} (sweep.json, sweep.html, one results directory per level)", err=True)
     return 130 if doc["stopped"] and doc["stopped"].startswith("interrupted") else 0
+
+
+def scenario_levels(path: str, kind: str, opts: dict[str, Any]) -> None:
+    """A sweep over a scenario: levels are users (closed-loop concurrency over its merged
+    requests); the file is checked before any level runs."""
+    from replay.workload.scenario import load
+
+    if kind != "concurrency":
+        raise UserError(
+            f"sweep {path}: a scenario sweeps users (--concurrency); --speeds and --rates "
+            "scale a capture's timing"
+        )
+    if len(opts["target"]) > 1:
+        raise UserError(f"sweep {path}: one --target (for streams without their own)")
+    load(path, target=opts["target"][0])
+
+
+def run_scenario_level(
+    path: str, level: Any, opts: dict[str, Any], on_progress: Any, observer: Any
+) -> Any:
+    """One level of a scenario sweep: the scenario at that many users."""
+    from dataclasses import replace
+
+    from replay.api import run_scenario
+    from replay.settings import RunSettings
+
+    base = RunSettings(**send_settings(opts))
+    settings = replace(base, out=level.out, concurrency=level.concurrency, requests=level.requests)
+    return run_scenario(
+        path, settings, target=opts["target"][0], on_progress=on_progress, observer=observer
+    )
 
 
 @cli.command()
@@ -756,6 +823,7 @@ def import_cmd(fmt: str, source: str, **opts: Any) -> None:
     """Turn a HAR file, mitmproxy flows or an LLM trace into a capture."""
     from captures.importers import ImportOptions, import_file
 
+    tick = Ticker("import", source)
     summary = import_file(
         fmt,
         source,
@@ -769,8 +837,10 @@ def import_cmd(fmt: str, source: str, **opts: Any) -> None:
             duration_s=_duration(opts["duration"], "--duration"),
             output_tokens=opts["output_tokens"],
             redact=not opts["no_redact"],
+            progress=tick,
         ),
     )
+    tick.done()
     click.echo(f"imported {summary.records} requests from {source} into {opts['out']}")
     for reason, n in summary.skipped.items():
         click.echo(f"  skipped, {reason}: {n}")
@@ -784,9 +854,43 @@ def import_cmd(fmt: str, source: str, **opts: Any) -> None:
 def anonymize_cmd(capture: str, out: str) -> None:
     """Replace prompt and completion text with filler, hash identifiers, keep timing and sizes."""
     from captures.anonymize import anonymize
+    from captures.reader import Capture
 
-    summary = anonymize(capture, out)
+    tick = Ticker("anonymize", capture, total=Capture(capture).count())
+    summary = anonymize(capture, out, progress=tick)
+    tick.done()
     click.echo(f"anonymized {summary.records} requests into {out}")
+
+
+class Ticker:
+    """A progress line on stderr for long file work (import, anonymize): at most every
+    PERIOD_S, so a log stays short and a terminal does not sit silent."""
+
+    PERIOD_S = 2.0
+
+    def __init__(self, what: str, source: str, total: int | None = None) -> None:
+        self.what, self.source, self.total = what, source, total
+        self.t0 = self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, n: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.PERIOD_S:
+            return
+        self.last, self.shown = now, True
+        rate = n / max(now - self.t0, 1e-9)
+        line = f"{self.what}: {n} requests ({rate:.0f}/s)"
+        if self.total:
+            left = max(self.total - n, 0) / rate if rate > 0 else 0
+            line = (
+                f"{self.what}: {n}/{self.total} requests ({n / self.total * 100:.0f}%, "
+                f"{rate:.0f}/s, ETA {left:.0f}s)"
+            )
+        click.echo(line, err=True)
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo(f"{self.what}: done in {time.monotonic() - self.t0:.1f} s", err=True)
 
 
 @cli.command()

@@ -77,8 +77,11 @@ PAGE_FACTS = """JSON.stringify({
     const ticks = [...s.querySelectorAll('g[id^="xtick"] text, g[id^="ytick"] text')]
       .map(t => t.textContent);
     const title = s.querySelector('g[id^="axes"] > g[id^="text"] text');
+    const sb = s.getBoundingClientRect();
+    const shown = !box || (box.width > 0 && box.left >= sb.left - 1 && box.right <= sb.right + 1
+      && box.top >= sb.top - 1 && box.bottom <= sb.bottom + 1);
     return {title: title ? title.textContent : '',
-            legend: !!legend, lines: lines.length, inside, styles, ticks};
+            legend: !!legend, shown, lines: lines.length, inside, styles, ticks};
   }),
 })"""
 

@@ -200,7 +200,7 @@ def test_the_live_page_grows_during_the_run_and_links_the_report(tmp_path: Path)
                     time.sleep(0.1)
             page = open_page(
                 f"http://127.0.0.1:{port}/",
-                samples=(1.5, 2.0, 6.0),
+                samples=(1.5, 2.0, 6.0, 6.0, 6.0, 6.0),  # the end: within ~27 s, however busy
                 sample_js=SAMPLE,
                 timeout=90,
             )
@@ -211,9 +211,53 @@ def test_the_live_page_grows_during_the_run_and_links_the_report(tmp_path: Path)
             _, err = proc.communicate(timeout=60)
     assert page.console_errors == [] and page.exceptions == [], page.console_errors
     assert page.requests == []  # nothing off its own origin
-    first, second, last = (_json.loads(s) for s in page.samples)
+    seen = [_json.loads(s) for s in page.samples]
+    first, second = seen[0], seen[1]
     assert 0 < first["points"] < second["points"], page.samples  # it grows while the run goes
+    last = next((s for s in seen[2:] if "finished" in s["state"]), seen[-1])
     assert last["report"] and "finished" in last["state"], (last, err)
     run = _json.loads((out / "run.json").read_text())
     assert last["sent"].startswith(str(run["counts"]["sent"]))  # the final state is the report's
     assert (out / "report.html").exists() and b"loadtape report" in report_page
+
+
+def test_capture_serves_its_figures(tmp_path: Path) -> None:
+    import os
+    import re
+    import signal
+
+    from captures.reader import Capture
+
+    port = _free_port()
+    out = tmp_path / "cap"
+    with running_gateway() as gw:
+        proc = subprocess.Popen(
+            [*CLI, "capture", "--upstream", gw.url, "--listen", "127.0.0.1:0", "--out", str(out),
+             "--metrics-listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()
+            url = re.search(r"http://127\.0\.0\.1:\d+", first)
+            assert url is not None, first
+            for i in range(8):
+                with urllib.request.urlopen(f"{url.group(0)}/echo/x?size=40&i={i}", timeout=10):
+                    pass
+            m: dict[str, list[tuple[dict[str, str], float]]] = {}
+            for _ in range(50):  # the addon writes its status at each flush
+                m = _scrape(f"http://127.0.0.1:{port}/metrics")
+                if _total(m, "loadtape_capture_records_total") == 8:
+                    break
+                time.sleep(0.1)
+            assert _total(m, "loadtape_capture_records_total") == 8, m
+            assert _total(m, "loadtape_capture_bytes_total") > 0
+            assert _total(m, "loadtape_capture_lost_total") == 0
+            assert _total(m, "loadtape_capture_fatal") == 0
+            assert _total(m, "loadtape_capture_status_age_seconds") < 5
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(Capture(out).records()) == 8

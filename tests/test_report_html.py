@@ -67,6 +67,7 @@ def test_the_report_fits_1280px_and_its_plots_read(wide_run: Path, tmp_path: Pat
     for p in plots:
         if p["legend"]:
             assert p["inside"] == 0, (p["title"], p["inside"])  # no curve under a legend
+            assert p["shown"], p["title"]  # and the legend is within the drawing, not cut off
         assert all(_numeric(t) for t in p["ticks"]), (p["title"], p["ticks"])
     spectrum = next(p for p in plots if p["title"] == "latency (ms)")
     assert spectrum["lines"] == 14 and len(set(spectrum["styles"])) == 14, spectrum["styles"]

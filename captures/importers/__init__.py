@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ class ImportOptions:
     output_tokens: str | None = None  # sharegpt: distribution of max_tokens
     redact: bool = True  # har, mitmproxy
     key_file: str | None = None
+    progress: Callable[[int], None] | None = None  # called with the records written so far
 
 
 @dataclass
@@ -165,6 +166,8 @@ def _import(
                 writer.append_many(batch)
                 summary.records += len(batch)
                 batch = []
+                if opts.progress is not None:
+                    opts.progress(summary.records)
             if opts.limit is not None and summary.records + len(batch) >= opts.limit:
                 break
         if batch:

@@ -4,7 +4,6 @@ data, `/report` the final HTML report once the run has written it. Loopback unle
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -17,35 +16,14 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, ma
 from prometheus_client.registry import CollectorRegistry
 
 from captures.errors import UserError
+from captures.listen import parse_listen
 
 from .exporter import RunCollector, RunObserver
 from .page import PAGE
 
-LOOPBACK_NAMES = {"localhost"}
+__all__ = ["RunServer", "parse_listen"]
+
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-
-
-def parse_listen(text: str, flag: str, *, allow_remote: bool = False) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:PORT` for IPv6); loopback unless allow_remote."""
-    host, sep, port_s = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
-        raise UserError(f"{flag} {text!r}: want HOST:PORT, e.g. 127.0.0.1:9464")
-    if not allow_remote and not _is_loopback(host):
-        raise UserError(
-            f"{flag} {text!r}: not a loopback address; what is served names your targets "
-            "and models, so serving it beyond this machine needs --metrics-allow-remote"
-        )
-    return host, int(port_s)
-
-
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class RunServer:

@@ -39,14 +39,21 @@ def style(i: int) -> tuple[str, str]:
 
 
 def legend(ax: Any, n: int) -> None:
-    """The legend below the axes, never over the curves."""
-    ax.legend(
+    """The legend below the axes, never over the curves; as many columns as fit the
+    figure's width (long group labels get fewer), so the axes keep their size."""
+    _, labels = ax.get_legend_handles_labels()
+    longest = max((len(str(x)) for x in labels), default=0)
+    fit = 3 if longest <= 26 else 2 if longest <= 40 else 1
+    leg = ax.legend(
         fontsize=7,
         loc="upper center",
         bbox_to_anchor=(0.5, -0.22),
-        ncol=max(1, min(n, 3)),
+        ncol=max(1, min(n, fit)),
         frameon=False,
     )
+    # ... out of tight_layout (which would shrink the axes to make room for it), into the
+    # saved figure as an extra artist (svg(): the figure grows below the axes instead)
+    leg.set_in_layout(False)
 
 
 def plain_log_ticks(axis: Any) -> None:
@@ -80,7 +87,8 @@ def svg(fig: Any) -> str:
         buf,
         format="svg",
         metadata={"Date": None, "Creator": "loadtape"},
-        bbox_inches="tight",  # the legend below the axes is part of the figure
+        bbox_inches="tight",  # the legend below the axes is part of the figure ...
+        bbox_extra_artists=[ax.get_legend() for ax in fig.axes if ax.get_legend()],
     )
     text = buf.getvalue()
     return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline SVG
