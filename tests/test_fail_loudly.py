@@ -411,24 +411,31 @@ def test_slo_gates_that_mean_nothing_are_bad_input(tmp_path: Path, gate: str) ->
 
 
 # -- signals ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_long_run_stops_promptly_on_a_signal_and_keeps_its_results(
-    tmp_path: Path, gateway: str, sig: int
-) -> None:
+def _synthetic_run(
+    tmp: Path, target: str, process: str, rate: int, duration: str, out: Path
+) -> subprocess.Popen[str]:
+    """`loadtape run` of one template stream, in its own process."""
     sc = _write(
-        tmp_path / "s.toml",
-        f'target = "{gateway}"\n[[stream]]\nname = "t"\nkind = "synthetic"\n'
-        'arrival = { process = "poisson", rate = 1000 }\nrequest = { maker = "template" }\n'
-        'duration = "100000h"\n',
+        tmp / "s.toml",
+        f'target = "{target}"\n[[stream]]\nname = "t"\nkind = "synthetic"\n'
+        f'arrival = {{ process = "{process}", rate = {rate} }}\n'
+        f'request = {{ maker = "template" }}\nduration = "{duration}"\n',
     )
-    out = tmp_path / "o"
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [*CLI, "run", str(sc), "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(tmp_path),
+        env=_env(tmp),
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_long_run_stops_promptly_on_a_signal_and_keeps_its_results(
+    tmp_path: Path, gateway: str, sig: int
+) -> None:
+    out = tmp_path / "o"
+    proc = _synthetic_run(tmp_path, gateway, "poisson", 1000, "100000h", out)
     time.sleep(3)
     assert proc.poll() is None, proc.communicate()
     t0 = time.monotonic()
@@ -447,20 +454,8 @@ def test_requests_abandoned_at_a_stop_are_interrupted_not_the_targets_fault(
     tmp_path: Path,
 ) -> None:
     with running_gateway(slowdown=40) as gw:  # answers take seconds: some are in flight
-        sc = _write(
-            tmp_path / "s.toml",
-            f'target = "{gw.url}"\n[[stream]]\nname = "t"\nkind = "synthetic"\n'
-            'arrival = { process = "constant", rate = 50 }\nrequest = { maker = "template" }\n'
-            'duration = "1h"\n',
-        )
         out = tmp_path / "o"
-        proc = subprocess.Popen(
-            [*CLI, "run", str(sc), "--out", str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(tmp_path),
-        )
+        proc = _synthetic_run(tmp_path, gw.url, "constant", 50, "1h", out)
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

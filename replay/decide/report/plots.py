@@ -94,6 +94,17 @@ def svg(fig: Any) -> str:
     return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline SVG
 
 
+def _finish(fig: Any, ax: Any, title: str, labels: tuple[str, str], n: int) -> str:
+    """Axis labels, title, grid, the legend when several series share the axes; the SVG."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if n > 1:
+        legend(ax, n)
+    return svg(fig)
+
+
 def spectrum_points(h: HdrHistogram) -> tuple[list[float], list[float]]:
     """(x = 1/(1-p), value ms) along HdrHistogram's percentile iterator."""
     xs, ys = [], []
@@ -125,13 +136,7 @@ def spectrum_plot(series: Sequence[tuple[str, HdrHistogram]], title: str) -> str
     ax.minorticks_off()
     ax.set_xlim(1, max(top, 10))
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("percentile")
-    ax.set_ylabel("ms")
-    ax.set_title(title, fontsize=11)
-    ax.grid(True, alpha=0.3)
-    if len(series) > 1:
-        legend(ax, len(series))
-    return svg(fig)
+    return _finish(fig, ax, title, ("percentile", "ms"), len(series))
 
 
 def distribution_plot(series: Sequence[tuple[str, HdrHistogram]], title: str) -> str | None:
@@ -164,13 +169,7 @@ def distribution_plot(series: Sequence[tuple[str, HdrHistogram]], title: str) ->
         )
     ax.set_xscale("log")
     plain_log_ticks(ax.xaxis)
-    ax.set_xlabel("ms")
-    ax.set_ylabel("share of values")
-    ax.set_title(title, fontsize=11)
-    ax.grid(True, alpha=0.3)
-    if len(series) > 1:
-        legend(ax, len(series))
-    return svg(fig)
+    return _finish(fig, ax, title, ("ms", "share of values"), len(series))
 
 
 def line_plot(
@@ -211,13 +210,7 @@ def line_plot(
         ax.set_xscale("log")
         plain_log_ticks(ax.xaxis)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11)
-    ax.grid(True, alpha=0.3)
-    if len(lines) > 1 or hline is not None:
-        legend(ax, len(lines) + (hline is not None))
-    return svg(fig)
+    return _finish(fig, ax, title, (xlabel, ylabel), len(lines) + (hline is not None))
 
 
 def plots_div(svgs: Iterable[str | None]) -> str:
