@@ -79,32 +79,30 @@ def _deflate(data: bytes, limit: int) -> bytes | None:
         return _zlib(-zlib.MAX_WBITS)(data, limit)
 
 
-def _brotli(data: bytes, limit: int) -> bytes | None:
-    d = brotli.Decompressor()
+def _stepped(feed: Callable[[bytes], bytes], data: bytes, limit: int) -> bytes | None:
+    """Feed a decompressor _STEP bytes at a time, giving up once the output passes `limit`
+    (brotli and zstd take no output bound of their own)."""
     parts: list[bytes] = []
     size = 0
     for i in range(0, len(data), _STEP):
-        got = d.process(data[i : i + _STEP])
+        got = feed(data[i : i + _STEP])
         size += len(got)
         if size > limit:
             return None
         parts.append(got)
-    if not d.is_finished():
-        return None
     return b"".join(parts)
+
+
+def _brotli(data: bytes, limit: int) -> bytes | None:
+    d = brotli.Decompressor()
+    out = _stepped(d.process, data, limit)
+    return out if out is not None and d.is_finished() else None
 
 
 def _zstd(data: bytes, limit: int) -> bytes | None:
     d = zstandard.ZstdDecompressor().decompressobj()
-    parts: list[bytes] = []
-    size = 0
-    for i in range(0, len(data), _STEP):
-        got = d.decompress(data[i : i + _STEP])
-        size += len(got)
-        if size > limit:
-            return None
-        parts.append(got)
-    return b"".join(parts) if d.eof else None
+    out = _stepped(d.decompress, data, limit)
+    return out if out is not None and d.eof else None
 
 
 def _gzip_encode(data: bytes) -> bytes:

@@ -258,6 +258,17 @@ def parse(data: bytes) -> Any:
         return None
 
 
+def typed_ids(items: Any, kind: str, key: str) -> list[str]:
+    """The string `key` of every dict in `items` whose `type` is `kind` (tool results naming
+    the call they answer, in each API's own spelling)."""
+    blocks = items if isinstance(items, list) else []
+    return [
+        b[key]
+        for b in blocks
+        if isinstance(b, dict) and b.get("type") == kind and isinstance(b.get(key), str)
+    ]
+
+
 def _int(v: Any) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int):
         return None

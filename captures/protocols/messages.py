@@ -42,6 +42,7 @@ from .base import (
     salt_first_user,
     text_len,
     type_pattern,
+    typed_ids,
 )
 from .canonical import AnswerParts, Msg, canonical_args, content_text, merged, msg_hash
 from .messages_render import MessagesRender
@@ -201,14 +202,7 @@ class Messages(MessagesRender, Surface):
         msgs = obj.get("messages") or []
         last = msgs[-1] if msgs else None
         content = last.get("content") if isinstance(last, dict) else None
-        blocks = content if isinstance(content, list) else []
-        return [
-            b["tool_use_id"]
-            for b in blocks
-            if isinstance(b, dict)
-            and b.get("type") == "tool_result"
-            and isinstance(b.get("tool_use_id"), str)
-        ]
+        return typed_ids(content, "tool_result", "tool_use_id")
 
     def referenced_ids(self, obj: dict[str, Any]) -> list[str]:
         out: list[str] = []

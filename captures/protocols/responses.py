@@ -39,6 +39,7 @@ from .base import (
     suffix_key,
     text_len,
     type_pattern,
+    typed_ids,
     usage_int,
 )
 from .canonical import AnswerParts, Msg, canonical_args, content_text, merged, msg_hash
@@ -257,15 +258,7 @@ class Responses(ResponsesRender, Surface):
         return conv if isinstance(conv, str) and conv else None
 
     def tool_results(self, obj: dict[str, Any]) -> list[str]:
-        inp = obj.get("input")
-        items = inp if isinstance(inp, list) else []
-        return [
-            i["call_id"]
-            for i in items
-            if isinstance(i, dict)
-            and i.get("type") == "function_call_output"
-            and isinstance(i.get("call_id"), str)
-        ]
+        return typed_ids(obj.get("input"), "function_call_output", "call_id")
 
     def referenced_ids(self, obj: dict[str, Any]) -> list[str]:
         out = [p for p in (self.parent(obj), self.thread(obj)) if p]
