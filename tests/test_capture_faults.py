@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from proxies import start_proxy
 
 from captures.reader import Capture
-from proxy_addons.launch import CaptureConfig, CaptureProcess
+from proxy_addons.launch import CaptureProcess
 from replay.mock.threaded import running_gateway
 
 
@@ -38,14 +39,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def _proxy(tmp: Path, fs: Path, upstream: str, **options: str) -> CaptureProcess:
-    cfg = CaptureConfig(
-        out=fs / "cap",
-        upstream=upstream,
-        listen_port=0,
-        confdir=tmp / "mitmconf",
-        options={"capture_redaction_key_file": str(tmp / "key" / "redaction.key"), **options},
-    )
-    return CaptureProcess(cfg).start()
+    return start_proxy(tmp, upstream, out=fs / "cap", **options)
 
 
 def _get(url: str, tag: str) -> int:

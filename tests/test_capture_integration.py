@@ -12,25 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from proxies import start_proxy
 
 from captures.reader import Capture
-from proxy_addons.launch import CaptureConfig, CaptureProcess
+from proxy_addons.launch import CaptureProcess
 from replay.mock.threaded import ThreadedGateway, running_gateway
-
-
-def start_proxy(
-    tmp: Path, upstream: str | None, mode: str = "reverse", instance: str = "", **options: str
-) -> CaptureProcess:
-    cfg = CaptureConfig(
-        instance=instance,
-        out=tmp / "cap",
-        upstream=upstream,
-        mode=mode,
-        listen_port=0,
-        confdir=tmp / "mitmconf",
-        options={"capture_redaction_key_file": str(tmp / "key" / "redaction.key"), **options},
-    )
-    return CaptureProcess(cfg).start()
 
 
 def chat_body(stream: bool, n: int, tag: str) -> dict[str, Any]:

@@ -20,9 +20,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from proxies import start_proxy
 
 from captures.reader import Capture
-from proxy_addons.launch import CaptureConfig, CaptureProcess
 from replay.api import run_replay
 from replay.decide.diff import diff
 from replay.measure.resultsdir import Results
@@ -147,14 +147,7 @@ def traffic(base: str) -> dict[str, int]:
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     tmp = tmp_path_factory.mktemp("conv")
     with running_gateway(CONFIG, eof_delay_ms=150) as gw:
-        cfg = CaptureConfig(
-            out=tmp / "cap",
-            upstream=gw.url,
-            listen_port=0,
-            confdir=tmp / "mitmconf",
-            options={"capture_redaction_key_file": str(tmp / "key" / "redaction.key")},
-        )
-        proc = CaptureProcess(cfg).start()
+        proc = start_proxy(tmp, gw.url)
         try:
             counts = traffic(proc.url)
         finally:

@@ -13,9 +13,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from proxies import start_proxy
 
 from captures.reader import Capture
-from proxy_addons.launch import CaptureConfig, CaptureProcess
 from replay.api import run_replay
 from replay.decide.report import build
 from replay.measure.resultsdir import Results
@@ -119,14 +119,7 @@ def sdk_traffic(base: str) -> list[tuple[str, bool, str]]:
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, bool, str]]]:
     tmp = tmp_path_factory.mktemp("e2e")
     with running_gateway(CONFIG) as gw:
-        cfg = CaptureConfig(
-            out=tmp / "cap",
-            upstream=gw.url,
-            listen_port=0,
-            confdir=tmp / "mitmconf",
-            options={"capture_redaction_key_file": str(tmp / "key" / "redaction.key")},
-        )
-        proc = CaptureProcess(cfg).start()
+        proc = start_proxy(tmp, gw.url)
         try:
             sent = sdk_traffic(proc.url)
         finally:
