@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from captures import codec, protocols
 from captures.errors import UserError
+from captures.markers import MARKER_RE
 from captures.protocols import PLAIN, Surface
-from captures.redact import MARKER_RE
 from captures.schema import Headers
 
 from .plan import Request, Shot

@@ -11,6 +11,7 @@ paths a gateway names its own way, by the request body's shape.
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from dataclasses import dataclass
@@ -54,9 +55,9 @@ JSON_KEEP = 1 << 20  # a JSON body larger than this is not parsed whole for its 
 def detect(path: str, obj: Any = None, *, anthropic: bool = False) -> Surface:
     """The surface of a request: by its path, else by its body (an `anthropic-version` header
     says Messages for a chat-shaped body)."""
-    for s in SURFACES:
-        if s.matches_path(path):
-            return s
+    by_path = _by_path(path)
+    if by_path is not None:
+        return by_path
     if isinstance(obj, dict):
         if anthropic and CHAT.matches_body(obj):
             return MESSAGES
@@ -64,6 +65,15 @@ def detect(path: str, obj: Any = None, *, anthropic: bool = False) -> Surface:
             if s.matches_body(obj):
                 return s
     return PLAIN
+
+
+@functools.lru_cache(maxsize=4096)
+def _by_path(path: str) -> Surface | None:
+    """The surface a path names (a replay asks this once per request, of a few paths)."""
+    for s in SURFACES:
+        if s.matches_path(path):
+            return s
+    return None
 
 
 def decode_body(body: bytes | None, content_encoding: str | None) -> bytes | None:

@@ -16,8 +16,9 @@ sending the marker. What is not covered is listed in docs/reliability.md.
 """
 
 from ..codec import NOT_JSON, Decoded, decode_and_parse, looks_like_json, parse_json
+from ..markers import MARKER_RE
 from .keys import DEFAULT_KEY_FILE, key_fingerprint, key_path, load_or_create_key
-from .policy import MARKER_RE, RedactionPolicy, Redactor
+from .policy import RedactionPolicy, Redactor
 from .scope import Scope
 
 __all__ = [

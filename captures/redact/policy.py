@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import formats, keywords, names
 from .scope import Scope
-
-MARKER_RE = re.compile(r"\[REDACTED:[a-z_\-]+:[0-9a-f]{8}\]")
 
 
 @dataclass(frozen=True)

@@ -394,7 +394,7 @@ def _point(res: Reservoir, hist: Any, stat: str) -> float:
     if res.complete or hist is None or not hist.total_count:
         return float(statistic(res.values, stat))
     if stat == "mean":
-        return float(hist.get_mean_value())
+        return hdr.mean(hist)
     if stat == "max":
         return float(hdr.value_at_percentile(hist, 100.0))
     p = percentile_of(stat)

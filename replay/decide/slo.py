@@ -165,7 +165,7 @@ def evaluate(gates: list[Gate], metrics: Metrics) -> list[dict[str, Any]]:
                 row["measured_text"] = f"no {g.metric} values"
             else:
                 if g.stat == "mean":
-                    us = float(h.get_mean_value())
+                    us = hdr.mean(h)
                 elif g.stat == "min":
                     us = float(hdr.value_at_percentile(h, 0))
                 elif g.stat == "max":

@@ -82,7 +82,7 @@ def metric_stats(h: HdrHistogram) -> dict[str, Any]:
     doc: dict[str, Any] = {"count": n}
     for name, p in zip(STAT_NAMES, (*PERCENTILES, 100.0), strict=False):
         doc[name] = _ms(ps[p])
-    doc["mean"] = _ms(h.get_mean_value())
+    doc["mean"] = _ms(hdr.mean(h))
     return doc
 
 
