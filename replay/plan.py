@@ -99,6 +99,20 @@ class Shot:
     prepared: Any = None  # the rewritten request, when the plan thread prepared it
 
 
+SHOT_OVERHEAD_BYTES = 2048  # a shot's own objects (Shot, Request, Prepared, headers, tuples)
+
+
+def shot_bytes(shot: Shot) -> int:
+    """About the memory a planned shot holds: its objects, the recorded body, and the request
+    prepared from it (whole, plus its body where rewritten)."""
+    body = shot.request.body
+    n = SHOT_OVERHEAD_BYTES + len(body or b"") + 64 * len(shot.request.headers)
+    p = shot.prepared
+    if p is not None:
+        n += len(p.raw) + (len(p.body) if p.body is not body else 0)
+    return n
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     speed: float = 1.0

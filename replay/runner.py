@@ -36,8 +36,17 @@ from .settings import Progress, RunSettings, RunSummary, StreamPlan, default_out
 from .state import SessionState
 from .timeline import merged, sharded, with_prepared
 
-PREFILL = 32_768  # shots planned before the start instant (the plan buffer's size) ...
-PREFILL_WAIT_S = 1.0  # ... or as many as the plan makes in this long (it goes on planning)
+# The open loop plans ahead on a thread into a buffer of these many shots or about these many
+# bytes of them. A plan known to fit is wholly planned before the start instant (for up to
+# PLAN_AHEAD_WAIT_S): then the thread is done before the run begins, and its GIL handoffs (on
+# the development VM every handoff is a thread wakeup of ~50 us of CPU) neither cost the run
+# CPU nor delay its sends. Any other plan starts once PREFILL shots are ready (or
+# PREFILL_WAIT_S has passed) and goes on planning while the run goes.
+PLAN_BUFFER_SHOTS = 1_000_000
+PLAN_BUFFER_BYTES = 256 << 20
+PLAN_AHEAD_WAIT_S = 2.0
+PREFILL = 32_768
+PREFILL_WAIT_S = 1.0
 STOP_GRACE_S = 0.3  # after a stop signal, requests in flight have this long to finish
 SWITCH_INTERVAL_S = 0.0005  # GIL switch interval during an open-loop run (default 5 ms)
 
@@ -112,12 +121,20 @@ def run_streams(
         shots = sharded(shots, *settings.shard)
     # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
     # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
+    plan_size = planned(streams, settings, len(targets))
     plan_buffer: Prefetch[planmod.Shot] | None = None
     if not closed:
-        plan_buffer = Prefetch(with_prepared(shots, prepare))
-        # before the start instant: the first shots are ready
-        plan_buffer.prefill(PREFILL, PREFILL_WAIT_S)
-    plan_size = planned(streams, settings, len(targets))
+        plan_buffer = Prefetch(
+            with_prepared(shots, prepare),
+            high=PLAN_BUFFER_SHOTS,
+            max_bytes=PLAN_BUFFER_BYTES,
+            size=planmod.shot_bytes,
+        )
+        known = plan_size[0] is not None and plan_size[0] <= PLAN_BUFFER_SHOTS
+        if known:
+            plan_buffer.prefill(PLAN_AHEAD_WAIT_S)
+        else:
+            plan_buffer.prefill(PREFILL_WAIT_S, PREFILL)
     max_in_flight = settings.concurrency if closed else settings.max_in_flight
     assert max_in_flight is not None
     scheduler = Scheduler(
@@ -142,7 +159,7 @@ def run_streams(
         target_by_stream={s.name: s.rewriter.target.url for s in streams},
         observer=observer,
         metrics=metrics,
-        threaded=not closed,
+        cooperative=not closed,
     )
     interrupted = {"flag": False}
     rates: dict[str, float | None] = {}
@@ -162,7 +179,13 @@ def run_streams(
             }
         )
         disp = Dispatcher(
-            scheduler, prepare, router, writer, spin_ns=int(settings.spin_ms * 1e6), state=state
+            scheduler,
+            prepare,
+            router,
+            writer,
+            spin_ns=int(settings.spin_ms * 1e6),
+            state=state,
+            idle=writer.work if writer.cooperative else None,
         )
         loop = asyncio.get_running_loop()
         presses = {"n": 0}
@@ -270,7 +293,7 @@ async def _tick(
     interrupted: dict[str, bool] | None = None,
     plan_size: tuple[int | None, bool, float | None] = (None, False, None),
 ) -> None:
-    """Every 100 ms: hand results to the results thread (ResultWriter); every half second:
+    """Every 100 ms: hand results to the results writer (its backlog); every half second:
     report progress."""
     last_sent, last_t = 0, time.monotonic()
     tick = 0

@@ -456,7 +456,10 @@ def test_requests_abandoned_at_a_stop_are_interrupted_not_the_targets_fault(
     with running_gateway(slowdown=40) as gw:  # answers take seconds: some are in flight
         out = tmp_path / "o"
         proc = _synthetic_run(tmp_path, gw.url, "constant", 50, "1h", out)
-        time.sleep(3)
+        deadline = time.monotonic() + 30  # the run plans ahead before it starts: wait for it
+        while gw.gateway.stats.in_service < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gw.gateway.stats.in_service >= 5, "the run never had requests in flight"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

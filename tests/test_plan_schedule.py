@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from captures.schema import Record
+from replay.dispatch import POLL_NS, Dispatcher
 from replay.plan import PlanOptions, PlanStats, Request, Shot, plan_replay
 from replay.schedule import Scheduler, simulate
 
@@ -246,3 +247,40 @@ def test_scheduler_memory_is_bounded_by_held_shots() -> None:
     for _ in range(3):
         assert sched.take(10**12) is not None
     assert consumed["n"] == 4
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.soon: list[object] = []
+
+    def call_soon(self, cb: object) -> None:
+        self.soon.append(cb)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.armed: list[int] = []
+
+    def arm(self, ns: int) -> None:
+        self.armed.append(ns)
+
+
+@pytest.mark.parametrize(
+    ("gap_ns", "polled"),
+    [(-5_000, True), (0, True), (POLL_NS, True), (POLL_NS + 1, False), (2_000_000, False)],
+)
+def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
+    gap_ns: int, polled: bool
+) -> None:
+    now = 10_000_000
+    disp = Dispatcher(
+        Scheduler([], max_in_flight=1),
+        lambda s: None,
+        None,
+        None,
+        clock=lambda: now,  # type: ignore[arg-type]
+    )
+    loop, timer = _Loop(), _Timer()
+    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    disp._arm(now + gap_ns)
+    assert (len(loop.soon), timer.armed) == ((1, []) if polled else (0, [now + gap_ns]))

@@ -1,7 +1,7 @@
 """`--metrics-listen HOST:PORT`: the run's figures in Prometheus exposition, served by
 prometheus_client while the run goes on.
 
-The results thread hands every batch of result rows to `RunObserver.record` (the same rows
+The results writer hands every batch of result rows to `RunObserver.record` (the same rows
 that feed the histograms and results.parquet), which keeps counters and Prometheus bucket
 counts by stream, target, endpoint and model under a lock; the live line's progress snapshot
 adds what only the dispatcher knows (sent, in flight, send rate, lag). A collector turns a
@@ -72,7 +72,7 @@ def _status_class(status: int | None, error: str | None) -> str:
 
 
 class RunObserver:
-    """Fed by the results thread (record) and the progress tick (progress); read by scrapes."""
+    """Fed by the results writer (record) and the progress tick (progress); read by scrapes."""
 
     def __init__(self, stage: Mapping[str, str] | None = None) -> None:
         self._lock = threading.Lock()
@@ -88,7 +88,7 @@ class RunObserver:
     # -- feeding --------------------------------------------------------------------------------
     def record(self, b: Mapping[str, Any]) -> None:
         """One batch of result rows (column lists), counted in whole-array passes: this runs
-        on the results thread beside the histograms, and its cost is the run's."""
+        as a step of the results work beside the histograms, and its cost is the run's."""
         n = len(b["end_ns"])
         if not n:
             return

@@ -26,7 +26,7 @@ workers and copies each record their own.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,9 +185,13 @@ class Metrics:
                 self.out_of_range[metric] += bad
 
     def record_batch(self, b: dict[str, Any]) -> None:
-        """Record a batch of results (column lists, epoch ns; see results.ResultWriter).
+        """Record a batch of results (column lists, epoch ns; see results.ResultWriter)."""
+        for _ in self.record_steps(b):
+            pass
 
-        Vectorized: a flush runs on the event loop, and any stall there would show as lag."""
+    def record_steps(self, b: dict[str, Any]) -> Iterator[None]:
+        """record_batch in steps (it yields between them): the open loop records in the event
+        loop's idle time, a step at a time, and a long step would be schedule lag."""
         n = len(b["end_ns"])
         if not n:
             return
@@ -201,6 +205,7 @@ class Metrics:
         intended = np.asarray(b["intended_ns"], dtype=np.int64)
         end = np.asarray(b["end_ns"], dtype=np.int64)
 
+        yield
         # group index per row
         gid_of: dict[GroupKey, int] = {}
         gids = np.empty(n, dtype=np.int64)
@@ -216,10 +221,12 @@ class Metrics:
                 g = gid_of[key] = len(gid_of)
             gids[i] = g
         ng = len(gid_of)
+        yield
         t = timings(b)
         latency, service, lag = t["latency"], t["service"], t["lag"]
         ttfb, ttft, tpot, ttft_text = t["ttfb"], t["ttft"], t["tpot"], t["ttft_text"]
         itl, itl_owner = t["itl"], gids[t["itl_row"]]
+        yield
 
         hdr.record_many(self.overall["latency"], latency)
         hdr.record_many(self.overall["lag"], lag)
@@ -229,12 +236,14 @@ class Metrics:
         rtok_sum = np.bincount(gids, weights=rtoks, minlength=ng)
         cached_sum = np.bincount(gids, weights=cached, minlength=ng)
         bytes_sum = np.bincount(gids, weights=bytes_in, minlength=ng)
+        yield
         for key, g in gid_of.items():
             sel = gids == g
             hists = self.group(key)
             self._record(hists, "latency", latency[sel])
             self._record(hists, "service", service[sel])
             self._record(hists, "lag", lag[sel])
+            yield
             v = ttfb[sel]
             self._record(hists, "ttfb", v[v >= 0])
             v = ttft[sel]
@@ -244,6 +253,7 @@ class Metrics:
             v = tpot[sel]
             self._record(hists, "tpot", v[v >= 0])
             self._record(hists, "itl", itl[itl_owner == g])
+            yield
             st = self.stats[key]
             c_ok, c_exp, c_fail = (int(x) for x in counts[g])
             st.count += c_ok + c_exp + c_fail
@@ -266,13 +276,15 @@ class Metrics:
                 last_end_ns=int(end[sel].max()),
             )
             st.merge(span)
+            yield
         keys_of = {g: k for k, g in gid_of.items()}
         for i, fin in enumerate(b.get("finish_reason") or ()):
             if fin:
                 fr = self.stats[keys_of[int(gids[i])]].finish_reasons
                 fr[fin] = fr.get(fin, 0) + 1
+        yield
         for i in np.flatnonzero(outcome == 2).tolist():  # failures: usually few
-            key = next(k for k, g in gid_of.items() if g == gids[i])
+            key = keys_of[int(gids[i])]
             kind = b["error_kind"][i] or f"http_{b['status'][i]}"
             errs = self.stats[key].errors
             errs[kind] = errs.get(kind, 0) + 1
@@ -282,11 +294,12 @@ class Metrics:
             else b["stream"]
         )
         sent = np.asarray(b["sent_ns"], dtype=np.int64)
-        self._record_intervals(
+        yield
+        yield from self._interval_steps(
             series, latency, ttft, outcome, end, (intended, sent), (itl, t["itl_row"])
         )
 
-    def _record_intervals(
+    def _interval_steps(
         self,
         streams: list[str],
         latency: np.ndarray,
@@ -295,7 +308,7 @@ class Metrics:
         end: np.ndarray,
         starts: tuple[np.ndarray, np.ndarray],
         itl: tuple[np.ndarray, np.ndarray],
-    ) -> None:
+    ) -> Iterator[None]:
         secs = (end - self.run_start_ns) // 1_000_000_000
         sid_of: dict[str, int] = {}
         sids = np.fromiter(
@@ -321,6 +334,7 @@ class Metrics:
             gaps, rows = itl
             if len(gaps):
                 hdr.record_many(live["itl"], gaps[sel[rows]])
+            yield
         for j, at in ((3, starts[0]), (4, starts[1])):  # scheduled and sent, by their second
             at_secs = (at - self.run_start_ns) // 1_000_000_000
             for sid in np.unique(sids).tolist():
@@ -329,6 +343,7 @@ class Metrics:
                 vals, cnts = np.unique(at_secs[mine], return_counts=True)
                 for sec, c in zip(vals.tolist(), cnts.tolist(), strict=True):
                     self.per_second[stream].setdefault(sec, [0] * len(PER_SECOND))[j] += c
+            yield
 
     def seal_intervals(self, before_sec: int | None = None) -> None:
         """Encode and free the live interval histograms of seconds < before_sec (all if None)."""

@@ -1,5 +1,5 @@
-"""Results: one row per request (`SCHEMA`), written to Parquet in batches (bounded memory) by a
-results thread, with the histograms fed from the same batches; `Expect` decides which statuses
+"""Results: one row per request (`SCHEMA`), written to Parquet in batches (bounded memory),
+with the histograms fed from the same batches; `Expect` decides which statuses
 count as success, expected shedding or failure. Injected credentials never appear in them: the
 request headers a replay sends are not recorded, only what the results need. (Reading a results
 directory back: resultsdir.py.)
@@ -7,11 +7,13 @@ directory back: resultsdir.py.)
 
 from __future__ import annotations
 
+import collections
+import functools
 import queue
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -175,14 +177,29 @@ def _mono_to_epoch() -> int:
 
 
 class ResultWriter:
-    """Collects result rows on the event loop (one tuple each: the hot path) and hands them to
-    a results thread, which builds the Arrow batches, records the histograms, seals the
-    per-second intervals and writes Parquet row groups. Doing that work on the loop, even in
-    slices, measured as milliseconds of schedule lag every tick; on the thread, the loop waits
-    at most the interpreter's switch interval for the GIL (the engine shortens it to 0.5 ms)."""
+    """Collects result rows on the event loop (one tuple each: the hot path), builds the Arrow
+    batches, records the histograms, seals the per-second intervals and writes Parquet row
+    groups. Two ways, by the run:
+
+    - cooperative (open loop): the dispatcher hands the writer the loop's idle time between
+      shots (`work(until_ns)`), and the work is done in steps of tens of microseconds, each
+      ending before the next shot is due. A results thread beside the loop measured worse:
+      every GIL handoff is a thread wakeup (~50 us of CPU on the development VM), and the
+      loop waited for the GIL at every 100 ms batch (p99 lag 2-3 ms at 5k req/s, against
+      0.2 ms with the work deferred). Only the Parquet writes, C++ that releases the GIL, go
+      to a writer thread. If the loop has no idle time (a rate beyond one worker), the tick
+      processes the backlog beyond `BACKLOG_ROWS` itself, and the lag shows it.
+    - inline (closed loop): in the loop's 100 ms tick; there is no schedule to protect.
+    """
 
     GROUP_ROWS = 4096
     SLICE_ROWS = 256
+    STEP_SLICE_ROWS = 128  # cooperative: smaller slices make shorter steps
+    BACKLOG_ROWS = 65_536
+    FULL_TURN_NS = 250_000
+    FIRST_STEP_NS = 100_000  # a step not seen before is expected to take this long
+    PRESSURE_ROWS = 4096
+    MIN_WINDOW_NS = 40_000
 
     def __init__(
         self,
@@ -193,14 +210,12 @@ class ResultWriter:
         part: str | None = None,
         batch_rows: int = 2048,
         epoch_offset: int | None = None,
-        threaded: bool = True,
+        cooperative: bool = False,
         expect_by_stream: Mapping[str, Expect] | None = None,
         target_by_stream: Mapping[str, str] | None = None,
         observer: ResultObserver | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
-        """threaded: process results on a thread (open loop: keeps the event loop free for the
-        schedule); unthreaded: on the loop, in the tick (closed loop: no schedule to protect,
-        and the thread's GIL handoffs measured as about 2x the CPU per request)."""
         self.out_dir = out_dir
         mkdir_private(out_dir)
         self.expect = expect
@@ -212,20 +227,26 @@ class ResultWriter:
         self.metrics = metrics
         self.batch_rows = batch_rows
         self.offset = _mono_to_epoch() if epoch_offset is None else epoch_offset
+        self.clock = clock
         name = f"results-{part}.parquet" if part else "results.parquet"
         self.path = out_dir / name
         self._writer = pq.ParquetWriter(
             self.path, FILE_SCHEMA, compression="zstd", write_page_checksum=True
         )
-        self._rows: list[tuple[Shot, Prepared | None, int, Outcome, str]] = []
+        self._rows: list[Row] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._queue: queue.Queue[list[Any] | None] = queue.Queue()  # never blocks the loop
         self._error: BaseException | None = None
-        self.threaded = threaded
+        self.cooperative = cooperative
+        self._backlog: collections.deque[Row] = collections.deque()
+        self._job: Iterator[None] | None = None  # the slice being processed, step by step
+        self._cost: dict[tuple[object, int], int] = {}  # step site -> expected ns (learnt)
+        self._writes: queue.Queue[list[pa.RecordBatch] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._work, name="loadtape-results", daemon=True)
+        if cooperative:
+            self._thread = threading.Thread(
+                target=self._write_work, name="loadtape-results", daemon=True
+            )
             self._thread.start()
         self.rows = 0
         self.ok = 0
@@ -240,7 +261,7 @@ class ResultWriter:
         intended_mono: int,
         out: Outcome,
     ) -> None:
-        """One result: kept as a tuple (the hot path); columns are built when draining."""
+        """One result: kept as a tuple (the hot path); columns are built later."""
         outcome = self.expect_by_stream.get(shot.stream, self.expect).outcome(out.status, out.error)
         if outcome == "ok":
             self.ok += 1
@@ -253,9 +274,15 @@ class ResultWriter:
         if len(self._rows) >= self.batch_rows:
             self.handover()
 
-    def _columns(
-        self, rows: list[tuple[Shot, Prepared | None, int, Outcome, str]]
-    ) -> dict[str, list[Any]]:
+    # -- building a slice, in steps ------------------------------------------------------------
+    def _columns(self, rows: list[Row]) -> dict[str, list[Any]]:
+        cols: dict[str, list[Any]] = {}
+        for _ in self._column_steps(rows, cols):
+            pass
+        return cols
+
+    def _column_steps(self, rows: list[Row], cols: dict[str, list[Any]]) -> Iterator[None]:
+        """Fill `cols` (column lists) from result rows, yielding every few columns."""
         off = self.offset
         shots = [r[0] for r in rows]
         preps = [r[1] for r in rows]
@@ -263,147 +290,246 @@ class ResultWriter:
         recs = [s.recorded for s in shots]
         reqs = [s.request for s in shots]
         nil = [None] * len(rows)
-        return {
-            "seq": [s.seq for s in shots],
-            "stream": [s.stream for s in shots],
-            "target": [s.target or self.target_by_stream.get(s.stream, "") for s in shots],
-            "copy": [s.copy for s in shots],
-            "loop": [s.loop for s in shots],
-            "session": [s.session for s in shots],
-            "source_writer": [s.source[0] if s.source else None for s in shots],
-            "source_seq": [s.source[1] if s.source else None for s in shots],
-            "method": [q.method for q in reqs],
-            "api": [
-                p.surface.name if p is not None else q.api for p, q in zip(preps, reqs, strict=True)
-            ],
-            "endpoint": [q.path for q in reqs],
-            "model": [
-                p.model if p is not None else q.model for p, q in zip(preps, reqs, strict=True)
-            ],
-            "req_bytes": [len(p.body) if p is not None else 0 for p in preps],
-            "intended_ns": [r[2] + off for r in rows],
-            "sent_ns": [o.sent_ns + off for o in outs],
-            "headers_ns": [o.headers_ns + off if o.headers_ns is not None else None for o in outs],
-            "first_token_ns": [
-                o.first_token_ns + off if o.first_token_ns is not None else None for o in outs
-            ],
-            "first_text_ns": [
-                o.first_text_ns + off if o.first_text_ns is not None else None for o in outs
-            ],
-            "end_ns": [o.end_ns + off for o in outs],
-            "status": [o.status for o in outs],
-            "outcome": [r[4] for r in rows],
-            "error_kind": [o.error for o in outs],
-            "error_message": [o.error_msg for o in outs],
-            "retry_after": [o.retry_after for o in outs],
-            "bytes_in": [o.bytes_in for o in outs],
-            "prompt_tokens": [o.prompt_tokens for o in outs],
-            "completion_tokens": [o.completion_tokens for o in outs],
-            "reasoning_tokens": [o.reasoning_tokens for o in outs],
-            "cached_tokens": [o.cached_tokens for o in outs],
-            "cache_write_tokens": [o.cache_write_tokens for o in outs],
-            "finish_reason": [o.finish_reason for o in outs],
-            "events": [o.events for o in outs],
-            "text_events": [o.text_events for o in outs],
-            "reasoning_events": [o.reasoning_events for o in outs],
-            "tool_events": [o.tool_events for o in outs],
-            "stream_complete": [o.complete for o in outs],
-            "response_id": [o.response_id for o in outs],
-            "minted_ids": [o.minted or None for o in outs],
-            "answer_hash": [msg_hash(o.answer) if o.answer is not None else None for o in outs],
-            "token_offsets_us": [
-                [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
-            ],
-            "body_hash": [o.body_hash for o in outs],
-            "recorded_status": [r.status if r else None for r in recs] if any(recs) else nil,
-            "recorded_ttfb_us": [r.ttfb_us if r else None for r in recs] if any(recs) else nil,
-            "recorded_first_chunk_us": [r.first_chunk_us if r else None for r in recs]
-            if any(recs)
-            else nil,
-            "recorded_chunks": [r.chunks if r else None for r in recs] if any(recs) else nil,
-            "recorded_completion_tokens": [r.completion_tokens if r else None for r in recs]
-            if any(recs)
-            else nil,
-            "recorded_finish_reason": [r.finish_reason if r else None for r in recs]
-            if any(recs)
-            else nil,
-        }
+        yield
+        cols["seq"] = [s.seq for s in shots]
+        cols["stream"] = [s.stream for s in shots]
+        cols["target"] = [s.target or self.target_by_stream.get(s.stream, "") for s in shots]
+        cols["copy"] = [s.copy for s in shots]
+        cols["loop"] = [s.loop for s in shots]
+        cols["session"] = [s.session for s in shots]
+        cols["source_writer"] = [s.source[0] if s.source else None for s in shots]
+        cols["source_seq"] = [s.source[1] if s.source else None for s in shots]
+        yield
+        cols["method"] = [q.method for q in reqs]
+        cols["api"] = [
+            p.surface.name if p is not None else q.api for p, q in zip(preps, reqs, strict=True)
+        ]
+        cols["endpoint"] = [q.path for q in reqs]
+        cols["model"] = [
+            p.model if p is not None else q.model for p, q in zip(preps, reqs, strict=True)
+        ]
+        cols["req_bytes"] = [len(p.body) if p is not None else 0 for p in preps]
+        yield
+        cols["intended_ns"] = [r[2] + off for r in rows]
+        cols["sent_ns"] = [o.sent_ns + off for o in outs]
+        cols["headers_ns"] = [
+            o.headers_ns + off if o.headers_ns is not None else None for o in outs
+        ]
+        cols["first_token_ns"] = [
+            o.first_token_ns + off if o.first_token_ns is not None else None for o in outs
+        ]
+        cols["first_text_ns"] = [
+            o.first_text_ns + off if o.first_text_ns is not None else None for o in outs
+        ]
+        cols["end_ns"] = [o.end_ns + off for o in outs]
+        yield
+        cols["status"] = [o.status for o in outs]
+        cols["outcome"] = [r[4] for r in rows]
+        cols["error_kind"] = [o.error for o in outs]
+        cols["error_message"] = [o.error_msg for o in outs]
+        cols["retry_after"] = [o.retry_after for o in outs]
+        cols["bytes_in"] = [o.bytes_in for o in outs]
+        yield
+        cols["prompt_tokens"] = [o.prompt_tokens for o in outs]
+        cols["completion_tokens"] = [o.completion_tokens for o in outs]
+        cols["reasoning_tokens"] = [o.reasoning_tokens for o in outs]
+        cols["cached_tokens"] = [o.cached_tokens for o in outs]
+        cols["cache_write_tokens"] = [o.cache_write_tokens for o in outs]
+        cols["finish_reason"] = [o.finish_reason for o in outs]
+        yield
+        cols["events"] = [o.events for o in outs]
+        cols["text_events"] = [o.text_events for o in outs]
+        cols["reasoning_events"] = [o.reasoning_events for o in outs]
+        cols["tool_events"] = [o.tool_events for o in outs]
+        cols["stream_complete"] = [o.complete for o in outs]
+        cols["response_id"] = [o.response_id for o in outs]
+        cols["minted_ids"] = [o.minted or None for o in outs]
+        yield
+        cols["answer_hash"] = [msg_hash(o.answer) if o.answer is not None else None for o in outs]
+        cols["token_offsets_us"] = [
+            [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
+        ]
+        cols["body_hash"] = [o.body_hash for o in outs]
+        yield
+        recorded = any(recs)
+        for col, attr in _RECORDED:
+            cols[col] = [getattr(r, attr) if r else None for r in recs] if recorded else nil
+            if recorded:
+                yield
 
-    def _slice(self, cols: dict[str, list[Any]]) -> None:
-        arrays = [pa.array(cols[c], SCHEMA.field(c).type) for c in COLUMNS]
+    def _slice_steps(self, rows: list[Row]) -> Iterator[None]:
+        cols: dict[str, list[Any]] = {}
+        yield from self._column_steps(rows, cols)
+        arrays = []
+        for i, c in enumerate(COLUMNS):
+            arrays.append(pa.array(cols[c], SCHEMA.field(c).type))
+            if i % 4 == 3:
+                yield
         self._pending.append(pa.RecordBatch.from_arrays(arrays, schema=SCHEMA))
-        self._pending_rows += len(cols["seq"])
-        self.metrics.record_batch(cols)
+        self._pending_rows += len(rows)
+        yield
+        yield from self.metrics.record_steps(cols)
         if self.observer is not None:
             self.observer.record(cols)
+            yield
 
-    def _write_pending(self, force: bool = False) -> None:
-        if not self._pending or (self._pending_rows < self.GROUP_ROWS and not force):
-            return
-        table = pa.Table.from_batches(self._pending, schema=SCHEMA)
-        self._pending, self._pending_rows = [], 0
+    def _slice(self, rows: list[Row]) -> None:
+        for _ in self._slice_steps(rows):
+            pass
+
+    def _after_slice(self) -> None:
+        if self._pending_rows >= self.GROUP_ROWS:
+            batches, self._pending, self._pending_rows = self._pending, [], 0
+            if self._thread is not None:
+                self._writes.put(batches)
+            else:
+                self._write(batches)
+        now_s = (time.time_ns() - self.metrics.run_start_ns) // 1_000_000_000
+        self.metrics.seal_intervals(before_sec=now_s - 1)
+
+    def _write(self, batches: list[pa.RecordBatch]) -> None:
+        table = pa.Table.from_batches(batches, schema=SCHEMA)
         self._writer.write_table(with_derived(table))
 
-    def _work(self) -> None:
-        """The results thread."""
+    def _write_work(self) -> None:
+        """The writer thread (cooperative mode): Parquet row groups, written by C++ that does
+        not hold the GIL."""
         background_priority()
         while True:
-            rows = self._queue.get()
+            batches = self._writes.get()
             try:
-                if rows is None:
+                if batches is None:
                     return
-                self._process(rows, yield_gil=True)
+                if self._error is None:
+                    self._write(batches)
+            except BaseException as exc:  # disk full, ...: reported when the run closes
+                self._error = exc
             finally:
-                self._queue.task_done()
+                self._writes.task_done()
 
-    def _process(self, rows: list[Any], *, yield_gil: bool) -> None:
-        if self._error is not None:
-            return  # the error is raised at close()
+    # -- doing the work ------------------------------------------------------------------------
+    def _take(self, n: int) -> list[Row]:
+        b = self._backlog
+        return [b.popleft() for _ in range(min(n, len(b)))]
+
+    def work(self, until_ns: int) -> bool:
+        """Cooperative mode: results work in short steps, each taken only if it is expected to
+        end before until_ns; True if work is left. Each step's cost is learnt where it starts
+        (steps differ: a column list is tens of microseconds, an interval pass hundreds). Under
+        pressure (a backlog of PRESSURE_ROWS) a step goes whenever MIN_WINDOW_NS is left, at
+        the risk of running over."""
+        clock = self.clock
+        now = clock()
+        turn = until_ns - now >= self.FULL_TURN_NS  # a full turn always takes a step
+        while True:
+            if self._job is None:
+                if not self._backlog or self._error is not None:
+                    return False
+                self._job = self._slice_steps(self._take(self.STEP_SLICE_ROWS))
+            where = _step_site(self._job)
+            est = self._cost.get(where, self.FIRST_STEP_NS)
+            left = until_ns - now
+            pressed = len(self._backlog) > self.PRESSURE_ROWS and left >= self.MIN_WINDOW_NS
+            if est > left and not (turn or pressed):
+                return True
+            turn = False
+            try:
+                next(self._job)
+            except StopIteration:
+                self._job = None
+                self._guarded(self._after_slice)
+            except BaseException as exc:  # reported when the run closes
+                self._job = None
+                self._error = exc
+            then = clock()
+            took = then - now
+            # the estimate: rises at once to a longer step, decays slowly after a shorter one
+            self._cost[where] = took if took > est else est - ((est - took) >> 3)
+            now = then
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
         try:
-            for lo in range(0, len(rows), self.SLICE_ROWS):
-                self._slice(self._columns(rows[lo : lo + self.SLICE_ROWS]))
-                if yield_gil:
-                    # Let the event loop have the GIL between slices: a C call (pa.array, numpy)
-                    # holds it for its whole length, whatever the switch interval says.
-                    time.sleep(0)
-            self._write_pending()
-            now_s = (time.time_ns() - self.metrics.run_start_ns) // 1_000_000_000
-            self.metrics.seal_intervals(before_sec=now_s - 1)
+            fn()
         except BaseException as exc:  # disk full, ...: reported when the run closes
             self._error = exc
 
+    def _finish_job(self) -> None:
+        if self._job is not None:
+            job, self._job = self._job, None
+            self._guarded(functools.partial(_exhaust, job))
+            self._guarded(self._after_slice)
+
+    def _drain(self, keep: int = 0) -> None:
+        """Process the backlog now, down to `keep` rows."""
+        self._finish_job()
+        while len(self._backlog) > keep and self._error is None:
+            self._guarded(functools.partial(self._slice, self._take(self.SLICE_ROWS)))
+            self._guarded(self._after_slice)
+
     def handover(self) -> None:
-        """Give the rows collected so far to the results thread (called from the loop)."""
+        """Move the rows collected so far to the backlog (called from the loop). Inline, the
+        backlog is processed now; cooperative, in the loop's idle time, or now beyond
+        BACKLOG_ROWS."""
         rows = self._rows
         if rows:
             self._rows = []
-            if self.threaded:
-                self._queue.put(rows)
-            else:
-                self._process(rows, yield_gil=False)
+            self._backlog.extend(rows)
+        if not self.cooperative:
+            self._drain()
+        elif len(self._backlog) > self.BACKLOG_ROWS:
+            self._drain(keep=self.BACKLOG_ROWS)
 
     def flush(self) -> None:
-        """Process everything collected so far, and wait for it."""
-        self.handover()
+        """Process and write everything collected so far, and wait for it."""
+        self._rows, rows = [], self._rows
+        self._backlog.extend(rows)
+        self._drain()
         if self._thread is not None:
-            self._queue.join()
-        self._write_pending(force=True)
+            self._writes.join()
+        if self._pending and self._error is None:
+            batches, self._pending, self._pending_rows = self._pending, [], 0
+            self._guarded(functools.partial(self._write, batches))
 
     def close(self) -> None:
         if self.closed:
             return
-        self.handover()
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-        self.closed = True
         try:
-            if self._error is None:
-                self._write_pending(force=True)
+            self.flush()
         finally:
+            if self._thread is not None:
+                self._writes.put(None)
+                self._thread.join()
             self._writer.close()
+            self.closed = True
         if self._error is not None:
             raise UserError(f"{self.path}: could not write results ({self._error})")
+
+
+Row = tuple[Shot, "Prepared | None", int, Outcome, str]
+
+
+def _step_site(gen: Iterator[None]) -> tuple[object, int]:
+    """Where a generator of steps will go on from: the innermost code and line it waits at."""
+    g: Any = gen
+    while getattr(g, "gi_yieldfrom", None) is not None:
+        g = g.gi_yieldfrom
+    frame = getattr(g, "gi_frame", None)
+    return (g.gi_code, frame.f_lineno) if frame is not None else (None, 0)
+
+
+def _exhaust(steps: Iterator[None]) -> None:
+    for _ in steps:
+        pass
+
+
+_RECORDED = (
+    ("recorded_status", "status"),
+    ("recorded_ttfb_us", "ttfb_us"),
+    ("recorded_first_chunk_us", "first_chunk_us"),
+    ("recorded_chunks", "chunks"),
+    ("recorded_completion_tokens", "completion_tokens"),
+    ("recorded_finish_reason", "finish_reason"),
+)
 
 
 def warm_up() -> None:
