@@ -7,9 +7,15 @@ the CPU the replay used.
 Peer, in the same run: the common naive approach (no peer tool with an open loop and send-time
 records is packaged for this machine: no wrk2, no vegeta): one asyncio task per shot, each
 sleeping until its absolute due time, then sending with aiohttp, on uvloop. Its lag is measured
-the same way. Goal (issue 4): loadtape p99 <= 1 ms at 2k req/s, <= 5 ms at 5k req/s.
+the same way.
 
-    python bench/replay_lag.py [--seconds 10] [--rates 1000,2000,5000] [--live]
+CPU per request is given two ways for both tools: gross (the whole process: start-up, planning,
+the run, the report) and net of start-up (the same tool's CPU for a one-request run is
+subtracted, as bench/replay_throughput.py does). The floor under both on this machine is printed
+first: the CPU and lateness of one timerfd wakeup of an idle event loop (a VM makes wakeups dear).
+Goals (issue 19): lag p99 <= 0.5 ms at 5k req/s and <= 1 ms at 10k.
+
+    python bench/replay_lag.py [--seconds 10] [--rates 2000,5000,10000] [--live]
 
 --live adds a third run per rate: loadtape with `--metrics-listen` while this process scrapes
 /metrics every second, as Prometheus would: what watching a run costs it. (`--live` serves the
@@ -65,6 +71,35 @@ NAIVE = textwrap.dedent(
     """
 )
 
+WAKEUP = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import uvloop
+    sys.path.insert(0, sys.argv[1])
+    from replay.timer import PreciseTimer
+    n, gap = 5000, 200_000
+    async def main():
+        loop = asyncio.get_running_loop()
+        done, late, st = loop.create_future(), [], {"i": 0}
+        start = time.monotonic_ns() + 10_000_000
+        def fire():
+            late.append(time.monotonic_ns() - (start + st["i"] * gap))
+            st["i"] += 1
+            if st["i"] >= n:
+                done.set_result(None)
+            else:
+                timer.arm(start + st["i"] * gap)
+        timer = PreciseTimer.create(loop, fire)
+        timer.arm(start)
+        c0 = time.process_time()
+        await done
+        late.sort()
+        print(json.dumps([(time.process_time() - c0) / n * 1e6, late[n // 2] / 1e3, late[n * 99 // 100] / 1e3]))
+        timer.close()
+    uvloop.run(main())
+    """
+)
+
 
 def stats(lag_ms: np.ndarray) -> dict[str, float]:
     return {
@@ -115,14 +150,33 @@ def watched_run(cap: Path, target: str, run: Path, n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rates", default="1000,2000,5000")
+    ap.add_argument("--rates", default="2000,5000,10000")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--live", action="store_true", help="also run with --live, scraped")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
+    wake = json.loads(
+        measured([sys.executable, "-c", WAKEUP, str(ROOT)])[0].strip().splitlines()[-1]
+    )
+    print(
+        f"floor: one timerfd wakeup of an idle uvloop costs {wake[0]:.0f} us CPU and comes "
+        f"{wake[1]:.0f} us late at p50, {wake[2]:.0f} us at p99",
+        flush=True,
+    )
+    results["wakeup"] = {
+        "timerfd": dict(zip(("cpu_us", "late_p50_us", "late_p99_us"), wake, strict=True))
+    }
     try:
         with Nginx(workers=1) as nginx:
+            one = write_capture(work / "one", [http_record(start_ns=T0_NS, path="/lag")])
+            lt_start = measured(
+                [str(BIN / "loadtape"), "replay", str(one), "--target", nginx.url,
+                 "--out", str(work / "one-run"), "-q"]
+            )[2]  # fmt: skip
+            naive_start = measured(
+                [sys.executable, "-c", NAIVE, f"{nginx.url}/lag", "1", "1", str(work / "n1")]
+            )[2]
             for rate in (int(r) for r in args.rates.split(",")):
                 n = int(rate * args.seconds)
                 cap = write_capture(
@@ -153,6 +207,7 @@ def main() -> None:
                     "achieved_rate": doc["achieved_rate"],
                     "failed": doc["counts"]["failed"],
                     "cpu_us_per_req": cpu / n * 1e6,
+                    "net_cpu_us_per_req": (cpu - lt_start) / n * 1e6,
                 }
                 lag_file = work / f"naive{rate}.json"
                 _, _, ncpu = measured(
@@ -167,7 +222,11 @@ def main() -> None:
                     ]
                 )
                 nlag = np.asarray(json.loads(lag_file.read_text())) * 1e3
-                naive = {**stats(nlag), "cpu_us_per_req": ncpu / n * 1e6}
+                naive = {
+                    **stats(nlag),
+                    "cpu_us_per_req": ncpu / n * 1e6,
+                    "net_cpu_us_per_req": (ncpu - naive_start) / n * 1e6,
+                }
                 results[str(rate)] = {"loadtape": lt, "naive_task_per_shot": naive}
                 if args.live:
                     live = watched_run(cap, nginx.url, work / f"live{rate}", n)
@@ -180,9 +239,12 @@ def main() -> None:
                     )
                 print(
                     f"{rate:5d} req/s  loadtape: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
-                    f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, {lt['cpu_us_per_req']:.0f} us CPU/req | "
+                    f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, CPU/req {lt['cpu_us_per_req']:.0f} us "
+                    f"({lt['net_cpu_us_per_req']:.0f} net) | "
                     f"naive task-per-shot: p50 {naive['p50_ms']:.3f} p99 {naive['p99_ms']:.3f} max {naive['max_ms']:.1f} ms, "
-                    f"{naive['cpu_us_per_req']:.0f} us CPU/req | p99 ratio {naive['p99_ms'] / max(lt['p99_ms'], 1e-6):.1f}x",
+                    f"CPU/req {naive['cpu_us_per_req']:.0f} us ({naive['net_cpu_us_per_req']:.0f} net) | "
+                    f"naive/loadtape: p99 {naive['p99_ms'] / max(lt['p99_ms'], 1e-6):.1f}x, "
+                    f"net CPU {naive['net_cpu_us_per_req'] / max(lt['net_cpu_us_per_req'], 1e-6):.2f}x",
                     flush=True,
                 )
         out = ROOT / args.out
