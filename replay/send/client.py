@@ -28,6 +28,7 @@ from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
 
 Done = Callable[[Outcome], None]
 _now = time.monotonic_ns
+FIRST_WRITE = 2 * 1024  # a larger request is written in two parts (see _Conn.start_at)
 
 
 class _Conn(asyncio.Protocol):
@@ -163,7 +164,18 @@ class _Conn(asyncio.Protocol):
             self.deadline = sent_ns + client.timeout_ns
             client._busy.add(self)
         assert self.transport is not None
-        self.transport.write(req.raw)
+        raw = req.raw
+        if len(raw) <= FIRST_WRITE:
+            self.transport.write(raw)
+        else:
+            # The head now, the rest once every request due with it has begun: writing a
+            # 500 KB body whole held back each request due after it in the same instant.
+            self.transport.write(raw[:FIRST_WRITE])
+            client.loop.call_soon(self._write_rest, req)
+
+    def _write_rest(self, req: Prepared) -> None:
+        if self.req is req and self.transport is not None:
+            self.transport.write(memoryview(req.raw)[FIRST_WRITE:])
 
     def _timed_out(self) -> None:
         self._fail("timeout", f"no complete response within {self.client.timeout:g} s")
