@@ -347,10 +347,19 @@ class Metrics:
 
     def seal_intervals(self, before_sec: int | None = None) -> None:
         """Encode and free the live interval histograms of seconds < before_sec (all if None)."""
+        for _ in self.seal_steps(before_sec):
+            pass
+
+    def seal_steps(self, before_sec: int | None = None) -> Iterator[None]:
+        """seal_intervals a histogram at a time (each encoding is about a millisecond)."""
         for key in [k for k in self._live if before_sec is None or k[1] < before_sec]:
             stream, sec = key
-            live = self._live.pop(key)
-            self.intervals[stream][sec] = {m: hdr.encode(h) for m, h in live.items()}
+            live = self._live[key]
+            sealed = self.intervals[stream].setdefault(sec, {})
+            for m, h in live.items():
+                sealed[m] = hdr.encode(h)
+                yield
+            del self._live[key]
 
     # -- merged views --------------------------------------------------------------------------
     def merged(self, keys: Iterable[GroupKey]) -> tuple[dict[str, HdrHistogram], GroupStats]:

@@ -372,6 +372,8 @@ class ResultWriter:
         if self.observer is not None:
             self.observer.record(cols)
             yield
+        now_s = (time.time_ns() - self.metrics.run_start_ns) // 1_000_000_000
+        yield from self.metrics.seal_steps(before_sec=now_s - 1)
 
     def _slice(self, rows: list[Row]) -> None:
         for _ in self._slice_steps(rows):
@@ -384,8 +386,6 @@ class ResultWriter:
                 self._writes.put(batches)
             else:
                 self._write(batches)
-        now_s = (time.time_ns() - self.metrics.run_start_ns) // 1_000_000_000
-        self.metrics.seal_intervals(before_sec=now_s - 1)
 
     def _write(self, batches: list[pa.RecordBatch]) -> None:
         table = pa.Table.from_batches(batches, schema=SCHEMA)
