@@ -175,3 +175,48 @@ async def test_https_verifies_unless_insecure(server_ssl: ssl.SSLContext) -> Non
             await loose.close()
     assert refused.error == "tls", refused.error_msg
     assert ok.error is None and ok.status == 200
+
+
+async def test_bodies_of_every_size_arrive_whole_when_sent_together() -> None:
+    """Requests over FIRST_WRITE go out in two writes (head, then the rest once every request
+    due with them has begun): each body must still arrive whole, byte for byte."""
+    from aiohttp import web
+
+    from replay.send.client import FIRST_WRITE
+
+    sizes = [1, 100, FIRST_WRITE - 200, FIRST_WRITE, FIRST_WRITE + 1, 300_000, 2_000_000]
+
+    def body(n: int) -> bytes:
+        return bytes(i % 251 for i in range(n))
+
+    async def check(request: web.Request) -> web.Response:
+        whole = await request.read() == body(sizes[int(request.match_info["i"])])
+        return web.Response(status=200 if whole else 500)
+
+    app = web.Application(client_max_size=4 << 20)
+    app.router.add_post("/{i}", check)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    client = FastClient(parse_target(url), timeout=10)
+    try:
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Outcome]] = []
+        for round_ in range(2):  # new connections, then the same ones kept alive
+            for i, n in enumerate(sizes):  # submitted in one go: all in flight at once
+                req = Rewriter(parse_target(url)).prepare(
+                    Request("POST", f"/{i}", None, [], body(n))
+                )
+                fut: asyncio.Future[Outcome] = loop.create_future()
+                futs.append(fut)
+                client.submit(req, fut.set_result)
+            await asyncio.wait_for(asyncio.gather(*futs[round_ * len(sizes) :]), 30)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    outs = [f.result() for f in futs]
+    assert [(o.error, o.status) for o in outs] == [(None, 200)] * 2 * len(sizes)
+    assert client.connects == len(sizes)
