@@ -22,8 +22,9 @@ from captures import hdr
 from captures.errors import UserError
 from captures.store import mkdir_private, seal_private
 from replay.measure.metrics import Metrics
-from replay.measure.results import Expect, ResultObserver, ResultWriter, warm_up
+from replay.measure.results import Expect, ResultObserver, warm_up
 from replay.measure.resultsdir import write_histograms, write_run_json
+from replay.measure.writer import ResultWriter
 from replay.send.router import Router, make_client
 
 from . import plan as planmod

@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from replay.measure.metrics import Metrics
-from replay.measure.results import Expect, ResultWriter
+from replay.measure.results import Expect
+from replay.measure.writer import ResultWriter
 from replay.plan import Request, Shot
 from replay.send.outcome import Outcome
 

@@ -185,7 +185,7 @@ class Metrics:
                 self.out_of_range[metric] += bad
 
     def record_batch(self, b: dict[str, Any]) -> None:
-        """Record a batch of results (column lists, epoch ns; see results.ResultWriter)."""
+        """Record a batch of results (column lists, epoch ns; see writer.ResultWriter)."""
         for _ in self.record_steps(b):
             pass
 
