@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from replay.scale.ray_backend import run_on_ray
 from replay.scale.shards import Job
@@ -14,7 +14,7 @@ from replay.scale.workers import run_workers
 from replay.workload.replaying import ReplayOptions, build_replay
 from replay.workload.scenario import load
 
-from .measure.results import ResultObserver
+from .measure.results import ResultObserver, ShardedObserver
 from .measure.resultsdir import claim_out_dir
 from .runner import run_streams
 from .settings import Progress, RunSettings, RunSummary, default_out_dir
@@ -39,6 +39,7 @@ def run_replay(
             on_progress=on_progress,
             install_signals=install_signals,
             rate_hint=opts.rate,
+            observer=observer,
         )
     streams, info = build_replay(opts)
     return run_streams(
@@ -57,7 +58,6 @@ def run_scenario(
     streams = load(path, target=target)  # checks the file before any worker starts
     _claim(settings)
     if settings.sharded:
-        kw.pop("observer", None)  # workers' rows stay in the workers: progress only
         return run_sharded(Job("scenario", (str(path), target)), settings, **kw)
     return run_streams(streams, settings, run_info={"scenario": str(Path(path).resolve())}, **kw)
 
@@ -76,8 +76,11 @@ def run_sharded(
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
     rate_hint: float | None = None,
+    observer: ResultObserver | None = None,
 ) -> RunSummary:
-    """A run split into shards: Ray actors with --ray, else local worker processes."""
+    """A run split into shards: Ray actors with --ray, else local worker processes. An
+    observer that can absorb the workers' states (ShardedObserver) shows the whole run; with
+    Ray it sees progress only."""
     settings.validate()
     if settings.ray:
         return run_on_ray(
@@ -88,4 +91,11 @@ def run_sharded(
             install_signals=install_signals,
             rate_hint=rate_hint,
         )
-    return run_workers(job, settings, on_progress=on_progress, install_signals=install_signals)
+    sharded = observer if hasattr(observer, "absorb") else None
+    return run_workers(
+        job,
+        settings,
+        on_progress=on_progress,
+        install_signals=install_signals,
+        observer=cast("ShardedObserver | None", sharded),
+    )

@@ -225,6 +225,8 @@ def run_streams(
             stats = await disp.run(start)
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(connects=router.connects, resends=router.resends)
+            if on_progress is not None:  # the last word: every request counted
+                on_progress(progress_now(disp, writer, metrics, plan_size, 0.0))
         finally:
             sys.setswitchinterval(switch)
             for handle in grace:
@@ -308,24 +310,33 @@ async def _tick(
         tick += 1
         if tick % 5 or on_progress is None:
             continue
-        st = disp.stats
         t = time.monotonic()
-        lat, lag = metrics.overall["latency"], metrics.overall["lag"]
-        on_progress(
-            Progress(
-                elapsed_s=(time.monotonic_ns() - disp.start) / 1e9,
-                scheduled_s=st.last_due_ns / 1e9,
-                planned=plan_size[0],
-                planned_approx=plan_size[1],
-                planned_end_s=plan_size[2],
-                sent=st.sent,
-                ok=writer.ok,
-                expected=writer.expected,
-                failed=writer.failed,
-                in_flight=disp.scheduler.in_flight,
-                rate=(st.sent - last_sent) / max(t - last_t, 1e-9),
-                p99_ms=hdr.value_at_percentile(lat, 99) / 1000 if lat.total_count else None,
-                lag_p99_ms=hdr.value_at_percentile(lag, 99) / 1000 if lag.total_count else None,
-            )
-        )
-        last_sent, last_t = st.sent, t
+        rate = (disp.stats.sent - last_sent) / max(t - last_t, 1e-9)
+        on_progress(progress_now(disp, writer, metrics, plan_size, rate))
+        last_sent, last_t = disp.stats.sent, t
+
+
+def progress_now(
+    disp: Dispatcher,
+    writer: ResultWriter,
+    metrics: Metrics,
+    plan_size: tuple[int | None, bool, float | None],
+    rate: float,
+) -> Progress:
+    st = disp.stats
+    lat, lag = metrics.overall["latency"], metrics.overall["lag"]
+    return Progress(
+        elapsed_s=(time.monotonic_ns() - disp.start) / 1e9,
+        scheduled_s=st.last_due_ns / 1e9,
+        planned=plan_size[0],
+        planned_approx=plan_size[1],
+        planned_end_s=plan_size[2],
+        sent=st.sent,
+        ok=writer.ok,
+        expected=writer.expected,
+        failed=writer.failed,
+        in_flight=disp.scheduler.in_flight,
+        rate=rate,
+        p99_ms=hdr.value_at_percentile(lat, 99) / 1000 if lat.total_count else None,
+        lag_p99_ms=hdr.value_at_percentile(lag, 99) / 1000 if lag.total_count else None,
+    )

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from captures.testing import T0_NS, chat_record, write_capture
@@ -44,7 +45,10 @@ def _total(m: dict[str, list[tuple[dict[str, str], float]]], name: str, **want: 
     )
 
 
-def test_counters_and_histograms_match_the_results(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int) -> None:
+    """With --workers, the driver's one endpoint shows the whole run: each worker ships its
+    observer's state with its progress, and the driver adds them up."""
     recs = [
         chat_record(start_ns=T0_NS + i * 25_000_000, stream=bool(i % 2), completion_tokens=8,
                     model=("small", "large")[i % 2])
@@ -57,7 +61,8 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path) -> None:
     with running_gateway(faults=Faults(error_rate=0.2, error_status=500)) as gw:
         proc = subprocess.Popen(
             [*CLI, "replay", str(cap), "--target", gw.url, "--out", str(out),
-             "--metrics-listen", f"127.0.0.1:{port}", "--metrics-linger", "20s"],
+             "--metrics-listen", f"127.0.0.1:{port}", "--metrics-linger", "20s",
+             *(["--workers", str(workers)] if workers > 1 else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         mid: dict[str, list[tuple[dict[str, str], float]]] = {}
@@ -83,7 +88,7 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
     assert _total(final, "loadtape_run_finished") == 1, err
     rows = pq.read_table(
-        out / "results.parquet",
+        sorted(out.glob("results*.parquet")),
         columns=[
             "model",
             "outcome",

@@ -208,6 +208,38 @@ class RunObserver:
                 "report": "report" if self.report else None,
             }
 
+    # -- a run on worker processes ---------------------------------------------------------------
+    def shard_state(self) -> dict[str, Any]:
+        """This (worker's) observer as plain data for the driver: its series, and its recent
+        histograms as their filled buckets only (a full counts array is 225 KB)."""
+        series, _, _ = self.snapshot()
+        with self._lock:
+            windows = {
+                stream: [(sec, {m: hdr.sparse(h) for m, h in hs.items()}) for sec, hs in win]
+                for stream, win in self._windows.items()
+            }
+        return {"series": series, "windows": windows}
+
+    def absorb(self, states: list[dict[str, Any]]) -> None:
+        """The driver's observer: the whole run is the sum of its workers' latest states."""
+        series: dict[tuple[str, ...], _Series] = {}
+        windows: dict[str, dict[int, dict[str, Any]]] = {}
+        for st in states:
+            for key, s in st["series"].items():
+                _add_series(series.setdefault(key, _Series()), s)
+            for stream, win in st["windows"].items():
+                by_sec = windows.setdefault(stream, {})
+                for sec, hs in win:
+                    mine = by_sec.setdefault(sec, {m: hdr.new_latency_hist() for m in hs})
+                    for m, sparse in hs.items():
+                        hdr.add_sparse(mine[m], sparse)
+        with self._lock:
+            self._series = series
+            self._windows = {
+                stream: collections.deque(sorted(by_sec.items()))
+                for stream, by_sec in windows.items()
+            }
+
     # -- reading --------------------------------------------------------------------------------
     def snapshot(self) -> tuple[dict[tuple[str, ...], _Series], Progress | None, dict[str, Any]]:
         with self._lock:
@@ -223,6 +255,21 @@ class RunObserver:
                 for k, s in self._series.items()
             }
             return series, self._progress, self._recent()
+
+
+def _add_series(into: _Series, s: _Series) -> None:
+    for oc, c in s.outcomes.items():
+        into.outcomes[oc] = into.outcomes.get(oc, 0) + c
+    for kind, c in s.errors.items():
+        into.errors[kind] = into.errors.get(kind, 0) + c
+    for kind, c in s.tokens.items():
+        into.tokens[kind] = into.tokens.get(kind, 0) + c
+    into.bytes_in += s.bytes_in
+    for m, counts in s.buckets.items():
+        prev = into.buckets.get(m)
+        into.buckets[m] = counts.copy() if prev is None else prev + counts
+    for m, v in s.sums.items():
+        into.sums[m] = into.sums.get(m, 0.0) + v
 
 
 class RunCollector(Collector):

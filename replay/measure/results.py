@@ -158,6 +158,16 @@ class ResultObserver(Protocol):
     def record(self, b: Mapping[str, Any]) -> None: ...
 
 
+class ShardedObserver(ResultObserver, Protocol):
+    """An observer of a run split over worker processes: each worker feeds its own (made by
+    calling the driver's observer's type with no arguments) and ships `shard_state()` with its
+    progress; the driver's shows the whole run as `absorb` of the shards' latest states."""
+
+    def shard_state(self) -> Any: ...
+
+    def absorb(self, states: list[Any]) -> None: ...
+
+
 def warm_up() -> None:
     """Run one synthetic row through Arrow conversion and the histograms before a run starts,
     so first-call costs (lazy imports, numpy and Arrow code paths) do not land on the first

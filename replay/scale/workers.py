@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from captures.errors import UserError
+from replay.measure.results import ShardedObserver
 from replay.runner import run_streams
 from replay.settings import Progress, RunSettings, RunSummary
 
@@ -34,16 +35,23 @@ def _worker(
     count: int,
     progress_q: Any,
     result_q: Any,
+    observer_type: Callable[[], ShardedObserver] | None = None,
 ) -> None:
     try:
         streams, info = job.build()
+        obs = observer_type() if observer_type is not None else None
         r = run_streams(
             streams,
             shard_settings(settings, index, count),
             run_info=info,
-            on_progress=lambda p: progress_q.put((index, p)),
+            on_progress=lambda p: progress_q.put(
+                (index, p, obs.shard_state() if obs is not None else None)
+            ),
             install_signals=True,
+            observer=obs,
         )
+        if obs is not None:  # the last rows: after the last progress tick
+            progress_q.put((index, None, obs.shard_state()))
         result_q.put((index, r.run, asdict(r.dispatch), None))
     except UserError as exc:
         result_q.put((index, None, None, str(exc)))
@@ -61,7 +69,9 @@ def run_workers(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
+    observer: ShardedObserver | None = None,
 ) -> RunSummary:
+    """observer: the driver's, showing the whole run (each worker feeds one of its type)."""
     n = settings.workers
     if settings.concurrency is not None:
         n = min(n, settings.concurrency)  # a closed-loop worker needs one slot at least
@@ -73,7 +83,7 @@ def run_workers(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(job, shared, k, n, progress_q, result_q),
+            args=(job, shared, k, n, progress_q, result_q, type(observer) if observer else None),
             name=f"loadtape-worker-{k}",
             daemon=True,
         )
@@ -93,6 +103,7 @@ def run_workers(
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, forward)
     latest: dict[int, Progress] = {}
+    states: dict[int, Any] = {}  # each worker's latest observer state
     results: dict[int, tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]] = {}
     t0 = time.monotonic()
     last_report = 0.0
@@ -100,14 +111,20 @@ def run_workers(
         for p in procs:
             p.start()
 
+        fresh = [False]  # a worker's observer state came since the driver's absorbed them
+
         def drain(block_s: float) -> None:
             deadline = time.monotonic() + block_s
             while True:
                 try:
-                    k, prog = progress_q.get(timeout=max(0.0, deadline - time.monotonic()))
-                    latest[k] = prog
+                    k, prog, state = progress_q.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
+                if prog is not None:
+                    latest[k] = prog
+                if state is not None:
+                    states[k] = state
+                    fresh[0] = True
             while True:
                 try:
                     k, run, disp, err = result_q.get_nowait()
@@ -115,8 +132,14 @@ def run_workers(
                     break
                 results[k] = (run, disp, err)
 
+        def absorb() -> None:
+            if observer is not None and fresh[0]:
+                observer.absorb(list(states.values()))
+                fresh[0] = False
+
         while any(p.is_alive() for p in procs):
             drain(0.1)
+            absorb()
             now = time.monotonic()
             if on_progress is not None and latest and now - last_report >= 0.5:
                 on_progress(sum_progress(latest, t0))
@@ -124,10 +147,14 @@ def run_workers(
         for p in procs:
             p.join()
         drain(0.0)
+        absorb()
         for _ in range(20):  # a result put just before exit may still be in the pipe
             if len(results) >= sum(1 for p in procs if p.exitcode == 0):
                 break
             drain(0.05)
+        absorb()
+        if on_progress is not None and latest:  # the workers' last words, summed
+            on_progress(sum_progress(latest, t0))
     finally:
         for signum, h in old_handlers.items():
             signal.signal(signum, h)
