@@ -285,6 +285,7 @@ def build_record(
         rec["think_us"] = turn.think_ns // 1000 if turn.think_ns is not None else None
     rec["session_key"] = red_x.text(_session_key(session_sources, rec, fields.user), "session_key")
     rec["redacted"] = sorted(set(red_x.notes)) or None
+    red.counted(red_x)
     return rec
 
 

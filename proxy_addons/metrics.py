@@ -1,7 +1,8 @@
 """`loadtape capture --metrics-listen HOST:PORT`: the capture's figures in Prometheus
 exposition, read at each scrape from the status file the addon keeps (so a scrape never
 touches the proxy's event loop or the writer): records written, bytes, dropped, lost, in
-flight, waiting to be written, Parquet parts, the writer's CPU, and whether it is failing."""
+flight, waiting to be written, Parquet parts, the writer's CPU, secrets redacted by kind, and
+whether it is failing."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ class CaptureCollector(Collector):
             out.append(CounterMetricFamily(name, doc, value=float(s.get(key) or 0)))
         for key, name, doc in GAUGES:
             out.append(GaugeMetricFamily(name, doc, value=float(s.get(key) or 0)))
+        redactions = CounterMetricFamily(
+            "loadtape_capture_redactions",
+            "Secrets redacted from recorded exchanges, by kind (echoes not counted).",
+            labels=["kind"],
+        )
+        for kind, n in sorted((s.get("redactions") or {}).items()):
+            redactions.add_metric([kind], float(n))
+        out.append(redactions)
         updated = s.get("updated")
         out.append(
             GaugeMetricFamily(

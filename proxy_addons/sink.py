@@ -257,6 +257,7 @@ class CaptureSink:
             "pending": self.writer.pending_records,
             "parts": self.writer.parts_written,
             "writer_cpu_s": round(s.writer_cpu_s, 3),
+            "redactions": dict(self.redactor.counts),
             "write_error": s.write_error,
             "notes": s.writer_notes,
             "done": self._stopped,

@@ -248,7 +248,10 @@ def test_capture_serves_its_figures(tmp_path: Path) -> None:
             url = re.search(r"http://127\.0\.0\.1:\d+", first)
             assert url is not None, first
             for i in range(8):
-                with urllib.request.urlopen(f"{url.group(0)}/echo/x?size=40&i={i}", timeout=10):
+                req = urllib.request.Request(f"{url.group(0)}/echo/x?size=40&i={i}")
+                if i < 3:  # three with a credential: redacted, and counted by kind
+                    req.add_header("Authorization", f"Bearer sk-proj-{i}abcdefghijklmnopqrstuv")
+                with urllib.request.urlopen(req, timeout=10):
                     pass
             m: dict[str, list[tuple[dict[str, str], float]]] = {}
             for _ in range(50):  # the addon writes its status at each flush
@@ -261,6 +264,8 @@ def test_capture_serves_its_figures(tmp_path: Path) -> None:
             assert _total(m, "loadtape_capture_lost_total") == 0
             assert _total(m, "loadtape_capture_fatal") == 0
             assert _total(m, "loadtape_capture_status_age_seconds") < 5
+            kinds = {lab["kind"]: v for lab, v in m.get("loadtape_capture_redactions_total", [])}
+            assert sum(kinds.values()) == 3, kinds
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)

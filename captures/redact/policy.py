@@ -72,6 +72,13 @@ class Redactor:
     policy: RedactionPolicy
     key: bytes
     _cache: dict[tuple[str, bytes], str] = field(default_factory=dict, repr=False)
+    # secrets redacted from recorded exchanges, by kind (the capture's metrics)
+    counts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def counted(self, scope: Scope) -> None:
+        """Add an exchange's redactions to the totals, once its record is built."""
+        for kind, n in scope.kinds.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
 
     def exchange(self) -> Scope:
         """A scope for one exchange (its echoes are its own)."""

@@ -28,6 +28,7 @@ class Scope:
         self.policy: RedactionPolicy = redactor.policy
         self.echoes = Echoes()
         self.notes: list[str] = []
+        self.kinds: dict[str, int] = {}  # secrets found in this exchange, by kind
         self.on = self.policy.enabled
 
     def note(self, what: str) -> None:
@@ -37,6 +38,7 @@ class Scope:
         """The marker for a secret value, remembered for its echoes."""
         marker = self.redactor.marker(kind, value)
         self.echoes.add(value, marker)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         return marker
 
     # -- text -----------------------------------------------------------------------------------
