@@ -241,6 +241,14 @@ class Dispatcher:
                 self._timer.close()
                 self._timer = None
 
+    def behind_ns(self) -> int:
+        """How late the oldest shot that is due and not yet sent is (0 when on schedule)."""
+        sch = self.scheduler
+        if sch.closed or self._stopping:
+            return 0
+        nd = sch.next_due()
+        return 0 if nd is None else max(0, self.clock() - self.start - nd)
+
     def rates(self) -> tuple[float | None, float | None]:
         """(scheduled, achieved) send rates per second over the sends' span."""
         st = self.stats

@@ -339,4 +339,5 @@ def progress_now(
         rate=rate,
         p99_ms=hdr.value_at_percentile(lat, 99) / 1000 if lat.total_count else None,
         lag_p99_ms=hdr.value_at_percentile(lag, 99) / 1000 if lag.total_count else None,
+        behind_s=disp.behind_ns() / 1e9,
     )

@@ -108,6 +108,7 @@ class Progress:
     rate: float
     p99_ms: float | None
     lag_p99_ms: float | None
+    behind_s: float = 0.0  # how late the oldest shot due and not yet sent is (0: on schedule)
 
 
 @dataclass

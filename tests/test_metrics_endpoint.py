@@ -87,6 +87,8 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
         proc.terminate()  # the linger is cut short; the run itself is over
         _, err = proc.communicate(timeout=60)
     assert _total(final, "loadtape_run_finished") == 1, err
+    assert "loadtape_behind_seconds" in final  # on schedule at the end: 0
+    assert _total(final, "loadtape_behind_seconds") == 0
     rows = pq.read_table(
         sorted(out.glob("results*.parquet")),
         columns=[

@@ -284,3 +284,16 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
     disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
     disp._arm(now + gap_ns)
     assert (len(loop.soon), timer.armed) == ((1, []) if polled else (0, [now + gap_ns]))
+
+
+@pytest.mark.parametrize(("now_ms", "behind_ms"), [(2, 0), (5, 0), (8, 3)])
+def test_behind_is_how_late_the_oldest_due_shot_is(now_ms: int, behind_ms: int) -> None:
+    shots = [Shot(offset_ns=5 * MS, seq=0, request=Request("GET", "/", None, [], None))]
+    disp = Dispatcher(
+        Scheduler(shots, max_in_flight=1),
+        lambda s: None,
+        None,
+        None,
+        clock=lambda: now_ms * MS,  # type: ignore[arg-type]
+    )
+    assert disp.behind_ns() == behind_ms * MS

@@ -169,6 +169,7 @@ class RunObserver:
             "in_flight": p.in_flight,
             "rate": round(p.rate, 2),
             "lag_p99_ms": p.lag_p99_ms,
+            "behind_s": round(p.behind_s, 3),
         }
         for metric in ("latency", "ttft"):  # the worst stream's recent percentiles
             for q in (50, 99):
@@ -353,5 +354,8 @@ def _progress_families(p: Progress) -> Iterable[Metric]:
     yield gauge("loadtape_elapsed_seconds", "Seconds since the run started.", p.elapsed_s)
     yield gauge("loadtape_schedule_seconds", "How far into its schedule the run is.",
                 p.scheduled_s)  # fmt: skip
+    yield gauge("loadtape_behind_seconds",
+                "How late the oldest request due and not yet sent is (0: on schedule).",
+                p.behind_s)  # fmt: skip
     yield gauge("loadtape_lag_p99_seconds", "Schedule lag p99 so far.",
                 None if p.lag_p99_ms is None else p.lag_p99_ms / 1000)  # fmt: skip

@@ -33,6 +33,7 @@ const PLOTS = [
     ["ttft_p50_ms", "p50", "#d62728", ""], ["ttft_p99_ms", "p99", "#d62728", "5,3"]]},
   {id: "rate", title: "sent (req/s)", lines: [["rate", "sent", "#2ca02c", ""]]},
   {id: "inflight", title: "in flight", lines: [["in_flight", "in flight", "#ff7f0e", ""]]},
+  {id: "behind", title: "behind schedule (s)", lines: [["behind_s", "behind", "#8c564b", ""]]},
   {id: "failed", title: "failed (total)", lines: [["failed", "failed", "#9467bd", ""]]},
 ];
 const W = 420, H = 170, PAD = 34;
@@ -109,7 +110,8 @@ function kpis(doc) {
     ["sent", last.sent + (doc.planned != null ? " / " + doc.planned : "")],
     ["ok", last.ok], ["failed", last.failed], ["in flight", last.in_flight],
     ["req/s", last.rate.toFixed(1)], ["latency p99 ms", fix(last.latency_p99_ms)],
-    ["TTFT p99 ms", fix(last.ttft_p99_ms)], ["elapsed s", last.t.toFixed(1)],
+    ["TTFT p99 ms", fix(last.ttft_p99_ms)], ["behind s", fix(last.behind_s)],
+    ["elapsed s", last.t.toFixed(1)],
   ];
   for (const [name, value] of items) {
     const d = document.createElement("div");

@@ -93,6 +93,7 @@ def sum_progress(latest: dict[int, Progress], start: float) -> Progress:
         rate=sum(p.rate for p in ps),
         p99_ms=max((p.p99_ms for p in ps if p.p99_ms is not None), default=None),
         lag_p99_ms=max((p.lag_p99_ms for p in ps if p.lag_p99_ms is not None), default=None),
+        behind_s=max(p.behind_s for p in ps),
     )
 
 
