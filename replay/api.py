@@ -79,9 +79,9 @@ def run_sharded(
     observer: ResultObserver | None = None,
 ) -> RunSummary:
     """A run split into shards: Ray actors with --ray, else local worker processes. An
-    observer that can absorb the workers' states (ShardedObserver) shows the whole run; with
-    Ray it sees progress only."""
+    observer that can absorb the workers' states (ShardedObserver) shows the whole run."""
     settings.validate()
+    sharded = cast("ShardedObserver | None", observer if hasattr(observer, "absorb") else None)
     if settings.ray:
         return run_on_ray(
             job,
@@ -90,12 +90,8 @@ def run_sharded(
             on_progress=on_progress,
             install_signals=install_signals,
             rate_hint=rate_hint,
+            observer=sharded,
         )
-    sharded = observer if hasattr(observer, "absorb") else None
     return run_workers(
-        job,
-        settings,
-        on_progress=on_progress,
-        install_signals=install_signals,
-        observer=cast("ShardedObserver | None", sharded),
+        job, settings, on_progress=on_progress, install_signals=install_signals, observer=sharded
     )

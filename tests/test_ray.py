@@ -83,6 +83,33 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         head.wait(10)
 
 
+def _scrape_when_finished(
+    url: str, proc: subprocess.Popen[str], timeout: float
+) -> dict[str, float]:
+    """Totals by metric name from the endpoint, once the run says it has finished."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    totals: dict[str, float] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            time.sleep(0.5)
+            continue
+        totals = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                totals[smp.name] = totals.get(smp.name, 0.0) + smp.value
+        if totals.get("loadtape_run_finished") == 1:
+            break
+        time.sleep(0.5)
+    return totals
+
+
 def test_a_run_on_ray_actors_matches_one_process(ray_cluster: str, tmp_path: Path) -> None:
     recs = []
     for i in range(200):
@@ -113,14 +140,17 @@ def test_a_run_on_ray_actors_matches_one_process(ray_cluster: str, tmp_path: Pat
             env=ENV,
         )
         assert one.returncode == 0, one.stderr
-        on_ray = subprocess.run(
-            [*base, "--out", str(tmp_path / "ray"), "--ray", ray_cluster, "--workers", "2"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=ENV,
-        )
-        assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+        port = _free_port()  # the driver's endpoint shows the whole run (the actors' sum)
+        proc = subprocess.Popen(
+            [*base, "--out", str(tmp_path / "ray"), "--ray", ray_cluster, "--workers", "2",
+             "--metrics-listen", f"127.0.0.1:{port}", "--metrics-linger", "60s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        )  # fmt: skip
+        final = _scrape_when_finished(f"http://127.0.0.1:{port}/metrics", proc, 300)
+        proc.terminate()  # the linger is cut short; the run itself is over
+        _, err = proc.communicate(timeout=60)
+        assert final.get("loadtape_run_finished") == 1, err[-3000:]
+        assert final.get("loadtape_requests_total") == final.get("loadtape_sent_total") == 200
         assert gw.stats.requests == 400
     doc = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert doc["workers"]["backend"] == "ray" and doc["workers"]["count"] == 2

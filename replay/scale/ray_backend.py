@@ -32,6 +32,7 @@ from typing import Any
 
 from captures.errors import UserError
 from captures.reader import Capture
+from replay.measure.results import ShardedObserver
 from replay.runner import run_streams
 from replay.settings import Progress, RunSettings, RunSummary
 
@@ -70,12 +71,15 @@ class ShardRunner:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._progress: Progress | None = None
+        self._observer: ShardedObserver | None = None
 
     def clock(self) -> int:
         return time.time_ns()
 
-    def progress(self) -> Progress | None:
-        return self._progress
+    def progress(self) -> tuple[Progress | None, Any]:
+        """The latest progress, and the observer's state when the driver watches the run."""
+        obs = self._observer
+        return self._progress, obs.shard_state() if obs is not None else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,7 +92,9 @@ class ShardRunner:
         count: int,
         capture_id: str | None,
         capture_files: dict[str, bytes] | None,
+        observer_type: Callable[[], ShardedObserver] | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None, dict[str, bytes]]:
+        self._observer = observer_type() if observer_type is not None else None
         scratch = Path(tempfile.mkdtemp(prefix=f"loadtape-ray-{index}-"))
         try:
             if job.kind == "replay" and capture_files is not None:
@@ -109,6 +115,7 @@ class ShardRunner:
                 on_progress=note,
                 install_signals=False,
                 should_stop=self._stop.is_set,
+                observer=self._observer,
             )
             files = {f.name: f.read_bytes() for f in (scratch / "out").iterdir() if f.is_file()}
             return r.run, asdict(r.dispatch), None, files
@@ -173,7 +180,9 @@ def run_on_ray(
     on_progress: Callable[[Progress], None] | None = None,
     install_signals: bool = True,
     rate_hint: float | None = None,
+    observer: ShardedObserver | None = None,
 ) -> RunSummary:
+    """observer: the driver's, showing the whole run (each actor feeds one of its type)."""
     loopback = address == "local" or address.split(":")[0] in ("127.0.0.1", "localhost")
     ray = _ray(loopback)
     if not ray.is_initialized():
@@ -206,6 +215,7 @@ def run_on_ray(
             n,
             capture_id,
             files_ref,
+            type(observer) if observer is not None else None,
         )
         for k, a in enumerate(actors)
     ]
@@ -221,9 +231,19 @@ def run_on_ray(
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
     latest: dict[int, Progress] = {}
+    states: dict[int, Any] = {}  # each actor's latest observer state
     results: dict[int, tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]] = {}
     exits: list[int | None] = [None] * n
     t0 = time.monotonic()
+
+    def poll(k: int, timeout: float) -> None:
+        with contextlib.suppress(Exception):
+            p, state = ray.get(actors[k].progress.remote(), timeout=timeout)
+            if p is not None:
+                latest[k] = p
+            if state is not None:
+                states[k] = state
+
     try:
         pending = dict(enumerate(refs))
         while pending:
@@ -231,6 +251,8 @@ def run_on_ray(
             for k, ref in list(pending.items()):
                 if ref in done:
                     del pending[k]
+                    if on_progress is not None or observer is not None:
+                        poll(k, 5.0)  # its last words: every request counted
                     try:
                         run, disp, err, files = ray.get(ref)
                     except Exception as exc:  # the actor died (node lost, killed)
@@ -239,14 +261,12 @@ def run_on_ray(
                         (out_dir / name).write_bytes(data)
                     results[k] = (run, disp, err)
                     exits[k] = 0 if run is not None else 1
-            if on_progress is not None:
-                for k, a in enumerate(actors):
-                    if k in pending:
-                        with contextlib.suppress(Exception):
-                            p = ray.get(a.progress.remote(), timeout=0.2)
-                            if p is not None:
-                                latest[k] = p
-                if latest:
+            if on_progress is not None or observer is not None:
+                for k in pending:
+                    poll(k, 0.2)
+                if observer is not None and states:
+                    observer.absorb(list(states.values()))
+                if on_progress is not None and latest:
                     on_progress(sum_progress(latest, t0))
     finally:
         for signum, h in old.items():
