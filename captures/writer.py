@@ -91,6 +91,8 @@ class CaptureWriter:
         self._seg_header: dict[str, Any] = {}
         # sealed segments waiting for compaction, with their rows (None: re-read from disk)
         self._to_compact: list[tuple[store.SegmentFile, list[Sequence[Any]] | None]] = []
+        # this writer's segments not yet in a Parquet part: segment -> when it was opened
+        self._uncompacted: dict[int, float] = {}
         self._closed = False
 
     # -- segments ------------------------------------------------------------------------------
@@ -122,6 +124,7 @@ class CaptureWriter:
         self._seg_records = 0
         self._seg_size = len(data)
         self._seg_opened = self._clock()
+        self._uncompacted[self._segment] = self._seg_opened
 
     def _seal(self) -> None:
         """Close the current segment (after a final fsync) and queue it for compaction."""
@@ -153,6 +156,7 @@ class CaptureWriter:
             return
         for r in self._compactor.poll():
             if r.ok:
+                self._uncompacted.pop(r.segment, None)
                 self.parts_written += 1
                 self.notes.extend(r.notes)
                 self.rejected += r.rejected
@@ -190,6 +194,7 @@ class CaptureWriter:
                 self._to_compact[0] = (seg, None)
                 raise
             self._to_compact.pop(0)
+            self._uncompacted.pop(seg.segment, None)
             self.parts_written += 1
 
     # -- appending -----------------------------------------------------------------------------
@@ -293,6 +298,14 @@ class CaptureWriter:
     @property
     def pending_records(self) -> int:
         return self._pending_records
+
+    @property
+    def journal_lag_s(self) -> float:
+        """How long the oldest record not yet in a Parquet part has waited, at most: the age of
+        the oldest of this writer's segments not yet compacted (an empty open one aside)."""
+        idle = self._fd >= 0 and not self._seg_records and not self._pending_records
+        opened = [t for seg, t in self._uncompacted.items() if not (idle and seg == self._segment)]
+        return max(0.0, self._clock() - min(opened)) if opened else 0.0
 
     def close(self) -> None:
         """Write, fsync, seal and compact everything; release the writer lock.

@@ -31,6 +31,11 @@ GAUGES = (
     ("pending", "loadtape_capture_pending", "Records waiting for the writer."),
     ("parts", "loadtape_capture_parts", "Parquet parts written (compactions done)."),
     ("writer_cpu_s", "loadtape_capture_writer_cpu_seconds", "CPU the writer used."),
+    (
+        "journal_lag_s",
+        "loadtape_capture_journal_lag_seconds",
+        "How long the oldest record not yet in a Parquet part has waited (at most).",
+    ),
 )
 
 

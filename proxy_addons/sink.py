@@ -255,6 +255,7 @@ class CaptureSink:
             "bytes": s.bytes,
             "inflight": self.inflight,
             "pending": self.writer.pending_records,
+            "journal_lag_s": round(self.writer.journal_lag_s, 3),
             "parts": self.writer.parts_written,
             "writer_cpu_s": round(s.writer_cpu_s, 3),
             "redactions": dict(self.redactor.counts),

@@ -281,3 +281,23 @@ def test_all_columns_known_to_reader(tmp_path: Path) -> None:
     assert set(row) == set(COLUMNS)
     assert row["stream"] is True and row["finish_reason"] == "stop"
     assert row["completion_tokens"] == 8 and row["prompt_tokens"] == 3
+
+
+def test_journal_lag_is_the_age_of_the_oldest_record_not_yet_in_parquet(tmp_path: Path) -> None:
+    now = [100.0]
+    w = CaptureWriter(tmp_path / "cap", segment_max_records=3, clock=lambda: now[0])
+    assert w.journal_lag_s == 0.0  # nothing written: nothing waits
+    w.append(chat_record())
+    now[0] = 102.5
+    w.tick()
+    assert w.journal_lag_s == pytest.approx(2.5)  # in the journal, not yet in a part
+    w.append_many([chat_record(), chat_record()])  # the segment fills: sealed and compacted
+    now[0] = 103.0
+    w.tick()
+    assert w.parts_written == 1
+    assert w.journal_lag_s == 0.0  # the next segment is open but empty
+    w.append(chat_record())
+    now[0] = 104.0
+    assert w.journal_lag_s == pytest.approx(1.0)
+    w.close()
+    assert w.journal_lag_s == 0.0

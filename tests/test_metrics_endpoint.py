@@ -268,6 +268,7 @@ def test_capture_serves_its_figures(tmp_path: Path) -> None:
             assert _total(m, "loadtape_capture_status_age_seconds") < 5
             kinds = {lab["kind"]: v for lab, v in m.get("loadtape_capture_redactions_total", [])}
             assert sum(kinds.values()) == 3, kinds
+            assert 0 <= _total(m, "loadtape_capture_journal_lag_seconds") < 120
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
