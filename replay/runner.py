@@ -6,6 +6,7 @@ of scale-out backends; `replay.api` chooses those."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import itertools
@@ -123,8 +124,10 @@ def run_streams(
     # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
     # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
     plan_size = planned(streams, settings, len(targets))
+    due = DueCount() if not closed else None  # the schedule, as it is planned
     plan_buffer: Prefetch[planmod.Shot] | None = None
     if not closed:
+        shots = due_counted(shots, due)
         plan_buffer = Prefetch(
             with_prepared(shots, prepare),
             high=PLAN_BUFFER_SHOTS,
@@ -210,7 +213,7 @@ def run_streams(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal)
         ticker = loop.create_task(
-            _tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size)
+            _tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size, due)
         )
         t0 = time.monotonic_ns()
         switch = sys.getswitchinterval()
@@ -226,7 +229,7 @@ def run_streams(
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(connects=router.connects, resends=router.resends)
             if on_progress is not None:  # the last word: every request counted
-                on_progress(progress_now(disp, writer, metrics, plan_size, 0.0))
+                on_progress(progress_now(disp, writer, metrics, plan_size, 0.0, due, final=True))
         finally:
             sys.setswitchinterval(switch)
             for handle in grace:
@@ -295,6 +298,7 @@ async def _tick(
     should_stop: Callable[[], bool] | None = None,
     interrupted: dict[str, bool] | None = None,
     plan_size: tuple[int | None, bool, float | None] = (None, False, None),
+    due: DueCount | None = None,
 ) -> None:
     """Every 100 ms: hand results to the results writer (its backlog); every half second:
     report progress."""
@@ -312,7 +316,7 @@ async def _tick(
             continue
         t = time.monotonic()
         rate = (disp.stats.sent - last_sent) / max(t - last_t, 1e-9)
-        on_progress(progress_now(disp, writer, metrics, plan_size, rate))
+        on_progress(progress_now(disp, writer, metrics, plan_size, rate, due))
         last_sent, last_t = disp.stats.sent, t
 
 
@@ -322,8 +326,13 @@ def progress_now(
     metrics: Metrics,
     plan_size: tuple[int | None, bool, float | None],
     rate: float,
+    due: DueCount | None = None,
+    *,
+    final: bool = False,
 ) -> Progress:
+    """final: the run is over; the schedule's count takes in the current 10 ms bucket."""
     st = disp.stats
+    now = time.monotonic_ns() - disp.start + (DueCount.BUCKET_NS if final else 0)
     lat, lag = metrics.overall["latency"], metrics.overall["lag"]
     return Progress(
         elapsed_s=(time.monotonic_ns() - disp.start) / 1e9,
@@ -340,4 +349,36 @@ def progress_now(
         p99_ms=hdr.value_at_percentile(lat, 99) / 1000 if lat.total_count else None,
         lag_p99_ms=hdr.value_at_percentile(lag, 99) / 1000 if lag.total_count else None,
         behind_s=disp.behind_ns() / 1e9,
+        scheduled=due.by(now) if due is not None else None,
     )
+
+
+class DueCount:
+    """How many shots the plan makes due by each instant, counted in 10 ms buckets as the plan
+    thread plans them (it plans ahead of the run, so the buckets before now are complete):
+    the scheduled side of "sent vs scheduled"."""
+
+    BUCKET_NS = 10_000_000
+
+    def __init__(self) -> None:
+        self._buckets: collections.Counter[int] = collections.Counter()
+        self._upto = 0  # buckets below this are summed into _done
+        self._done = 0
+
+    def add(self, offset_ns: int) -> None:  # the plan thread
+        self._buckets[offset_ns // self.BUCKET_NS] += 1
+
+    def by(self, now_ns: int) -> int:
+        """Shots due before the start of now's bucket (the loop thread, monotonic in now)."""
+        upto = max(self._upto, now_ns // self.BUCKET_NS)
+        for b in range(self._upto, upto):
+            self._done += self._buckets.pop(b, 0)
+        self._upto = upto
+        return self._done
+
+
+def due_counted(shots: Iterable[planmod.Shot], due: DueCount | None) -> Iterator[planmod.Shot]:
+    for shot in shots:
+        if due is not None:
+            due.add(shot.offset_ns)
+        yield shot

@@ -102,6 +102,7 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
     ).to_pylist()
     run = json.loads((out / "run.json").read_text())
     assert _total(final, "loadtape_sent_total") == run["counts"]["sent"] == 160
+    assert _total(final, "loadtape_scheduled_total") == 160  # all due by the plan, at the end
     by = Counter((r["model"], r["outcome"]) for r in rows)
     for (model, outcome), n in by.items():
         assert _total(final, "loadtape_requests_total", model=model, outcome=outcome) == n

@@ -297,3 +297,12 @@ def test_behind_is_how_late_the_oldest_due_shot_is(now_ms: int, behind_ms: int) 
         clock=lambda: now_ms * MS,  # type: ignore[arg-type]
     )
     assert disp.behind_ns() == behind_ms * MS
+
+
+def test_due_count_counts_the_plan_by_10_ms_buckets_before_now() -> None:
+    from replay.runner import DueCount
+
+    due = DueCount()
+    for ms in (0, 3, 9, 10, 25, 25, 70):
+        due.add(ms * MS)
+    assert [due.by(t * MS) for t in (0, 9, 10, 19, 30, 69, 80)] == [0, 0, 3, 3, 6, 6, 7]

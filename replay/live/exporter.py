@@ -170,7 +170,14 @@ class RunObserver:
             "rate": round(p.rate, 2),
             "lag_p99_ms": p.lag_p99_ms,
             "behind_s": round(p.behind_s, 3),
+            "scheduled_rate": None,
         }
+        prev = self.history[-1] if self.history else None
+        if p.scheduled is not None:  # the plan's rate over the same span as the sent rate
+            point["scheduled"] = p.scheduled
+            if prev is not None and prev.get("scheduled") is not None and p.elapsed_s > prev["t"]:
+                dt = p.elapsed_s - prev["t"]
+                point["scheduled_rate"] = round((p.scheduled - prev["scheduled"]) / dt, 2)
         for metric in ("latency", "ttft"):  # the worst stream's recent percentiles
             for q in (50, 99):
                 vals = [ps[float(q)] for k, ps in quantiles.items() if k.endswith("\0" + metric)]
@@ -347,6 +354,10 @@ def _progress_families(p: Progress) -> Iterable[Metric]:
         return GaugeMetricFamily(name, doc, value=float("nan") if value is None else value)
 
     yield CounterMetricFamily("loadtape_sent", "Requests sent so far.", value=p.sent)
+    if p.scheduled is not None:  # (a closed loop has no schedule)
+        yield CounterMetricFamily(
+            "loadtape_scheduled", "Requests due so far by the plan (open loop).", value=p.scheduled
+        )
     yield gauge("loadtape_in_flight", "Requests in flight.", p.in_flight)
     yield gauge("loadtape_send_rate", "Requests sent per second, last half second.", p.rate)
     yield gauge("loadtape_planned_requests", "Requests the plan holds (or an estimate).",

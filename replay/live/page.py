@@ -31,7 +31,8 @@ const PLOTS = [
     ["latency_p50_ms", "p50", "#1f77b4", ""], ["latency_p99_ms", "p99", "#1f77b4", "5,3"]]},
   {id: "ttft", title: "TTFT, last 10 s (ms)", lines: [
     ["ttft_p50_ms", "p50", "#d62728", ""], ["ttft_p99_ms", "p99", "#d62728", "5,3"]]},
-  {id: "rate", title: "sent (req/s)", lines: [["rate", "sent", "#2ca02c", ""]]},
+  {id: "rate", title: "sent vs scheduled (req/s)", lines: [
+    ["rate", "sent", "#2ca02c", ""], ["scheduled_rate", "scheduled", "#2ca02c", "5,3"]]},
   {id: "inflight", title: "in flight", lines: [["in_flight", "in flight", "#ff7f0e", ""]]},
   {id: "behind", title: "behind schedule (s)", lines: [["behind_s", "behind", "#8c564b", ""]]},
   {id: "failed", title: "failed (total)", lines: [["failed", "failed", "#9467bd", ""]]},

@@ -94,6 +94,9 @@ def sum_progress(latest: dict[int, Progress], start: float) -> Progress:
         p99_ms=max((p.p99_ms for p in ps if p.p99_ms is not None), default=None),
         lag_p99_ms=max((p.lag_p99_ms for p in ps if p.lag_p99_ms is not None), default=None),
         behind_s=max(p.behind_s for p in ps),
+        scheduled=None
+        if any(p.scheduled is None for p in ps)
+        else sum(p.scheduled or 0 for p in ps),
     )
 
 
