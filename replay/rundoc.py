@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from captures.schema import LOADTAPE_VERSION
-from replay.measure.metrics import series_name
+from replay.measure.metrics import add_counts, series_name
 
 from .dispatch import DispatchStats
 from .rewrite import mask_url
@@ -41,8 +41,7 @@ def run_document(
     targets = list(dict.fromkeys(s.rewriter.target for s in streams))
     skipped: dict[str, int] = {}
     for s in streams:
-        for reason, n in (s.stats.skipped if s.stats else {}).items():
-            skipped[reason] = skipped.get(reason, 0) + n
+        add_counts(skipped, s.stats.skipped if s.stats else {})
     ok, expected, failed = outcomes
     return {
         "loadtape_version": LOADTAPE_VERSION,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from replay.measure.metrics import add_counts
+
 from .report import build, render
 from .slo import evaluate
 
@@ -38,8 +40,7 @@ def no_success(run: dict[str, Any], metrics: Any) -> str | None:
         return f"no request was sent ({unsent or 'the run ended first'})"
     errors: dict[str, int] = {}
     for st in metrics.stats.values():
-        for kind, n in st.errors.items():
-            errors[kind] = errors.get(kind, 0) + n
+        add_counts(errors, st.errors)
     top = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))
     listed = ", ".join(f"{k} x{n}" for k, n in top[:4]) or f"{sent} failed"
     hint = next((h for p, h in HINTS if top and top[0][0].startswith(p)), "")

@@ -31,7 +31,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from captures import hdr
-from replay.measure.metrics import timings
+from replay.measure.metrics import add_counts, timings
 from replay.settings import Progress
 
 LABELS = ("stream", "target", "endpoint", "model")
@@ -251,33 +251,23 @@ class RunObserver:
     # -- reading --------------------------------------------------------------------------------
     def snapshot(self) -> tuple[dict[tuple[str, ...], _Series], Progress | None, dict[str, Any]]:
         with self._lock:
-            series = {
-                k: _Series(
-                    dict(s.outcomes),
-                    dict(s.errors),
-                    dict(s.tokens),
-                    s.bytes_in,
-                    {m: c.copy() for m, c in s.buckets.items()},
-                    dict(s.sums),
-                )
-                for k, s in self._series.items()
-            }
+            series = {}
+            for k, s in self._series.items():
+                series[k] = copy = _Series()
+                _add_series(copy, s)
             return series, self._progress, self._recent()
 
 
 def _add_series(into: _Series, s: _Series) -> None:
-    for oc, c in s.outcomes.items():
-        into.outcomes[oc] = into.outcomes.get(oc, 0) + c
-    for kind, c in s.errors.items():
-        into.errors[kind] = into.errors.get(kind, 0) + c
-    for kind, c in s.tokens.items():
-        into.tokens[kind] = into.tokens.get(kind, 0) + c
+    """into += s (a copy, when into is a new _Series)."""
+    add_counts(into.outcomes, s.outcomes)
+    add_counts(into.errors, s.errors)
+    add_counts(into.tokens, s.tokens)
     into.bytes_in += s.bytes_in
     for m, counts in s.buckets.items():
         prev = into.buckets.get(m)
         into.buckets[m] = counts.copy() if prev is None else prev + counts
-    for m, v in s.sums.items():
-        into.sums[m] = into.sums.get(m, 0.0) + v
+    add_counts(into.sums, s.sums)
 
 
 class RunCollector(Collector):

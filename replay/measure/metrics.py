@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -61,6 +61,16 @@ def status_class(status: int | None, error: str | None) -> str:
     return f"{status // 100}xx"
 
 
+K = TypeVar("K")
+N = TypeVar("N", int, float)
+
+
+def add_counts(into: dict[K, N], more: Mapping[K, N]) -> None:
+    """into += more, key by key (counts by error kind, status, outcome, ...)."""
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
 @dataclass
 class GroupStats:
     count: int = 0
@@ -85,12 +95,9 @@ class GroupStats:
         self.ok += o.ok
         self.expected += o.expected
         self.failed += o.failed
-        for k, v in o.errors.items():
-            self.errors[k] = self.errors.get(k, 0) + v
-        for s, v in o.statuses.items():
-            self.statuses[s] = self.statuses.get(s, 0) + v
-        for f, v in o.finish_reasons.items():
-            self.finish_reasons[f] = self.finish_reasons.get(f, 0) + v
+        add_counts(self.errors, o.errors)
+        add_counts(self.statuses, o.statuses)
+        add_counts(self.finish_reasons, o.finish_reasons)
         self.completion_tokens += o.completion_tokens
         self.prompt_tokens += o.prompt_tokens
         self.reasoning_tokens += o.reasoning_tokens

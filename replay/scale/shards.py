@@ -14,7 +14,7 @@ from typing import Any
 
 from captures.store import mkdir_private, seal_private
 from replay.dispatch import DispatchStats
-from replay.measure.metrics import Metrics
+from replay.measure.metrics import Metrics, add_counts
 from replay.measure.resultsdir import write_run_json
 from replay.settings import Progress, RunSettings, RunSummary, StreamPlan, default_out_dir
 from replay.workload.replaying import build_replay
@@ -143,8 +143,7 @@ def merge(
         counts[key] = sum(r["counts"].get(key, 0) or 0 for r in runs.values())
     unsent: dict[str, int] = {}
     for r in runs.values():
-        for reason, v in (r["counts"].get("unsent") or {}).items():
-            unsent[reason] = unsent.get(reason, 0) + v
+        add_counts(unsent, r["counts"].get("unsent") or {})
     counts["unsent"] = unsent
     counts["unsent_counted"] = all(r["counts"].get("unsent_counted", True) for r in runs.values())
 
