@@ -79,6 +79,7 @@ class RunObserver:
         self._series: dict[tuple[str, ...], _Series] = {}
         self._progress: Progress | None = None
         self._windows: dict[str, collections.deque[tuple[int, dict[str, Any]]]] = {}
+        self._sparse: dict[tuple[str, int], dict[str, hdr.Sparse]] = {}  # shard_state's past
         self.stage = dict(stage or {})  # e.g. the sweep level
         self.finished = False
         self.report: str | None = None  # the final report's path, once written
@@ -220,12 +221,18 @@ class RunObserver:
     def shard_state(self) -> dict[str, Any]:
         """This (worker's) observer as plain data for the driver: its series, and its recent
         histograms as their filled buckets only (a full counts array is 225 KB)."""
-        series, _, _ = self.snapshot()
+        now = int(time.monotonic())  # rows are recorded into their second: past ones are final
         with self._lock:
-            windows = {
-                stream: [(sec, {m: hdr.sparse(h) for m, h in hs.items()}) for sec, hs in win]
-                for stream, win in self._windows.items()
-            }
+            series = self._series_copy()
+            cache, self._sparse = self._sparse, {}
+            windows: dict[str, list[tuple[int, dict[str, hdr.Sparse]]]] = {}
+            for stream, win in self._windows.items():
+                out = windows[stream] = []
+                for sec, hs in win:
+                    sp = cache.get((stream, sec)) or {m: hdr.sparse(h) for m, h in hs.items()}
+                    if sec < now:  # final: computed once (this ran on the worker's event loop)
+                        self._sparse[(stream, sec)] = sp
+                    out.append((sec, sp))
         return {"series": series, "windows": windows}
 
     def absorb(self, states: list[dict[str, Any]]) -> None:
@@ -251,11 +258,15 @@ class RunObserver:
     # -- reading --------------------------------------------------------------------------------
     def snapshot(self) -> tuple[dict[tuple[str, ...], _Series], Progress | None, dict[str, Any]]:
         with self._lock:
-            series = {}
-            for k, s in self._series.items():
-                series[k] = copy = _Series()
-                _add_series(copy, s)
-            return series, self._progress, self._recent()
+            return self._series_copy(), self._progress, self._recent()
+
+    def _series_copy(self) -> dict[tuple[str, ...], _Series]:
+        """(lock held)"""
+        series = {}
+        for k, s in self._series.items():
+            series[k] = copy = _Series()
+            _add_series(copy, s)
+        return series
 
 
 def _add_series(into: _Series, s: _Series) -> None:
