@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from replay.scale.ray_backend import run_on_ray
 from replay.scale.shards import Job
@@ -81,7 +81,7 @@ def run_sharded(
     """A run split into shards: Ray actors with --ray, else local worker processes. An
     observer that can absorb the workers' states (ShardedObserver) shows the whole run."""
     settings.validate()
-    sharded = cast("ShardedObserver | None", observer if hasattr(observer, "absorb") else None)
+    sharded = observer if isinstance(observer, ShardedObserver) else None
     if settings.ray:
         return run_on_ray(
             job,

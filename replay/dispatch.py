@@ -39,8 +39,8 @@ class Sink(Protocol):
     ) -> None: ...
 
 
-# A timerfd wakeup measured 43 us late at p50 and cost 50 us of CPU on the development VM
-# (bench/wakeup_cost.py): a shot due sooner than this is waited for by polling the loop.
+# A timerfd wakeup measured 45-55 us late at p50 and cost ~50 us of CPU on the development VM
+# (bench/replay_lag.py prints it): a shot due sooner than this is polled for, not slept for.
 POLL_NS = 50_000
 # Idle work (the results, in steps) is offered the time until IDLE_MARGIN_NS before the next
 # shot is due (it takes a step only if the step is expected to fit); one turn is at most

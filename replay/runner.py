@@ -124,9 +124,10 @@ def run_streams(
     # Open loop plans ahead on a thread (reading the capture on the loop stalled the schedule);
     # closed loop has no schedule to protect and plans inline (the thread only costs CPU there).
     plan_size = planned(streams, settings, len(targets))
-    due = DueCount() if not closed else None  # the schedule, as it is planned
+    due: DueCount | None = None  # the schedule, as it is planned (open loop)
     plan_buffer: Prefetch[planmod.Shot] | None = None
     if not closed:
+        due = DueCount()
         shots = due_counted(shots, due)
         plan_buffer = Prefetch(
             with_prepared(shots, prepare),
@@ -377,8 +378,7 @@ class DueCount:
         return self._done
 
 
-def due_counted(shots: Iterable[planmod.Shot], due: DueCount | None) -> Iterator[planmod.Shot]:
+def due_counted(shots: Iterable[planmod.Shot], due: DueCount) -> Iterator[planmod.Shot]:
     for shot in shots:
-        if due is not None:
-            due.add(shot.offset_ns)
+        due.add(shot.offset_ns)
         yield shot

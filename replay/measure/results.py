@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -158,6 +158,7 @@ class ResultObserver(Protocol):
     def record(self, b: Mapping[str, Any]) -> None: ...
 
 
+@runtime_checkable
 class ShardedObserver(ResultObserver, Protocol):
     """An observer of a run split over worker processes: each worker feeds its own (made by
     calling the driver's observer's type with no arguments) and ships `shard_state()` with its

@@ -233,8 +233,7 @@ class ResultWriter:
         yield from self.metrics.seal_steps(before_sec=now_s - 1)
 
     def _slice(self, rows: list[Row]) -> None:
-        for _ in self._slice_steps(rows):
-            pass
+        _exhaust(self._slice_steps(rows))
 
     def _after_slice(self) -> None:
         if self._pending_rows >= self.GROUP_ROWS:
