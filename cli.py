@@ -985,15 +985,16 @@ def main() -> None:
         rv = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C or SIGTERM outside a run's own handling (loading, planning ahead): click turns
+        # the KeyboardInterrupt into Abort
+        click.echo("loadtape: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
     except Exception as exc:

@@ -450,6 +450,31 @@ def test_a_long_run_stops_promptly_on_a_signal_and_keeps_its_results(
     assert (out / "results.parquet").exists()
 
 
+def test_a_stop_outside_a_run_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the plan is planned ahead (or a capture opened): before the run installs
+    its own handlers. Exit 130 and one line, as a stop during the run exits."""
+    import cli
+    from replay import api
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "run_scenario", interrupted)
+    sc = _write(
+        tmp_path / "s.toml",
+        'target = "http://127.0.0.1:9"\n[[stream]]\nname = "t"\nkind = "synthetic"\n'
+        'arrival = { process = "constant", rate = 5 }\nrequest = { maker = "template" }\n'
+        'duration = "1s"\n',
+    )
+    monkeypatch.setattr("sys.argv", ["loadtape", "run", str(sc), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["loadtape: interrupted"]
+
+
 def test_requests_abandoned_at_a_stop_are_interrupted_not_the_targets_fault(
     tmp_path: Path,
 ) -> None:
