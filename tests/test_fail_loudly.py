@@ -432,15 +432,21 @@ def _synthetic_run(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_long_run_stops_promptly_on_a_signal_and_keeps_its_results(
-    tmp_path: Path, gateway: str, sig: int
+    tmp_path: Path, sig: int
 ) -> None:
     out = tmp_path / "o"
-    proc = _synthetic_run(tmp_path, gateway, "poisson", 1000, "100000h", out)
-    time.sleep(3)
-    assert proc.poll() is None, proc.communicate()
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    with running_gateway() as gw:
+        proc = _synthetic_run(tmp_path, gw.url, "poisson", 1000, "100000h", out)
+        # the run plans ahead before it sends, and a clean CI machine starts slowly: stop it
+        # once it is sending (a stop before that is test_a_stop_outside_a_run_...)
+        deadline = time.monotonic() + 30
+        while gw.gateway.stats.requests < 50 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        assert gw.gateway.stats.requests >= 50, "the run never sent"
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     took = time.monotonic() - t0
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
