@@ -117,15 +117,26 @@ class CaptureSink:
         The writer thread polls the deque: waking it for every flow would make the event loop
         hand over the GIL once per flow, which measured as a larger cost than the work itself."""
         n = snap.nbytes()
-        if (
-            len(self._dq) >= self.queue_records
-            or self._bytes_in - self._bytes_out + n > self.queue_bytes
-        ):
+        if not self._room(n):
             self.stats.dropped += 1
             return False
         self._dq.append(snap)  # deque.append is atomic
         self._bytes_in += n  # written by this thread only
         return True
+
+    def put(self, snap: Snapshot) -> bool:
+        """Queue a snapshot, waiting for room: the capture worker's way, which has no schedule
+        to keep. Its pipe fills behind it and the proxy drops and counts, in one place."""
+        n = snap.nbytes()
+        while self._dq and not self._room(n) and self._thread.is_alive():
+            time.sleep(0.002)
+        return self.offer(snap)
+
+    def _room(self, n: int) -> bool:
+        return (
+            len(self._dq) < self.queue_records
+            and self._bytes_in - self._bytes_out + n <= self.queue_bytes
+        )
 
     # -- writer thread -------------------------------------------------------------------------
     def start(self) -> None:

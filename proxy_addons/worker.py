@@ -303,8 +303,7 @@ def serve(config: SinkConfig, fd: int, status_out: IO[str]) -> int:
             proxy_dropped, sink.stats.filtered, sink.inflight, listen = head
             sink.listen = [list(a) for a in listen]
             for fields_ in snaps:
-                if not sink.offer(Snapshot(*fields_)):
-                    pass  # counted by the sink as dropped
+                sink.put(Snapshot(*fields_))  # waits for room: drops are the proxy's to count
             sink.proxy_dropped = proxy_dropped
             now = time.monotonic()
             if now - last >= 0.5:
