@@ -249,7 +249,10 @@ class CaptureAddon:
         except OSError as exc:
             raise _bad(f"capture: cannot write to {directory}: {exc.strerror or exc}") from None
         self._dir = directory
-        self.sink.start()
+        if isinstance(self.sink, WorkerClient):  # fed from the proxy's loop: no thread to wake
+            self.sink.start(asyncio.get_running_loop())
+        else:
+            self.sink.start()
         if getattr(o, "flow_detail", 0) > 0:
             log.warning(
                 "capture: mitmdump prints every URL (flow_detail=%d), query secrets included; "

@@ -7,12 +7,15 @@ and writes them to a pipe; this worker process runs the same CaptureSink as the 
 (proxy_addons/sink.py) on the other end.
 
 Proxy side (`WorkerClient`, same interface as CaptureSink): the event loop appends snapshots to a
-deque without waking anyone; a writer thread sends them in batches every 20 ms, with the proxy's
-own counters (dropped, filtered, in flight, listen addresses). If the pipe is full the writer
-thread blocks, the deque reaches its bound and further snapshots are dropped and counted: the
-proxy never waits. A reader thread takes the worker's status lines back (records, lost, write
-errors, the stop policy). If the worker dies, the client starts an in-process CaptureSink (which
-recovers the dead worker's journal) and says so.
+deque, and a timer on the same loop packs them and writes them to the pipe without blocking, at
+most 20 ms after the first one queued, with the proxy's own counters (dropped, filtered, in
+flight, listen addresses; every 0.5 s when there is no traffic). There is no feeding thread to
+wake for the GIL, and the switch to an in-process sink when the worker dies happens on the same
+thread that offers, so no snapshot can slip between the two. If the pipe is full, the rest waits for it to be writable, the deque reaches its bound and further snapshots
+are dropped and counted: the proxy never waits. A reader thread takes the worker's status lines
+back (records, lost, write errors, the stop policy); it wakes twice a second. If the worker dies,
+the client starts an in-process CaptureSink (which recovers the dead worker's journal) and says
+so.
 
 Worker side (`python -m proxy_addons.worker CONFIG_JSON`): reads frames until end of input, then
 drains, closes the capture (compaction) and exits. It ignores SIGINT, so a Ctrl-C meant for the
@@ -22,6 +25,7 @@ reached the pipe.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import fcntl
@@ -51,6 +55,9 @@ log = logging.getLogger("loadtape.capture")
 _SNAP_FIELDS = tuple(f.name for f in fields(Snapshot))
 _pack_snapshot = attrgetter(*_SNAP_FIELDS)
 F_SETPIPE_SZ = 1031
+FEED_S = 0.02  # a snapshot reaches the worker this long after its flow ends, at most
+HEARTBEAT_S = 0.5  # the proxy's counters reach the worker at least this often
+FRAME_SNAPSHOTS = 2048
 
 
 @dataclass
@@ -98,7 +105,7 @@ class SinkConfig:
 
 
 class WorkerClient:
-    """The proxy's end: a deque, a writer thread feeding the worker's pipe, a status reader."""
+    """The proxy's end: a deque fed to the worker's pipe from the event loop, a status reader."""
 
     def __init__(self, config: SinkConfig, on_fatal: Callable[[str], None]) -> None:
         self.config = config
@@ -111,8 +118,13 @@ class WorkerClient:
         self._dq: collections.deque[Snapshot] = collections.deque()
         self._bytes_in = 0
         self._bytes_out = 0
-        self._stop = threading.Event()
         self._fallback: CaptureSink | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon = False  # a feed is due within FEED_S
+        self._unsent = bytearray()  # frames the pipe did not take yet
+        self._unsent_snaps: list[Snapshot] = []  # what they hold, for a fallback
+        self._closed = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy_addons.worker", json.dumps(config.__dict__)],
             stdin=subprocess.PIPE,
@@ -121,12 +133,9 @@ class WorkerClient:
             start_new_session=False,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._fd = self.proc.stdin.fileno()
         with contextlib.suppress(OSError):
-            fcntl.fcntl(self.proc.stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
-        self._out = self.proc.stdin
-        self._writer = threading.Thread(
-            target=self._send_loop, name="loadtape-capture-feed", daemon=True
-        )
+            fcntl.fcntl(self._fd, F_SETPIPE_SZ, 1 << 20)
         self._reader = threading.Thread(
             target=self._read_loop,
             args=(self.proc.stdout,),
@@ -134,9 +143,12 @@ class WorkerClient:
             daemon=True,
         )
 
-    def start(self) -> None:
-        self._writer.start()
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Feed the worker from `loop` (the proxy's), which is the thread that offers."""
+        self._loop = loop
+        os.set_blocking(self._fd, False)
         self._reader.start()
+        self._timer = loop.call_later(HEARTBEAT_S, self._feed)
 
     def offer(self, snap: Snapshot) -> bool:
         if self._fallback is not None:
@@ -150,37 +162,75 @@ class WorkerClient:
             return False
         self._dq.append(snap)
         self._bytes_in += n
+        if not self._soon and self._loop is not None and not self._closed:
+            self._soon = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(FEED_S, self._feed)
         return True
 
-    # -- writer thread -------------------------------------------------------------------------
+    # -- feeding, on the event loop ------------------------------------------------------------
     def _frame(self, snaps: list[Snapshot]) -> bytes:
         head = [self.stats.dropped, self.stats.filtered, self.inflight, self.listen]
         return journal.encode_frame([head, [_pack_snapshot(s) for s in snaps]])
 
-    def _send_loop(self) -> None:
-        last = 0.0
+    def _take(self) -> None:
+        """Move the queue into frames to send (one frame even when empty: the counters)."""
         while True:
-            stopping = self._stop.wait(0.02)
-            batch = [self._dq.popleft() for _ in range(min(len(self._dq), 2048))]
-            now = time.monotonic()
-            if batch or now - last >= 0.5 or stopping:
-                self._bytes_out += sum(s.nbytes() for s in batch)
-                try:
-                    self._out.write(self._frame(batch))
-                    self._out.flush()
-                except (BrokenPipeError, OSError, ValueError):
-                    self._worker_died(batch)
-                    return
-                last = now
-            if stopping and not self._dq:
-                with contextlib.suppress(OSError):
-                    self._out.close()
+            batch = [self._dq.popleft() for _ in range(min(len(self._dq), FRAME_SNAPSHOTS))]
+            self._bytes_out += sum(s.nbytes() for s in batch)
+            self._unsent += self._frame(batch)
+            self._unsent_snaps += batch
+            if not self._dq:
                 return
 
-    def _worker_died(self, unsent: list[Snapshot]) -> None:
+    def _feed(self) -> None:
+        """Timer: send what is queued (or only the counters, as a heartbeat) and re-arm."""
+        self._soon = False
+        assert self._loop is not None
+        if self._closed or self._fallback is not None:
+            return
+        self._timer = self._loop.call_later(HEARTBEAT_S, self._feed)
+        if self._unsent:  # the pipe is full: the queue waits (and drops past its bounds)
+            return
+        self._take()
+        self._write()
+
+    def _write(self) -> None:
+        """Write what the pipe takes without blocking; the rest when it is writable again."""
+        assert self._loop is not None
+        try:
+            n = os.write(self._fd, self._unsent)
+        except BlockingIOError:
+            n = 0
+        except (BrokenPipeError, OSError):
+            self._worker_died()
+            return
+        del self._unsent[:n]
+        if self._unsent:
+            self._loop.add_writer(self._fd, self._drain)
+        else:
+            self._unsent_snaps.clear()
+
+    def _drain(self) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(self._fd)
+        if self._closed or self._fallback is not None:
+            return
+        self._write()
+        if not self._unsent and self._dq and not self._soon:
+            self._soon = True
+            self._loop.call_soon(self._feed)
+
+    def _worker_died(self) -> None:
         """Carry on in-process: a new CaptureSink recovers the dead worker's journal."""
+        unsent, self._unsent_snaps = self._unsent_snaps, []
+        self._unsent.clear()
+        if self._timer is not None:
+            self._timer.cancel()
         with contextlib.suppress(OSError, ValueError):
-            self._out.close()
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
         try:
             code = self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -233,17 +283,33 @@ class WorkerClient:
 
     def close(self, timeout: float = 120.0) -> None:
         """Send what is queued, let the worker finish (compaction), wait for it."""
-        self._stop.set()
-        self._writer.join(timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._fallback is None:
+            if self._loop is not None:
+                self._loop.remove_writer(self._fd)
+            self._take()  # the last counters go too
+            try:
+                os.set_blocking(self._fd, True)
+                while self._unsent:
+                    del self._unsent[: os.write(self._fd, self._unsent)]
+                self._unsent_snaps.clear()
+            except (BrokenPipeError, OSError):
+                self._worker_died()
+        self._closed = True
         if self._fallback is not None:
             self._fallback.close(timeout)
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.error("capture: the capture worker did not finish in %.0f s; killing it", timeout)
             self.proc.kill()
             self.proc.wait()
-        self._reader.join(5)
+        if self._reader.is_alive():
+            self._reader.join(5)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError, ValueError):

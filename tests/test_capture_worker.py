@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -53,24 +56,29 @@ def _snap(i: int) -> Snapshot:
     )
 
 
-def _wait(pred: object, timeout: float = 20.0) -> None:
+async def _until(pred: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():  # type: ignore[operator]
             return
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     raise AssertionError("timed out")
 
 
 def test_worker_records_and_reports_status(tmp_path: Path) -> None:
     fatal: list[str] = []
-    client = WorkerClient(_config(tmp_path), on_fatal=fatal.append)
-    client.start()
-    client.stats.filtered = 3
-    for i in range(20):
-        assert client.offer(_snap(i))
-    _wait(lambda: client.stats.records == 20)
-    client.close()
+
+    async def main() -> WorkerClient:
+        client = WorkerClient(_config(tmp_path), on_fatal=fatal.append)
+        client.start(asyncio.get_running_loop())
+        client.stats.filtered = 3
+        for i in range(20):
+            assert client.offer(_snap(i))
+        await _until(lambda: client.stats.records == 20)
+        client.close()
+        return client
+
+    client = asyncio.run(main())
     assert client.proc.returncode == 0 and not fatal
     rows = Capture(tmp_path / "cap").records()
     assert len(rows) == 20
@@ -79,18 +87,85 @@ def test_worker_records_and_reports_status(tmp_path: Path) -> None:
     assert status["records"] == 20 and status["done"] and status["filtered"] == 3
 
 
+def test_a_stalled_worker_never_blocks_the_proxy_and_misses_nothing(tmp_path: Path) -> None:
+    """The worker stopped (SIGSTOP) while 6 MB of snapshots queue: more than the 1 MB pipe.
+    The loop keeps its timers, every offer returns at once, and all of it is recorded once
+    the worker goes on."""
+    big = b"x" * (120 << 10)
+
+    async def main() -> WorkerClient:
+        client = WorkerClient(_config(tmp_path), on_fatal=lambda reason: None)
+        client.start(asyncio.get_running_loop())
+        assert client.offer(_snap(0))
+        await _until(lambda: client.stats.records == 1)
+        os.kill(client.proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(1, 51):
+                t0 = time.monotonic()
+                snap = _snap(i)
+                snap.resp_body = big
+                assert client.offer(snap)
+                assert time.monotonic() - t0 < 0.5  # a bound against blocking, not a figure
+                await asyncio.sleep(0.005)
+            assert client._unsent  # the pipe is full: the rest waits on the loop
+            t0 = time.monotonic()
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - t0 < 2.0
+        finally:
+            os.kill(client.proc.pid, signal.SIGCONT)
+        await _until(lambda: client.stats.records == 51)
+        client.close()
+        return client
+
+    client = asyncio.run(main())
+    assert client.proc.returncode == 0 and client.stats.dropped == 0
+    assert len(Capture(tmp_path / "cap").records(["req_start_ns"])) == 51
+
+
+def test_a_full_queue_behind_a_stalled_worker_drops_and_counts(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config.queue_records = 10
+
+    async def main() -> WorkerClient:
+        client = WorkerClient(config, on_fatal=lambda reason: None)
+        client.start(asyncio.get_running_loop())
+        os.kill(client.proc.pid, signal.SIGSTOP)
+        try:
+            big = b"x" * (300 << 10)
+            offered = []
+            for i in range(40):
+                snap = _snap(i)
+                snap.resp_body = big
+                offered.append(client.offer(snap))
+                await asyncio.sleep(0.03)  # past the feed interval: each goes to the pipe
+        finally:
+            os.kill(client.proc.pid, signal.SIGCONT)
+        assert not all(offered) and client.stats.dropped == offered.count(False)
+        await _until(lambda: client.stats.records == offered.count(True))
+        client.close()
+        return client
+
+    client = asyncio.run(main())
+    rows = Capture(tmp_path / "cap").records(["req_start_ns"])
+    assert len(rows) == client.stats.records and client.stats.dropped > 0
+
+
 def test_worker_death_falls_back_to_recording_in_process(tmp_path: Path) -> None:
-    client = WorkerClient(_config(tmp_path), on_fatal=lambda reason: None)
-    client.start()
-    for i in range(10):
-        client.offer(_snap(i))
-    _wait(lambda: client.stats.records == 10)
-    client.proc.kill()
-    client.proc.wait()
-    for i in range(10, 15):
-        client.offer(_snap(i))
-    _wait(lambda: client._fallback is not None)
-    client.close()
+    async def main() -> WorkerClient:
+        client = WorkerClient(_config(tmp_path), on_fatal=lambda reason: None)
+        client.start(asyncio.get_running_loop())
+        for i in range(10):
+            client.offer(_snap(i))
+        await _until(lambda: client.stats.records == 10)
+        client.proc.kill()
+        client.proc.wait()
+        for i in range(10, 15):
+            client.offer(_snap(i))
+        await _until(lambda: client._fallback is not None)
+        client.close()
+        return client
+
+    asyncio.run(main())
     rows = Capture(tmp_path / "cap").records(["req_start_ns"])
     # The dead worker's journal (10 records) is recovered by the in-process sink, which then
     # records the 5 offered after the death.
