@@ -177,7 +177,10 @@ def spans(b: bytes) -> list[Span]:
                 found.extend((s + ws, e + ws, k) for s, e, k in got)
             i = narrow.find(_RUN, we)
     for anchors, group in _ANCHOR_GROUPS:
-        if all(a in b for a in anchors):
+        for a in anchors:  # a loop, not all() of a generator: this runs for every value
+            if a not in b:
+                break
+        else:
             for f in group:
                 found.extend(_matches(f, b, 0, len(b)))
     return merged(found) if found else found

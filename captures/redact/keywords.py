@@ -16,6 +16,7 @@ matched only where one occurs.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .formats import Span
@@ -57,7 +58,7 @@ def assignments(b: bytes, extra: frozenset[str] = frozenset()) -> list[Span]:
     names: bytes | None = None
     starts: set[int] = set()
     out: list[Span] = []
-    for stem in STEMS + tuple(e.encode() for e in extra):
+    for stem in _stems(extra):
         p = low.find(stem)
         while p >= 0:
             if names is None:
@@ -70,6 +71,11 @@ def assignments(b: bytes, extra: frozenset[str] = frozenset()) -> list[Span]:
                     out.append(span)
             p = low.find(stem, p + len(stem))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _stems(extra: frozenset[str]) -> tuple[bytes, ...]:
+    return STEMS + tuple(sorted(e.encode() for e in extra))
 
 
 def _value_at(b: bytes, start: int, extra: frozenset[str]) -> Span | None:
