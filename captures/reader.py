@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from . import compaction, store
 from .errors import CaptureError
 from .filters import RowFilter
-from .schema import COLUMNS, HEADER_COLUMNS, SCHEMA, Record
+from .schema import COLUMNS, HEADER_COLUMNS, META_FORMAT_VERSION, SCHEMA, Record
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Capture:
         damaged part is an error naming it, or with skip_damaged, left out and said so."""
         for part in list(self.parts):
             try:
-                pf = store.open_part(part.path)
+                pf = open_part(part.path)
                 for _ in pf.iter_batches(batch_size=4096, use_threads=False):
                     pass
             except (OSError, pa.ArrowException) as exc:
@@ -137,7 +137,7 @@ class Capture:
         return self.parts[0].path.name if self.parts else None
 
     def _add_part(self, order: int, path: Path) -> None:
-        pf = store.open_part(path)
+        pf = open_part(path)
         md = pf.metadata
         names = pf.schema_arrow.names
         if "req_start_ns" not in names:
@@ -337,7 +337,7 @@ def _run_batches(
             batch_size
         )
     else:
-        pf = store.open_part(run.path)
+        pf = open_part(run.path)
         present = set(pf.schema_arrow.names)
         missing = [c for c in read_cols if c not in present]
         source = _fill_missing(
@@ -383,3 +383,23 @@ def _fill_missing(
 
 def open_capture(path: str | Path, *, recover: bool = True) -> Capture:
     return Capture(path, recover=recover)
+
+
+def open_part(path: Path) -> pq.ParquetFile:
+    """Open a part for streaming (no pre-buffering of whole files) and check its version."""
+    try:
+        pf = pq.ParquetFile(
+            path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True
+        )
+    except (OSError, ValueError) as exc:
+        raise CaptureError(f"{path}: not a readable Parquet part ({_short(exc)})") from None
+    meta = pf.schema_arrow.metadata or {}
+    if META_FORMAT_VERSION not in meta:
+        raise CaptureError(f"{path}: Parquet file without loadtape capture metadata")
+    store.check_version(meta[META_FORMAT_VERSION].decode(errors="replace"), str(path))
+    return pf
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -8,21 +8,15 @@ the Parquet parts store it with `SCHEMA`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 from itertools import accumulate
 from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
-"""Bumped when a reader of this version could misread a newer file. Adding a nullable column is
-not such a change: readers fill columns they do not find with nulls."""
+from .version import FORMAT_VERSION, LOADTAPE_VERSION, META_FORMAT_VERSION
 
-try:
-    LOADTAPE_VERSION = metadata.version("loadtape")
-except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    LOADTAPE_VERSION = "0+unknown"
+__all__ = ["FORMAT_VERSION", "LOADTAPE_VERSION", "META_FORMAT_VERSION"]
 
 Record = dict[str, Any]
 Headers = list[tuple[str, str]]
@@ -126,7 +120,6 @@ ERROR_KINDS = (
 )
 
 # Parquet key-value metadata keys.
-META_FORMAT_VERSION = b"loadtape.format_version"
 META_LOADTAPE_VERSION = b"loadtape.version"
 META_CAPTURE_ID = b"loadtape.capture_id"
 META_WRITER_ID = b"loadtape.writer_id"

@@ -25,19 +25,12 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from .errors import CaptureError
-from .schema import (
-    FORMAT_VERSION,
-    LOADTAPE_VERSION,
-    META_FORMAT_VERSION,
-)
+from .version import FORMAT_VERSION, LOADTAPE_VERSION
 
 MANIFEST = "capture.json"
 RECOVERY_LOG = "recovery.log"
@@ -239,28 +232,3 @@ def list_parts(root: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     return sorted(root / PARTS_DIR / n for n in names if _PART_RE.match(n))
-
-
-def iter_part_files(root: Path) -> Iterator[tuple[Path, pq.ParquetFile]]:
-    for path in list_parts(root):
-        yield path, open_part(path)
-
-
-def open_part(path: Path) -> pq.ParquetFile:
-    """Open a part for streaming (no pre-buffering of whole files) and check its version."""
-    try:
-        pf = pq.ParquetFile(
-            path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True
-        )
-    except (OSError, ValueError) as exc:
-        raise CaptureError(f"{path}: not a readable Parquet part ({_short(exc)})") from None
-    meta = pf.schema_arrow.metadata or {}
-    if META_FORMAT_VERSION not in meta:
-        raise CaptureError(f"{path}: Parquet file without loadtape capture metadata")
-    check_version(meta[META_FORMAT_VERSION].decode(errors="replace"), str(path))
-    return pf
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

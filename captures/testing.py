@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from . import protocols
-from .exchange import Snapshot, build_record
+from .exchange import build_record
 from .protocols.base import Answer, approx_tokens
 from .redact import RedactionPolicy, Redactor
 from .schema import Headers, Record
+from .snapshot import Snapshot
 from .writer import CaptureWriter
 
 T0_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z, a fixed epoch for reproducible data

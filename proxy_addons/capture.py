@@ -28,13 +28,13 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, http
 
 try:  # loaded by mitmdump -s as a file: make sure the package import works either way
-    from proxy_addons.sink import CaptureSink, Snapshot, parse_session_sources
-    from proxy_addons.worker import SinkConfig, WorkerClient
+    from proxy_addons.feed import WorkerClient
+    from proxy_addons.settings import SinkConfig
 except ImportError:  # pragma: no cover - loadtape not installed in mitmdump's environment
     raise ImportError(
         "the loadtape capture addon needs loadtape installed in mitmdump's Python environment"
@@ -42,8 +42,12 @@ except ImportError:  # pragma: no cover - loadtape not installed in mitmdump's e
 
 from captures import store
 from captures.errors import UserError
-from captures.redact import key_path, load_or_create_key
+from captures.keys import key_path, load_or_create_key
+from captures.snapshot import Snapshot, parse_session_sources
 from captures.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from proxy_addons.sink import CaptureSink
 
 log = logging.getLogger("loadtape.capture")
 
@@ -243,7 +247,12 @@ class CaptureAddon:
             if o.capture_writer == "process":
                 self.sink = WorkerClient(config, on_fatal=self._fatal)
             else:
-                self.sink = config.build(compaction=o.capture_compaction, on_fatal=self._fatal)
+                # recording in the proxy: only now load the record-building modules
+                from proxy_addons.sink import build_sink
+
+                self.sink = build_sink(
+                    config, compaction=o.capture_compaction, on_fatal=self._fatal
+                )
         except UserError as exc:
             raise _bad(f"capture: {exc}") from None
         except OSError as exc:

@@ -20,15 +20,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from captures.conversations import Tracker
-from captures.exchange import Snapshot, build_record, error_kind, parse_session_sources
-from captures.redact import Redactor
+from captures.exchange import build_record, error_kind
+from captures.redact import RedactionPolicy, Redactor, key_fingerprint, load_or_create_key
 from captures.schema import Record
+from captures.snapshot import Snapshot, parse_session_sources
 from captures.writer import CaptureWriter
+
+from .settings import SinkConfig, Stats
 
 __all__ = [
     "CaptureSink",
@@ -40,21 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("loadtape.capture")
-
-
-@dataclass
-class Stats:
-    records: int = 0
-    streamed: int = 0
-    errors: int = 0
-    dropped: int = 0  # queue full: never reached the writer
-    lost: int = 0  # reached the writer, refused by the disk
-    filtered: int = 0
-    bytes: int = 0
-    not_replayable: int = 0
-    write_error: str | None = None
-    writer_notes: list[str] = field(default_factory=list)
-    writer_cpu_s: float = 0.0  # CPU time the writer thread used (what recording costs the proxy)
 
 
 class CaptureSink:
@@ -324,3 +311,30 @@ class CaptureSink:
         if not rec["replayable"]:
             s.not_replayable += 1
         s.bytes += size_in + (rec.get("resp_body_size") or 0)
+
+
+def build_sink(
+    config: SinkConfig, *, compaction: str, on_fatal: Callable[[str], None] | None = None
+) -> CaptureSink:
+    """The in-process sink a config describes (the worker's, or the proxy's own)."""
+    policy = RedactionPolicy.build(
+        enabled=config.redact,
+        extra_headers=config.extra_headers,
+        extra_query=config.extra_query,
+        extra_json_keys=config.extra_json_keys,
+    )
+    key = load_or_create_key(config.key_file)
+    return CaptureSink(
+        Path(config.directory),
+        Redactor(policy, key),
+        policy.describe(key_fingerprint(key)),
+        session_sources=[(k, a) for k, a in config.session_sources],
+        body_limit=config.body_limit,
+        queue_records=config.queue_records,
+        queue_bytes=config.queue_bytes,
+        flush_interval=config.flush_interval,
+        on_error=config.on_error,
+        status_file=Path(config.status_file) if config.status_file else None,
+        compaction=compaction,
+        on_fatal=on_fatal,
+    )

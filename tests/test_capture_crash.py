@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from captures import store
+from captures import reader, store
 from captures.reader import Capture
 from proxy_addons.launch import CaptureConfig, CaptureProcess
 from replay.mock.threaded import running_gateway
@@ -86,7 +86,7 @@ async def test_kill_9_under_load_loses_nothing_older_than_the_flush_interval(
     assert not missing, f"{len(missing)} of {len(must_have)} completed responses lost"
     assert not store.list_segments(tmp_path / "cap"), "recovery compacts the dead journal"
     for part in store.list_parts(tmp_path / "cap"):
-        store.open_part(part).read()  # every part is readable end to end
+        reader.open_part(part).read()  # every part is readable end to end
     print(
         f"kill -9: {len(ledger)} responses completed, {len(must_have)} older than the flush "
         f"interval, all present; {len(rows)} records in the capture; recovery notes: {cap.notes}"

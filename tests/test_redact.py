@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captures import codec
-from captures.exchange import Snapshot, build_record
+from captures.exchange import build_record
 from captures.redact import MARKER_RE, RedactionPolicy, Redactor
 from captures.redact.names import is_secret_header, is_secret_key, is_secret_param
+from captures.snapshot import Snapshot
 
 RED = Redactor(RedactionPolicy(), b"k" * 32)
 SK = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123"

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 
 from captures.conversations import Tracker
 from captures.errors import UserError
-from captures.exchange import SESSION_SOURCES, Snapshot, build_record, parse_session_sources
+from captures.exchange import build_record
 from captures.redact import RedactionPolicy, Redactor, load_or_create_key
 from captures.schema import Record
+from captures.snapshot import SESSION_SOURCES, Snapshot, parse_session_sources
 
 from . import ImportOptions, ImportSummary
 from .traces import parse_timestamp_ns

@@ -10,14 +10,14 @@ One policy covers every part of an exchange, request and response alike:
 - echoes: every value redacted in a request, found again in the response in its raw,
   URL-encoded, JSON-escaped and HTML-escaped forms, and a Basic credential decoded (echo.py).
 
-A marker is `[REDACTED:<kind>:<hmac>]` (policy.py, keyed by keys.py). Markers keep JSON valid and
-query strings parseable; replay leaves a redacted header, parameter or JSON field out rather than
-sending the marker. What is not covered is listed in docs/reliability.md.
+A marker is `[REDACTED:<kind>:<hmac>]` (policy.py, keyed by captures/keys.py). Markers keep JSON
+valid and query strings parseable; replay leaves a redacted header, parameter or JSON field out
+rather than sending the marker. What is not covered is listed in docs/reliability.md.
 """
 
 from ..codec import NOT_JSON, Decoded, decode_and_parse, looks_like_json, parse_json
+from ..keys import DEFAULT_KEY_FILE, key_fingerprint, key_path, load_or_create_key
 from ..markers import MARKER_RE
-from .keys import DEFAULT_KEY_FILE, key_fingerprint, key_path, load_or_create_key
 from .policy import RedactionPolicy, Redactor
 from .scope import Scope
 

@@ -1,7 +1,7 @@
 """What is redacted (the policy) and how a secret becomes a marker (the redactor).
 
 A redacted value becomes `[REDACTED:<kind>:<hash>]`, the hash being the first 8 hex digits of an
-HMAC-SHA256 of the value keyed with the redaction key (keys.py), so equal secrets get equal
+HMAC-SHA256 of the value keyed with the redaction key (captures/keys.py), so equal secrets get equal
 markers wherever they stand (sessions and diffs still line up, two tenants' keys stay apart) and
 no marker can be reversed without the key.
 """

@@ -10,7 +10,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from ..errors import UserError
+from .errors import UserError
 
 DEFAULT_KEY_FILE = Path("~/.config/loadtape/redaction.key")
 
