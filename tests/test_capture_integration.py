@@ -280,3 +280,50 @@ async def test_http2_client_through_the_proxy(tmp_path: Path, server_ssl: ssl.SS
     rows = Capture(tmp_path / "cap").records()
     assert {r["http_version"] for r in rows} == {"HTTP/2.0"}
     assert all(r["status"] == 200 and r["resp_body_size"] == 100 and r["replayable"] for r in rows)
+
+
+async def test_a_streamed_response_s_headers_reach_the_client_as_they_arrive(
+    tmp_path: Path,
+) -> None:
+    """An upstream that sends its headers, then its first event 0.4 s later (a model's time to
+    first token): the client gets the headers at once, as it would without the proxy.
+    mitmdump's stream_large_bodies holds them back until the first body bytes."""
+    from aiohttp import web
+
+    async def late(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(0.4)
+        await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", late)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    proc = start_proxy(tmp_path, f"http://127.0.0.1:{port}")
+    try:
+        async with aiohttp.ClientSession(proc.url) as s:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with s.post("/v1/chat/completions", json=chat_body(True, 1, "late")) as r:
+                headers_at = loop.time() - t0
+                first = await r.content.readany()
+                first_at = loop.time() - t0
+                await r.read()
+        final = proc.stop()
+    finally:
+        proc.kill()
+        await runner.cleanup()
+    assert first.startswith(b"data:")
+    # bounds against holding the headers back, not speed figures
+    assert first_at - headers_at > 0.25, (headers_at, first_at)
+    assert final is not None and final["done"]
+    (row,) = Capture(tmp_path / "cap").records()
+    assert row["chunk_offsets_us"][0] >= 350_000  # the first event's time is recorded as it was
