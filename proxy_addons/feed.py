@@ -20,7 +20,6 @@ writer, or the fallback when the worker died).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fcntl
 import json
@@ -37,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any
 from captures import journal
 from captures.snapshot import Snapshot
 
-from .settings import SinkConfig, Stats
+from .settings import SinkConfig, SnapshotQueue, Stats
 
 if TYPE_CHECKING:
     from .sink import CaptureSink
@@ -61,11 +60,7 @@ class WorkerClient:
         self.stats = Stats()
         self.inflight = 0
         self.listen: list[list[Any]] = []
-        self.queue_records = config.queue_records
-        self.queue_bytes = config.queue_bytes
-        self._dq: collections.deque[Snapshot] = collections.deque()
-        self._bytes_in = 0
-        self._bytes_out = 0
+        self._q = SnapshotQueue(config.queue_records, config.queue_bytes)
         self._fallback: CaptureSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -101,15 +96,9 @@ class WorkerClient:
     def offer(self, snap: Snapshot) -> bool:
         if self._fallback is not None:
             return self._fallback.offer(snap)
-        n = snap.nbytes()
-        if (
-            len(self._dq) >= self.queue_records
-            or self._bytes_in - self._bytes_out + n > self.queue_bytes
-        ):
+        if not self._q.push(snap):
             self.stats.dropped += 1
             return False
-        self._dq.append(snap)
-        self._bytes_in += n
         if not self._soon and self._loop is not None and not self._closed:
             self._soon = True
             if self._timer is not None:
@@ -125,11 +114,10 @@ class WorkerClient:
     def _take(self) -> None:
         """Move the queue into frames to send (one frame even when empty: the counters)."""
         while True:
-            batch = [self._dq.popleft() for _ in range(min(len(self._dq), FRAME_SNAPSHOTS))]
-            self._bytes_out += sum(s.nbytes() for s in batch)
+            batch = self._q.take(FRAME_SNAPSHOTS)
             self._unsent += self._frame(batch)
             self._unsent_snaps += batch
-            if not self._dq:
+            if not self._q:
                 return
 
     def _feed(self) -> None:
@@ -166,7 +154,7 @@ class WorkerClient:
         if self._closed or self._fallback is not None:
             return
         self._write()
-        if not self._unsent and self._dq and not self._soon:
+        if not self._unsent and self._q and not self._soon:
             self._soon = True
             self._loop.call_soon(self._feed)
 
@@ -208,8 +196,8 @@ class WorkerClient:
         sink.start()
         for snap in unsent:
             sink.offer(snap)
-        while self._dq:
-            sink.offer(self._dq.popleft())
+        for snap in self._q.take(len(self._q)):
+            sink.offer(snap)
         self.stats = sink.stats
         self._fallback = sink
 

@@ -13,7 +13,6 @@ resumes); "stop" asks the proxy to shut down instead.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from captures.schema import Record
 from captures.snapshot import Snapshot, parse_session_sources
 from captures.writer import CaptureWriter
 
-from .settings import SinkConfig, Stats
+from .settings import SinkConfig, SnapshotQueue, Stats
 
 __all__ = [
     "CaptureSink",
@@ -65,7 +64,6 @@ class CaptureSink:
         self.redactor = redactor
         self.session_sources = session_sources
         self.body_limit = body_limit
-        self.queue_bytes = queue_bytes
         self.flush_interval = flush_interval
         self.on_error = on_error
         self.status_file = status_file
@@ -77,11 +75,8 @@ class CaptureSink:
         self.inflight = 0
         self.listen: list[list[Any]] = []  # the proxy's bound addresses, once known
         self.proxy_dropped = 0  # dropped before reaching this sink (worker mode: in the proxy)
-        self.queue_records = queue_records
         self.poll_interval = min(flush_interval / 2, 0.02)
-        self._dq: collections.deque[Snapshot] = collections.deque()
-        self._bytes_in = 0  # updated by the event loop only
-        self._bytes_out = 0  # updated by the writer thread only
+        self._q = SnapshotQueue(queue_records, queue_bytes)
         self._stop = threading.Event()
         self.writer = CaptureWriter(
             directory, redaction=redaction_meta, sync_interval=flush_interval, compaction=compaction
@@ -103,27 +98,18 @@ class CaptureSink:
 
         The writer thread polls the deque: waking it for every flow would make the event loop
         hand over the GIL once per flow, which measured as a larger cost than the work itself."""
-        n = snap.nbytes()
-        if not self._room(n):
+        if not self._q.push(snap):
             self.stats.dropped += 1
             return False
-        self._dq.append(snap)  # deque.append is atomic
-        self._bytes_in += n  # written by this thread only
         return True
 
     def put(self, snap: Snapshot) -> bool:
         """Queue a snapshot, waiting for room: the capture worker's way, which has no schedule
         to keep. Its pipe fills behind it and the proxy drops and counts, in one place."""
         n = snap.nbytes()
-        while self._dq and not self._room(n) and self._thread.is_alive():
+        while self._q and not self._q.room(n) and self._thread.is_alive():
             time.sleep(0.002)
         return self.offer(snap)
-
-    def _room(self, n: int) -> bool:
-        return (
-            len(self._dq) < self.queue_records
-            and self._bytes_in - self._bytes_out + n <= self.queue_bytes
-        )
 
     # -- writer thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,15 +119,14 @@ class CaptureSink:
         while True:
             stopping = self._stop.wait(self.poll_interval)
             while True:
-                batch = [self._dq.popleft() for _ in range(min(len(self._dq), 1024))]
+                batch = self._q.take(1024)
                 if not batch:
                     break
-                self._bytes_out += sum(s.nbytes() for s in batch)
                 self._write(self._build_all(batch))
             self._write([])  # tick: fsync when due, seal old segments, retry after failures
             self.stats.writer_cpu_s = time.thread_time()
             self._maybe_status()
-            if stopping and not self._dq:
+            if stopping and not self._q:
                 break
         self._close_writer()
 
