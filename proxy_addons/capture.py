@@ -13,7 +13,8 @@ measured, it was most of the addon's cost) and recorded as one chunk at the resp
 `capture_stream=all` streams everything. Chunk times are when mitmproxy handled each chunk;
 `proxy_inflight` records how many flows were in flight when the request started, so a reader can
 tell when the proxy itself was busy. The hooks only build a small snapshot; redaction, encoding
-and disk I/O happen on the writer thread (proxy_addons/sink.py), compaction in a child process.
+and disk I/O happen in the capture worker process (proxy_addons/worker.py, fed from the event
+loop by feed.py), or with capture_writer=thread on a writer thread in the proxy (sink.py).
 """
 
 from __future__ import annotations

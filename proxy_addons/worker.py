@@ -27,9 +27,10 @@ from typing import IO, Any
 import msgpack
 
 from captures import journal
+from captures.snapshot import Snapshot
 
 from .settings import SinkConfig
-from .sink import Snapshot, build_sink
+from .sink import build_sink
 
 log = logging.getLogger("loadtape.capture")
 
