@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aioserve import serving
 from proxies import start_proxy
 
 from captures.reader import Capture
@@ -302,25 +303,20 @@ async def test_a_streamed_response_s_headers_reach_the_client_as_they_arrive(
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", late)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    proc = start_proxy(tmp_path, f"http://127.0.0.1:{port}")
-    try:
-        async with aiohttp.ClientSession(proc.url) as s:
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            async with s.post("/v1/chat/completions", json=chat_body(True, 1, "late")) as r:
-                headers_at = loop.time() - t0
-                first = await r.content.readany()
-                first_at = loop.time() - t0
-                await r.read()
-        final = proc.stop()
-    finally:
-        proc.kill()
-        await runner.cleanup()
+    async with serving(app) as upstream:
+        proc = start_proxy(tmp_path, upstream)
+        try:
+            async with aiohttp.ClientSession(proc.url) as s:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                async with s.post("/v1/chat/completions", json=chat_body(True, 1, "late")) as r:
+                    headers_at = loop.time() - t0
+                    first = await r.content.readany()
+                    first_at = loop.time() - t0
+                    await r.read()
+            final = proc.stop()
+        finally:
+            proc.kill()
     assert first.startswith(b"data:")
     # bounds against holding the headers back, not speed figures
     assert first_at - headers_at > 0.25, (headers_at, first_at)

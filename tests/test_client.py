@@ -9,6 +9,7 @@ import ssl
 from typing import Any
 
 import pytest
+from aioserve import serving
 from faultserver import FaultServer
 
 from replay.mock.config import GatewayConfig
@@ -195,28 +196,22 @@ async def test_bodies_of_every_size_arrive_whole_when_sent_together() -> None:
 
     app = web.Application(client_max_size=4 << 20)
     app.router.add_post("/{i}", check)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{port}"
-    client = FastClient(parse_target(url), timeout=10)
-    try:
-        loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[Outcome]] = []
-        for round_ in range(2):  # new connections, then the same ones kept alive
-            for i, n in enumerate(sizes):  # submitted in one go: all in flight at once
-                req = Rewriter(parse_target(url)).prepare(
-                    Request("POST", f"/{i}", None, [], body(n))
-                )
-                fut: asyncio.Future[Outcome] = loop.create_future()
-                futs.append(fut)
-                client.submit(req, fut.set_result)
-            await asyncio.wait_for(asyncio.gather(*futs[round_ * len(sizes) :]), 30)
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        client = FastClient(parse_target(url), timeout=10)
+        try:
+            loop = asyncio.get_running_loop()
+            futs: list[asyncio.Future[Outcome]] = []
+            for round_ in range(2):  # new connections, then the same ones kept alive
+                for i, n in enumerate(sizes):  # submitted in one go: all in flight at once
+                    req = Rewriter(parse_target(url)).prepare(
+                        Request("POST", f"/{i}", None, [], body(n))
+                    )
+                    fut: asyncio.Future[Outcome] = loop.create_future()
+                    futs.append(fut)
+                    client.submit(req, fut.set_result)
+                await asyncio.wait_for(asyncio.gather(*futs[round_ * len(sizes) :]), 30)
+        finally:
+            await client.close()
     outs = [f.result() for f in futs]
     assert [(o.error, o.status) for o in outs] == [(None, 200)] * 2 * len(sizes)
     assert client.connects == len(sizes)
