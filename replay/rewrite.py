@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -375,7 +376,9 @@ def mask_url(url: str) -> str:
 
 def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[Shot], Prepared]:
     """Prepare each distinct recorded request once (loops and repeats reuse it)."""
-    cache: dict[tuple[tuple[str, int], int], Prepared] = {}
+    # An OrderedDict: a plain dict's oldest key is found by skipping every key deleted before
+    # it (until the next resize), which made each eviction cost ~10 us at this size.
+    cache: OrderedDict[tuple[tuple[str, int], int], Prepared] = OrderedDict()
 
     def prepare(shot: Shot) -> Prepared:
         if shot.source is None or shot.extra.get("salt"):
@@ -385,7 +388,7 @@ def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[Shot]
         if p is None:
             p = rewriter.prepare(shot.request, shot.extra)
             if len(cache) >= maxsize:
-                del cache[next(iter(cache))]
+                cache.popitem(last=False)
             cache[key] = p
         return p
 

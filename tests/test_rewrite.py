@@ -119,3 +119,20 @@ def test_markers_inside_text_are_data_and_stay() -> None:
     ).encode()
     p = Rewriter(parse_target("http://127.0.0.1:1")).prepare(req(body=body, headers=[]))
     assert json.loads(p.body)["messages"][0]["content"] == "key [REDACTED:sk:aa00bb11] here"
+
+
+def test_cached_prepare_keeps_the_latest_distinct_requests_and_evicts_the_oldest() -> None:
+    from replay.plan import Shot
+    from replay.rewrite import cached_prepare
+
+    prepare = cached_prepare(Rewriter(parse_target("http://127.0.0.1:9")), maxsize=2)
+    shots = [
+        Shot(offset_ns=0, seq=i, request=Request("GET", f"/{i}", None, [], None), source=("w", i))
+        for i in range(3)
+    ]
+    first = [prepare(s) for s in shots]
+    assert [p.path for p in first] == ["/0", "/1", "/2"]
+    assert prepare(shots[2]) is first[2] and prepare(shots[1]) is first[1]  # kept
+    again = prepare(shots[0])  # the oldest was evicted: prepared anew
+    assert again is not first[0] and again.path == "/0"
+    assert prepare(shots[2]) is first[2] and prepare(shots[1]) is not first[1]
