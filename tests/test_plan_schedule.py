@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
 from captures.schema import Record
-from replay.dispatch import POLL_NS, Dispatcher
+from replay.dispatch import POLL_NS, SEND_BATCH, Dispatcher
 from replay.plan import PlanOptions, PlanStats, Request, Shot, plan_replay
 from replay.schedule import Scheduler, simulate
+from replay.send.outcome import Outcome
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -284,6 +285,52 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
     disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
     disp._arm(now + gap_ns)
     assert (len(loop.soon), timer.armed) == ((1, []) if polled else (0, [now + gap_ns]))
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, Callable[[Outcome], None]]] = []
+
+    def submit(self, prepared: object, done: Callable[[Outcome], None]) -> None:
+        self.sent.append((prepared, done))
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, *row: object) -> None:
+        self.rows += 1
+
+
+def test_a_run_behind_sends_in_batches_and_reads_between_them() -> None:
+    """100 shots due at once go 64 now and 36 once the loop has come round (having read what
+    came in); a completion pumps once per loop turn, not once per response."""
+    now = 50 * MS
+    shots = [
+        Shot(offset_ns=i * 1000, seq=i, request=Request("GET", "/", None, [], None))
+        for i in range(100)
+    ]
+    client, sink = _Client(), _Sink()
+    disp = Dispatcher(
+        Scheduler(shots, max_in_flight=1000),
+        lambda s: None,  # type: ignore[arg-type,return-value]
+        client,  # type: ignore[arg-type]
+        sink,
+        clock=lambda: now,
+    )
+    loop, timer = _Loop(), _Timer()
+    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    disp._pump()
+    assert len(client.sent) == SEND_BATCH == 64
+    assert len(loop.soon) == 1 and timer.armed == []  # behind: round the loop, no sleep
+    loop.soon.pop()()  # type: ignore[operator]
+    assert len(client.sent) == 100
+    for _, done in client.sent[:3]:
+        done(Outcome(sent_ns=now, end_ns=now, status=200))
+    assert sink.rows == 3 and len(loop.soon) == 1  # three responses, one pump to come
+    loop.soon.pop()()  # type: ignore[operator]
+    assert disp.stats.completed == 3 and disp.stats.sent == 100
 
 
 @pytest.mark.parametrize(("now_ms", "behind_ms"), [(2, 0), (5, 0), (8, 3)])
