@@ -89,3 +89,47 @@ def test_a_backlog_under_pressure_takes_steps_in_windows_too_short_for_them(
     assert len(w._backlog) < before
     w.close()
     assert pq.read_table(tmp_path / "w" / "results.parquet").num_rows == before
+
+
+def test_the_histograms_read_the_same_from_arrow_numbers_as_from_python_lists(
+    tmp_path: Path,
+) -> None:
+    """The writer hands the numeric columns to the histograms as Arrow arrays; nulls (no
+    headers, no tokens) must count as they do from the column lists."""
+    import pyarrow as pa
+
+    from replay.measure.results import COLUMNS, SCHEMA
+    from replay.measure.writer import NUMERIC
+
+    w = _writer(tmp_path, "w", Clock(tick=1), cooperative=False)
+    for i in range(600):
+        shot = Shot(offset_ns=i * 1000, seq=i, request=Request("GET", "/x", None, [], None))
+        out = Outcome(
+            sent_ns=i * 1000 + 50,
+            end_ns=i * 1000 + 90_000 + 7 * i,
+            headers_ns=None if i % 3 else i * 1000 + 60_000,
+            status=None if i % 11 == 0 else 200,
+            error="reset" if i % 11 == 0 else None,
+            completion_tokens=None if i % 2 else i,
+            token_ns=[] if i % 5 else [i * 1000 + 70_000, i * 1000 + 75_000 + i],
+        )
+        w.add(shot, None, i * 1000, out)
+    cols = w._columns(w._rows)
+    numbers = {c: pa.array(cols[c], SCHEMA.field(c).type) for c in COLUMNS if c in NUMERIC}
+    assert any(a.null_count for a in numbers.values())
+    lists, arrow = Metrics(), Metrics()
+    lists.record_batch(cols)
+    for _ in arrow.record_steps(cols, numbers):
+        pass
+    assert lists.hists.keys() == arrow.hists.keys() and len(lists.hists) == 2
+    for key, hists in lists.hists.items():
+        assert lists.stats[key] == arrow.stats[key]
+        for m, h in hists.items():
+            other = arrow.hists[key][m]
+            assert (h.total_count, h.min_value, h.max_value) == (
+                other.total_count,
+                other.min_value,
+                other.max_value,
+            ), (key, m)
+            assert h.get_value_at_percentile(90) == other.get_value_at_percentile(90)
+    w.close()

@@ -47,6 +47,7 @@ GroupKey = tuple[str, str, str, str, str, str]  # stream, target, api, endpoint,
 GROUP_DIMS = ("stream", "target", "api", "endpoint", "model", "status")
 HIST_FORMAT = 3  # 1: keys without target and api; 2: without api (read as "")
 _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
+GROUP_STEP_ROWS = 256  # rows given their group per step (a Python pass, ~0.5 us a row)
 
 
 def series_name(stream: str, target: str) -> str:
@@ -111,6 +112,16 @@ class GroupStats:
             setattr(self, a, y if x is None else x if y is None else max(x, y))
 
 
+def ints(col: Any, missing: int = 0) -> np.ndarray:
+    """A column of integers (a list, or Arrow: converted without a Python int per value) as
+    int64, nulls as `missing`."""
+    if isinstance(col, pa.Array | pa.ChunkedArray):
+        if col.null_count:
+            col = pc.fill_null(col, missing)
+        return np.asarray(col.to_numpy(), dtype=np.int64)
+    return np.array([missing if v is None else v for v in col], dtype=np.int64)
+
+
 def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The timing metrics of a batch of results (column lists, epoch ns), in microseconds, one
     value per row: latency, service, lag, and ttfb / ttft / tpot (-1 where a request has none);
@@ -118,10 +129,7 @@ def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
     of each metric, for the histograms and for compare's per-request samples."""
 
     def arr(name: str, missing: int = -1) -> np.ndarray:
-        col = b[name]
-        if isinstance(col, pa.Array | pa.ChunkedArray):  # Arrow: converted without Python ints
-            return np.asarray(pc.fill_null(col, missing).to_numpy(), dtype=np.int64)
-        return np.array([missing if v is None else v for v in col], dtype=np.int64)
+        return ints(b[name], missing)
 
     intended, sent, end = (arr(c) for c in ("intended_ns", "sent_ns", "end_ns"))
     headers, first = arr("headers_ns"), arr("first_token_ns")
@@ -196,40 +204,54 @@ class Metrics:
         for _ in self.record_steps(b):
             pass
 
-    def record_steps(self, b: dict[str, Any]) -> Iterator[None]:
+    def record_steps(
+        self, b: dict[str, Any], numbers: Mapping[str, Any] | None = None
+    ) -> Iterator[None]:
         """record_batch in steps (it yields between them): the open loop records in the event
-        loop's idle time, a step at a time, and a long step would be schedule lag."""
+        loop's idle time, a step at a time, and a long step would be schedule lag. `numbers`:
+        the numeric columns as Arrow arrays (read without a Python int per value)."""
         n = len(b["end_ns"])
         if not n:
             return
+        nb = {**b, **numbers} if numbers else b
+        zeros = [0] * n
         outcome = np.array([_OUTCOME[o] for o in b["outcome"]], dtype=np.int64)
-        status = np.array([0 if v is None else v for v in b["status"]], dtype=np.int64)
-        ctoks = np.array([v or 0 for v in b["completion_tokens"]], dtype=np.int64)
-        ptoks = np.array([v or 0 for v in b["prompt_tokens"]], dtype=np.int64)
-        rtoks = np.array([v or 0 for v in b.get("reasoning_tokens") or [0] * n], dtype=np.int64)
-        cached = np.array([v or 0 for v in b.get("cached_tokens") or [0] * n], dtype=np.int64)
-        bytes_in = np.asarray(b["bytes_in"], dtype=np.int64)
-        intended = np.asarray(b["intended_ns"], dtype=np.int64)
-        end = np.asarray(b["end_ns"], dtype=np.int64)
-
+        status = ints(nb["status"])
+        ctoks = ints(nb["completion_tokens"])
+        ptoks = ints(nb["prompt_tokens"])
+        rtoks = ints(nb.get("reasoning_tokens") or zeros)
+        cached = ints(nb.get("cached_tokens") or zeros)
         yield
-        # group index per row
+        bytes_in = ints(nb["bytes_in"])
+        intended = ints(nb["intended_ns"])
+        end = ints(nb["end_ns"])
+        sent = ints(nb["sent_ns"])
+        yield
+        # group index per row, GROUP_STEP_ROWS rows a step
         gid_of: dict[GroupKey, int] = {}
         gids = np.empty(n, dtype=np.int64)
-        classes = [status_class(st, e) for st, e in zip(b["status"], b["error_kind"], strict=True)]
         models = [m or "" for m in b["model"]]
         targets = b.get("target") or [""] * n
         apis = [a or "" for a in b.get("api") or [""] * n]
-        for i, key in enumerate(
-            zip(b["stream"], targets, apis, b["endpoint"], models, classes, strict=True)
-        ):
+        keys = zip(
+            b["stream"],
+            targets,
+            apis,
+            b["endpoint"],
+            models,
+            map(status_class, b["status"], b["error_kind"]),
+            strict=True,
+        )
+        for i, key in enumerate(keys):
             g = gid_of.get(key)
             if g is None:
                 g = gid_of[key] = len(gid_of)
             gids[i] = g
+            if i % GROUP_STEP_ROWS == GROUP_STEP_ROWS - 1:
+                yield
         ng = len(gid_of)
         yield
-        t = timings(b)
+        t = timings(nb)
         latency, service, lag = t["latency"], t["service"], t["lag"]
         ttfb, ttft, tpot, ttft_text = t["ttfb"], t["ttft"], t["tpot"], t["ttft_text"]
         itl, itl_owner = t["itl"], gids[t["itl_row"]]
@@ -300,7 +322,6 @@ class Metrics:
             if any(t and "://" not in t for t in targets)
             else b["stream"]
         )
-        sent = np.asarray(b["sent_ns"], dtype=np.int64)
         yield
         yield from self._interval_steps(
             series, latency, ttft, outcome, end, (intended, sent), (itl, t["itl_row"])
