@@ -31,3 +31,24 @@ def test_vectorized_record_percentiles_and_mean_match_hdrh(values: list[int]) ->
 
 def test_the_mean_of_an_empty_histogram_is_zero() -> None:
     assert hdr.mean(hdr.new_latency_hist()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, 1, 2, 3, 7, 1000, 2047, 2048, 2049, 10**6, 3_600_000_000, 2**40, 10**15, -5],
+        np.random.default_rng(3).lognormal(6, 2, 31).astype(np.int64).tolist(),
+    ],
+    ids=["edges-and-out-of-range", "lognormal-31"],
+)
+def test_a_few_values_land_in_the_buckets_hdrh_puts_them_in(values: list[int]) -> None:
+    """Under 32 values record_many computes each bucket in Python (not numpy, not hdrh)."""
+    mine, theirs = hdr.new_latency_hist(), hdr.new_latency_hist()
+    bad = hdr.record_many(mine, np.asarray(values))
+    assert bad == sum(1 for v in values if v < 0 or not theirs.record_value(v))
+    assert list(mine.counts) == list(theirs.counts)
+    assert (mine.total_count, mine.min_value, mine.max_value) == (
+        theirs.total_count,
+        theirs.min_value,
+        theirs.max_value,
+    )
