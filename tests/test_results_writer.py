@@ -133,3 +133,38 @@ def test_the_histograms_read_the_same_from_arrow_numbers_as_from_python_lists(
             ), (key, m)
             assert h.get_value_at_percentile(90) == other.get_value_at_percentile(90)
     w.close()
+
+
+def test_each_groups_counts_statuses_and_span_are_its_own_rows(tmp_path: Path) -> None:
+    """Groups (here by endpoint and status class) are counted in whole-slice passes; each gets
+    exactly its own rows' statuses, tokens and first/last instants."""
+    w = _writer(tmp_path, "w", Clock(tick=1), cooperative=False)
+    for i in range(900):
+        path = f"/p{i % 7}"
+        shot = Shot(offset_ns=i * 1000, seq=i, request=Request("GET", path, None, [], None))
+        status = (200, 201, 404, 503)[i % 4]
+        out = Outcome(
+            sent_ns=i * 1000 + 5, end_ns=i * 1000 + 9000 + i, status=status, completion_tokens=i
+        )
+        w.add(shot, None, i * 1000, out)
+    w.close()
+    m = w.metrics
+    for key, st in m.stats.items():
+        path, cls = key[3], key[5]
+        mine = [
+            i
+            for i in range(900)
+            if f"/p{i % 7}" == path and f"{(200, 201, 404, 503)[i % 4] // 100}xx" == cls
+        ]
+        assert st.count == len(mine) > 0
+        want: dict[int, int] = {}
+        for i in mine:
+            want[(200, 201, 404, 503)[i % 4]] = want.get((200, 201, 404, 503)[i % 4], 0) + 1
+        assert st.statuses == want
+        assert st.completion_tokens == sum(mine)
+        assert (st.first_intended_ns, st.last_intended_ns) == (mine[0] * 1000, mine[-1] * 1000)
+        assert (st.first_end_ns, st.last_end_ns) == (
+            mine[0] * 1000 + 9000 + mine[0],
+            mine[-1] * 1000 + 9000 + mine[-1],
+        )
+    assert len(m.stats) == 7 * 3

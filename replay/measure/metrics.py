@@ -47,6 +47,7 @@ GroupKey = tuple[str, str, str, str, str, str]  # stream, target, api, endpoint,
 GROUP_DIMS = ("stream", "target", "api", "endpoint", "model", "status")
 HIST_FORMAT = 3  # 1: keys without target and api; 2: without api (read as "")
 _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
+_BIG = np.iinfo(np.int64).max
 GROUP_STEP_ROWS = 256  # rows given their group per step (a Python pass, ~0.5 us a row)
 
 
@@ -90,6 +91,19 @@ class GroupStats:
     last_intended_ns: int | None = None
     first_end_ns: int | None = None
     last_end_ns: int | None = None
+
+    def widen(self, first_intended: int, last_intended: int, first_end: int, last_end: int) -> None:
+        """The span takes in these instants (epoch ns)."""
+        fi, li, fe, le = (
+            self.first_intended_ns,
+            self.last_intended_ns,
+            self.first_end_ns,
+            self.last_end_ns,
+        )
+        self.first_intended_ns = first_intended if fi is None else min(fi, first_intended)
+        self.last_intended_ns = last_intended if li is None else max(li, last_intended)
+        self.first_end_ns = first_end if fe is None else min(fe, first_end)
+        self.last_end_ns = last_end if le is None else max(le, last_end)
 
     def merge(self, o: GroupStats) -> None:
         self.count += o.count
@@ -266,6 +280,25 @@ class Metrics:
         cached_sum = np.bincount(gids, weights=cached, minlength=ng)
         bytes_sum = np.bincount(gids, weights=bytes_in, minlength=ng)
         yield
+        # each group's span and statuses, for all groups in a few passes (not a few per group)
+        spans = []
+        for at, pick, init in (
+            (intended, np.minimum, _BIG),
+            (intended, np.maximum, -_BIG),
+            (end, np.minimum, _BIG),
+            (end, np.maximum, -_BIG),
+        ):
+            acc = np.full(ng, init, dtype=np.int64)
+            pick.at(acc, gids, at)
+            spans.append(acc.tolist())
+        pairs, pair_counts = np.unique((gids << 16) | (status & 0xFFFF), return_counts=True)
+        statuses: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for pair, c in zip(pairs.tolist(), pair_counts.tolist(), strict=True):
+            if pair & 0xFFFF:
+                statuses[pair >> 16].append((pair & 0xFFFF, c))
+        sums = [x.tolist() for x in (ctok_sum, ptok_sum, rtok_sum, cached_sum, bytes_sum)]
+        group_counts = counts.tolist()
+        yield
         for key, g in gid_of.items():
             sel = gids == g
             hists = self.group(key)
@@ -284,27 +317,19 @@ class Metrics:
             self._record(hists, "itl", itl[itl_owner == g])
             yield
             st = self.stats[key]
-            c_ok, c_exp, c_fail = (int(x) for x in counts[g])
+            c_ok, c_exp, c_fail = group_counts[g]
             st.count += c_ok + c_exp + c_fail
             st.ok += c_ok
             st.expected += c_exp
             st.failed += c_fail
-            st.completion_tokens += int(ctok_sum[g])
-            st.prompt_tokens += int(ptok_sum[g])
-            st.reasoning_tokens += int(rtok_sum[g])
-            st.cached_tokens += int(cached_sum[g])
-            st.bytes_in += int(bytes_sum[g])
-            vals, cnts = np.unique(status[sel], return_counts=True)
-            for sv, c in zip(vals.tolist(), cnts.tolist(), strict=True):
-                if sv:
-                    st.statuses[sv] = st.statuses.get(sv, 0) + c
-            span = GroupStats(
-                first_intended_ns=int(intended[sel].min()),
-                last_intended_ns=int(intended[sel].max()),
-                first_end_ns=int(end[sel].min()),
-                last_end_ns=int(end[sel].max()),
-            )
-            st.merge(span)
+            st.completion_tokens += int(sums[0][g])
+            st.prompt_tokens += int(sums[1][g])
+            st.reasoning_tokens += int(sums[2][g])
+            st.cached_tokens += int(sums[3][g])
+            st.bytes_in += int(sums[4][g])
+            for sv, c in statuses.get(g, ()):
+                st.statuses[sv] = st.statuses.get(sv, 0) + c
+            st.widen(spans[0][g], spans[1][g], spans[2][g], spans[3][g])
             yield
         keys_of = {g: k for k, g in gid_of.items()}
         for i, fin in enumerate(b.get("finish_reason") or ()):
