@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from captures.schema import Record
-from replay.dispatch import POLL_NS, SEND_BATCH, Dispatcher
+from replay.dispatch import DIAL_BATCH, POLL_NS, SEND_BATCH, Dispatcher
 from replay.plan import PlanOptions, PlanStats, Request, Shot, plan_replay
 from replay.schedule import Scheduler, simulate
 from replay.send.outcome import Outcome
@@ -288,11 +288,14 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
 
 
 class _Client:
-    def __init__(self) -> None:
+    def __init__(self, idle: int = 1_000_000) -> None:
         self.sent: list[tuple[object, Callable[[Outcome], None]]] = []
+        self.idle = idle  # connections to reuse; after them each send opens one
 
-    def submit(self, prepared: object, done: Callable[[Outcome], None]) -> None:
+    def submit(self, prepared: object, done: Callable[[Outcome], None]) -> bool:
         self.sent.append((prepared, done))
+        self.idle -= 1
+        return self.idle < 0
 
 
 class _Sink:
@@ -331,6 +334,33 @@ def test_a_run_behind_sends_in_batches_and_reads_between_them() -> None:
     assert sink.rows == 3 and len(loop.soon) == 1  # three responses, one pump to come
     loop.soon.pop()()  # type: ignore[operator]
     assert disp.stats.completed == 3 and disp.stats.sent == 100
+
+
+def test_a_run_behind_opens_new_connections_a_few_per_loop_turn() -> None:
+    """With 5 idle connections, 40 due shots go 5 + DIAL_BATCH now and the rest in later turns
+    (the loop reads the responses that free connections in between)."""
+    now = 50 * MS
+    shots = [
+        Shot(offset_ns=i * 1000, seq=i, request=Request("GET", "/", None, [], None))
+        for i in range(40)
+    ]
+    client = _Client(idle=5)
+    disp = Dispatcher(
+        Scheduler(shots, max_in_flight=1000),
+        lambda s: None,  # type: ignore[arg-type,return-value]
+        client,  # type: ignore[arg-type]
+        _Sink(),
+        clock=lambda: now,
+    )
+    loop = _Loop()
+    disp._loop, disp._timer = loop, _Timer()  # type: ignore[assignment]
+    disp._pump()
+    assert len(client.sent) == 5 + DIAL_BATCH
+    turns = 0
+    while loop.soon:
+        loop.soon.pop()()  # type: ignore[operator]
+        turns += 1
+    assert len(client.sent) == 40 and turns == -(-(40 - 5 - DIAL_BATCH) // DIAL_BATCH)
 
 
 @pytest.mark.parametrize(("now_ms", "behind_ms"), [(2, 0), (5, 0), (8, 3)])

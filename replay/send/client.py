@@ -251,7 +251,8 @@ class FastClient:
                 for conn in [c for c in self._busy if c.deadline and c.deadline <= now]:
                     conn._timed_out()
 
-    def submit(self, req: Prepared, done: Done) -> None:
+    def submit(self, req: Prepared, done: Done) -> bool:
+        """Send on an idle connection, or on a new one (True)."""
         if self._sweeper is None and self.timeout_ns:
             self._sweeper = self.loop.create_task(self._sweep())
         while self._idle:
@@ -259,8 +260,9 @@ class FastClient:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
                 conn.start(req, done)
-                return
+                return False
         self.loop.create_task(self._connect_and_start(req, done, _now()))
+        return True
 
     def _resend(self, req: Prepared, done: Done, sent_ns: int) -> None:
         self.resends += 1

@@ -39,8 +39,9 @@ class AiohttpClient:
             asyncio.get_running_loop().create_task(self._work()) for _ in range(workers)
         ]
 
-    def submit(self, req: Prepared, done: Done) -> None:
+    def submit(self, req: Prepared, done: Done) -> bool | None:
         self._queue.put_nowait((req, done))
+        return None  # aiohttp's pool decides
 
     async def _work(self) -> None:
         while True:

@@ -12,7 +12,8 @@ from .outcome import Outcome
 
 
 class Client(Protocol):
-    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None: ...
+    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> bool | None:
+        """Send (the result comes to `done`); True if it took a new connection."""
 
     async def close(self) -> None: ...
 
@@ -35,8 +36,8 @@ class Router:
     def __init__(self, clients: dict[Target, Client]) -> None:
         self.clients = clients
 
-    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> None:
-        self.clients[req.target].submit(req, done)
+    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> bool | None:
+        return self.clients[req.target].submit(req, done)
 
     async def close(self) -> None:
         for c in self.clients.values():
