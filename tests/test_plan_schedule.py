@@ -383,3 +383,25 @@ def test_due_count_counts_the_plan_by_10_ms_buckets_before_now() -> None:
     for ms in (0, 3, 9, 10, 25, 25, 70):
         due.add(ms * MS)
     assert [due.by(t * MS) for t in (0, 9, 10, 19, 30, 69, 80)] == [0, 0, 3, 3, 6, 6, 7]
+
+
+@pytest.mark.parametrize(
+    ("shots", "last_due_s", "shard", "wait_s"),
+    [
+        (50_000, 5.0, None, "max"),  # 10k req/s: planned wholly before the start
+        (5_000, 1.0, None, "max"),
+        (8_000, 4.0, None, "usual"),  # 2k req/s: the plan thread keeps up beside the loop
+        (50_000, 5.0, (0, 2), "usual"),  # a shard starts at the instant the driver set
+        (None, 5.0, None, "usual"),
+        (50_000, None, None, "usual"),
+    ],
+)
+def test_a_fast_plan_is_planned_wholly_before_the_start(
+    shots: int | None, last_due_s: float | None, shard: tuple[int, int] | None, wait_s: str
+) -> None:
+    from replay.runner import PLAN_AHEAD_MAX_S, PLAN_AHEAD_WAIT_S, plan_ahead_s
+    from replay.settings import RunSettings
+
+    settings = RunSettings(shard=shard)
+    want = PLAN_AHEAD_MAX_S if wait_s == "max" else PLAN_AHEAD_WAIT_S
+    assert plan_ahead_s(shots, last_due_s, settings) == want
