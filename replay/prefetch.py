@@ -136,6 +136,11 @@ class Prefetch(Generic[T]):
         return len(self._buf)
 
     @property
+    def full(self) -> bool:
+        """The buffer holds all it may (by count or bytes)."""
+        return self._full()
+
+    @property
     def done(self) -> bool:
         """The whole plan is in the buffer (or consumed): the thread has no more to do."""
         return self._done

@@ -39,6 +39,9 @@ def done_share(p: Progress) -> float | None:
 
 
 def describe(p: Progress) -> str:
+    if p.planning is not None:
+        of = f"/{'~' if p.planned_approx else ''}{p.planned}" if p.planned is not None else ""
+        return f"planning ahead: {p.planning}{of} shots (the run starts when they are planned)"
     sent = f"sent {p.sent}"
     if p.planned is not None:
         sent += f"/{'~' if p.planned_approx else ''}{p.planned}"

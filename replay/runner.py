@@ -144,7 +144,8 @@ def run_streams(
         )
         known = plan_size[0] is not None and plan_size[0] <= PLAN_BUFFER_SHOTS
         if known:
-            plan_buffer.prefill(plan_ahead_s(plan_size[0], plan_size[2], settings))
+            wait = plan_ahead_s(plan_size[0], plan_size[2], settings)
+            plan_whole(plan_buffer, wait, plan_size, on_progress)
         else:
             plan_buffer.prefill(PREFILL_WAIT_S, PREFILL)
     max_in_flight = settings.concurrency if closed else settings.max_in_flight
@@ -277,6 +278,37 @@ def run_streams(
         write_run_json(out_dir, run_doc)
     seal_private(out_dir)
     return RunSummary(out_dir, metrics, run_doc, stats, interrupted["flag"])
+
+
+def plan_whole(
+    buffer: Prefetch[planmod.Shot],
+    wait_s: float,
+    plan_size: tuple[int | None, bool, float | None],
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
+    """Wait up to wait_s for the whole plan, saying how far it has got every half second."""
+    end = time.monotonic() + wait_s
+    while not (buffer.done or buffer.full) and (left := end - time.monotonic()) > 0:
+        buffer.prefill(min(left, 0.5))
+        if on_progress is not None and not (buffer.done or buffer.full):
+            on_progress(
+                Progress(
+                    0.0,
+                    0.0,
+                    plan_size[0],
+                    plan_size[1],
+                    plan_size[2],
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0.0,
+                    None,
+                    None,
+                    planning=buffer.produced,
+                )
+            )
 
 
 def plan_ahead_s(shots: int | None, last_due_s: float | None, settings: RunSettings) -> float:

@@ -110,6 +110,7 @@ class Progress:
     lag_p99_ms: float | None
     behind_s: float = 0.0  # how late the oldest shot due and not yet sent is (0: on schedule)
     scheduled: int | None = None  # shots due so far by the plan (None: closed loop)
+    planning: int | None = None  # before the start: shots planned ahead so far
 
 
 @dataclass

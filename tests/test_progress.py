@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,28 @@ def test_a_replay_plans_its_window_times_its_copies(tmp_path: Path) -> None:
     total, approx, end = planned([whole, window], RunSettings(), targets=2)
     assert (total, approx, end) == (2 * (100 + 90), False, pytest.approx(8.7))
     assert planned([whole], RunSettings(requests=40), targets=1)[:2] == (40, False)
+
+
+def test_a_long_plan_ahead_says_how_far_it_has_got_until_the_plan_is_made() -> None:
+    """Planning wholly before the start can take seconds: the live line says so, every half
+    second, and the wait ends when the plan does (not at its time limit)."""
+    import time
+
+    from replay.prefetch import Prefetch
+    from replay.runner import plan_whole
+
+    def slow() -> Iterator[int]:
+        for i in range(30):
+            time.sleep(0.05)
+            yield i
+
+    seen: list[Progress] = []
+    buffer: Prefetch[int] = Prefetch(slow(), high=1000)
+    t0 = time.monotonic()
+    plan_whole(buffer, 30.0, (30, False, 3.0), seen.append)
+    assert buffer.done and time.monotonic() - t0 < 10
+    assert len(seen) >= 2 and all(p.planning is not None for p in seen)
+    counts = [p.planning for p in seen]
+    assert counts == sorted(counts) and 0 < counts[-1] < 30
+    assert describe(seen[0]).startswith(f"planning ahead: {seen[0].planning}/30 shots")
+    buffer.close()
