@@ -49,9 +49,9 @@ PLAN_BUFFER_BYTES = 256 << 20
 PLAN_AHEAD_WAIT_S = 2.0
 # A fast plan is planned wholly ahead however long that takes (up to PLAN_AHEAD_MAX_S): a plan
 # thread beside the loop costs the loop the GIL for ~40 us a shot, which at 10k req/s is a
-# third of what the loop has (measured: a 5 s run at 10k planned 2.2-2.5 s, past the 2 s wait,
-# and its lag p99 was 160-170 ms; one planned whole, or the same run at 4 s, kept within the
-# budget). Not for a shard: the workers start at one instant, set for the usual wait.
+# third of what the loop has. Measured: a 5 s run at 10k planned for 2.2-2.5 s, past the 2 s
+# wait, and had lag p99 133-202 ms; planned whole, 2.9-4.6 ms. Not for a shard: the workers
+# start at one instant, set for the usual wait.
 FAST_PLAN_PER_S = 5_000
 PLAN_AHEAD_MAX_S = 60.0
 PREFILL = 32_768
@@ -293,19 +293,19 @@ def plan_whole(
         if on_progress is not None and not (buffer.done or buffer.full):
             on_progress(
                 Progress(
-                    0.0,
-                    0.0,
-                    plan_size[0],
-                    plan_size[1],
-                    plan_size[2],
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0.0,
-                    None,
-                    None,
+                    elapsed_s=0.0,
+                    scheduled_s=0.0,
+                    planned=plan_size[0],
+                    planned_approx=plan_size[1],
+                    planned_end_s=plan_size[2],
+                    sent=0,
+                    ok=0,
+                    expected=0,
+                    failed=0,
+                    in_flight=0,
+                    rate=0.0,
+                    p99_ms=None,
+                    lag_p99_ms=None,
                     planning=buffer.produced,
                 )
             )
