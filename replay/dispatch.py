@@ -103,8 +103,7 @@ class Dispatcher:
         self.clock = clock
         # work(until_ns) -> more left: done in the loop's idle time between shots
         self.idle = idle
-        self._idle_soon = False
-        self._pump_soon = False
+        self._pump_soon = False  # a pump is asked for on the loop's next turn
         self.stats = DispatchStats()
         self.start = 0
         self._stopping = False
@@ -135,6 +134,11 @@ class Dispatcher:
         self.sink.add(shot, prepared, intended, out)
         # Pumped once the loop has read all that came in with this response: the connections
         # freed by the other responses can then take what is due (see SEND_BATCH).
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        """Pump once the loop has gone round (polled its sockets): after a response, or when
+        idle work is left. One call however many ask for it."""
         if not self._pump_soon:
             self._pump_soon = True
             assert self._loop is not None
@@ -179,26 +183,15 @@ class Dispatcher:
         if nd is None or sch.in_flight >= sch.max_in_flight:
             # a completion will pump again; until then the loop is idle
             if self.idle is not None and self.idle(clock() + IDLE_TURN_NS):
-                self._idle_again()
+                self._next_turn()  # more idle work is left
             return
         deadline = start + nd
         if self.idle is not None:
             cap = clock() + IDLE_TURN_NS
             until = min(deadline - IDLE_MARGIN_NS, cap)
             if self.idle(until) and until == cap:
-                self._idle_again()  # (else the rest waits for the next gap: no spinning)
+                self._next_turn()  # idle work left (else it waits for the next gap: no spin)
         self._arm(deadline)
-
-    def _idle_again(self) -> None:
-        """More idle work is left: come round again once the loop has polled its sockets."""
-        if not self._idle_soon:
-            self._idle_soon = True
-            assert self._loop is not None
-            self._loop.call_soon(self._idle_turn)
-
-    def _idle_turn(self) -> None:
-        self._idle_soon = False
-        self._pump()
 
     def _arm(self, deadline: int) -> None:
         if deadline == self._armed_for:
