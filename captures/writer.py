@@ -307,6 +307,19 @@ class CaptureWriter:
         opened = [t for seg, t in self._uncompacted.items() if not (idle and seg == self._segment)]
         return max(0.0, self._clock() - min(opened)) if opened else 0.0
 
+    @property
+    def compaction_state(self) -> dict[str, int]:
+        """Where compaction stands: sealed segments queued for it, segments the compactor
+        process holds now, and whether that process is up (1), gone (0, compacting inline
+        since) or never needed (-1: inline compaction, or nothing sealed yet)."""
+        comp = self._compactor
+        return {
+            "segments_queued": len(self._to_compact),
+            "segments_compacting": len(comp.in_flight) if comp is not None else 0,
+            "compactor_up": -1 if comp is None else int(not comp.dead),
+            "rejected": self.rejected,
+        }
+
     def close(self) -> None:
         """Write, fsync, seal and compact everything; release the writer lock.
 

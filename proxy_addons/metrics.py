@@ -25,11 +25,32 @@ COUNTERS = (  # status key -> (metric, help)
     ("lost", "loadtape_capture_lost", "Exchanges that could not be written (disk full, ...)."),
     ("filtered", "loadtape_capture_filtered", "Exchanges left out by the capture's filters."),
     ("not_replayable", "loadtape_capture_not_replayable", "Websockets and tunnels seen."),
+    (
+        "rejected",
+        "loadtape_capture_rejected",
+        "Records that did not fit the schema at compaction (lost; the notes say why).",
+    ),
 )
 GAUGES = (
     ("inflight", "loadtape_capture_in_flight", "Exchanges in flight through the proxy."),
     ("pending", "loadtape_capture_pending", "Records waiting for the writer."),
     ("parts", "loadtape_capture_parts", "Parquet parts written (compactions done)."),
+    (
+        "segments_queued",
+        "loadtape_capture_segments_queued",
+        "Sealed journal segments waiting for compaction.",
+    ),
+    (
+        "segments_compacting",
+        "loadtape_capture_segments_compacting",
+        "Journal segments the compactor process is turning into parts now.",
+    ),
+    (
+        "compactor_up",
+        "loadtape_capture_compactor_up",
+        "1 while the compactor process is up, 0 once it is gone (compacting inline), "
+        "-1 when none was started.",
+    ),
     ("writer_cpu_s", "loadtape_capture_writer_cpu_seconds", "CPU the writer used."),
     (
         "journal_lag_s",

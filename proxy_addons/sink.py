@@ -240,6 +240,7 @@ class CaptureSink:
             "pending": self.writer.pending_records,
             "journal_lag_s": round(self.writer.journal_lag_s, 3),
             "parts": self.writer.parts_written,
+            **self.writer.compaction_state,
             "writer_cpu_s": round(s.writer_cpu_s, 3),
             "redactions": dict(self.redactor.counts),
             "write_error": s.write_error,

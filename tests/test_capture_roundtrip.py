@@ -301,3 +301,19 @@ def test_journal_lag_is_the_age_of_the_oldest_record_not_yet_in_parquet(tmp_path
     assert w.journal_lag_s == pytest.approx(1.0)
     w.close()
     assert w.journal_lag_s == 0.0
+
+
+def test_compaction_state_follows_the_compactor_process(tmp_path: Path) -> None:
+    w = CaptureWriter(tmp_path / "cap", segment_max_records=2, compaction="process")
+    assert w.compaction_state == {
+        "segments_queued": 0, "segments_compacting": 0, "compactor_up": -1, "rejected": 0,
+    }  # fmt: skip
+    w.append_many([chat_record(), chat_record(), chat_record()])  # one segment sealed
+    w.tick()
+    state = w.compaction_state
+    assert state["compactor_up"] == 1  # started for the sealed segment
+    assert state["segments_queued"] + state["segments_compacting"] + w.parts_written == 1
+    w.close()
+    assert w.parts_written == 2 and w.compaction_state["segments_queued"] == 0
+    assert w.compaction_state["segments_compacting"] == 0
+    assert len(Capture(tmp_path / "cap").records()) == 3

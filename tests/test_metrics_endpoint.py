@@ -98,6 +98,8 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
             "completion_tokens",
             "first_token_ns",
             "token_offsets_us",
+            "req_bytes",
+            "bytes_in",
         ],
     ).to_pylist()
     run = json.loads((out / "run.json").read_text())
@@ -115,6 +117,8 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
     assert _total(final, "loadtape_tokens_total", kind="completion") == sum(
         r["completion_tokens"] or 0 for r in rows
     )
+    assert _total(final, "loadtape_request_bytes_total") == sum(r["req_bytes"] for r in rows) > 0
+    assert _total(final, "loadtape_response_bytes_total") == sum(r["bytes_in"] for r in rows) > 0
     # histogram counts: every row has a latency; TTFT where a first token came; ITL per gap
     assert _total(final, "loadtape_latency_seconds_count") == 160
     assert _total(final, "loadtape_latency_seconds_bucket", le="+Inf") == 160
@@ -270,6 +274,12 @@ def test_capture_serves_its_figures(tmp_path: Path) -> None:
             kinds = {lab["kind"]: v for lab, v in m.get("loadtape_capture_redactions_total", [])}
             assert sum(kinds.values()) == 3, kinds
             assert 0 <= _total(m, "loadtape_capture_journal_lag_seconds") < 120
+            assert _total(m, "loadtape_capture_rejected_total") == 0
+            for gauge in ("segments_queued", "segments_compacting", "compactor_up"):
+                assert f"loadtape_capture_{gauge}" in m, sorted(m)
+            board = Path(__file__).parent.parent / "docs" / "grafana" / "loadtape-capture.json"
+            used = set(re.findall(r"loadtape_capture_[a-z0-9_]+", board.read_text()))
+            assert used and used <= set(m), used - set(m)
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)

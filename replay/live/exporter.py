@@ -61,6 +61,7 @@ class _Series:
     errors: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
     bytes_in: int = 0
+    bytes_out: int = 0  # request bytes
     buckets: dict[str, np.ndarray] = field(default_factory=dict)  # per metric, +Inf last
     sums: dict[str, float] = field(default_factory=dict)  # seconds
 
@@ -108,6 +109,7 @@ class RunObserver:
             for kind in TOKEN_KINDS
         }
         bytes_in = np.bincount(rows, weights=[v or 0 for v in b["bytes_in"]], minlength=nk)
+        bytes_out = np.bincount(rows, weights=[v or 0 for v in b["req_bytes"]], minlength=nk)
         owners = {"itl": rows[t["itl_row"]] if len(t["itl"]) else np.empty(0, np.int64)}
         binned = {}
         for m, bounds in HISTOGRAMS.items():
@@ -139,6 +141,7 @@ class RunObserver:
                 for kind in TOKEN_KINDS:
                     s.tokens[kind] += int(tokens[kind][i])
                 s.bytes_in += int(bytes_in[i])
+                s.bytes_out += int(bytes_out[i])
                 for m, (counts, sums) in binned.items():
                     prev = s.buckets.get(m)
                     s.buckets[m] = counts[i].copy() if prev is None else prev + counts[i]
@@ -275,6 +278,7 @@ def _add_series(into: _Series, s: _Series) -> None:
     add_counts(into.errors, s.errors)
     add_counts(into.tokens, s.tokens)
     into.bytes_in += s.bytes_in
+    into.bytes_out += s.bytes_out
     for m, counts in s.buckets.items():
         prev = into.buckets.get(m)
         into.buckets[m] = counts.copy() if prev is None else prev + counts
@@ -306,6 +310,9 @@ def _families(
     )
     tok = CounterMetricFamily("loadtape_tokens", "Tokens by kind.", labels=[*LABELS, "kind"])
     byt = CounterMetricFamily("loadtape_response_bytes", "Response bytes.", labels=list(LABELS))
+    sent_bytes = CounterMetricFamily(
+        "loadtape_request_bytes", "Request bytes (body as sent).", labels=list(LABELS)
+    )
     hists = {
         m: HistogramMetricFamily(
             f"loadtape_{m}_seconds", f"{m} of completed requests.", labels=list(LABELS)
@@ -321,6 +328,7 @@ def _families(
         for kind, v in s.tokens.items():
             tok.add_metric([*lv, kind], v)
         byt.add_metric(lv, s.bytes_in)
+        sent_bytes.add_metric(lv, s.bytes_out)
         for m, bounds in HISTOGRAMS.items():
             counts = s.buckets.get(m)
             if counts is None:
@@ -328,7 +336,7 @@ def _families(
             cum = np.cumsum(counts).tolist()
             edges = [*(f"{b:g}" for b in bounds), "+Inf"]
             hists[m].add_metric(lv, list(zip(edges, cum, strict=True)), s.sums.get(m, 0.0))
-    yield from (req, err, tok, byt, *hists.values())
+    yield from (req, err, tok, byt, sent_bytes, *hists.values())
     q = GaugeMetricFamily(
         "loadtape_recent_seconds",
         f"Exact quantiles over the last {WINDOW_S} s (HdrHistogram), by stream.",
