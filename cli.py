@@ -647,7 +647,7 @@ def sweep(
         planned = f", {lopts.requests} requests" if lopts.requests else ""
         click.echo(f"level {value:g}: started{planned} -> {lopts.out}", err=True)
         if watch.observer is not None:  # one endpoint for the sweep; the level as a label
-            watch.observer.stage["sweep_level"] = f"{value:g}"
+            watch.observer.next_stage(sweep_level=f"{value:g}")
 
     def on_level(f: dict[str, Any]) -> None:
         click.echo(f"level {f['level']:g}: " + "  ".join(level_row(f)[1:]), err=True)

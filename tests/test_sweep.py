@@ -216,3 +216,65 @@ def test_the_user_count_where_a_gate_first_fails_is_one_command(tmp_path: Path) 
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert text.returncode == 2 and "nonsense" in text.stderr, text.stderr
+
+
+def test_one_metrics_endpoint_follows_the_whole_sweep(tmp_path: Path) -> None:
+    """The counters are the whole sweep's (they carry on from level to level, as a Prometheus
+    counter must), and `loadtape_stage{key="sweep_level"}` names the level running."""
+    import socket
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    recs = [chat_record(start_ns=T0_NS + i * 10_000_000, model="small") for i in range(20)]
+    cap = write_capture(tmp_path / "cap", recs)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                out.setdefault(smp.name, []).append((dict(smp.labels), smp.value))
+        return out
+
+    def total(m: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+        return sum(v for _, v in m.get(name, []))
+
+    with running_gateway() as gw:
+        proc = subprocess.Popen(
+            [*CLI, "sweep", str(cap), "--target", gw.url, "--rates", "20,40",
+             "--level-duration", "1.5s", "--out", str(tmp_path / "sw"),
+             "--metrics-listen", f"127.0.0.1:{port}", "--metrics-linger", "30s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        levels_seen: list[str] = []
+        sent_seen: list[float] = []
+        final: dict[str, list[tuple[dict[str, str], float]]] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                final = scrape()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            levels_seen += [lab["value"] for lab, _ in final.get("loadtape_stage", [])]
+            sent_seen.append(total(final, "loadtape_sent_total"))
+            if total(final, "loadtape_run_finished") == 1:
+                break
+            time.sleep(0.1)
+        proc.terminate()  # the linger is cut short; the sweep itself is over
+        _, err = proc.communicate(timeout=60)
+    assert total(final, "loadtape_run_finished") == 1, err
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    counts = [f["count"] for f in doc["levels"]]
+    assert [f["level"] for f in doc["levels"]] == [20, 40] and all(counts)
+    assert "20" in levels_seen and levels_seen[-1] == "40", levels_seen
+    assert total(final, "loadtape_requests_total") == sum(counts)
+    assert total(final, "loadtape_sent_total") == sum(counts)  # both levels, not the last one
+    assert total(final, "loadtape_scheduled_total") == sum(counts)
+    assert sent_seen == sorted(sent_seen)  # a counter: it never went back at a new level

@@ -15,6 +15,7 @@ and beside them the exact p50/p90/p99 of the last `WINDOW_S` seconds from HdrHis
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -82,6 +83,8 @@ class RunObserver:
         self._windows: dict[str, collections.deque[tuple[int, dict[str, Any]]]] = {}
         self._sparse: dict[tuple[str, int], dict[str, hdr.Sparse]] = {}  # shard_state's past
         self.stage = dict(stage or {})  # e.g. the sweep level
+        # a sweep's earlier levels: the counters go on from where the last level left them
+        self._before: Progress | None = None
         self.finished = False
         self.report: str | None = None  # the final report's path, once written
         # one point per progress tick, for the live page (bounded: a long run thins it)
@@ -161,9 +164,28 @@ class RunObserver:
         ttft = t["ttft"][sel]
         hdr.record_many(hists["ttft"], ttft[ttft >= 0])
 
+    def next_stage(self, **stage: str) -> None:
+        """A sweep's next level: sent, scheduled and elapsed carry on from the last one (they
+        are the whole sweep's, as the request counters are), and the stage labels change."""
+        with self._lock:
+            if self._progress is not None:  # the last level's end, the whole sweep's so far
+                self._before = self._progress
+            self.stage.update(stage)
+
     def progress(self, p: Progress) -> None:
         with self._lock:
             quantiles = self._recent()
+            b = self._before
+        if b is not None:
+            p = dataclasses.replace(
+                p,
+                elapsed_s=b.elapsed_s + p.elapsed_s,
+                sent=b.sent + p.sent,
+                ok=b.ok + p.ok,
+                expected=b.expected + p.expected,
+                failed=b.failed + p.failed,
+                scheduled=None if p.scheduled is None else (b.scheduled or 0) + p.scheduled,
+            )
         point: dict[str, Any] = {
             "t": round(p.elapsed_s, 2),
             "sent": p.sent,
