@@ -164,7 +164,8 @@ WATCH = [  # the run's figures while it goes: replay, run, sweep
         "--metrics-listen",
         default=None,
         metavar="HOST:PORT",
-        help="Serve Prometheus metrics at http://HOST:PORT/metrics during the run (loopback).",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics during the run (a bare PORT "
+        "binds 127.0.0.1).",
     ),
     _o(
         "--live",
@@ -477,7 +478,8 @@ def inspect(capture: str, as_json: bool, verify: bool, skip_damaged: bool) -> No
     "--metrics-listen",
     default=None,
     metavar="HOST:PORT",
-    help="Serve the capture's figures as Prometheus metrics at http://HOST:PORT/metrics.",
+    help="Serve the capture's figures as Prometheus metrics at http://HOST:PORT/metrics "
+    "(a bare PORT binds 127.0.0.1).",
 )
 @click.option(
     "--metrics-allow-remote", is_flag=True, help="Let --metrics-listen bind a non-loopback address."

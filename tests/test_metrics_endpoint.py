@@ -148,6 +148,34 @@ def by_outcome(rows: list[dict[str, object]], outcome: str) -> int:
     return sum(r["outcome"] == outcome for r in rows)
 
 
+@pytest.mark.parametrize(
+    ("text", "remote", "want"),
+    [
+        ("127.0.0.1:9464", False, ("127.0.0.1", 9464)),
+        ("9464", False, ("127.0.0.1", 9464)),  # loopback by default
+        (":0", False, ("127.0.0.1", 0)),
+        ("localhost:9464", False, ("localhost", 9464)),
+        ("[::1]:9464", False, ("::1", 9464)),
+        ("0.0.0.0:9464", False, "--metrics-allow-remote"),
+        ("[::]:9464", False, "--metrics-allow-remote"),
+        ("10.0.0.5:9464", True, ("10.0.0.5", 9464)),
+        ("127.0.0.1:", False, "want HOST:PORT"),
+        ("127.0.0.1:70000", False, "want HOST:PORT"),
+        ("host", False, "want HOST:PORT"),
+        ("[::1]", False, "want HOST:PORT"),
+    ],
+)
+def test_listen_addresses(text: str, remote: bool, want: object) -> None:
+    from captures.errors import UserError
+    from captures.listen import parse_listen
+
+    if isinstance(want, tuple):
+        assert parse_listen(text, "--metrics-listen", allow_remote=remote) == want
+    else:
+        with pytest.raises(UserError, match=str(want)):
+            parse_listen(text, "--metrics-listen", allow_remote=remote)
+
+
 def test_a_non_loopback_bind_or_a_busy_port_is_refused(tmp_path: Path) -> None:
     cap = write_capture(tmp_path / "cap", [chat_record(start_ns=T0_NS)])
     base = [
