@@ -56,10 +56,11 @@ NAIVE = textwrap.dedent(
     stamps = {}
     async def one(session, mono_due, epoch_due, path, body):
         await asyncio.sleep(max(0.0, (mono_due - time.monotonic_ns()) / 1e9))
-        stamps[path] = [epoch_due, time.time_ns()]
+        stamps[path] = [epoch_due, time.time_ns(), None]
         try:
             async with session.post(url + path, data=body) as r:
                 await r.read()
+                stamps[path][2] = r.status
         except Exception:
             pass
     async def main():
@@ -151,9 +152,11 @@ def loadtape_run(cap: Path, url: str, port: int, out: Path, speed: float) -> dic
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     wire = sniff.stop()
-    t = pq.read_table(out / "results.parquet", columns=["endpoint", "intended_ns", "sent_ns"])
+    t = pq.read_table(
+        out / "results.parquet", columns=["endpoint", "intended_ns", "sent_ns", "status"]
+    )
     rows = list(zip(*(t[c].to_pylist() for c in t.column_names), strict=True))
-    return {p: (i, s, wire.get(p)) for p, i, s in rows}
+    return {p: (i, s, wire.get(p), st) for p, i, s, st in rows}
 
 
 def naive_run(
@@ -165,20 +168,22 @@ def naive_run(
     out = work / "naive.json"
     subprocess.run([sys.executable, "-c", NAIVE, url, str(plan_file), str(out)], check=True)
     wire = sniff.stop()
-    return {p: (i, s, wire.get(p)) for p, (i, s) in json.loads(out.read_text()).items()}
+    return {p: (i, s, wire.get(p), st) for p, (i, s, st) in json.loads(out.read_text()).items()}
 
 
 def errors(rows: dict, warm_from: str) -> dict[str, dict[str, float]]:
     out = {}
     for name, keep in (("warm", lambda p: p >= warm_from), ("all", lambda p: True)):
-        sel = [(i, s, w) for p, (i, s, w) in rows.items() if keep(p)]
-        wire = np.array([w - i for i, _, w in sel if w is not None], dtype=np.int64)
-        own = np.array([s - i for i, s, _ in sel], dtype=np.int64)
+        sel = [(i, s, w, st) for p, (i, s, w, st) in rows.items() if keep(p)]
+        wire = np.array([w - i for i, _, w, _ in sel if w is not None], dtype=np.int64)
+        own = np.array([s - i for i, s, _, _ in sel], dtype=np.int64)
         out[name] = {
             "wire": summary(wire),
             "own_stamp": summary(own),
             "requests": len(sel),
             "seen_on_wire": len(wire),
+            # a send is only on time if the request went out whole: every answer must be 200
+            "not_200": sum(st != 200 for *_, st in sel),
         }
     return out
 
@@ -221,7 +226,7 @@ def main() -> None:
                     worst = sorted(
                         lt.items(), key=lambda kv: kv[1][0] - max(kv[1][1], kv[1][2] or 0)
                     )
-                    for path, (i, s, w) in worst[: args.worst]:
+                    for path, (i, s, w, _) in worst[: args.worst]:
                         print(
                             f"  {path}: own stamp +{(s - i) / 1e3:.0f} us, wire +{(w - i) / 1e3:.0f} us"
                         )
@@ -233,7 +238,7 @@ def main() -> None:
                             f"{load:>22s} {tool:8s} {part:4s}: on the wire p50 {w['p50_ms']:.3f} "
                             f"p99 {w['p99_ms']:.3f} max {w['max_ms']:.3f} ms | own stamp p99 "
                             f"{o['p99_ms']:.3f} max {o['max_ms']:.3f} ms | {e['seen_on_wire']}/"
-                            f"{e['requests']} seen",
+                            f"{e['requests']} seen, {e['not_200']} not 200",
                             flush=True,
                         )
         out = ROOT / args.out

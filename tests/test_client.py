@@ -215,3 +215,73 @@ async def test_bodies_of_every_size_arrive_whole_when_sent_together() -> None:
     outs = [f.result() for f in futs]
     assert [(o.error, o.status) for o in outs] == [(None, 200)] * 2 * len(sizes)
     assert client.connects == len(sizes)
+
+
+def test_a_response_before_the_body_is_read_leaves_the_connection_sound() -> None:
+    """A server may answer as soon as it has the head (nginx's `return`, an early 401 or 413)
+    and read the body after. The client must still send the whole body before the next
+    request on that connection: nginx read the next request as the body's rest and answered
+    400 to an eighth of the replay_bursts bench's requests. The request is sent from a
+    callback that then holds the loop until the answer is in, as a burst's pump does."""
+    import uvloop  # the run's loop: it calls a socket's callbacks before the handles queued
+
+    uvloop.run(_early_answer())
+
+
+async def _early_answer() -> None:
+    import threading
+    import time
+
+    from replay.send.client import FIRST_WRITE
+
+    seen: list[tuple[str, int]] = []  # (request line, body bytes read)
+    lsock = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:  # a thread of its own: it answers while the client's loop is held
+        conn, _ = lsock.accept()
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = next(
+                    (int(v) for k, _, v in (ln.partition(": ") for ln in lines)
+                     if k.lower() == "content-length"), 0,
+                )  # fmt: skip
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # at once
+                while len(buf) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                seen.append((lines[0], length))
+                buf = buf[length:]
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+    client = FastClient(parse_target(url), timeout=10)
+    loop = asyncio.get_running_loop()
+    sizes = [FIRST_WRITE * 4, 200_000, 10, FIRST_WRITE + 1, 0]
+    outs = []
+    try:
+        for i, n in enumerate(sizes):
+            req = Rewriter(parse_target(url)).prepare(Request("POST", f"/r{i}", None, [], b"x" * n))
+            fut: asyncio.Future[Outcome] = loop.create_future()
+
+            def submit(req: Any = req, fut: asyncio.Future[Outcome] = fut) -> None:
+                client.submit(req, fut.set_result)
+                time.sleep(0.05)  # the answer comes in before the loop polls again
+
+            loop.call_soon(submit)
+            outs.append(await asyncio.wait_for(fut, 10))
+    finally:
+        await client.close()
+        lsock.close()
+    assert [(o.error, o.status) for o in outs] == [(None, 200)] * len(sizes)
+    assert client.connects == 1  # one connection, kept alive throughout
+    assert seen == [(f"POST /r{i} HTTP/1.1", n) for i, n in enumerate(sizes)]

@@ -38,6 +38,7 @@ class _Conn(asyncio.Protocol):
         "_framed",
         "_head",
         "_keep",
+        "_rest",
         "_retry",
         "client",
         "deadline",
@@ -61,6 +62,7 @@ class _Conn(asyncio.Protocol):
         self._ctype = b""
         self._enc = b""
         self._retry: bytes | None = None
+        self._rest: Prepared | None = None  # a request whose body is not all written yet
         self._keep = True
         self._head = False
         self._framed = False
@@ -140,6 +142,8 @@ class _Conn(asyncio.Protocol):
         out.end_ns = _now()
         if self.scan is not None:
             self.scan.finish()
+        if self._rest is not None:
+            self._write_rest(self._rest)
         self._reset()
         if self._head or not self._keep:
             self._close()
@@ -171,11 +175,17 @@ class _Conn(asyncio.Protocol):
             # The head now, the rest once every request due with it has begun: writing a
             # 500 KB body whole held back each request due after it in the same instant.
             self.transport.write(raw[:FIRST_WRITE])
+            self._rest = req
             client.loop.call_soon(self._write_rest, req)
 
     def _write_rest(self, req: Prepared) -> None:
-        if self.req is req and self.transport is not None:
-            self.transport.write(memoryview(req.raw)[FIRST_WRITE:])
+        """The rest of a request written in two parts, once. Also at its response's end if
+        that came first (a server may answer before it reads a body): the connection's next
+        request must not follow a body cut short, or the server reads it as the body's rest."""
+        if self._rest is req:
+            self._rest = None
+            if self.transport is not None:
+                self.transport.write(memoryview(req.raw)[FIRST_WRITE:])
 
     def _timed_out(self) -> None:
         self._fail("timeout", f"no complete response within {self.client.timeout:g} s")
