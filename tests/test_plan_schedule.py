@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from captures.schema import Record
-from replay.dispatch import DIAL_BATCH, POLL_NS, SEND_BATCH, Dispatcher
+from replay.dispatch import (
+    DIAL_BATCH,
+    EARLY_AFTER_NS,
+    EARLY_NS,
+    POLL_NS,
+    SEND_BATCH,
+    Dispatcher,
+)
 from replay.plan import PlanOptions, PlanStats, Request, Shot, plan_replay
 from replay.schedule import Scheduler, simulate
 from replay.send.outcome import Outcome
@@ -285,6 +292,39 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
     disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
     disp._arm(now + gap_ns)
     assert (len(loop.soon), timer.armed) == ((1, []) if polled else (0, [now + gap_ns]))
+
+
+@pytest.mark.parametrize(
+    ("gap_ns", "first_arm"),
+    [
+        (EARLY_AFTER_NS, 0),  # not long: slept for to the instant
+        (EARLY_AFTER_NS + 1, EARLY_NS),  # long: woken EARLY_NS before, then polled
+        (100_000_000, EARLY_NS),
+    ],
+)
+def test_a_long_sleep_wakes_early_and_polls_until_the_instant(gap_ns: int, first_arm: int) -> None:
+    clock = [10_000_000]
+    disp = Dispatcher(
+        Scheduler([], max_in_flight=1),
+        lambda s: None,
+        None,
+        None,
+        clock=lambda: clock[0],  # type: ignore[arg-type]
+    )
+    loop, timer = _Loop(), _Timer()
+    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    due = clock[0] + gap_ns
+    disp._arm(due)
+    assert timer.armed == [due - first_arm] and loop.soon == []
+    disp._arm(due)  # asked again before it fires (a completion's pump): nothing changes
+    assert timer.armed == [due - first_arm] and loop.soon == []
+    clock[0] = due - first_arm + 30_000  # the wakeup, a little late
+    disp._armed_for = -1  # as _fire leaves it
+    disp._arm(due)
+    if first_arm:  # woken early for this instant: poll until it, no second sleep
+        assert timer.armed == [due - first_arm] and len(loop.soon) == 1
+    else:  # already due: polled at once
+        assert len(loop.soon) == 1
 
 
 class _Client:
