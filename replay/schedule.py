@@ -114,6 +114,14 @@ class Scheduler:
             self._busy.add(shot.session)
         return shot, due
 
+    def untake(self, shot: Shot, due: int) -> None:
+        """Give back a shot taken early and not sent (a burst made ready before its instant,
+        then stopped, or left without a warm connection): it is due again at its own time,
+        before any later shot. Its session stays reserved for it, as for a released shot."""
+        self.in_flight -= 1
+        self.sent -= 1
+        heapq.heappush(self._released, (due, shot.seq, shot))
+
     def done(self, shot: Shot, now: int) -> None:
         """A sent shot finished (any outcome) at offset `now`."""
         self.in_flight -= 1

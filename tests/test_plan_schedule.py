@@ -298,8 +298,8 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
     ("gap_ns", "first_arm"),
     [
         (EARLY_AFTER_NS, 0),  # not long: slept for to the instant
-        (EARLY_AFTER_NS + 1, EARLY_NS),  # long: woken EARLY_NS before, then polled
-        (100_000_000, EARLY_NS),
+        (EARLY_AFTER_NS + 10, (EARLY_AFTER_NS + 10) // 10),  # long: woken a tenth early
+        (100_000_000, EARLY_NS),  # at most EARLY_NS early
     ],
 )
 def test_a_long_sleep_wakes_early_and_polls_until_the_instant(gap_ns: int, first_arm: int) -> None:
@@ -401,6 +401,85 @@ def test_a_run_behind_opens_new_connections_a_few_per_loop_turn() -> None:
         loop.soon.pop()()  # type: ignore[operator]
         turns += 1
     assert len(client.sent) == 40 and turns == -(-(40 - 5 - DIAL_BATCH) // DIAL_BATCH)
+
+
+class _StagingClient(_Client):
+    """Stages on its warm connections (each staged send is a handle fired at the instant)."""
+
+    def __init__(self, warm: int, clock: list[int]) -> None:
+        super().__init__()
+        self.warm, self.clock = warm, clock
+        self.fired: list[tuple[int, object]] = []
+        self.cancelled = 0
+
+    def stage(self, prepared: object, done: Callable[[Outcome], None]) -> object:
+        if self.warm <= 0:
+            return None
+        self.warm -= 1
+        client = self
+
+        class Handle:
+            def fire(self) -> None:
+                client.fired.append((client.clock[0], prepared))
+
+            def cancel(self) -> None:
+                client.cancelled += 1
+                client.warm += 1
+
+        return Handle()
+
+
+def _burst(clock: list[int], warm: int) -> tuple[Dispatcher, _StagingClient, _Loop]:
+    """Five shots due at 100 ms, the dispatcher woken early for them at 99.6 ms."""
+    shots = [
+        Shot(offset_ns=100 * MS, seq=i, request=Request("GET", f"/{i}", None, [], None))
+        for i in range(5)
+    ]
+    client = _StagingClient(warm, clock)
+    disp = Dispatcher(
+        Scheduler(shots, max_in_flight=100),
+        lambda s: s.request.path,  # type: ignore[arg-type,return-value]
+        client,  # type: ignore[arg-type]
+        _Sink(),
+        clock=lambda: clock[0],
+    )
+    loop = _Loop()
+    disp._loop, disp._timer = loop, _Timer()  # type: ignore[assignment]
+    disp._early_for = 100 * MS  # as _arm left it when it set the timer early
+    clock[0] = 100 * MS - 400_000
+    return disp, client, loop
+
+
+def test_a_burst_woken_early_for_is_readied_and_written_at_its_instant() -> None:
+    """Three warm connections: three shots are readied before the instant; at it they go
+    first, then the two without a connection the ordinary way, in plan order."""
+    clock = [0]
+    disp, client, loop = _burst(clock, warm=3)
+    disp._pump()
+    assert client.fired == [] and client.sent == [] and len(disp._staged) == 3
+    assert disp.scheduler.in_flight == 3 and len(loop.soon) == 1  # polls until the instant
+    loop.soon.pop()()  # type: ignore[operator]  # still before it: nothing goes
+    assert client.fired == [] and len(loop.soon) == 1
+    clock[0] = 100 * MS + 2_000
+    loop.soon.pop()()  # type: ignore[operator]
+    assert client.fired == [(100 * MS + 2_000, p) for p in ("/0", "/1", "/2")]
+    assert [p for p, _ in client.sent] == ["/3", "/4"]
+    assert disp.stats.sent == 5 and disp.scheduler.in_flight == 5
+    assert disp.stats.max_lag_ns == 2_000
+
+
+def test_a_stop_before_the_instant_sends_none_of_the_readied_shots() -> None:
+    clock = [0]
+    disp, client, loop = _burst(clock, warm=3)
+    disp._pump()
+    assert len(disp._staged) == 3
+    disp.stop()
+    loop.soon.pop()()  # type: ignore[operator]  # the spin's turn: stopping, nothing fired
+    for cb in list(loop.soon):
+        cb()  # type: ignore[operator]
+    assert client.fired == [] and client.sent == [] and client.cancelled == 3
+    assert disp.scheduler.in_flight == 0 and disp.stats.sent == 0
+    assert [s.request.path for s in disp.scheduler.drain()] == ["/0", "/1", "/2", "/3", "/4"]
 
 
 @pytest.mark.parametrize(("now_ms", "behind_ms"), [(2, 0), (5, 0), (8, 3)])

@@ -38,6 +38,7 @@ class _Conn(asyncio.Protocol):
         "_framed",
         "_head",
         "_keep",
+        "_primed",
         "_rest",
         "_retry",
         "client",
@@ -63,6 +64,7 @@ class _Conn(asyncio.Protocol):
         self._enc = b""
         self._retry: bytes | None = None
         self._rest: Prepared | None = None  # a request whose body is not all written yet
+        self._primed: tuple[Prepared, Done] | None = None  # staged: sent by fire()
         self._keep = True
         self._head = False
         self._framed = False
@@ -154,6 +156,27 @@ class _Conn(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------------
     def start(self, req: Prepared, done: Done) -> None:
         self.start_at(req, done, _now())
+
+    def prime(self, req: Prepared, done: Done) -> None:
+        self._primed = (req, done)
+
+    def fire(self) -> None:
+        """Send the staged request now: on this connection, or (it was closed while it waited)
+        on another."""
+        primed, self._primed = self._primed, None
+        if primed is None:
+            return
+        req, done = primed
+        if self.transport is None or self.transport.is_closing():
+            self.client.submit(req, done)
+            return
+        self.start_at(req, done, _now())
+
+    def cancel(self) -> None:
+        if self._primed is not None:
+            self._primed = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.client._release(self)
 
     def start_at(self, req: Prepared, done: Done, sent_ns: int) -> None:
         out = Outcome(sent_ns=sent_ns)
@@ -273,6 +296,16 @@ class FastClient:
                 return False
         self.loop.create_task(self._connect_and_start(req, done, _now()))
         return True
+
+    def stage(self, req: Prepared, done: Done) -> _Conn | None:
+        """A warm connection readied for this request; its `fire()` sends it."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                conn.prime(req, done)
+                return conn
+        return None
 
     def _resend(self, req: Prepared, done: Done, sent_ns: int) -> None:
         self.resends += 1

@@ -43,6 +43,9 @@ class AiohttpClient:
         self._queue.put_nowait((req, done))
         return None  # aiohttp's pool decides
 
+    def stage(self, req: Prepared, done: Done) -> None:
+        return None  # aiohttp's pool picks the connection at the send: nothing to ready
+
     async def _work(self) -> None:
         while True:
             item = await self._queue.get()

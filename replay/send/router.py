@@ -11,9 +11,24 @@ from replay.rewrite import Prepared, Target
 from .outcome import Outcome
 
 
+class Staged(Protocol):
+    """A send made ready on a warm connection, to go at its instant."""
+
+    def fire(self) -> None:
+        """Send it now (stamped now)."""
+
+    def cancel(self) -> None:
+        """Not sent after all: the connection is free again."""
+
+
 class Client(Protocol):
     def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> bool | None:
         """Send (the result comes to `done`); True if it took a new connection."""
+
+    def stage(self, req: Prepared, done: Callable[[Outcome], None]) -> Staged | None:
+        """The send made ready on a warm connection, to `fire()` at its instant: all of a
+        send's work but the write, done before it. None: no warm connection (or this client
+        cannot); submit it at the instant."""
 
     async def close(self) -> None: ...
 
@@ -38,6 +53,9 @@ class Router:
 
     def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> bool | None:
         return self.clients[req.target].submit(req, done)
+
+    def stage(self, req: Prepared, done: Callable[[Outcome], None]) -> Staged | None:
+        return self.clients[req.target].stage(req, done)
 
     async def close(self) -> None:
         for c in self.clients.values():
