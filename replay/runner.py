@@ -108,6 +108,30 @@ def run_streams(
 ) -> RunSummary:
     """Run the streams on one timeline and write a results directory. should_stop: polled
     every 100 ms (a Ray actor's stop request; signals cover the command line)."""
+    # From the plan on, not only the run: the full collections walked the plan as it grew
+    # (planning 50k GETs ahead, in-process: 23.6-26 us a shot with them, 16.7-21.7 without).
+    with quiet_gc():
+        return _run_streams(
+            streams,
+            settings,
+            run_info=run_info,
+            on_progress=on_progress,
+            install_signals=install_signals,
+            should_stop=should_stop,
+            observer=observer,
+        )
+
+
+def _run_streams(
+    streams: list[StreamPlan],
+    settings: RunSettings,
+    *,
+    run_info: dict[str, Any] | None,
+    on_progress: Callable[[Progress], None] | None,
+    install_signals: bool,
+    should_stop: Callable[[], bool] | None,
+    observer: ResultObserver | None,
+) -> RunSummary:
     settings.validate()
     if not streams:
         raise UserError("nothing to run: no streams")
@@ -253,8 +277,7 @@ def run_streams(
         return stats, time.monotonic_ns() - max(t0, start or t0)
 
     try:
-        with quiet_gc():
-            stats, duration_ns = run_async(main())
+        stats, duration_ns = run_async(main())
     finally:
         if plan_buffer is not None:
             plan_buffer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -524,3 +525,38 @@ def test_a_fast_plan_is_planned_wholly_before_the_start(
     settings = RunSettings(shard=shard)
     want = PLAN_AHEAD_MAX_S if wait_s == "max" else PLAN_AHEAD_WAIT_S
     assert plan_ahead_s(shots, last_due_s, settings) == want
+
+
+def test_no_full_collection_from_the_plan_on_and_the_settings_restored_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan is made with full collections off (they walked it as it grew ahead of the
+    start), as the run is; the collector's settings come back after."""
+    import gc
+
+    import replay.runner as runner
+    from captures.testing import T0_NS, http_record, write_capture
+    from replay.api import run_replay
+    from replay.mock.threaded import running_gateway
+    from replay.workload.replaying import ReplayOptions
+
+    seen: list[tuple[int, int, int]] = []
+    merged = runner.merged
+
+    def watched(streams: Any) -> Any:
+        for shot in merged(streams):
+            seen.append(gc.get_threshold())
+            yield shot
+
+    monkeypatch.setattr(runner, "merged", watched)
+    before = gc.get_threshold()
+    cap = write_capture(
+        tmp_path / "cap", [http_record(start_ns=T0_NS + i * MS, path="/x") for i in range(20)]
+    )
+    with running_gateway() as gw:
+        run_replay(
+            ReplayOptions(capture=str(cap), target=gw.url, out=str(tmp_path / "run")),
+            install_signals=False,
+        )
+    assert len(seen) == 20 and all(th[2] >= 1_000_000 for th in seen), seen[:3]
+    assert gc.get_threshold() == before
