@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -317,3 +318,36 @@ def test_compaction_state_follows_the_compactor_process(tmp_path: Path) -> None:
     assert w.parts_written == 2 and w.compaction_state["segments_queued"] == 0
     assert w.compaction_state["segments_compacting"] == 0
     assert len(Capture(tmp_path / "cap").records()) == 3
+
+
+def test_batch_rows_match_arrows_own_rows_for_headers_nulls_and_slices() -> None:
+    """Rows are built column by column (headers as (name, value) pairs): the same as Arrow's
+    own to_pylist with each header dict turned into a pair, in column order, for a batch with
+    null and empty header lists, and for slices of it (whose list values start mid-array)."""
+    from captures.reader import batch_rows
+    from captures.schema import SCHEMA
+
+    heads = [[("a", "1"), ("b", "2")], None, [], [("c", "3")], None, [("d", "4"), ("e", "5")]]
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "seq": list(range(6)),
+            "req_headers": [
+                None if h is None else [{"name": n, "value": v} for n, v in h] for h in heads
+            ],
+            "path": [f"/{i}" for i in range(6)],
+        },
+        schema=pa.schema([SCHEMA.field("seq"), SCHEMA.field("req_headers"), SCHEMA.field("path")]),
+    )
+
+    def arrow_rows(b: pa.RecordBatch) -> list[dict[str, Any]]:
+        rows = b.to_pylist()
+        for r in rows:
+            if r["req_headers"] is not None:
+                r["req_headers"] = [(p["name"], p["value"]) for p in r["req_headers"]]
+        return rows
+
+    for b in (batch, batch.slice(1), batch.slice(2, 3), batch.slice(5)):
+        got = batch_rows(b)
+        assert got == arrow_rows(b)
+        assert [list(r) for r in got] == [["seq", "req_headers", "path"]] * b.num_rows
+    assert [r["req_headers"] for r in batch_rows(batch)] == heads
