@@ -136,3 +136,30 @@ def test_cached_prepare_keeps_the_latest_distinct_requests_and_evicts_the_oldest
     again = prepare(shots[0])  # the oldest was evicted: prepared anew
     assert again is not first[0] and again.path == "/0"
     assert prepare(shots[2]) is first[2] and prepare(shots[1]) is not first[1]
+
+
+def test_a_header_list_seen_again_is_prepared_the_same_and_still_counted() -> None:
+    """The kept headers are worked out once per distinct recorded list: a repeat gives the
+    same bytes, a redacted header left out is counted for every request, and a different
+    list (or a different body length) is not mixed up with it."""
+    rw = Rewriter(parse_target("http://127.0.0.1:8000"), set_headers=[("X-Run", "7")])
+    sdk = [("User-Agent", "OpenAI/Python"), ("Authorization", "Bearer [REDACTED:bearer:0123abcd]")]
+    a = Request("POST", "/v1/chat/completions", None, sdk, b'{"a": 1}')
+    b = Request("POST", "/v1/chat/completions", None, list(sdk), b'{"a": 12}')
+    c = Request("GET", "/v1/models", None, [("User-Agent", "curl")], None)
+    first, again, longer, other = rw.prepare(a), rw.prepare(a), rw.prepare(b), rw.prepare(c)
+    assert first.raw == again.raw
+    assert first.raw.startswith(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+        b"User-Agent: OpenAI/Python\r\nX-Run: 7\r\nContent-Length: 8\r\n\r\n"
+    )
+    assert b"Content-Length: 9\r\n\r\n" in longer.raw
+    assert (
+        other.raw
+        == b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: curl\r\nX-Run: 7\r\n\r\n"
+    )
+    assert rw.dropped_redacted == 3  # the Authorization header, once per request that had it
+    assert first.headers == [
+        ("Host", "127.0.0.1:8000"), ("User-Agent", "OpenAI/Python"), ("X-Run", "7"),
+        ("Content-Length", "8"),
+    ]  # fmt: skip
