@@ -273,7 +273,7 @@ class Dispatcher:
         assert loop is not None
         if self._timer is not None:
             lead = deadline - self.clock()
-            if lead <= self.poll_ns or deadline == self._early_for:
+            if lead <= self.poll_ns or (deadline == self._early_for and lead <= self.early_ns):
                 # Sooner than a sleep could wake us (a wakeup costs about as long as this), or
                 # woken early for it: go round the loop until then, picking up socket events
                 # as they come.

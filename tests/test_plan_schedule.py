@@ -328,6 +328,31 @@ def test_a_long_sleep_wakes_early_and_polls_until_the_instant(gap_ns: int, first
         assert len(loop.soon) == 1
 
 
+def test_a_wakeup_for_an_earlier_shot_does_not_poll_all_the_way_to_a_later_early_one() -> None:
+    """Set to wake early for a shot 100 ms off, then woken for one that came due sooner (a
+    released shot): the later one is slept for again, not polled for 90 ms."""
+    clock = [0]
+    disp = Dispatcher(
+        Scheduler([], max_in_flight=1),
+        lambda s: None,
+        None,
+        None,
+        clock=lambda: clock[0],  # type: ignore[arg-type]
+    )
+    loop, timer = _Loop(), _Timer()
+    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    due = 100 * MS
+    disp._arm(due)
+    assert timer.armed == [due - EARLY_NS] and loop.soon == []
+    clock[0] = 8 * MS
+    disp._arm(10 * MS)  # one due sooner, 2 ms off: slept for to its instant
+    assert timer.armed[-1] == 10 * MS
+    clock[0] = 10 * MS
+    disp._armed_for = -1  # it fired (as _fire leaves it)
+    disp._arm(due)
+    assert loop.soon == [] and timer.armed[-1] == due - EARLY_NS  # asleep, early again
+
+
 class _Client:
     def __init__(self, idle: int = 1_000_000) -> None:
         self.sent: list[tuple[object, Callable[[Outcome], None]]] = []
