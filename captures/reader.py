@@ -12,7 +12,6 @@ extra sorted runs.
 from __future__ import annotations
 
 import heapq
-import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ import pyarrow.parquet as pq
 from . import compaction, store
 from .errors import CaptureError
 from .filters import RowFilter
-from .schema import COLUMNS, HEADER_COLUMNS, META_FORMAT_VERSION, SCHEMA, Record
+from .rows import batch_rows
+from .schema import COLUMNS, META_FORMAT_VERSION, SCHEMA, Record
 
 
 @dataclass
@@ -224,8 +224,8 @@ class Capture:
         if "req_start_ns" not in need:
             need.append("req_start_ns")
         drop_start = "req_start_ns" not in cols
-        for batch_rows in self._merged(need, filt, batch_size):
-            for row in batch_rows:
+        for chunk in self._merged(need, filt, batch_size):
+            for row in chunk:
                 if drop_start:
                     del row["req_start_ns"]
                 yield row
@@ -308,34 +308,6 @@ class _Cursor:
             self.i = 0
             return True
         return False
-
-
-def batch_rows(batch: pa.RecordBatch) -> list[Record]:
-    """The batch's rows as dicts in column order, headers as lists of (name, value).
-
-    Converted column by column: `to_pylist` makes a dict per header, then each became a tuple,
-    about 4 us a row for an SDK's 15 headers (planning a replay reads every row)."""
-    names = batch.schema.names
-    cols = [
-        _header_lists(batch.column(i)) if n in HEADER_COLUMNS else batch.column(i).to_pylist()
-        for i, n in enumerate(names)
-    ]
-    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
-
-
-def _header_lists(col: pa.Array) -> list[list[tuple[str, str]] | None]:
-    offs = col.offsets.to_pylist()
-    lo = offs[0]
-    vals = col.values.slice(lo, offs[-1] - lo)  # (values ignores the array's own slice)
-    pairs = list(zip(vals.field("name").to_pylist(), vals.field("value").to_pylist(), strict=True))
-    out: list[list[tuple[str, str]] | None] = [
-        pairs[a - lo : b - lo] for a, b in itertools.pairwise(offs)
-    ]
-    if col.null_count:
-        for i, ok in enumerate(col.is_valid().to_pylist()):
-            if not ok:
-                out[i] = None
-    return out
 
     def __lt__(self, other: _Cursor) -> bool:  # never reached: (start, order) is unique
         return self.run.order < other.run.order

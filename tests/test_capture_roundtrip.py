@@ -324,7 +324,7 @@ def test_batch_rows_match_arrows_own_rows_for_headers_nulls_and_slices() -> None
     """Rows are built column by column (headers as (name, value) pairs): the same as Arrow's
     own to_pylist with each header dict turned into a pair, in column order, for a batch with
     null and empty header lists, and for slices of it (whose list values start mid-array)."""
-    from captures.reader import batch_rows
+    from captures.rows import batch_rows
     from captures.schema import SCHEMA
 
     heads = [[("a", "1"), ("b", "2")], None, [], [("c", "3")], None, [("d", "4"), ("e", "5")]]
