@@ -522,7 +522,7 @@ def test_behind_is_how_late_the_oldest_due_shot_is(now_ms: int, behind_ms: int) 
 
 
 def test_due_count_counts_the_plan_by_10_ms_buckets_before_now() -> None:
-    from replay.runner import DueCount
+    from replay.planahead import DueCount
 
     due = DueCount()
     for ms in (0, 3, 9, 10, 25, 25, 70):
@@ -544,7 +544,7 @@ def test_due_count_counts_the_plan_by_10_ms_buckets_before_now() -> None:
 def test_a_fast_plan_is_planned_wholly_before_the_start(
     shots: int | None, last_due_s: float | None, shard: tuple[int, int] | None, wait_s: str
 ) -> None:
-    from replay.runner import PLAN_AHEAD_MAX_S, PLAN_AHEAD_WAIT_S, plan_ahead_s
+    from replay.planahead import PLAN_AHEAD_MAX_S, PLAN_AHEAD_WAIT_S, plan_ahead_s
     from replay.settings import RunSettings
 
     settings = RunSettings(shard=shard)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from captures.testing import T0_NS, chat_record, write_capture
+from replay.planahead import planned
 from replay.progress import describe
 from replay.rewrite import Rewriter, parse_target
-from replay.runner import planned
 from replay.settings import Progress, RunSettings
 from replay.workload.replaying import replay_stream
 
@@ -64,8 +64,8 @@ def test_a_long_plan_ahead_says_how_far_it_has_got_until_the_plan_is_made() -> N
     second, and the wait ends when the plan does (not at its time limit)."""
     import time
 
+    from replay.planahead import plan_whole
     from replay.prefetch import Prefetch
-    from replay.runner import plan_whole
 
     def slow() -> Iterator[int]:
         for i in range(30):
