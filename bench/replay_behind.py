@@ -33,11 +33,12 @@ from _targets import Nginx  # noqa: E402
 
 from replay.dispatch import DIAL_BATCH, SEND_BATCH, Dispatcher  # noqa: E402
 from replay.plan import Request, Shot  # noqa: E402
-from replay.rewrite import Rewriter, parse_target  # noqa: E402
+from replay.rewrite import Rewriter  # noqa: E402
 from replay.schedule import Scheduler  # noqa: E402
 from replay.send import client as fast  # noqa: E402
 from replay.send.client import FastClient  # noqa: E402
 from replay.send.outcome import Outcome  # noqa: E402
+from replay.targets import parse_target  # noqa: E402
 
 UNBOUNDED = 1 << 30
 WRITTEN: list[int] = []  # when each request's bytes were handed to the kernel

@@ -16,9 +16,9 @@ from captures.schema import LOADTAPE_VERSION
 from replay.measure.metrics import add_counts, series_name
 
 from .dispatch import DispatchStats
-from .rewrite import mask_url
 from .settings import RunSettings, StreamPlan
 from .state import SessionState
+from .targets import mask_url
 
 
 def run_document(

@@ -21,7 +21,7 @@ from captures.importers import ImportOptions, import_file
 from captures.reader import Capture
 from captures.testing import T0_NS, chat_record, write_capture
 from replay.measure.results import Expect
-from replay.rewrite import parse_header_args, parse_model_map, parse_targets
+from replay.targets import parse_header_args, parse_model_map, parse_targets
 from replay.workload.scenario import load
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]

@@ -15,10 +15,11 @@ from faultserver import FaultServer
 from replay.mock.config import GatewayConfig
 from replay.mock.gateway import MockGateway
 from replay.plan import Request
-from replay.rewrite import Rewriter, parse_target
+from replay.rewrite import Rewriter
 from replay.send.client import FastClient
 from replay.send.client_aiohttp import AiohttpClient
 from replay.send.outcome import Outcome
+from replay.targets import parse_target
 
 CLIENTS = ["fast", "aiohttp"]
 

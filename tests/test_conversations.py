@@ -13,9 +13,10 @@ from captures.conversations import Tracker
 from captures.protocols.canonical import Msg, msg_hash
 from replay.decide.diff import verdict
 from replay.plan import Recorded, Request, Shot
-from replay.rewrite import Rewriter, parse_target
+from replay.rewrite import Rewriter
 from replay.send.outcome import Outcome
 from replay.state import SessionState
+from replay.targets import parse_target
 
 MS = 1_000_000
 

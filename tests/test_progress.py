@@ -10,8 +10,9 @@ import pytest
 from captures.testing import T0_NS, chat_record, write_capture
 from replay.planahead import planned
 from replay.progress import describe
-from replay.rewrite import Rewriter, parse_target
+from replay.rewrite import Rewriter
 from replay.settings import Progress, RunSettings
+from replay.targets import parse_target
 from replay.workload.replaying import replay_stream
 
 S = 1_000_000_000

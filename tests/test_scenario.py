@@ -18,8 +18,9 @@ from captures.testing import T0_NS, chat_record, write_capture
 from replay.api import run_scenario
 from replay.mock.threaded import running_gateway
 from replay.plan import Request, Shot
-from replay.rewrite import Rewriter, parse_target
+from replay.rewrite import Rewriter
 from replay.settings import RunSettings, StreamPlan
+from replay.targets import parse_target
 from replay.timeline import merged
 from replay.workload.scenario import ScenarioError, load
 

@@ -265,7 +265,8 @@ def test_amplified_arrival_curve_keeps_the_recordings_shape() -> None:
 
 
 def test_rewriter_applies_per_copy_user_and_salt() -> None:
-    from replay.rewrite import Rewriter, parse_target
+    from replay.rewrite import Rewriter
+    from replay.targets import parse_target
 
     body = json.dumps(
         {

@@ -22,7 +22,8 @@ from collections.abc import Callable
 import httptools
 
 from captures.protocols import PLAIN
-from replay.rewrite import Prepared, Target
+from replay.rewrite import Prepared
+from replay.targets import Target
 
 from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
 

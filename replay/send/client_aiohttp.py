@@ -10,7 +10,8 @@ import time
 
 import aiohttp
 
-from replay.rewrite import Prepared, Target
+from replay.rewrite import Prepared
+from replay.targets import Target
 
 from .client import Done
 from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify

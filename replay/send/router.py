@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from replay.rewrite import Prepared, Target
+from replay.rewrite import Prepared
+from replay.targets import Target
 
 from .outcome import Outcome
 

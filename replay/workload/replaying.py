@@ -19,8 +19,9 @@ from captures.schema import Record
 from captures.units import parse_duration
 from replay import plan as planmod
 from replay.measure.results import Expect
-from replay.rewrite import (
-    Rewriter,
+from replay.rewrite import Rewriter
+from replay.settings import RunSettings, StreamPlan
+from replay.targets import (
     Target,
     mask_url,
     parse_header_args,
@@ -29,7 +30,6 @@ from replay.rewrite import (
     parse_targets,
     scoped,
 )
-from replay.settings import RunSettings, StreamPlan
 
 from .makers import SampleMaker
 from .synthetic import amplify as amplify_shots
