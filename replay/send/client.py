@@ -289,22 +289,26 @@ class FastClient:
         """Send on an idle connection, or on a new one (True)."""
         if self._sweeper is None and self.timeout_ns:
             self._sweeper = self.loop.create_task(self._sweep())
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.reused = True
-                conn.start(req, done)
-                return False
+        conn = self._warm()
+        if conn is not None:
+            conn.start(req, done)
+            return False
         self.loop.create_task(self._connect_and_start(req, done, _now()))
         return True
 
     def stage(self, req: Prepared, done: Done) -> _Conn | None:
         """A warm connection readied for this request; its `fire()` sends it."""
+        conn = self._warm()
+        if conn is not None:
+            conn.prime(req, done)
+        return conn
+
+    def _warm(self) -> _Conn | None:
+        """An idle connection still open, to reuse (closed ones are dropped on the way)."""
         while self._idle:
             conn = self._idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
-                conn.prime(req, done)
                 return conn
         return None
 
