@@ -14,35 +14,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from scrape import Samples, free_port, scrape, total
 
 from captures.testing import T0_NS, chat_record, write_capture
 from replay.mock.config import Faults
 from replay.mock.threaded import running_gateway
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
-
-
-def _total(m: dict[str, list[tuple[dict[str, str], float]]], name: str, **want: str) -> float:
-    return sum(
-        v for labels, v in m.get(name, []) if all(labels.get(k) == x for k, x in want.items())
-    )
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
@@ -55,7 +33,7 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
         for i in range(160)
     ]  # fmt: skip
     cap = write_capture(tmp_path / "cap", recs)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     out = tmp_path / "o"
     with running_gateway(faults=Faults(error_rate=0.2, error_status=500)) as gw:
@@ -65,30 +43,30 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
              *(["--workers", str(workers)] if workers > 1 else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        mid: dict[str, list[tuple[dict[str, str], float]]] = {}
+        mid: Samples = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # mid-run: something counted, not everything
             try:
-                mid = _scrape(url)
+                mid = scrape(url)
             except OSError:
                 time.sleep(0.1)
                 continue
-            if 0 < _total(mid, "loadtape_requests_total") < 160:
+            if 0 < total(mid, "loadtape_requests_total") < 160:
                 break
             time.sleep(0.1)
-        assert 0 < _total(mid, "loadtape_requests_total") < 160, mid.get("loadtape_sent_total")
-        assert _total(mid, "loadtape_run_finished") == 0
-        final: dict[str, list[tuple[dict[str, str], float]]] = {}
+        assert 0 < total(mid, "loadtape_requests_total") < 160, mid.get("loadtape_sent_total")
+        assert total(mid, "loadtape_run_finished") == 0
+        final: Samples = {}
         while time.monotonic() < deadline + 30:
-            final = _scrape(url)
-            if _total(final, "loadtape_run_finished") == 1:
+            final = scrape(url)
+            if total(final, "loadtape_run_finished") == 1:
                 break
             time.sleep(0.2)
         proc.terminate()  # the linger is cut short; the run itself is over
         _, err = proc.communicate(timeout=60)
-    assert _total(final, "loadtape_run_finished") == 1, err
+    assert total(final, "loadtape_run_finished") == 1, err
     assert "loadtape_behind_seconds" in final  # on schedule at the end: 0
-    assert _total(final, "loadtape_behind_seconds") == 0
+    assert total(final, "loadtape_behind_seconds") == 0
     rows = pq.read_table(
         sorted(out.glob("results*.parquet")),
         columns=[
@@ -103,30 +81,30 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
         ],
     ).to_pylist()
     run = json.loads((out / "run.json").read_text())
-    assert _total(final, "loadtape_sent_total") == run["counts"]["sent"] == 160
-    assert _total(final, "loadtape_scheduled_total") == 160  # all due by the plan, at the end
+    assert total(final, "loadtape_sent_total") == run["counts"]["sent"] == 160
+    assert total(final, "loadtape_scheduled_total") == 160  # all due by the plan, at the end
     by = Counter((r["model"], r["outcome"]) for r in rows)
     for (model, outcome), n in by.items():
-        assert _total(final, "loadtape_requests_total", model=model, outcome=outcome) == n
+        assert total(final, "loadtape_requests_total", model=model, outcome=outcome) == n
     assert (
-        _total(final, "loadtape_requests_total", outcome="failed") == by_outcome(rows, "failed") > 0
+        total(final, "loadtape_requests_total", outcome="failed") == by_outcome(rows, "failed") > 0
     )
-    assert _total(final, "loadtape_errors_total", kind="http_500") == sum(
+    assert total(final, "loadtape_errors_total", kind="http_500") == sum(
         r["status"] == 500 for r in rows
     )
-    assert _total(final, "loadtape_tokens_total", kind="completion") == sum(
+    assert total(final, "loadtape_tokens_total", kind="completion") == sum(
         r["completion_tokens"] or 0 for r in rows
     )
-    assert _total(final, "loadtape_request_bytes_total") == sum(r["req_bytes"] for r in rows) > 0
-    assert _total(final, "loadtape_response_bytes_total") == sum(r["bytes_in"] for r in rows) > 0
+    assert total(final, "loadtape_request_bytes_total") == sum(r["req_bytes"] for r in rows) > 0
+    assert total(final, "loadtape_response_bytes_total") == sum(r["bytes_in"] for r in rows) > 0
     # histogram counts: every row has a latency; TTFT where a first token came; ITL per gap
-    assert _total(final, "loadtape_latency_seconds_count") == 160
-    assert _total(final, "loadtape_latency_seconds_bucket", le="+Inf") == 160
-    assert _total(final, "loadtape_ttft_seconds_count") == sum(
+    assert total(final, "loadtape_latency_seconds_count") == 160
+    assert total(final, "loadtape_latency_seconds_bucket", le="+Inf") == 160
+    assert total(final, "loadtape_ttft_seconds_count") == sum(
         r["first_token_ns"] is not None for r in rows
     )
     gaps = sum(max(len(r["token_offsets_us"] or []) - 1, 0) for r in rows)
-    assert _total(final, "loadtape_itl_seconds_count") == gaps > 0
+    assert total(final, "loadtape_itl_seconds_count") == gaps > 0
     # buckets are cumulative and the quantiles exact ones are there per stream
     les = [(float(lab["le"]), v) for lab, v in final["loadtape_latency_seconds_bucket"]
            if lab["model"] == "small" and lab["stream"] == "replay"]  # fmt: skip
@@ -222,7 +200,7 @@ def test_the_live_page_grows_during_the_run_and_links_the_report(tmp_path: Path)
         for i in range(120)
     ]  # fmt: skip  (a 6 s run)
     cap = write_capture(tmp_path / "cap", recs)
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "o"
     with running_gateway() as gw:
         proc = subprocess.Popen(
@@ -268,7 +246,7 @@ def test_capture_serves_its_figures(tmp_path: Path) -> None:
 
     from captures.reader import Capture
 
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "cap"
     with running_gateway() as gw:
         proc = subprocess.Popen(
@@ -288,21 +266,21 @@ def test_capture_serves_its_figures(tmp_path: Path) -> None:
                     req.add_header("Authorization", f"Bearer sk-proj-{i}abcdefghijklmnopqrstuv")
                 with urllib.request.urlopen(req, timeout=10):
                     pass
-            m: dict[str, list[tuple[dict[str, str], float]]] = {}
+            m: Samples = {}
             for _ in range(50):  # the addon writes its status at each flush
-                m = _scrape(f"http://127.0.0.1:{port}/metrics")
-                if _total(m, "loadtape_capture_records_total") == 8:
+                m = scrape(f"http://127.0.0.1:{port}/metrics")
+                if total(m, "loadtape_capture_records_total") == 8:
                     break
                 time.sleep(0.1)
-            assert _total(m, "loadtape_capture_records_total") == 8, m
-            assert _total(m, "loadtape_capture_bytes_total") > 0
-            assert _total(m, "loadtape_capture_lost_total") == 0
-            assert _total(m, "loadtape_capture_fatal") == 0
-            assert _total(m, "loadtape_capture_status_age_seconds") < 5
+            assert total(m, "loadtape_capture_records_total") == 8, m
+            assert total(m, "loadtape_capture_bytes_total") > 0
+            assert total(m, "loadtape_capture_lost_total") == 0
+            assert total(m, "loadtape_capture_fatal") == 0
+            assert total(m, "loadtape_capture_status_age_seconds") < 5
             kinds = {lab["kind"]: v for lab, v in m.get("loadtape_capture_redactions_total", [])}
             assert sum(kinds.values()) == 3, kinds
-            assert 0 <= _total(m, "loadtape_capture_journal_lag_seconds") < 120
-            assert _total(m, "loadtape_capture_rejected_total") == 0
+            assert 0 <= total(m, "loadtape_capture_journal_lag_seconds") < 120
+            assert total(m, "loadtape_capture_rejected_total") == 0
             for gauge in ("segments_queued", "segments_compacting", "compactor_up"):
                 assert f"loadtape_capture_{gauge}" in m, sorted(m)
             board = Path(__file__).parent.parent / "docs" / "grafana" / "loadtape-capture.json"

@@ -87,23 +87,17 @@ def _scrape_when_finished(
     url: str, proc: subprocess.Popen[str], timeout: float
 ) -> dict[str, float]:
     """Totals by metric name from the endpoint, once the run says it has finished."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
+    from scrape import scrape
 
     deadline = time.monotonic() + timeout
     totals: dict[str, float] = {}
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                text = r.read().decode()
+            samples = scrape(url)
         except OSError:
             time.sleep(0.5)
             continue
-        totals = {}
-        for fam in text_string_to_metric_families(text):
-            for smp in fam.samples:
-                totals[smp.name] = totals.get(smp.name, 0.0) + smp.value
+        totals = {name: sum(v for _, v in got) for name, got in samples.items()}
         if totals.get("loadtape_run_finished") == 1:
             break
         time.sleep(0.5)

@@ -221,29 +221,14 @@ def test_the_user_count_where_a_gate_first_fails_is_one_command(tmp_path: Path) 
 def test_one_metrics_endpoint_follows_the_whole_sweep(tmp_path: Path) -> None:
     """The counters are the whole sweep's (they carry on from level to level, as a Prometheus
     counter must), and `loadtape_stage{key="sweep_level"}` names the level running."""
-    import socket
     import time
-    import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
+    from scrape import Samples, free_port, scrape, total
 
     recs = [chat_record(start_ns=T0_NS + i * 10_000_000, model="small") for i in range(20)]
     cap = write_capture(tmp_path / "cap", recs)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        out: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for fam in text_string_to_metric_families(text):
-            for smp in fam.samples:
-                out.setdefault(smp.name, []).append((dict(smp.labels), smp.value))
-        return out
-
-    def total(m: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
-        return sum(v for _, v in m.get(name, []))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
 
     with running_gateway() as gw:
         proc = subprocess.Popen(
@@ -254,11 +239,11 @@ def test_one_metrics_endpoint_follows_the_whole_sweep(tmp_path: Path) -> None:
         )  # fmt: skip
         levels_seen: list[str] = []
         sent_seen: list[float] = []
-        final: dict[str, list[tuple[dict[str, str], float]]] = {}
+        final: Samples = {}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                final = scrape()
+                final = scrape(url)
             except OSError:
                 time.sleep(0.1)
                 continue
