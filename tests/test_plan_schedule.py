@@ -274,6 +274,20 @@ class _Timer:
         self.armed.append(ns)
 
 
+def _timed(clock: Callable[[], int]) -> tuple[Dispatcher, _Loop, _Timer]:
+    """A dispatcher with nothing to send, on this clock, with a fake loop and timerfd."""
+    disp = Dispatcher(
+        Scheduler([], max_in_flight=1),
+        lambda s: None,  # type: ignore[arg-type,return-value]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        clock=clock,
+    )
+    loop, timer = _Loop(), _Timer()
+    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    return disp, loop, timer
+
+
 @pytest.mark.parametrize(
     ("gap_ns", "polled"),
     [(-5_000, True), (0, True), (POLL_NS, True), (POLL_NS + 1, False), (2_000_000, False)],
@@ -282,15 +296,7 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
     gap_ns: int, polled: bool
 ) -> None:
     now = 10_000_000
-    disp = Dispatcher(
-        Scheduler([], max_in_flight=1),
-        lambda s: None,
-        None,
-        None,
-        clock=lambda: now,  # type: ignore[arg-type]
-    )
-    loop, timer = _Loop(), _Timer()
-    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    disp, loop, timer = _timed(lambda: now)
     disp._arm(now + gap_ns)
     assert (len(loop.soon), timer.armed) == ((1, []) if polled else (0, [now + gap_ns]))
 
@@ -305,15 +311,7 @@ def test_a_shot_due_sooner_than_a_wakeup_is_polled_for_not_slept_for(
 )
 def test_a_long_sleep_wakes_early_and_polls_until_the_instant(gap_ns: int, first_arm: int) -> None:
     clock = [10_000_000]
-    disp = Dispatcher(
-        Scheduler([], max_in_flight=1),
-        lambda s: None,
-        None,
-        None,
-        clock=lambda: clock[0],  # type: ignore[arg-type]
-    )
-    loop, timer = _Loop(), _Timer()
-    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    disp, loop, timer = _timed(lambda: clock[0])
     due = clock[0] + gap_ns
     disp._arm(due)
     assert timer.armed == [due - first_arm] and loop.soon == []
@@ -332,15 +330,7 @@ def test_a_wakeup_for_an_earlier_shot_does_not_poll_all_the_way_to_a_later_early
     """Set to wake early for a shot 100 ms off, then woken for one that came due sooner (a
     released shot): the later one is slept for again, not polled for 90 ms."""
     clock = [0]
-    disp = Dispatcher(
-        Scheduler([], max_in_flight=1),
-        lambda s: None,
-        None,
-        None,
-        clock=lambda: clock[0],  # type: ignore[arg-type]
-    )
-    loop, timer = _Loop(), _Timer()
-    disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
+    disp, loop, timer = _timed(lambda: clock[0])
     due = 100 * MS
     disp._arm(due)
     assert timer.armed == [due - EARLY_NS] and loop.soon == []
