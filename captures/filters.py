@@ -54,10 +54,21 @@ class RowFilter:
     def mask(self, batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
         """A boolean mask for the batch, or None if everything passes."""
         conds: list[Any] = []
-        if self.start_ns is not None:
-            conds.append(pc.greater_equal(batch["req_start_ns"], self.start_ns))
-        if self.end_ns is not None:
-            conds.append(pc.less(batch["req_start_ns"], self.end_ns))
+        start, end = self.start_ns, self.end_ns
+        if start is not None or end is not None:
+            # A batch wholly inside the window needs no time mask (a replay's window is most
+            # often the whole capture, and masking and filtering a batch costs more than
+            # reading it).
+            span = pc.min_max(batch["req_start_ns"])
+            lo, hi = span["min"].as_py(), span["max"].as_py()
+            if lo is not None and (start is None or lo >= start):
+                start = None
+            if hi is not None and (end is None or hi < end):
+                end = None
+        if start is not None:
+            conds.append(pc.greater_equal(batch["req_start_ns"], start))
+        if end is not None:
+            conds.append(pc.less(batch["req_start_ns"], end))
         if self.methods is not None:
             conds.append(pc.is_in(pc.utf8_upper(batch["method"]), pa.array(sorted(self.methods))))
         if self.path_globs is not None:

@@ -244,7 +244,11 @@ class Capture:
         heap: list[tuple[int, int, _Cursor]] = []
 
         def activate(run: _Run) -> None:
-            cur = _Cursor(run, self._guarded(run, _run_batches(run, cols, filt, batch_size)))
+            # Parquet is read and filtered in large batches (each batch costs a fixed few
+            # hundred us to decode, mask and filter), and turned into Python rows a slice of
+            # `batch_size` at a time, so the conversion never holds the GIL long.
+            read = _run_batches(run, cols, filt, batch_size, READ_BYTES)
+            cur = _Cursor(run, _sliced(self._guarded(run, read), batch_size))
             if cur.advance_batch():
                 heapq.heappush(heap, (cur.starts[cur.i], run.order, cur))
 
@@ -313,6 +317,25 @@ class _Cursor:
         return self.run.order < other.run.order
 
 
+READ_BYTES = 1 << 20  # a part is read in batches of about this many bytes (or fewer rows)
+READ_ROWS = 2048  # but never more rows than this
+
+
+def _read_rows(batch_size: int, read_bytes: int | None, nbytes: int, nrows: int) -> int:
+    """Rows per read batch: `batch_size`, or as many more as fit in `read_bytes` at the part's
+    mean row size (up to READ_ROWS)."""
+    if read_bytes is None or nrows <= 0:
+        return batch_size
+    return max(batch_size, min(READ_ROWS, read_bytes * nrows // max(nbytes, 1)))
+
+
+def _sliced(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches in slices of at most `rows` (zero-copy)."""
+    for batch in batches:
+        for off in range(0, batch.num_rows, rows):
+            yield batch.slice(off, rows)
+
+
 def _projection(columns: Iterable[str] | None) -> list[str]:
     if columns is None:
         return list(COLUMNS)
@@ -324,21 +347,27 @@ def _projection(columns: Iterable[str] | None) -> list[str]:
 
 
 def _run_batches(
-    run: _Run, cols: list[str], filt: RowFilter | None, batch_size: int
+    run: _Run,
+    cols: list[str],
+    filt: RowFilter | None,
+    batch_size: int,
+    read_bytes: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     fcols = filt.columns() if filt else set()
     read_cols = cols + [c for c in sorted(fcols) if c not in cols]
     if run.segment_table is not None:
-        source: Iterable[pa.RecordBatch] = run.segment_table.select(read_cols).to_batches(
-            batch_size
-        )
+        table = run.segment_table.select(read_cols)
+        size = _read_rows(batch_size, read_bytes, table.nbytes, table.num_rows)
+        source: Iterable[pa.RecordBatch] = table.to_batches(size)
     else:
         pf = open_part(run.path)
         present = set(pf.schema_arrow.names)
         missing = [c for c in read_cols if c not in present]
+        meta = pf.metadata
+        nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         source = _fill_missing(
             pf.iter_batches(
-                batch_size=batch_size,
+                batch_size=_read_rows(batch_size, read_bytes, nbytes, meta.num_rows),
                 columns=[c for c in read_cols if c in present],
                 use_threads=False,
             ),

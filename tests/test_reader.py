@@ -58,6 +58,36 @@ def test_filters(mixed: Path) -> None:
     assert _count(cap, both) == 5
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "want"),
+    [
+        (None, None, None),  # no window: no mask
+        (10, 31, None),  # the batch wholly inside: no mask either
+        (10, None, None),
+        (None, 31, None),
+        (11, 31, [False, True, True]),  # the first row before the window
+        (10, 30, [True, True, False]),  # the last row at its end (end is exclusive)
+        (20, 25, [False, True, False]),
+        (40, 50, [False, False, False]),  # wholly outside
+    ],
+)
+def test_time_window_mask(start: int | None, end: int | None, want: list[bool] | None) -> None:
+    batch = pa.record_batch({"req_start_ns": pa.array([10, 20, 30], pa.int64())})
+    mask = RowFilter(start_ns=start, end_ns=end).mask(batch)
+    assert (mask.to_pylist() if mask is not None else None) == want
+
+
+def test_rows_keep_their_order_across_read_batches_and_slices(tmp_path: Path) -> None:
+    # Parts are read in batches of up to READ_ROWS rows and converted in batch_size slices:
+    # two interleaved writers, a window cutting both ends, and slices of 7 keep every row once.
+    recs = [http_record(start_ns=T0_NS + i * 10, path=f"/{i}") for i in range(5000)]
+    a = write_capture(tmp_path / "cap", recs[0::2], writer_id="wa")
+    write_capture(a, recs[1::2], writer_id="wb")
+    f = RowFilter(start_ns=T0_NS + 55, end_ns=T0_NS + 49_995)
+    got = [r["path"] for r in Capture(a).rows(["path"], f, batch_size=7)]
+    assert got == [f"/{i}" for i in range(6, 5000)]
+
+
 def test_projection_returns_only_asked_columns_in_order(mixed: Path) -> None:
     rows = Capture(mixed).records(["path", "status"])
     assert all(set(r) == {"path", "status"} for r in rows)
