@@ -52,3 +52,30 @@ def test_a_few_values_land_in_the_buckets_hdrh_puts_them_in(values: list[int]) -
         theirs.min_value,
         theirs.max_value,
     )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(4).lognormal(6, 2, 5_000).astype(np.int64),  # all in range
+        np.r_[np.random.default_rng(5).integers(0, 3_600_000_000, 700), [0, 3_600_000_000]],
+        np.r_[np.random.default_rng(6).lognormal(6, 2, 500).astype(np.int64), [-5, 10**15]],
+        np.full(64, 2048),  # one bucket
+    ],
+    ids=["in-range", "to-the-edges", "some-out-of-range", "one-bucket"],
+)
+def test_many_values_land_in_the_buckets_hdrh_puts_them_in(values: np.ndarray) -> None:
+    """From 32 values on, record_many bins with numpy: one bincount over the buckets the
+    values span when all are in range, masks when some are not."""
+    mine, theirs = hdr.new_latency_hist(), hdr.new_latency_hist()
+    hdr.record_many(mine, np.asarray([3, 5_000_000] * 20))  # something there already
+    for v in [3, 5_000_000] * 20:
+        theirs.record_value(v)
+    bad = hdr.record_many(mine, values)
+    assert bad == sum(1 for v in values.tolist() if v < 0 or not theirs.record_value(v))
+    assert list(mine.counts) == list(theirs.counts)
+    assert (mine.total_count, mine.min_value, mine.max_value) == (
+        theirs.total_count,
+        theirs.min_value,
+        theirs.max_value,
+    )
