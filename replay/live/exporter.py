@@ -32,7 +32,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from captures import hdr
-from replay.measure.metrics import add_counts, timings
+from replay.measure.metrics import add_counts
+from replay.measure.timings import timings
 from replay.settings import Progress
 
 LABELS = ("stream", "target", "endpoint", "model")

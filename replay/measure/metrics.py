@@ -32,11 +32,11 @@ from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from hdrh.histogram import HdrHistogram
 
 from captures import hdr
+
+from .timings import ints, timing_steps
 
 METRICS = ("latency", "service", "ttfb", "ttft", "ttft_text", "itl", "tpot", "lag")
 INTERVAL_METRICS = ("latency", "ttft", "itl")
@@ -48,7 +48,7 @@ GROUP_DIMS = ("stream", "target", "api", "endpoint", "model", "status")
 HIST_FORMAT = 3  # 1: keys without target and api; 2: without api (read as "")
 _OUTCOME = {"ok": 0, "expected": 1, "failed": 2}
 _BIG = np.iinfo(np.int64).max
-GROUP_STEP_ROWS = 256  # rows given their group per step (a Python pass, ~0.5 us a row)
+GROUP_STEP_ROWS = 128  # rows given their group per step (a Python pass, ~0.5 us a row)
 
 
 def series_name(stream: str, target: str) -> str:
@@ -126,66 +126,6 @@ class GroupStats:
             setattr(self, a, y if x is None else x if y is None else max(x, y))
 
 
-def ints(col: Any, missing: int = 0) -> np.ndarray:
-    """A column of integers (a list, or Arrow: converted without a Python int per value) as
-    int64, nulls as `missing`."""
-    if isinstance(col, pa.Array | pa.ChunkedArray):
-        if col.null_count:
-            col = pc.fill_null(col, missing)
-        return np.asarray(col.to_numpy(), dtype=np.int64)
-    return np.array([missing if v is None else v for v in col], dtype=np.int64)
-
-
-def timings(b: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The timing metrics of a batch of results (column lists, epoch ns), in microseconds, one
-    value per row: latency, service, lag, and ttfb / ttft / tpot (-1 where a request has none);
-    plus `itl`, every inter-token gap, with `itl_row`, the row it belongs to. The one definition
-    of each metric, for the histograms and for compare's per-request samples."""
-
-    def arr(name: str, missing: int = -1) -> np.ndarray:
-        return ints(b[name], missing)
-
-    intended, sent, end = (arr(c) for c in ("intended_ns", "sent_ns", "end_ns"))
-    headers, first = arr("headers_ns"), arr("first_token_ns")
-    first_text = arr("first_text_ns") if "first_text_ns" in b else np.full(len(sent), -1)
-    ctoks = arr("completion_tokens", 0)
-    toks = b["token_offsets_us"]
-    if isinstance(toks, pa.Array | pa.ChunkedArray):
-        lists = toks.combine_chunks() if isinstance(toks, pa.ChunkedArray) else toks
-        ntok_events = np.asarray(pc.fill_null(pc.list_value_length(lists), 0), dtype=np.int64)
-        flat_arrow = np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-    else:
-        ntok_events = np.array([len(t) if t else 0 for t in toks], dtype=np.int64)
-        flat_arrow = None
-    us = 1000
-    n_out = np.where(ctoks > 0, ctoks, ntok_events)
-    out = {
-        "latency": (end - intended) // us,
-        "service": (end - sent) // us,
-        "lag": np.maximum(sent - intended, 0) // us,
-        "ttfb": np.where(headers >= 0, (headers - sent) // us, -1),
-        "ttft": np.where(first >= 0, (first - sent) // us, -1),
-        "ttft_text": np.where(first_text >= 0, (first_text - sent) // us, -1),
-        "tpot": np.where(
-            (first >= 0) & (n_out > 1), (end - first) // np.maximum(n_out - 1, 1) // us, -1
-        ),
-    }
-    # inter-token gaps: flatten every request's token offsets, diff, drop the seams
-    total = int(ntok_events.sum())
-    if total > 0:
-        flat = (
-            flat_arrow
-            if flat_arrow is not None
-            else np.fromiter((t for ts in toks if ts for t in ts), dtype=np.int64, count=total)
-        )
-        row = np.repeat(np.arange(len(ntok_events)), ntok_events)
-        same = np.diff(row) == 0
-        out["itl"], out["itl_row"] = np.diff(flat)[same], row[1:][same]
-    else:
-        out["itl"] = out["itl_row"] = np.empty(0, dtype=np.int64)
-    return out
-
-
 class Metrics:
     def __init__(self, run_start_ns: int = 0) -> None:
         self.run_start_ns = run_start_ns  # epoch ns; interval buckets are seconds from here
@@ -230,8 +170,10 @@ class Metrics:
         nb = {**b, **numbers} if numbers else b
         zeros = [0] * n
         outcome = np.array([_OUTCOME[o] for o in b["outcome"]], dtype=np.int64)
+        yield
         status = ints(nb["status"])
         ctoks = ints(nb["completion_tokens"])
+        yield
         ptoks = ints(nb["prompt_tokens"])
         rtoks = ints(nb.get("reasoning_tokens") or zeros)
         cached = ints(nb.get("cached_tokens") or zeros)
@@ -265,17 +207,22 @@ class Metrics:
                 yield
         ng = len(gid_of)
         yield
-        t = timings(nb)
+        t: dict[str, np.ndarray] = {}
+        yield from timing_steps(nb, t)
+        yield
         latency, service, lag = t["latency"], t["service"], t["lag"]
         ttfb, ttft, tpot, ttft_text = t["ttfb"], t["ttft"], t["tpot"], t["ttft_text"]
         itl, itl_owner = t["itl"], gids[t["itl_row"]]
         yield
 
         hdr.record_many(self.overall["latency"], latency)
+        yield
         hdr.record_many(self.overall["lag"], lag)
+        yield
         counts = np.bincount(gids * 3 + outcome, minlength=ng * 3).reshape(ng, 3)
         ctok_sum = np.bincount(gids, weights=ctoks, minlength=ng)
         ptok_sum = np.bincount(gids, weights=ptoks, minlength=ng)
+        yield
         rtok_sum = np.bincount(gids, weights=rtoks, minlength=ng)
         cached_sum = np.bincount(gids, weights=cached, minlength=ng)
         bytes_sum = np.bincount(gids, weights=bytes_in, minlength=ng)
@@ -291,6 +238,7 @@ class Metrics:
             acc = np.full(ng, init, dtype=np.int64)
             pick.at(acc, gids, at)
             spans.append(acc.tolist())
+            yield
         pairs, pair_counts = np.unique((gids << 16) | (status & 0xFFFF), return_counts=True)
         statuses: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for pair, c in zip(pairs.tolist(), pair_counts.tolist(), strict=True):
@@ -310,6 +258,7 @@ class Metrics:
             self._record(hists, "ttfb", v[v >= 0])
             v = ttft[sel]
             self._record(hists, "ttft", v[v >= 0])
+            yield
             v = ttft_text[sel]
             self._record(hists, "ttft_text", v[v >= 0])
             v = tpot[sel]
@@ -368,6 +317,7 @@ class Metrics:
             (sid_of.setdefault(s, len(sid_of)) for s in streams), dtype=np.int64, count=len(streams)
         )
         combo = sids * (1 << 32) + (secs - int(secs.min()))
+        yield
         for c in np.unique(combo).tolist():
             sel = combo == c
             stream = streams[int(np.flatnonzero(sel)[0])]
@@ -376,12 +326,16 @@ class Metrics:
             oc = np.bincount(outcome[sel], minlength=3)
             for j in range(3):
                 ps[j] += int(oc[j])
+            yield
             live = self._live.get((stream, sec))
-            if live is None:
-                live = self._live[(stream, sec)] = {
-                    m: hdr.new_latency_hist() for m in INTERVAL_METRICS
-                }
+            if live is None:  # a new second: its histograms (~0.1 ms each to make)
+                live = {}
+                for m in INTERVAL_METRICS:
+                    live[m] = hdr.new_latency_hist()
+                    yield
+                self._live[(stream, sec)] = live
             hdr.record_many(live["latency"], np.maximum(latency[sel], 0))
+            yield
             t = ttft[sel]
             hdr.record_many(live["ttft"], t[t >= 0])
             gaps, rows = itl

@@ -73,7 +73,7 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 
 # Written beside the ns integers for a query's sake (DuckDB, polars, pandas): the timing
-# metrics in milliseconds, by the same definitions as the histograms (metrics.timings), and
+# metrics in milliseconds, by the same definitions as the histograms (timings.timings), and
 # the instants as UTC timestamps (microseconds: Python's datetime, and so pyarrow's
 # to_pylist, stops there; the ns integers keep the rest). Derived when a row group is written;
 # not read back by loadtape itself, which keeps to the integers.

@@ -166,6 +166,7 @@ class ResultWriter:
         shots = [r[0] for r in rows]
         preps = [r[1] for r in rows]
         outs = [r[3] for r in rows]
+        yield
         recs = [s.recorded for s in shots]
         reqs = [s.request for s in shots]
         nil = [None] * len(rows)
@@ -243,6 +244,7 @@ class ResultWriter:
 
     def _slice_steps(self, rows: list[Row]) -> Iterator[None]:
         cols: dict[str, list[Any]] = {}
+        yield  # (the first step a slice takes is only this: its cost is learnt apart)
         yield from self._column_steps(rows, cols)
         arrays = []
         every = max(1, ARRAY_STEP_VALUES // max(len(rows), 1))  # columns per step
