@@ -44,6 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "proxy_addons" / "capture.py"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _host import HostWatch  # noqa: E402
 
 CHAT_BODY = json.dumps(
     {
@@ -166,6 +169,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
+    host = HostWatch()
     if not shutil.which("wrk"):
         sys.exit("capture_overhead: needs wrk (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="loadtape-overhead-"))
@@ -242,10 +246,13 @@ def main() -> None:
                     f"p50 {cmp['added_p50_ms']:+.3f} ms, "
                     f"p99 {cmp['added_p99_ms']:+.3f} ms"
                 )
+        print(host.line())
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "capture_overhead.json").write_text(
-            json.dumps({"runs": results, "summary": summary}, indent=2)
+            json.dumps(
+                {"runs": results, "summary": summary, "host_steal_s": host.steal()}, indent=2
+            )
         )
     finally:
         gw.send_signal(signal.SIGTERM)

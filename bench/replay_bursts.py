@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _host import HostWatch  # noqa: E402
 from _targets import Nginx  # noqa: E402
 
 from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
@@ -196,6 +197,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--worst", type=int, default=0, help="list the N latest requests on the wire")
     args = ap.parse_args()
+    host = HostWatch()
     if shutil.which("tcpdump") is None:
         raise SystemExit("this bench needs tcpdump (apt-get install tcpdump)")
     work = Path(tempfile.mkdtemp(prefix="loadtape-bursts-"))
@@ -241,6 +243,8 @@ def main() -> None:
                             f"{e['requests']} seen, {e['not_200']} not 200",
                             flush=True,
                         )
+        print(host.line())
+        report["host_steal_s"] = host.steal()
         out = ROOT / args.out
         out.mkdir(parents=True, exist_ok=True)
         (out / "replay_bursts.json").write_text(json.dumps(report, indent=2))

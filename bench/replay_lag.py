@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _host import HostWatch  # noqa: E402
 from _targets import Nginx  # noqa: E402
 from replay_throughput import measured  # noqa: E402
 
@@ -154,6 +155,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--live", action="store_true", help="also run with --live, scraped")
     args = ap.parse_args()
+    host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
     wake = json.loads(
@@ -178,6 +180,7 @@ def main() -> None:
                 [sys.executable, "-c", NAIVE, f"{nginx.url}/lag", "1", "1", str(work / "n1")]
             )[2]
             for rate in (int(r) for r in args.rates.split(",")):
+                steal0 = host.steal()
                 n = int(rate * args.seconds)
                 cap = write_capture(
                     work / f"cap{rate}",
@@ -227,7 +230,11 @@ def main() -> None:
                     "cpu_us_per_req": ncpu / n * 1e6,
                     "net_cpu_us_per_req": (ncpu - naive_start) / n * 1e6,
                 }
-                results[str(rate)] = {"loadtape": lt, "naive_task_per_shot": naive}
+                results[str(rate)] = {
+                    "loadtape": lt,
+                    "naive_task_per_shot": naive,
+                    "host_steal_s": round(host.steal() - steal0, 2),
+                }
                 if args.live:
                     live = watched_run(cap, nginx.url, work / f"live{rate}", n)
                     results[str(rate)]["loadtape_live"] = live
@@ -244,9 +251,12 @@ def main() -> None:
                     f"naive task-per-shot: p50 {naive['p50_ms']:.3f} p99 {naive['p99_ms']:.3f} max {naive['max_ms']:.1f} ms, "
                     f"CPU/req {naive['cpu_us_per_req']:.0f} us ({naive['net_cpu_us_per_req']:.0f} net) | "
                     f"naive/loadtape: p99 {naive['p99_ms'] / max(lt['p99_ms'], 1e-6):.1f}x, "
-                    f"net CPU {naive['net_cpu_us_per_req'] / max(lt['net_cpu_us_per_req'], 1e-6):.2f}x",
+                    f"net CPU {naive['net_cpu_us_per_req'] / max(lt['net_cpu_us_per_req'], 1e-6):.2f}x"
+                    f" | host steal {results[str(rate)]['host_steal_s']:.1f} s",
                     flush=True,
                 )
+        print(host.line())
+        results["host"] = {"steal_s": {"total": host.steal()}}
         out = ROOT / args.out
         out.mkdir(parents=True, exist_ok=True)
         (out / "replay_lag.json").write_text(json.dumps(results, indent=2))

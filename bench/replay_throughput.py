@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _host import HostWatch  # noqa: E402
 from _targets import Nginx  # noqa: E402
 
 from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
@@ -170,6 +171,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="for duration-based tools")
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
+    host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-thr-"))
     cap = write_capture(
         work / "cap", [http_record(start_ns=T0_NS + i * 1000, path="/bench") for i in range(1000)]
@@ -208,10 +210,19 @@ def main() -> None:
                 f"{name:17} median {m['rps']:8.0f} req/s  {m['cpu_us_per_req']:6.1f} us CPU/req  "
                 f"loadtape/this: throughput {lt['rps'] / m['rps']:.2f}x, CPU/req {lt['cpu_us_per_req'] / m['cpu_us_per_req']:.2f}x"
             )
+        print(host.line())
         out_dir = ROOT / args.out
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "replay_throughput.json").write_text(
-            json.dumps({"runs": results, "medians": med, "startup_cpu_s": startup}, indent=2)
+            json.dumps(
+                {
+                    "runs": results,
+                    "medians": med,
+                    "startup_cpu_s": startup,
+                    "host_steal_s": host.steal(),
+                },
+                indent=2,
+            )
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _host import HostWatch  # noqa: E402
 from _targets import Nginx  # noqa: E402
 from replay_throughput import measured  # noqa: E402
 
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--rates", default="2000,4000,6000,8000")
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
+    host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-workers-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
     sustainable = {1: 0, 2: 0}
@@ -109,10 +111,14 @@ def main() -> None:
             f"sustainable (lag p99 <= {LAG_LIMIT_MS:g} ms, no failures): 1 worker {sustainable[1]} req/s, "
             f"2 workers {sustainable[2]} req/s, ratio {ratio:.2f}x (of the rates tried)"
         )
+        print(host.line())
         out = ROOT / args.out
         out.mkdir(parents=True, exist_ok=True)
         (out / "replay_workers.json").write_text(
-            json.dumps({"levels": results, "sustainable": sustainable}, indent=2)
+            json.dumps(
+                {"levels": results, "sustainable": sustainable, "host_steal_s": host.steal()},
+                indent=2,
+            )
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,35 @@
+"""What the host took from this VM while a bench ran: the steal time in /proc/stat (time the
+vCPUs were ready to run and the host ran something else). On a shared VM a run with seconds of
+steal is not comparable with one without, and the benches print it beside their figures."""
+
+from __future__ import annotations
+
+import os
+
+
+def steal_s() -> float:
+    """The machine's steal time so far, in seconds, summed over its vCPUs (0 where unknown)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0.0
+    if len(fields) < 9 or fields[0] != "cpu":
+        return 0.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+class HostWatch:
+    """Steal since this was made."""
+
+    def __init__(self) -> None:
+        self.start = steal_s()
+
+    def steal(self) -> float:
+        return round(steal_s() - self.start, 2)
+
+    def line(self) -> str:
+        return (
+            f"host steal during the bench: {self.steal():.1f} s (vCPU time the host took; "
+            "figures from runs with seconds of it are not comparable with quiet ones)"
+        )
