@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from captures.schema import LOADTAPE_VERSION
-from replay.measure.metrics import add_counts, series_name
+from replay.measure.groups import add_counts, series_name
 
 from .dispatch import DispatchStats
 from .settings import RunSettings, StreamPlan

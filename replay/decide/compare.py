@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 from captures import hdr
 from captures.errors import UserError
 from replay.decide.report.model import groups, parse_by, several_targets
-from replay.measure.metrics import METRICS, status_class
+from replay.measure.groups import status_class
+from replay.measure.metrics import METRICS
 from replay.measure.resultsdir import Results
 from replay.measure.timings import timings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from replay.measure.metrics import add_counts
+from replay.measure.groups import add_counts
 
 from .report import build, render
 from .slo import evaluate

@@ -32,7 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from captures import hdr
-from replay.measure.metrics import add_counts
+from replay.measure.groups import add_counts
 from replay.measure.timings import timings
 from replay.settings import Progress
 

@@ -17,35 +17,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from captures.errors import UserError
-from captures.protocols.canonical import msg_hash
 from captures.store import mkdir_private
 from replay.plan import Shot
 from replay.prefetch import background_priority
 from replay.rewrite import Prepared
 from replay.send.outcome import Outcome
 
+from .columns import NUMERIC, Row, column_steps
 from .metrics import Metrics
 from .results import COLUMNS, FILE_SCHEMA, SCHEMA, Expect, ResultObserver, with_derived
 
 ARRAY_STEP_VALUES = 512  # values made into Arrow arrays per step
-# the columns the histograms take as numbers
-NUMERIC = frozenset(
-    {
-        "intended_ns",
-        "sent_ns",
-        "headers_ns",
-        "first_token_ns",
-        "first_text_ns",
-        "end_ns",
-        "status",
-        "bytes_in",
-        "prompt_tokens",
-        "completion_tokens",
-        "reasoning_tokens",
-        "cached_tokens",
-        "token_offsets_us",
-    }
-)
 
 
 def _mono_to_epoch() -> int:
@@ -156,96 +138,14 @@ class ResultWriter:
     # -- building a slice, in steps ------------------------------------------------------------
     def _columns(self, rows: list[Row]) -> dict[str, list[Any]]:
         cols: dict[str, list[Any]] = {}
-        for _ in self._column_steps(rows, cols):
+        for _ in column_steps(rows, cols, self.offset, self.target_by_stream):
             pass
         return cols
-
-    def _column_steps(self, rows: list[Row], cols: dict[str, list[Any]]) -> Iterator[None]:
-        """Fill `cols` (column lists) from result rows, yielding every few columns."""
-        off = self.offset
-        shots = [r[0] for r in rows]
-        preps = [r[1] for r in rows]
-        outs = [r[3] for r in rows]
-        yield
-        recs = [s.recorded for s in shots]
-        reqs = [s.request for s in shots]
-        nil = [None] * len(rows)
-        yield
-        cols["seq"] = [s.seq for s in shots]
-        cols["stream"] = [s.stream for s in shots]
-        cols["target"] = [s.target or self.target_by_stream.get(s.stream, "") for s in shots]
-        cols["copy"] = [s.copy for s in shots]
-        yield
-        cols["loop"] = [s.loop for s in shots]
-        cols["session"] = [s.session for s in shots]
-        cols["source_writer"] = [s.source[0] if s.source else None for s in shots]
-        cols["source_seq"] = [s.source[1] if s.source else None for s in shots]
-        yield
-        cols["method"] = [q.method for q in reqs]
-        cols["api"] = [
-            p.surface.name if p is not None else q.api for p, q in zip(preps, reqs, strict=True)
-        ]
-        cols["endpoint"] = [q.path for q in reqs]
-        cols["model"] = [
-            p.model if p is not None else q.model for p, q in zip(preps, reqs, strict=True)
-        ]
-        cols["req_bytes"] = [len(p.body) if p is not None else 0 for p in preps]
-        yield
-        cols["intended_ns"] = [r[2] + off for r in rows]
-        cols["sent_ns"] = [o.sent_ns + off for o in outs]
-        cols["headers_ns"] = [
-            o.headers_ns + off if o.headers_ns is not None else None for o in outs
-        ]
-        yield
-        cols["first_token_ns"] = [
-            o.first_token_ns + off if o.first_token_ns is not None else None for o in outs
-        ]
-        cols["first_text_ns"] = [
-            o.first_text_ns + off if o.first_text_ns is not None else None for o in outs
-        ]
-        cols["end_ns"] = [o.end_ns + off for o in outs]
-        yield
-        cols["status"] = [o.status for o in outs]
-        cols["outcome"] = [r[4] for r in rows]
-        cols["error_kind"] = [o.error for o in outs]
-        yield
-        cols["error_message"] = [o.error_msg for o in outs]
-        cols["retry_after"] = [o.retry_after for o in outs]
-        cols["bytes_in"] = [o.bytes_in for o in outs]
-        yield
-        cols["prompt_tokens"] = [o.prompt_tokens for o in outs]
-        cols["completion_tokens"] = [o.completion_tokens for o in outs]
-        cols["reasoning_tokens"] = [o.reasoning_tokens for o in outs]
-        yield
-        cols["cached_tokens"] = [o.cached_tokens for o in outs]
-        cols["cache_write_tokens"] = [o.cache_write_tokens for o in outs]
-        cols["finish_reason"] = [o.finish_reason for o in outs]
-        yield
-        cols["events"] = [o.events for o in outs]
-        cols["text_events"] = [o.text_events for o in outs]
-        cols["reasoning_events"] = [o.reasoning_events for o in outs]
-        yield
-        cols["tool_events"] = [o.tool_events for o in outs]
-        cols["stream_complete"] = [o.complete for o in outs]
-        cols["response_id"] = [o.response_id for o in outs]
-        cols["minted_ids"] = [o.minted or None for o in outs]
-        yield
-        cols["answer_hash"] = [msg_hash(o.answer) if o.answer is not None else None for o in outs]
-        cols["token_offsets_us"] = [
-            [(t - o.sent_ns) // 1000 for t in o.token_ns] if o.token_ns else None for o in outs
-        ]
-        cols["body_hash"] = [o.body_hash for o in outs]
-        yield
-        recorded = any(recs)
-        for col, attr in _RECORDED:
-            cols[col] = [getattr(r, attr) if r else None for r in recs] if recorded else nil
-            if recorded:
-                yield
 
     def _slice_steps(self, rows: list[Row]) -> Iterator[None]:
         cols: dict[str, list[Any]] = {}
         yield  # (the first step a slice takes is only this: its cost is learnt apart)
-        yield from self._column_steps(rows, cols)
+        yield from column_steps(rows, cols, self.offset, self.target_by_stream)
         arrays = []
         every = max(1, ARRAY_STEP_VALUES // max(len(rows), 1))  # columns per step
         for i, c in enumerate(COLUMNS):
@@ -393,9 +293,6 @@ class ResultWriter:
             raise UserError(f"{self.path}: could not write results ({self._error})")
 
 
-Row = tuple[Shot, "Prepared | None", int, Outcome, str]
-
-
 def _step_site(gen: Iterator[None]) -> tuple[object, int]:
     """Where a generator of steps will go on from: the innermost code and line it waits at."""
     g: Any = gen
@@ -408,13 +305,3 @@ def _step_site(gen: Iterator[None]) -> tuple[object, int]:
 def _exhaust(steps: Iterator[None]) -> None:
     for _ in steps:
         pass
-
-
-_RECORDED = (
-    ("recorded_status", "status"),
-    ("recorded_ttfb_us", "ttfb_us"),
-    ("recorded_first_chunk_us", "first_chunk_us"),
-    ("recorded_chunks", "chunks"),
-    ("recorded_completion_tokens", "completion_tokens"),
-    ("recorded_finish_reason", "finish_reason"),
-)

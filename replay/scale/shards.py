@@ -14,7 +14,8 @@ from typing import Any
 
 from captures.store import mkdir_private, seal_private
 from replay.dispatch import DispatchStats
-from replay.measure.metrics import Metrics, add_counts
+from replay.measure.groups import add_counts
+from replay.measure.metrics import Metrics
 from replay.measure.resultsdir import write_run_json
 from replay.settings import Progress, RunSettings, RunSummary, StreamPlan, default_out_dir
 from replay.workload.replaying import build_replay

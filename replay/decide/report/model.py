@@ -14,14 +14,8 @@ from hdrh.histogram import HdrHistogram
 
 from captures import hdr
 from captures.errors import UserError
-from replay.measure.metrics import (
-    GROUP_DIMS,
-    METRICS,
-    PER_SECOND,
-    GroupKey,
-    GroupStats,
-    Metrics,
-)
+from replay.measure.groups import GroupStats
+from replay.measure.metrics import GROUP_DIMS, METRICS, PER_SECOND, GroupKey, Metrics
 from replay.measure.resultsdir import Results
 
 REPORT_VERSION = 1
