@@ -18,26 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import compaction, store
 from .errors import CaptureError
 from .filters import RowFilter
-from .rows import batch_rows
-from .schema import COLUMNS, META_FORMAT_VERSION, SCHEMA, Record
-
-
-@dataclass
-class _Run:
-    """One sorted source: a Parquet part or an in-memory journal segment."""
-
-    order: int
-    min_start: int
-    max_start: int
-    rows_total: int
-    path: Path
-    part: pq.ParquetFile | None = None
-    segment_table: pa.Table | None = None
+from .runs import READ_BYTES, Cursor, Run, open_part, run_batches, sliced
+from .schema import COLUMNS, SCHEMA, Record
 
 
 @dataclass
@@ -62,7 +48,7 @@ class Capture:
         self.notes: list[str] = []
         self.skip_damaged = skip_damaged
         self.damaged: list[str] = []
-        self._segment_runs: list[_Run] = []
+        self._segment_runs: list[Run] = []
         if self.path.is_file():
             self.manifest = None
             self._part_paths = [self.path]
@@ -85,7 +71,7 @@ class Capture:
             raise CaptureError(f"{self.path}: not a capture (not a file or directory)")
         else:
             raise CaptureError(f"{self.path}: no such capture")
-        self._runs: list[_Run] = []
+        self._runs: list[Run] = []
         self.parts: list[PartInfo] = []
         for i, p in enumerate(self._part_paths):
             try:
@@ -122,7 +108,7 @@ class Capture:
         self.damaged.append(what)
         self.notes.append(f"{what}; skipped (--skip-damaged)")
 
-    def _guarded(self, run: _Run, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def _guarded(self, run: Run, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """A part's batches; with skip_damaged, a damaged part ends where its damage is."""
         try:
             yield from batches
@@ -166,7 +152,7 @@ class Capture:
         )
         if md.num_rows:
             self._runs.append(
-                _Run(order, lo if lo is not None else -(2**63), hi or 0, md.num_rows, path)
+                Run(order, lo if lo is not None else -(2**63), hi or 0, md.num_rows, path)
             )
 
     def _load_segments(self, segments: list[store.SegmentFile]) -> None:
@@ -187,7 +173,7 @@ class Capture:
                 f"{seg.path}: {table.num_rows} records read from an uncompacted journal segment"
             )
             self._segment_runs.append(
-                _Run(0, starts[0], starts[-1], len(starts), seg.path, segment_table=table)
+                Run(0, starts[0], starts[-1], len(starts), seg.path, segment_table=table)
             )
 
     # -- summary -------------------------------------------------------------------------------
@@ -210,7 +196,7 @@ class Capture:
         """Record batches part by part (not merged: for whole-capture statistics)."""
         cols = _projection(columns)
         for run in self._runs:
-            yield from self._guarded(run, _run_batches(run, cols, filt, batch_size))
+            yield from self._guarded(run, run_batches(run, cols, filt, batch_size))
 
     def rows(
         self,
@@ -241,14 +227,14 @@ class Capture:
         pending = sorted(self._runs, key=lambda r: (r.min_start, r.order))
         pending.reverse()  # pop() from the end = smallest min_start
         # heap entries: (start of current row, run order, cursor)
-        heap: list[tuple[int, int, _Cursor]] = []
+        heap: list[tuple[int, int, Cursor]] = []
 
-        def activate(run: _Run) -> None:
+        def activate(run: Run) -> None:
             # Parquet is read and filtered in large batches (each batch costs a fixed few
             # hundred us to decode, mask and filter), and turned into Python rows a slice of
             # `batch_size` at a time, so the conversion never holds the GIL long.
-            read = _run_batches(run, cols, filt, batch_size, READ_BYTES)
-            cur = _Cursor(run, _sliced(self._guarded(run, read), batch_size))
+            read = run_batches(run, cols, filt, batch_size, READ_BYTES)
+            cur = Cursor(run, sliced(self._guarded(run, read), batch_size))
             if cur.advance_batch():
                 heapq.heappush(heap, (cur.starts[cur.i], run.order, cur))
 
@@ -295,47 +281,6 @@ class Capture:
         return pa.Table.from_batches(batches, schema=schema)
 
 
-class _Cursor:
-    def __init__(self, run: _Run, batches: Iterator[pa.RecordBatch]) -> None:
-        self.run = run
-        self._batches = batches
-        self.rows: list[Record] = []
-        self.starts: list[int] = []
-        self.i = 0
-
-    def advance_batch(self) -> bool:
-        for batch in self._batches:
-            if batch.num_rows == 0:
-                continue
-            self.starts = batch.column("req_start_ns").to_pylist()
-            self.rows = batch_rows(batch)
-            self.i = 0
-            return True
-        return False
-
-    def __lt__(self, other: _Cursor) -> bool:  # never reached: (start, order) is unique
-        return self.run.order < other.run.order
-
-
-READ_BYTES = 1 << 20  # a part is read in batches of about this many bytes (or fewer rows)
-READ_ROWS = 2048  # but never more rows than this
-
-
-def _read_rows(batch_size: int, read_bytes: int | None, nbytes: int, nrows: int) -> int:
-    """Rows per read batch: `batch_size`, or as many more as fit in `read_bytes` at the part's
-    mean row size (up to READ_ROWS)."""
-    if read_bytes is None or nrows <= 0:
-        return batch_size
-    return max(batch_size, min(READ_ROWS, read_bytes * nrows // max(nbytes, 1)))
-
-
-def _sliced(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The batches in slices of at most `rows` (zero-copy)."""
-    for batch in batches:
-        for off in range(0, batch.num_rows, rows):
-            yield batch.slice(off, rows)
-
-
 def _projection(columns: Iterable[str] | None) -> list[str]:
     if columns is None:
         return list(COLUMNS)
@@ -346,85 +291,5 @@ def _projection(columns: Iterable[str] | None) -> list[str]:
     return cols
 
 
-def _run_batches(
-    run: _Run,
-    cols: list[str],
-    filt: RowFilter | None,
-    batch_size: int,
-    read_bytes: int | None = None,
-) -> Iterator[pa.RecordBatch]:
-    fcols = filt.columns() if filt else set()
-    read_cols = cols + [c for c in sorted(fcols) if c not in cols]
-    if run.segment_table is not None:
-        table = run.segment_table.select(read_cols)
-        size = _read_rows(batch_size, read_bytes, table.nbytes, table.num_rows)
-        source: Iterable[pa.RecordBatch] = table.to_batches(size)
-    else:
-        pf = open_part(run.path)
-        present = set(pf.schema_arrow.names)
-        missing = [c for c in read_cols if c not in present]
-        meta = pf.metadata
-        nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        source = _fill_missing(
-            pf.iter_batches(
-                batch_size=_read_rows(batch_size, read_bytes, nbytes, meta.num_rows),
-                columns=[c for c in read_cols if c in present],
-                use_threads=False,
-            ),
-            read_cols,
-            missing,
-            run.path,
-        )
-    for batch in source:
-        if filt is not None:
-            mask = filt.mask(batch)
-            if mask is not None:
-                batch = batch.filter(mask)
-        if len(read_cols) != len(cols):
-            batch = batch.select(cols)
-        yield batch
-
-
-def _fill_missing(
-    batches: Iterator[pa.RecordBatch], cols: list[str], missing: list[str], path: Path
-) -> Iterator[pa.RecordBatch]:
-    """Columns an older writer did not have are read as nulls (adding a column is compatible)."""
-    try:
-        for batch in batches:
-            if missing:
-                arrays = []
-                for c in cols:
-                    if c in missing:
-                        arrays.append(pa.nulls(batch.num_rows, SCHEMA.field(c).type))
-                    else:
-                        arrays.append(batch.column(c))
-                batch = pa.RecordBatch.from_arrays(arrays, names=cols)
-            yield batch
-    except (OSError, pa.ArrowException) as exc:
-        raise CaptureError(
-            f"{path}: damaged Parquet part ({str(exc).splitlines()[0][:200]})"
-        ) from None
-
-
 def open_capture(path: str | Path, *, recover: bool = True) -> Capture:
     return Capture(path, recover=recover)
-
-
-def open_part(path: Path) -> pq.ParquetFile:
-    """Open a part for streaming (no pre-buffering of whole files) and check its version."""
-    try:
-        pf = pq.ParquetFile(
-            path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True
-        )
-    except (OSError, ValueError) as exc:
-        raise CaptureError(f"{path}: not a readable Parquet part ({_short(exc)})") from None
-    meta = pf.schema_arrow.metadata or {}
-    if META_FORMAT_VERSION not in meta:
-        raise CaptureError(f"{path}: Parquet file without loadtape capture metadata")
-    store.check_version(meta[META_FORMAT_VERSION].decode(errors="replace"), str(path))
-    return pf
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
