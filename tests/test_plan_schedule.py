@@ -574,4 +574,5 @@ def test_no_full_collection_from_the_plan_on_and_the_settings_restored_after(
             install_signals=False,
         )
     assert len(seen) == 20 and all(th[2] >= 1_000_000 for th in seen), seen[:3]
+    assert all(th[1] == runner.MIDDLE_GC_THRESHOLD for th in seen), seen[:3]
     assert gc.get_threshold() == before
