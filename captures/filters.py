@@ -55,7 +55,7 @@ class RowFilter:
         """A boolean mask for the batch, or None if everything passes."""
         conds: list[Any] = []
         start, end = self.start_ns, self.end_ns
-        if start is not None or end is not None:
+        if (start is not None or end is not None) and not batch["req_start_ns"].null_count:
             # A batch wholly inside the window needs no time mask (a replay's window is most
             # often the whole capture, and masking and filtering a batch costs more than
             # reading it).

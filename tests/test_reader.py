@@ -77,6 +77,12 @@ def test_time_window_mask(start: int | None, end: int | None, want: list[bool] |
     assert (mask.to_pylist() if mask is not None else None) == want
 
 
+def test_a_row_without_a_start_is_outside_every_window() -> None:
+    batch = pa.record_batch({"req_start_ns": pa.array([10, None, 30], pa.int64())})
+    mask = RowFilter(start_ns=10, end_ns=31).mask(batch)
+    assert mask is not None and mask.to_pylist() == [True, False, True]
+
+
 def test_rows_keep_their_order_across_read_batches_and_slices(tmp_path: Path) -> None:
     # Parts are read in batches of up to READ_ROWS rows and converted in batch_size slices:
     # two interleaved writers, a window cutting both ends, and slices of 7 keep every row once.
