@@ -32,6 +32,9 @@ class Run:
 
 
 class Cursor:
+    """A run in the merge: its current slice as rows, their request starts, and how far the
+    merge has got in it."""
+
     def __init__(self, run: Run, batches: Iterator[pa.RecordBatch]) -> None:
         self.run = run
         self._batches = batches
