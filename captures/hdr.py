@@ -54,10 +54,11 @@ def record_many(h: HdrHistogram, values: Iterable[int] | np.ndarray) -> int:
         return _record_few(h, arr.tolist())
     lo, hi = int(arr.min()), int(arr.max())
     if lo >= 0 and hi < 2**53:
-        first, last = _index(h, lo), _index(h, hi)  # the index grows with the value
+        idx = counts_indices(h, arr)
+        first, last = int(idx.min()), int(idx.max())
         if first >= 0 and last < h.counts_len:
             # every value in range (the usual case): one bincount over the buckets they span
-            span = np.bincount(counts_indices(h, arr) - first, minlength=last - first + 1)
+            span = np.bincount(idx - first, minlength=last - first + 1)
             _counts_view(h)[first : last + 1] += span.astype(np.uint64)
             h.total_count += int(arr.size)
             h.min_value = min(h.min_value, lo)
@@ -81,21 +82,6 @@ def record_many(h: HdrHistogram, values: Iterable[int] | np.ndarray) -> int:
         h.min_value = min(h.min_value, int(good.min()))
         h.max_value = max(h.max_value, int(good.max()))
     return int(arr.size - n_ok)
-
-
-def _index(h: HdrHistogram, v: int) -> int:
-    """The counts-array index of one non-negative value (counts_indices for one)."""
-    bucket = (
-        (v | h.sub_bucket_mask).bit_length()
-        - h.unit_magnitude
-        - (h.sub_bucket_half_count_magnitude + 1)
-    )
-    i: int = (
-        ((bucket + 1) << h.sub_bucket_half_count_magnitude)
-        + (v >> (bucket + h.unit_magnitude))
-        - h.sub_bucket_half_count
-    )
-    return i
 
 
 def _record_few(h: HdrHistogram, values: list[int]) -> int:
