@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -50,7 +51,11 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 class Nginx:
-    def __init__(self, workers: int = 1) -> None:
+    """nginx on loopback. `cpus`: the CPUs it may run on (None: any). On loopback a write wakes
+    the target with a sync wakeup, and Linux then places it on the writer's CPU when the writer
+    runs alone there, so the two take turns on one CPU (see docs/performance.md, bursts)."""
+
+    def __init__(self, workers: int = 1, cpus: set[int] | None = None) -> None:
         if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
             raise SystemExit("benchmark: needs nginx (apt-get install nginx-light)")
         self.prefix = Path(tempfile.mkdtemp(prefix="loadtape-nginx-"))
@@ -63,6 +68,7 @@ class Nginx:
             [binary, "-c", str(conf), "-p", str(self.prefix)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         wait_port(self.port)
 

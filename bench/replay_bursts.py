@@ -13,15 +13,22 @@ for the cores. Goals (issue 19): p99 <= 0.5 ms and max <= 1 ms at 10x quiet; p99
 the competing process. The first burst opens the connections (32 connects): figures are given
 for the warm bursts (2nd onwards) and for all.
 
+--apart pins nginx and tcpdump to the last CPU and the tool to the others, as a target on its own
+host would be. Unpinned, on loopback each write wakes nginx with a sync wakeup, and Linux places
+it on the writer's CPU when the writer runs alone there: the tool and nginx then take turns on
+one CPU (measured: a burst's head writes ~20 us each instead of ~7). The competing process is
+never pinned.
+
 Needs tcpdump and the right to capture on lo (root or CAP_NET_RAW).
 
-    python bench/replay_bursts.py [--bursts 30] [--gap-s 1.0] [--speed 10]
+    python bench/replay_bursts.py [--bursts 30] [--gap-s 1.0] [--speed 10] [--apart]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import signal
@@ -31,6 +38,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +121,13 @@ def wire_stamps(pcap: Path) -> dict[str, int]:
     return first
 
 
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child to `cpus` (None: not pinned)."""
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+
+
 class Sniffer:
-    def __init__(self, port: int, out: Path) -> None:
+    def __init__(self, port: int, out: Path, cpus: set[int] | None = None) -> None:
         self.out = out
         post = "tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x504f5354"  # payload starts with "POST"
         self.proc = subprocess.Popen(
@@ -122,6 +136,7 @@ class Sniffer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=pinned(cpus),
         )  # fmt: skip
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # "listening on lo ...": capturing from here on
@@ -144,13 +159,16 @@ def summary(err_ns: np.ndarray) -> dict[str, float]:
     }
 
 
-def loadtape_run(cap: Path, url: str, port: int, out: Path, speed: float) -> dict[str, object]:
-    sniff = Sniffer(port, out.with_suffix(".pcap"))
+def loadtape_run(
+    cap: Path, url: str, port: int, out: Path, speed: float, place: Placement
+) -> dict[str, object]:
+    sniff = Sniffer(port, out.with_suffix(".pcap"), place.target)
     subprocess.run(
         [str(BIN / "loadtape"), "replay", str(cap), "--target", url, "--speed", str(speed),
          "--out", str(out), "-q"],
         check=True,
         stdout=subprocess.DEVNULL,
+        preexec_fn=pinned(place.tool),
     )  # fmt: skip
     wire = sniff.stop()
     t = pq.read_table(
@@ -161,15 +179,34 @@ def loadtape_run(cap: Path, url: str, port: int, out: Path, speed: float) -> dic
 
 
 def naive_run(
-    pl: list[tuple[int, str, int]], url: str, port: int, work: Path, speed: float
+    pl: list[tuple[int, str, int]], url: str, port: int, work: Path, speed: float, place: Placement
 ) -> dict:
     plan_file = work / "naive-plan.json"
     plan_file.write_text(json.dumps([[round(o / speed), p, n] for o, p, n in pl]))
-    sniff = Sniffer(port, work / "naive.pcap")
+    sniff = Sniffer(port, work / "naive.pcap", place.target)
     out = work / "naive.json"
-    subprocess.run([sys.executable, "-c", NAIVE, url, str(plan_file), str(out)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", NAIVE, url, str(plan_file), str(out)],
+        check=True,
+        preexec_fn=pinned(place.tool),
+    )
     wire = sniff.stop()
     return {p: (i, s, wire.get(p), st) for p, (i, s, st) in json.loads(out.read_text()).items()}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The CPUs of the target (nginx, tcpdump) and of the tool; None: not pinned."""
+
+    target: set[int] | None = None
+    tool: set[int] | None = None
+
+    @classmethod
+    def apart(cls) -> Placement:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--apart needs at least 2 CPUs")
+        return cls(target={cpus[-1]}, tool=set(cpus[:-1]))
 
 
 def errors(rows: dict, warm_from: str) -> dict[str, dict[str, float]]:
@@ -196,7 +233,9 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=10.0)
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--worst", type=int, default=0, help="list the N latest requests on the wire")
+    ap.add_argument("--apart", action="store_true", help="the target on a CPU of its own")
     args = ap.parse_args()
+    place = Placement.apart() if args.apart else Placement()
     host = HostWatch()
     if shutil.which("tcpdump") is None:
         raise SystemExit("this bench needs tcpdump (apt-get install tcpdump)")
@@ -209,7 +248,7 @@ def main() -> None:
     warm_from = "/b/0001/"
     report: dict[str, dict] = {}
     try:
-        with Nginx(workers=1) as nginx:
+        with Nginx(workers=1, cpus=place.target) as nginx:
             port = int(nginx.url.rsplit(":", 1)[1])
             for load in ("quiet", "one CPU-bound process"):
                 hog = None
@@ -217,8 +256,9 @@ def main() -> None:
                     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
                     time.sleep(0.5)
                 try:
-                    lt = loadtape_run(cap, nginx.url, port, work / f"lt-{len(report)}", args.speed)
-                    nv = naive_run(pl, nginx.url, port, work, args.speed)
+                    out = work / f"lt-{len(report)}"
+                    lt = loadtape_run(cap, nginx.url, port, out, args.speed, place)
+                    nv = naive_run(pl, nginx.url, port, work, args.speed, place)
                 finally:
                     if hog is not None:
                         hog.kill()
@@ -245,6 +285,10 @@ def main() -> None:
                         )
         print(host.line())
         report["host_steal_s"] = host.steal()
+        report["placement"] = {
+            "target": sorted(place.target or []),
+            "tool": sorted(place.tool or []),
+        }
         out = ROOT / args.out
         out.mkdir(parents=True, exist_ok=True)
         (out / "replay_bursts.json").write_text(json.dumps(report, indent=2))
