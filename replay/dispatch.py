@@ -43,9 +43,9 @@ class Sink(Protocol):
 # (bench/replay_lag.py prints it): a shot due sooner than this is polled for, not slept for.
 POLL_NS = 50_000
 # Idle work (the results, in steps) is offered the time until IDLE_MARGIN_NS before the next
-# shot is due (it takes a step only if the step is expected to fit); one turn is at most
-# IDLE_TURN_NS, then the loop polls its sockets (a response's end is stamped when the loop
-# reads it) and goes on.
+# shot is due, or before the early wakeup for it (it takes a step only if the step is expected
+# to end by then); no step begins after IDLE_TURN_NS, then the loop polls its sockets (a
+# response's end is stamped when the loop reads it) and goes on.
 # At most this many shots are sent in one go; when more are due (the run is behind), the rest
 # go once the loop has read what has come in. Sending every due shot first left the responses
 # of the connections unread, so each shot took a new connection: measured, a new connection
@@ -61,14 +61,20 @@ DIAL_BATCH = 8
 # deeper). So a sleep of more than EARLY_AFTER_NS ends a tenth of it (at most EARLY_NS) before
 # the instant, and the loop polls its sockets from then until it (the poll path above): the
 # spin is never more than a tenth of the gap. The first shot of a burst after a quiet spell
-# was the latest: p50 200 us late on the wire before the first byte.
+# was the latest: p50 200 us late on the wire before the first byte. At most 2 ms: the wakeup
+# can come 0.3 ms late or more, and readying a burst of 32 takes 0.15-0.35 ms; with 0.8 ms
+# (before), some bursts were readied only in part, or not at all, and went the slow way.
 EARLY_AFTER_NS = 4_000_000
-EARLY_NS = 800_000
+EARLY_NS = 2_000_000
 # Woken early, the shots due at the instant are made ready on warm connections (a send's work
 # but its write), until STAGE_MARGIN_NS before it; at the instant the writes follow each other
 # alone. A burst of 32 took ~20 us a send, ~6 us of it the write.
 STAGE_MARGIN_NS = 30_000
 IDLE_MARGIN_NS = 10_000
+# Other work on the loop (the run's tick: the results' handover, the progress line, ~0.4 ms)
+# waits until this long after a burst readied or about to be: measured, the tick's progress
+# landing in the early window held a burst's writes back 0.3-0.45 ms (every half second).
+AFTER_BURST_NS = 1_000_000
 IDLE_TURN_NS = 300_000
 DRAIN_BUDGET_S = 0.2  # how long a stopped run may spend counting the plan it did not send
 
@@ -103,7 +109,7 @@ class Dispatcher:
         dial_batch: int = DIAL_BATCH,
         clock: Callable[[], int] = time.monotonic_ns,
         state: SessionState | None = None,
-        idle: Callable[[int], bool] | None = None,
+        idle: Callable[[int | None, int], bool] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.state = state  # ordered sessions of a stateful API: ids mapped, live history
@@ -117,7 +123,8 @@ class Dispatcher:
         self.send_batch = send_batch
         self.dial_batch = dial_batch
         self.clock = clock
-        # work(until_ns) -> more left: done in the loop's idle time between shots
+        # work(until_ns, stop_ns) -> more left for the next turn: the loop's idle time between
+        # shots (ResultWriter.work)
         self.idle = idle
         self._pump_soon = False  # a pump is asked for on the loop's next turn
         self.stats = DispatchStats()
@@ -130,6 +137,7 @@ class Dispatcher:
         self._all_done: asyncio.Future[None] | None = None
         self._armed_for = -1
         self._early_for = -1  # the instant the timer was set to wake early for
+        self._early_at = -1  # and when it wakes
         self._staged: list[tuple[Shot, int, Staged]] = []  # readied for _staged_for
         self._staged_for = -1
 
@@ -201,19 +209,41 @@ class Dispatcher:
             return
         if nd is None or sch.in_flight >= sch.max_in_flight:
             # a completion will pump again; until then the loop is idle
-            if self.idle is not None and self.idle(clock() + IDLE_TURN_NS):
+            if self.idle is not None and self.idle(None, clock() + IDLE_TURN_NS):
                 self._next_turn()  # more idle work is left
             return
         deadline = start + nd
         if self.idle is not None:
-            cap = clock() + IDLE_TURN_NS
-            until = min(deadline - IDLE_MARGIN_NS, cap)
-            if self.idle(until) and until == cap:
-                self._next_turn()  # idle work left (else it waits for the next gap: no spin)
+            now = clock()
+            until = self._free_by(deadline, now) - IDLE_MARGIN_NS
+            if self.idle(until, now + IDLE_TURN_NS):
+                self._next_turn()  # more fits before the shot (else the next gap: no spin)
         # woken early for it (not a pump before the early wakeup): ready its shots
         if deadline == self._early_for and deadline - clock() <= self.early_ns:
             self._stage(nd, deadline)
         self._arm(deadline)
+
+    def _free_by(self, deadline: int, now: int) -> int:
+        """When the loop must be free for the shot due at `deadline`: the instant, or the early
+        wakeup before it (_arm), from which a burst is readied and the sockets polled."""
+        if self._timer is None:
+            return deadline
+        if deadline == self._early_for:
+            return self._early_at
+        lead = deadline - now
+        if lead > self.early_after_ns:
+            return deadline - min(self.early_ns, lead // 10)
+        return deadline
+
+    def hold_off_ns(self, need_ns: int) -> int:
+        """How long other work of `need_ns` on the loop should wait so as not to run into a
+        burst readied, or about to be (0: go now). A steady stream has no such wait."""
+        now = self.clock()
+        if self._staged:
+            return max(self._staged_for - now, 0) + AFTER_BURST_NS
+        if self._early_for > now and now + need_ns >= self._early_at:
+            return self._early_for - now + AFTER_BURST_NS
+        return 0
 
     def _count(self, due: int, intended: int, now: int) -> None:
         st = self.stats
@@ -280,7 +310,8 @@ class Dispatcher:
                 loop.call_soon(self._fire)
             elif lead > self.early_after_ns:
                 self._early_for = deadline
-                self._timer.arm(deadline - min(self.early_ns, lead // 10))
+                self._early_at = deadline - min(self.early_ns, lead // 10)
+                self._timer.arm(self._early_at)
             else:
                 self._timer.arm(deadline)
             return

@@ -11,9 +11,12 @@ import pytest
 
 from captures.schema import Record
 from replay.dispatch import (
+    AFTER_BURST_NS,
     DIAL_BATCH,
     EARLY_AFTER_NS,
     EARLY_NS,
+    IDLE_MARGIN_NS,
+    IDLE_TURN_NS,
     POLL_NS,
     SEND_BATCH,
     Dispatcher,
@@ -341,6 +344,72 @@ def test_a_wakeup_for_an_earlier_shot_does_not_poll_all_the_way_to_a_later_early
     disp._armed_for = -1  # it fired (as _fire leaves it)
     disp._arm(due)
     assert loop.soon == [] and timer.armed[-1] == due - EARLY_NS  # asleep, early again
+
+
+def _idle_offers(due_ns: int, clock: list[int]) -> tuple[Dispatcher, list[tuple[int | None, int]]]:
+    offered: list[tuple[int | None, int]] = []
+
+    def idle(until: int | None, stop: int) -> bool:
+        offered.append((until, stop))
+        return False
+
+    class NoWarmConnection:
+        def stage(self, prepared: object, done: object) -> None:
+            return None
+
+    shot = Shot(offset_ns=due_ns, seq=0, request=Request("GET", "/", None, [], None))
+    disp = Dispatcher(
+        Scheduler([shot], max_in_flight=4),
+        lambda s: None,  # type: ignore[arg-type,return-value]
+        NoWarmConnection(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+        idle=idle,
+    )
+    disp._loop, disp._timer = _Loop(), _Timer()  # type: ignore[assignment]
+    return disp, offered
+
+
+def test_idle_work_is_offered_up_to_the_early_wakeup_before_a_long_sleep() -> None:
+    """After a quiet spell the loop must be free from the early wakeup on (a burst is readied
+    from then): results work is offered until then, not until the instant."""
+    clock = [0]
+    disp, offered = _idle_offers(100 * MS, clock)
+    disp._pump()
+    early = 100 * MS - EARLY_NS
+    assert offered == [(early - IDLE_MARGIN_NS, IDLE_TURN_NS)]
+    assert disp._timer.armed == [early]  # type: ignore[union-attr]
+    clock[0] = 50 * MS  # a completion's pump in between: the same edge
+    disp._pump()
+    assert offered[-1] == (early - IDLE_MARGIN_NS, 50 * MS + IDLE_TURN_NS)
+    clock[0] = early + 100_000  # woken early: none at all (until is already past)
+    disp._pump()
+    assert offered[-1][0] is not None and offered[-1][0] < clock[0]
+
+
+def test_idle_work_is_offered_up_to_the_instant_before_a_short_sleep() -> None:
+    clock = [0]
+    disp, offered = _idle_offers(2 * MS, clock)
+    disp._pump()
+    assert offered == [(2 * MS - IDLE_MARGIN_NS, IDLE_TURN_NS)]
+    assert disp._timer.armed == [2 * MS]  # type: ignore[union-attr]
+
+
+def test_the_runs_tick_holds_off_from_the_early_wakeup_until_after_the_burst() -> None:
+    """The tick's work (~0.4 ms) landing in the early window held a burst's writes back: it
+    waits until after the burst there, and never in a steady stream."""
+    clock = [0]
+    disp, _ = _idle_offers(100 * MS, clock)
+    disp._pump()  # asleep until the early wakeup before the shot at 100 ms
+    early = 100 * MS - EARLY_NS
+    assert disp.hold_off_ns(MS) == 0  # long before it
+    clock[0] = early - MS // 2  # the tick's work would run into the early wakeup
+    assert disp.hold_off_ns(MS) == 100 * MS - clock[0] + AFTER_BURST_NS
+    clock[0] = 100 * MS + 10  # the burst has gone
+    assert disp.hold_off_ns(MS) == 0
+    steady, _ = _idle_offers(2 * MS, [0])  # a short sleep: no early wakeup, no wait
+    steady._pump()
+    assert steady.hold_off_ns(MS) == 0
 
 
 class _Client:

@@ -55,13 +55,14 @@ def test_steps_are_taken_only_where_they_fit_and_the_results_match(tmp_path: Pat
     clock = Clock(tick=30_000)  # each step takes 30 us
     coop = _writer(tmp_path, "coop", clock, cooperative=True)
     _feed(coop, 1000)
-    assert coop.work(clock.now + 20_000)  # a 20 us window: no step fits, work is left
+    assert not coop.work(clock.now + 20_000)  # a 20 us window: no step fits, wait for more
+    assert coop._backlog  # the work is still there
     assert not coop._cost  # no step was taken (none learnt)
     rounds = 0
-    while coop.work(clock.now + 200_000):  # 200 us windows, until the backlog is done
+    while coop._backlog or coop._job is not None:  # 200 us windows, until the backlog is done
+        coop.work(clock.now + 200_000)
         rounds += 1
         assert rounds < 10_000
-    assert not coop._backlog and coop._job is None
     coop.close()
 
     inline = _writer(tmp_path, "inline", Clock(tick=1), cooperative=False)
@@ -75,6 +76,20 @@ def test_steps_are_taken_only_where_they_fit_and_the_results_match(tmp_path: Pat
         for m, h in hists.items():
             assert coop.metrics.hists[key][m].total_count == h.total_count, (key, m)
     assert (coop.ok, coop.failed) == (inline.ok, inline.failed) == (857, 143)
+
+
+def test_a_step_longer_than_the_window_waits_however_long_the_turn(tmp_path: Path) -> None:
+    """A turn (stop) bounds when steps begin; the window (until: the next shot) bounds what
+    a step may take. A step expected to overrun the window is not taken in a long turn."""
+    clock = Clock(tick=30_000)
+    w = _writer(tmp_path, "w", clock, cooperative=True)
+    _feed(w, 1000)
+    first = ResultWriter.FIRST_STEP_NS
+    assert not w.work(clock.now + first - 1, clock.now + 10 * first)  # the shot comes first
+    assert not w._cost
+    assert w.work(None, clock.now + 200_000)  # no shot waiting: steps until the turn ends
+    assert w._cost and w._backlog  # some taken, more left for the next turn
+    w.close()
 
 
 def test_a_backlog_under_pressure_takes_steps_in_windows_too_short_for_them(

@@ -59,7 +59,6 @@ class ResultWriter:
     # slice of 512 costs about half as much per row as one of 128 (a step's fixed costs)
     STEP_SLICE_ROWS = 512
     BACKLOG_ROWS = 65_536
-    FULL_TURN_NS = 250_000
     FIRST_STEP_NS = 100_000  # a step not seen before is expected to take this long
     PRESSURE_ROWS = 4096
     MIN_WINDOW_NS = 40_000
@@ -213,15 +212,18 @@ class ResultWriter:
         b = self._backlog
         return [b.popleft() for _ in range(min(n, len(b)))]
 
-    def work(self, until_ns: int) -> bool:
+    def work(self, until_ns: int | None, stop_ns: int | None = None) -> bool:
         """Cooperative mode: results work in short steps, each taken only if it is expected to
-        end before until_ns; True if work is left. Each step's cost is learnt where it starts
-        (steps differ: a column list is tens of microseconds, an interval pass hundreds). Under
-        pressure (a backlog of PRESSURE_ROWS) a step goes whenever MIN_WINDOW_NS is left, at
-        the risk of running over."""
+        end before until_ns (None: no shot is waiting), none begun after stop_ns (the loop's
+        turn; default until_ns). True: the turn ended with a step left that fits the window
+        (call again on the next turn); False: no work left, or none that fits before until_ns
+        (wait for a longer window). Each step's cost is learnt where it starts (steps differ: a
+        column list is tens of microseconds, an interval pass hundreds). Under pressure (a
+        backlog of PRESSURE_ROWS) a step goes whenever MIN_WINDOW_NS is left, at the risk of
+        running over."""
         clock = self.clock
         now = clock()
-        turn = until_ns - now >= self.FULL_TURN_NS  # a full turn always takes a step
+        stop = until_ns if stop_ns is None else stop_ns
         while True:
             if self._job is None:
                 if not self._backlog or self._error is not None:
@@ -229,11 +231,13 @@ class ResultWriter:
                 self._job = self._slice_steps(self._take(self.STEP_SLICE_ROWS))
             where = _step_site(self._job)
             est = self._cost.get(where, self.FIRST_STEP_NS)
-            left = until_ns - now
-            pressed = len(self._backlog) > self.PRESSURE_ROWS and left >= self.MIN_WINDOW_NS
-            if est > left and not (turn or pressed):
+            if until_ns is not None:
+                left = until_ns - now
+                pressed = len(self._backlog) > self.PRESSURE_ROWS and left >= self.MIN_WINDOW_NS
+                if est > left and not pressed:
+                    return False
+            if stop is not None and now >= stop:
                 return True
-            turn = False
             try:
                 next(self._job)
             except StopIteration:
