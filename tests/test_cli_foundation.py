@@ -10,6 +10,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from captures import store
 from captures.testing import synthetic_records, write_capture
 
@@ -105,3 +107,19 @@ def test_mock_gateway_command_serves_and_stops_on_sigterm() -> None:
         finally:
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("4", "4")])
+def test_numpy_starts_one_blas_thread_unless_the_user_set_it(
+    preset: str | None, expected: str
+) -> None:
+    """OpenBLAS's threads spun for 0.1 s of CPU at each start; every entry point imports
+    `captures` before numpy. A value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    code = "import os, sys, cli; print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == expected  # (and set by the time cli has loaded numpy, if it has)
