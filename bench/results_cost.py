@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dis
 import gc
 import json
 import statistics
@@ -33,6 +34,18 @@ from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 from replay.measure.metrics import Metrics  # noqa: E402
 from replay.measure.results import Expect  # noqa: E402
 from replay.measure.writer import ResultWriter, _step_site  # noqa: E402
+
+
+def _line(code: Any, offset: int) -> int | None:
+    """The source line of a bytecode offset (a step site is a code object and an offset)."""
+    line = None
+    for start, ln in dis.findlinestarts(code):
+        if start > offset:
+            break
+        line = ln
+    return line
+
+
 from replay.rewrite import cached_prepare  # noqa: E402
 from replay.send.outcome import Outcome  # noqa: E402
 from replay.workload.replaying import ReplayOptions, build_replay  # noqa: E402
@@ -75,7 +88,7 @@ def measure(rows: list[Any], slice_rows: int, work: Path) -> dict[str, Any]:
                 break
             d = time.thread_time_ns() - t
             total += d
-            by_site[f"{code.co_name}:{line}"].append(d)
+            by_site[f"{code.co_name}:{_line(code, line)}"].append(d)
     w.close()
     steps = sorted(
         (

@@ -311,12 +311,13 @@ class ResultWriter:
 
 
 def _step_site(gen: Iterator[None]) -> tuple[object, int]:
-    """Where a generator of steps will go on from: the innermost code and line it waits at."""
+    """Where a generator of steps will go on from: the innermost code and the bytecode offset
+    it waits at (not the line: working out f_lineno was 2% of the loop's samples at 2k req/s)."""
     g: Any = gen
     while getattr(g, "gi_yieldfrom", None) is not None:
         g = g.gi_yieldfrom
     frame = getattr(g, "gi_frame", None)
-    return (g.gi_code, frame.f_lineno) if frame is not None else (None, 0)
+    return (g.gi_code, frame.f_lasti) if frame is not None else (None, 0)
 
 
 def _exhaust(steps: Iterator[None]) -> None:
