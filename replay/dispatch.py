@@ -140,6 +140,19 @@ class Dispatcher:
         self._early_at = -1  # and when it wakes
         self._staged: list[tuple[Shot, int, Staged]] = []  # readied for _staged_for
         self._staged_for = -1
+        self._bug: BaseException | None = None  # raised in one of the run's callbacks
+
+    def abort(self, exc: BaseException) -> None:
+        """A bug raised in one of the run's loop callbacks (the runner's exception handler):
+        stop now, requests in flight abandoned; run() raises it, after what was recorded is
+        kept. A callback that raised left the pump's chain broken: without this the run
+        never ended."""
+        if self._bug is None:
+            self._bug = exc
+        self._stopping = True
+        for fut in (self._sending_done, self._all_done):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def stop(self) -> None:
         """Stop sending new shots (in-flight requests finish or time out)."""
@@ -348,6 +361,8 @@ class Dispatcher:
             else:
                 loop.call_soon(self._pump)
             await self._sending_done
+            if self._bug is not None:
+                raise self._bug
             st = self.stats
             # The plan's rest is counted as unsent, for as long as counting is cheap: a plan
             # can be endless (a synthetic stream of 100000 h), and a stop must not wait on it.
@@ -361,6 +376,8 @@ class Dispatcher:
                 st.unsent["stopped"] = st.unsent.get("stopped", 0) + counted
             if self.scheduler.in_flight > 0:
                 await self._all_done
+            if self._bug is not None:
+                raise self._bug
             return st
         finally:
             if self._handle is not None:

@@ -224,6 +224,16 @@ def _run_streams(
             idle=writer.work if writer.cooperative else None,
         )
         loop = asyncio.get_running_loop()
+        handler = loop.get_exception_handler()
+
+        def on_bug(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, Exception):
+                disp.abort(exc)  # the run stops; the error ends the command (exit 3)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(on_bug)
         presses = {"n": 0}
         closing: list[asyncio.Task[None]] = []
         grace: list[asyncio.TimerHandle] = []
@@ -263,6 +273,7 @@ def _run_streams(
             if on_progress is not None:  # the last word: every request counted
                 on_progress(progress_now(disp, writer, metrics, plan_size, 0.0, due, final=True))
         finally:
+            loop.set_exception_handler(handler)
             sys.setswitchinterval(switch)
             for handle in grace:
                 handle.cancel()

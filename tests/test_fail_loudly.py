@@ -289,6 +289,36 @@ def test_a_replay_where_every_request_failed_exits_1_with_the_cause(tmp_path: Pa
     assert (out / "results.parquet").exists()  # the evidence is kept
 
 
+BUGGY_PUMP = """
+import itertools, replay.dispatch as D
+calls, count = itertools.count(), D.Dispatcher._count
+def buggy(self, *a):
+    if next(calls) == 5:
+        raise RuntimeError("injected bug")
+    return count(self, *a)
+D.Dispatcher._count = buggy
+import cli; cli.main()
+"""
+
+
+def test_a_bug_in_the_runs_loop_ends_it_with_exit_3_and_keeps_what_was_recorded(
+    tmp_path: Path, gateway: str
+) -> None:
+    """An exception in one of the run's callbacks broke the pump's chain, and the run waited
+    forever. It ends the run: exit 3, one line, the results so far on disk."""
+    cap = _capture(tmp_path, 40)
+    out = tmp_path / "o"
+    p = subprocess.run(
+        [sys.executable, "-c", BUGGY_PUMP, "replay", str(cap), "--target", gateway,
+         "--speed", "20", "--out", str(out)],
+        capture_output=True, text=True, timeout=60, env=_env(tmp_path),
+    )  # fmt: skip
+    line = _one_line(p, 3)
+    assert "internal error: RuntimeError: injected bug" in line, line
+    rows = pq.read_table(out / "results.parquet").num_rows
+    assert 0 < rows <= 6, rows  # the shots sent before it, as far as they had completed
+
+
 def test_a_target_answering_401_to_everything_names_the_redacted_key(tmp_path: Path) -> None:
     cap = _capture(tmp_path)
     with running_gateway(faults=Faults(error_rate=1.0, error_status=401)) as gw:
