@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 from replay.measure.metrics import Metrics  # noqa: E402
 from replay.measure.results import Expect  # noqa: E402
-from replay.measure.writer import ResultWriter, _step_site  # noqa: E402
+from replay.measure.writer import ResultWriter, _step_frame  # noqa: E402
 
 
 def _line(code: Any, offset: int) -> int | None:
@@ -78,7 +78,7 @@ def measure(rows: list[Any], slice_rows: int, work: Path) -> dict[str, Any]:
     for k in range(0, len(rows), slice_rows):
         job = w._slice_steps(rows[k : k + slice_rows])
         while True:
-            code, line = _step_site(job)  # type: ignore[misc]
+            code, line = _step_frame(job)  # type: ignore[misc]
             t = time.thread_time_ns()
             try:
                 next(job)
