@@ -51,12 +51,20 @@ class Router:
 
     def __init__(self, clients: dict[Target, Client]) -> None:
         self.clients = clients
+        # Found by the target's identity first: a prepared request carries the very object
+        # its rewriter was given, and hashing the frozen dataclass (its six fields, in Python)
+        # was 3.8% of the loop's samples at 20k req/s. An equal object found by value.
+        self._by_id = {id(t): c for t, c in clients.items()}
+
+    def _client(self, target: Target) -> Client:
+        c = self._by_id.get(id(target))
+        return c if c is not None else self.clients[target]
 
     def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> bool | None:
-        return self.clients[req.target].submit(req, done)
+        return self._client(req.target).submit(req, done)
 
     def stage(self, req: Prepared, done: Callable[[Outcome], None]) -> Staged | None:
-        return self.clients[req.target].stage(req, done)
+        return self._client(req.target).stage(req, done)
 
     async def close(self) -> None:
         for c in self.clients.values():
