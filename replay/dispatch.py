@@ -244,9 +244,11 @@ class Dispatcher:
         if deadline == self._early_for:
             return self._early_at
         lead = deadline - now
-        if lead > self.early_after_ns:
-            return deadline - min(self.early_ns, lead // 10)
-        return deadline
+        return self._early_wake(deadline, lead) if lead > self.early_after_ns else deadline
+
+    def _early_wake(self, deadline: int, lead: int) -> int:
+        """When a sleep of `lead` before `deadline` ends: a tenth early, at most early_ns."""
+        return deadline - min(self.early_ns, lead // 10)
 
     def hold_off_ns(self, need_ns: int) -> int:
         """How long other work of `need_ns` on the loop should wait so as not to run into a
@@ -323,7 +325,7 @@ class Dispatcher:
                 loop.call_soon(self._fire)
             elif lead > self.early_after_ns:
                 self._early_for = deadline
-                self._early_at = deadline - min(self.early_ns, lead // 10)
+                self._early_at = self._early_wake(deadline, lead)
                 self._timer.arm(self._early_at)
             else:
                 self._timer.arm(deadline)
