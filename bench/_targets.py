@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 NGINX_CONF = """
@@ -50,6 +51,11 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child to `cpus` (None: not pinned)."""
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+
+
 class Nginx:
     """nginx on loopback. `cpus`: the CPUs it may run on (None: any). On loopback a write wakes
     the target with a sync wakeup, and Linux then places it on the writer's CPU when the writer
@@ -68,7 +74,7 @@ class Nginx:
             [binary, "-c", str(conf), "-p", str(self.prefix)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+            preexec_fn=pinned(cpus),
         )
         wait_port(self.port)
 

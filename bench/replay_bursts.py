@@ -38,7 +38,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _host import HostWatch  # noqa: E402
-from _targets import Nginx  # noqa: E402
+from _targets import Nginx, pinned  # noqa: E402
 
 from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 
@@ -119,11 +118,6 @@ def wire_stamps(pcap: Path) -> dict[str, int]:
             path = payload.split(b" ", 2)[1].decode()
             first.setdefault(path, sec * 1_000_000_000 + nsec)
     return first
-
-
-def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
-    """A preexec_fn that pins the child to `cpus` (None: not pinned)."""
-    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
 
 
 class Sniffer:

@@ -34,6 +34,9 @@ from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 from replay.measure.metrics import Metrics  # noqa: E402
 from replay.measure.results import Expect  # noqa: E402
 from replay.measure.writer import ResultWriter, _step_frame  # noqa: E402
+from replay.rewrite import cached_prepare  # noqa: E402
+from replay.send.outcome import Outcome  # noqa: E402
+from replay.workload.replaying import ReplayOptions, build_replay  # noqa: E402
 
 
 def _line(code: Any, offset: int) -> int | None:
@@ -44,11 +47,6 @@ def _line(code: Any, offset: int) -> int | None:
             break
         line = ln
     return line
-
-
-from replay.rewrite import cached_prepare  # noqa: E402
-from replay.send.outcome import Outcome  # noqa: E402
-from replay.workload.replaying import ReplayOptions, build_replay  # noqa: E402
 
 
 def result_rows(cap: Path, n: int) -> list[Any]:
