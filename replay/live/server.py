@@ -18,7 +18,8 @@ from prometheus_client.registry import CollectorRegistry
 from captures.errors import UserError
 from captures.listen import parse_listen
 
-from .exporter import RunCollector, RunObserver
+from .exporter import RunObserver
+from .families import RunCollector
 from .page import PAGE
 
 __all__ = ["RunServer", "parse_listen"]
