@@ -11,12 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captures.arrivals import Arrival, arrival_from, parse_kv
 from captures.errors import CaptureError, UserError
 from captures.filters import RowFilter
 from captures.reader import Capture
 from captures.schema import Record
-from captures.units import parse_duration
 from replay import plan as planmod
 from replay.measure.results import Expect
 from replay.rewrite import Rewriter
@@ -31,9 +29,8 @@ from replay.targets import (
     scoped,
 )
 
-from .makers import SampleMaker
+from .stress import synthetic_from_flag
 from .synthetic import amplify as amplify_shots
-from .synthetic import plan_synthetic
 
 
 def capture_source(
@@ -243,10 +240,6 @@ def _planned(
     return total, one * popts.loops
 
 
-def _synthetic_count(arrival: Arrival, duration_s: float) -> int:
-    return round(arrival.mean_rate() * duration_s)
-
-
 def _nothing_matched(
     capture: str,
     cap: Capture,
@@ -376,45 +369,3 @@ def _public_options(opts: ReplayOptions) -> dict[str, Any]:
         else None
     )
     return d
-
-
-def synthetic_from_flag(
-    spec: str,
-    i: int,
-    capture: str,
-    rewriter: Rewriter,
-    expect: Expect,
-    default_duration_s: float,
-    seed: int,
-) -> StreamPlan:
-    """`--synthetic 'poisson:rate=40[,duration=2m,start=30s,name=stress]'`: a stress stream that
-    samples the replayed capture (so it looks like the real traffic)."""
-    kind, params = parse_kv(spec)
-    name = params.pop("name", "synthetic" if i == 0 else f"synthetic-{i}")
-    try:
-        start = parse_duration(params.pop("start", "0"))
-        duration = parse_duration(params.pop("duration")) if "duration" in params else None
-    except ValueError as exc:
-        raise UserError(f"--synthetic {spec!r}: {exc}") from None
-    arrival = arrival_from({"process": kind, **params}, where=f"--synthetic {spec!r}")
-    if duration is None:
-        duration = arrival.natural_duration_s() or default_duration_s
-    shots = plan_synthetic(
-        arrival,
-        duration,
-        SampleMaker(capture, seed=seed + 1000 + i),
-        seed=seed + 1000 + i,
-        stream=name,
-        start_s=start,
-    )
-    return StreamPlan(
-        name,
-        shots,
-        rewriter,
-        expect,
-        None,
-        describe={"kind": "synthetic", "spec": spec, "start_s": start, "duration_s": duration},
-        planned=_synthetic_count(arrival, duration),
-        planned_approx=True,
-        planned_end_s=start + duration,
-    )
