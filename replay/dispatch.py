@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from replay.send.outcome import Outcome
 from replay.send.router import Client, Staged
 
+from .dispatchstats import DispatchStats
 from .plan import Shot
 from .rewrite import Prepared
 from .schedule import Scheduler
@@ -77,20 +77,6 @@ IDLE_MARGIN_NS = 10_000
 AFTER_BURST_NS = 1_000_000
 IDLE_TURN_NS = 300_000
 DRAIN_BUDGET_S = 0.2  # how long a stopped run may spend counting the plan it did not send
-
-
-@dataclass
-class DispatchStats:
-    sent: int = 0
-    completed: int = 0
-    last_due_ns: int = 0  # scheduled offset of the latest shot sent
-    last_lag_ns: int = 0
-    max_lag_ns: int = 0
-    first_due_ns: int | None = None
-    first_sent_ns: int | None = None  # monotonic
-    last_sent_ns: int = 0
-    unsent: dict[str, int] = field(default_factory=dict)
-    unsent_counted: bool = True  # False: a stopped plan's rest was too long to count
 
 
 class Dispatcher:
@@ -204,7 +190,7 @@ class Dispatcher:
                 budget -= 1
                 shot, due = taken
                 intended = now if sch.closed else start + due
-                self._count(due, intended, now)
+                self.stats.count(due, intended, now)
                 prepared = self.prepare(shot)
                 if self.state is not None:
                     prepared = self.state.apply(shot, prepared)
@@ -260,18 +246,6 @@ class Dispatcher:
             return self._early_for - now + AFTER_BURST_NS
         return 0
 
-    def _count(self, due: int, intended: int, now: int) -> None:
-        st = self.stats
-        lag = now - intended
-        st.sent += 1
-        st.last_due_ns = due
-        st.last_sent_ns = now
-        if st.first_sent_ns is None:
-            st.first_sent_ns, st.first_due_ns = now, due
-        st.last_lag_ns = lag
-        if lag > st.max_lag_ns:
-            st.max_lag_ns = lag
-
     # -- a burst made ready before its instant ---------------------------------------------------
     def _stage(self, nd: int, deadline: int) -> None:
         """Woken early for `deadline`: ready its shots on warm connections while there is time
@@ -299,9 +273,9 @@ class Dispatcher:
         staged, self._staged, self._staged_for = self._staged, [], -1
         for _, _, handle in staged:
             handle.fire()
-        now, start = self.clock(), self.start
+        now, start, stats = self.clock(), self.start, self.stats
         for _, due, _ in staged:
-            self._count(due, start + due, now)
+            stats.count(due, start + due, now)
 
     def _unstage(self) -> None:
         """Stopped before the instant: the readied shots were never sent."""
@@ -398,11 +372,4 @@ class Dispatcher:
 
     def rates(self) -> tuple[float | None, float | None]:
         """(scheduled, achieved) send rates per second over the sends' span."""
-        st = self.stats
-        if st.sent < 2 or st.first_sent_ns is None or st.first_due_ns is None:
-            return None, None
-        sched_span = st.last_due_ns - st.first_due_ns
-        sent_span = st.last_sent_ns - st.first_sent_ns
-        scheduled = (st.sent - 1) / (sched_span / 1e9) if sched_span > 0 else None
-        achieved = (st.sent - 1) / (sent_span / 1e9) if sent_span > 0 else None
-        return (None if self.scheduler.closed else scheduled), achieved
+        return self.stats.rates(closed=self.scheduler.closed)

@@ -15,7 +15,7 @@ from typing import Any
 from captures.schema import LOADTAPE_VERSION
 from replay.measure.groups import add_counts, series_name
 
-from .dispatch import DispatchStats
+from .dispatchstats import DispatchStats
 from .settings import RunSettings, StreamPlan
 from .state import SessionState
 from .targets import mask_url

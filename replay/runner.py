@@ -27,7 +27,8 @@ from replay.measure.writer import ResultWriter
 from replay.send.router import Router, make_client
 
 from . import plan as planmod
-from .dispatch import Dispatcher, DispatchStats
+from .dispatch import Dispatcher
+from .dispatchstats import DispatchStats
 from .planahead import (
     PLAN_BUFFER_BYTES,
     PLAN_BUFFER_SHOTS,

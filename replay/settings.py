@@ -16,7 +16,7 @@ from replay.measure.metrics import Metrics
 from replay.measure.results import Expect
 
 from . import plan as planmod
-from .dispatch import DispatchStats
+from .dispatchstats import DispatchStats
 from .rewrite import Rewriter
 
 

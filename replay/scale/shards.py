@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from captures.store import mkdir_private, seal_private
-from replay.dispatch import DispatchStats
+from replay.dispatchstats import DispatchStats
 from replay.measure.groups import add_counts
 from replay.measure.metrics import Metrics
 from replay.measure.resultsdir import write_run_json
