@@ -66,6 +66,14 @@ SEND = [  # how a run sends: replay, run, sweep
     ),
     _o("--max-in-flight", default=1000, help="Open-loop in-flight bound."),
     _o("--timeout", default="60s", help="Per-request timeout."),
+    _o(
+        "--send-slack",
+        default="0",
+        metavar="DUR",
+        help="Let a shot go up to this late (e.g. 250us) so that one wakeup sends it with the "
+        "shots due just after it: less CPU per request, lag up to this much (0: each shot at "
+        "its instant).",
+    ),
     _o("--client", type=click.Choice(["fast", "aiohttp"]), default="fast"),
     _o("--insecure", is_flag=True, help="Do not verify the target's TLS certificate."),
     _o("--quiet", "-q", is_flag=True, help="No live line."),
@@ -253,6 +261,8 @@ def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
     """The SEND group as RunSettings fields."""
     timeout = _duration(opts["timeout"], "--timeout")
     assert timeout is not None
+    slack = _duration(opts["send_slack"], "--send-slack")
+    assert slack is not None
     return {
         "out": opts["out"],
         "force": opts["force"],
@@ -262,6 +272,7 @@ def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
         "requests": opts["requests"],
         "max_in_flight": opts["max_in_flight"],
         "timeout_s": timeout,
+        "send_slack_s": slack,
         "client": opts["client"],
         "insecure": opts["insecure"],
         "workers": _workers(opts["workers"]),

@@ -93,6 +93,7 @@ class Dispatcher:
         early_ns: int = EARLY_NS,
         send_batch: int = SEND_BATCH,
         dial_batch: int = DIAL_BATCH,
+        send_slack_ns: int = 0,
         clock: Callable[[], int] = time.monotonic_ns,
         state: SessionState | None = None,
         idle: Callable[[int | None, int], bool] | None = None,
@@ -108,6 +109,7 @@ class Dispatcher:
         self.early_ns = early_ns
         self.send_batch = send_batch
         self.dial_batch = dial_batch
+        self.send_slack_ns = send_slack_ns
         self.clock = clock
         # work(until_ns, stop_ns) -> more left for the next turn: the loop's idle time between
         # shots (ResultWriter.work)
@@ -212,15 +214,27 @@ class Dispatcher:
                 self._next_turn()  # more idle work is left
             return
         deadline = start + nd
+        wake = self._wake_at(nd, deadline)
         if self.idle is not None:
             now = clock()
-            until = self._free_by(deadline, now) - IDLE_MARGIN_NS
+            until = self._free_by(wake, now) - IDLE_MARGIN_NS
             if self.idle(until, now + IDLE_TURN_NS):
                 self._next_turn()  # more fits before the shot (else the next gap: no spin)
         # woken early for it (not a pump before the early wakeup): ready its shots
         if deadline == self._early_for and deadline - clock() <= self.early_ns:
             self._stage(nd, deadline)
-        self._arm(deadline)
+        self._arm(wake)
+
+    def _wake_at(self, nd: int, deadline: int) -> int:
+        """When to wake for the next shot, due at `deadline` (offset `nd`): at its instant,
+        or with a send slack, at the last shot due within the slack after it, so that one
+        wakeup sends them all (none later than the slack). A shot alone is never held back.
+        Not before a long sleep: that wakes early for a burst (_arm)."""
+        slack = self.send_slack_ns
+        if not slack or deadline + slack - self.clock() > self.early_after_ns:
+            return deadline
+        last = self.scheduler.last_due_by(nd + slack)
+        return deadline if last is None else self.start + last
 
     def _free_by(self, deadline: int, now: int) -> int:
         """When the loop must be free for the shot due at `deadline`: the instant, or the early

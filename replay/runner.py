@@ -221,6 +221,7 @@ def _run_streams(
             router,
             writer,
             spin_ns=int(settings.spin_ms * 1e6),
+            send_slack_ns=round(settings.send_slack_s * 1e9),
             state=state,
             idle=writer.work if writer.cooperative else None,
         )

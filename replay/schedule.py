@@ -9,7 +9,8 @@ It knows nothing of clocks or sockets (the runner passes `now`; tests drive it o
 - ordered sessions: a shot whose session has a request in flight waits for it to finish (then it
   goes at max(due, that finish)), while other sessions' shots go on.
 
-The plan is consumed lazily (one shot of lookahead plus session-held shots), so memory stays
+The plan is consumed lazily (one shot of lookahead plus session-held shots, and at most
+LOOKAHEAD more when the dispatcher asks which shots are due close together), so memory stays
 bounded however long the plan.
 """
 
@@ -20,6 +21,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from .plan import Shot
+
+LOOKAHEAD = 64  # plan shots looked at past the next one by `last_due_by`
 
 
 class Scheduler:
@@ -34,6 +37,7 @@ class Scheduler:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         self._it: Iterator[Shot] = iter(shots)
+        self._ahead: deque[Shot] = deque()  # plan shots after the head, read by last_due_by
         self._head: Shot | None = next(self._it, None)
         self.max_in_flight = max_in_flight
         self.ordered = ordered_sessions
@@ -73,7 +77,7 @@ class Scheduler:
                 return
             self._held.setdefault(s, deque()).append(self._head)
             self._held_count += 1
-            self._head = next(self._it, None)
+            self._head = self._next_planned()
 
     def next_due(self) -> int | None:
         """Offset (ns) at which the next shot is due, ignoring the in-flight bound; None if no
@@ -86,6 +90,31 @@ class Scheduler:
             r = self._released[0][0]
             best = r if best is None else min(best, r)
         return best
+
+    def last_due_by(self, horizon: int) -> int | None:
+        """The due offset of the last plan shot due by `horizon`, when the next one is (None:
+        it is not, or the plan is done): one wakeup at that offset sends them all. It looks
+        at most LOOKAHEAD shots past the next one, in plan order; shots released by their
+        session and held ones are not counted, so it is a hint, and the next shot is never
+        held back past `horizon` by it."""
+        head = self._head
+        if head is None or self.closed or head.offset_ns > horizon:
+            return None
+        last, ahead = head.offset_ns, self._ahead
+        for i in range(LOOKAHEAD):
+            if i == len(ahead):
+                nxt = next(self._it, None)
+                if nxt is None:
+                    break
+                ahead.append(nxt)
+            due = ahead[i].offset_ns
+            if due > horizon:
+                break
+            last = max(last, due)
+        return last
+
+    def _next_planned(self) -> Shot | None:
+        return self._ahead.popleft() if self._ahead else next(self._it, None)
 
     # -- transitions ---------------------------------------------------------------------------
     def take(self, now: int) -> tuple[Shot, int] | None:
@@ -105,7 +134,7 @@ class Scheduler:
             if head_key[0] > now:
                 return None
             shot, due = head, head_key[0]
-            self._head = next(self._it, None)
+            self._head = self._next_planned()
         else:
             return None
         self.in_flight += 1
@@ -152,6 +181,8 @@ class Scheduler:
         if self._head is not None:
             yield self._head
             self._head = None
+        while self._ahead:
+            yield self._ahead.popleft()
         yield from self._it
 
 

@@ -19,6 +19,8 @@ from . import plan as planmod
 from .dispatchstats import DispatchStats
 from .rewrite import Rewriter
 
+MAX_SEND_SLACK_S = 0.01  # past this, shots sent together are no longer the recorded timing
+
 
 @dataclass
 class StreamPlan:
@@ -52,6 +54,8 @@ class RunSettings:
     client: str = "fast"
     insecure: bool = False
     spin_ms: float = 1.5
+    # how late a shot may go to share a wakeup with the shots due just after it (Dispatcher)
+    send_slack_s: float = 0.0
     workers: int = 1  # local worker processes (replay/workers.py shards the plan)
     ray: str | None = None  # a Ray cluster's address ("auto", "local", host:port): actors
     # set by the worker runner for one shard: (index, count), the result part, the start instant
@@ -89,6 +93,11 @@ class RunSettings:
             raise UserError(f"--client {self.client!r}: want fast or aiohttp")
         if self.workers < 1:
             raise UserError("--workers must be >= 1")
+        if not 0 <= self.send_slack_s <= MAX_SEND_SLACK_S:
+            raise UserError(
+                f"--send-slack must be between 0 and {MAX_SEND_SLACK_S * 1000:g}ms (how late a "
+                "shot may go to share a wakeup with the next ones)"
+            )
 
 
 @dataclass

@@ -85,6 +85,7 @@ class ReplayOptions:
     insecure: bool = False
     keep_host: bool = False
     spin_ms: float = 1.5
+    send_slack_s: float = 0.0
     stream: str = "replay"
     amplify: float = 1.0
     amplify_mode: str = "spread"
@@ -109,6 +110,7 @@ class ReplayOptions:
             client=self.client,
             insecure=self.insecure,
             spin_ms=self.spin_ms,
+            send_slack_s=self.send_slack_s,
             workers=self.workers,
             ray=self.ray,
         )
