@@ -15,7 +15,10 @@ subtracted, as bench/replay_throughput.py does). The floor under both on this ma
 first: the CPU and lateness of one timerfd wakeup of an idle event loop (a VM makes wakeups dear).
 Goals (issue 19): lag p99 <= 0.5 ms at 5k req/s and <= 1 ms at 10k.
 
-    python bench/replay_lag.py [--seconds 10] [--rates 2000,5000,10000] [--live]
+    python bench/replay_lag.py [--seconds 10] [--rates 2000,5000,10000] [--slacks 0,500us] [--live]
+
+--slacks runs loadtape once per `--send-slack` value at each rate (default 0 only: each shot at
+its instant), each beside the same naive run: what a slack saves in CPU and costs in lag.
 
 --live adds a third run per rate: loadtape with `--metrics-listen` while this process scrapes
 /metrics every second, as Prometheus would: what watching a run costs it. (`--live` serves the
@@ -154,6 +157,7 @@ def main() -> None:
     ap.add_argument("--rates", default="2000,5000,10000")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--live", action="store_true", help="also run with --live, scraped")
+    ap.add_argument("--slacks", default="0", help="--send-slack values for loadtape, e.g. 0,500us")
     args = ap.parse_args()
     host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
@@ -189,29 +193,23 @@ def main() -> None:
                         for i in range(n)
                     ],
                 )
-                run = work / f"run{rate}"
-                _, _, cpu = measured(
-                    [
-                        str(BIN / "loadtape"),
-                        "replay",
-                        str(cap),
-                        "--target",
-                        nginx.url,
-                        "--out",
-                        str(run),
-                        "-q",
-                    ]
-                )
-                doc = json.loads((run / "run.json").read_text())
-                t = pq.read_table(run / "results.parquet", columns=["intended_ns", "sent_ns"])
-                lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
-                lt = {
-                    **stats(lag),
-                    "achieved_rate": doc["achieved_rate"],
-                    "failed": doc["counts"]["failed"],
-                    "cpu_us_per_req": cpu / n * 1e6,
-                    "net_cpu_us_per_req": (cpu - lt_start) / n * 1e6,
-                }
+                by_slack = {}
+                for slack in args.slacks.split(","):
+                    run = work / f"run{rate}-{slack}"
+                    _, _, cpu = measured(
+                        [str(BIN / "loadtape"), "replay", str(cap), "--target", nginx.url,
+                         "--out", str(run), "-q", "--send-slack", slack]
+                    )  # fmt: skip
+                    doc = json.loads((run / "run.json").read_text())
+                    t = pq.read_table(run / "results.parquet", columns=["intended_ns", "sent_ns"])
+                    lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
+                    by_slack[slack] = {
+                        **stats(lag),
+                        "achieved_rate": doc["achieved_rate"],
+                        "failed": doc["counts"]["failed"],
+                        "cpu_us_per_req": cpu / n * 1e6,
+                        "net_cpu_us_per_req": (cpu - lt_start) / n * 1e6,
+                    }
                 lag_file = work / f"naive{rate}.json"
                 _, _, ncpu = measured(
                     [
@@ -231,7 +229,10 @@ def main() -> None:
                     "net_cpu_us_per_req": (ncpu - naive_start) / n * 1e6,
                 }
                 results[str(rate)] = {
-                    "loadtape": lt,
+                    **{
+                        "loadtape" + ("" if v == "0" else f"_send_slack_{v}"): lt
+                        for v, lt in by_slack.items()
+                    },
                     "naive_task_per_shot": naive,
                     "host_steal_s": round(host.steal() - steal0, 2),
                 }
@@ -244,17 +245,8 @@ def main() -> None:
                         f"ms, {live['cpu_us_per_req']:.0f} us CPU/req, {live['scrapes']} scrapes",
                         flush=True,
                     )
-                print(
-                    f"{rate:5d} req/s  loadtape: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
-                    f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, CPU/req {lt['cpu_us_per_req']:.0f} us "
-                    f"({lt['net_cpu_us_per_req']:.0f} net) | "
-                    f"naive task-per-shot: p50 {naive['p50_ms']:.3f} p99 {naive['p99_ms']:.3f} max {naive['max_ms']:.1f} ms, "
-                    f"CPU/req {naive['cpu_us_per_req']:.0f} us ({naive['net_cpu_us_per_req']:.0f} net) | "
-                    f"naive/loadtape: p99 {naive['p99_ms'] / max(lt['p99_ms'], 1e-6):.1f}x, "
-                    f"net CPU {naive['net_cpu_us_per_req'] / max(lt['net_cpu_us_per_req'], 1e-6):.2f}x"
-                    f" | host steal {results[str(rate)]['host_steal_s']:.1f} s",
-                    flush=True,
-                )
+                for slack, lt in by_slack.items():
+                    _line(rate, slack, lt, naive, results[str(rate)]["host_steal_s"])
         print(host.line())
         results["host"] = {"steal_s": {"total": host.steal()}}
         out = ROOT / args.out
@@ -262,6 +254,23 @@ def main() -> None:
         (out / "replay_lag.json").write_text(json.dumps(results, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _line(
+    rate: int, slack: str, lt: dict[str, float], naive: dict[str, float], steal: float
+) -> None:
+    tag = "loadtape" if slack == "0" else f"loadtape --send-slack {slack}"
+    print(
+        f"{rate:5d} req/s  {tag}: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
+        f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, CPU/req {lt['cpu_us_per_req']:.0f} us "
+        f"({lt['net_cpu_us_per_req']:.0f} net) | "
+        f"naive task-per-shot: p50 {naive['p50_ms']:.3f} p99 {naive['p99_ms']:.3f} max {naive['max_ms']:.1f} ms, "
+        f"CPU/req {naive['cpu_us_per_req']:.0f} us ({naive['net_cpu_us_per_req']:.0f} net) | "
+        f"naive/loadtape: p99 {naive['p99_ms'] / max(lt['p99_ms'], 1e-6):.1f}x, "
+        f"net CPU {naive['net_cpu_us_per_req'] / max(lt['net_cpu_us_per_req'], 1e-6):.2f}x"
+        f" | host steal {steal:.1f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
