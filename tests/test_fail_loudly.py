@@ -290,13 +290,13 @@ def test_a_replay_where_every_request_failed_exits_1_with_the_cause(tmp_path: Pa
 
 
 BUGGY_PUMP = """
-import itertools, replay.dispatch as D
-calls, count = itertools.count(), D.Dispatcher._count
+import itertools, replay.dispatchstats as D
+calls, count = itertools.count(), D.DispatchStats.count
 def buggy(self, *a):
     if next(calls) == 5:
         raise RuntimeError("injected bug")
     return count(self, *a)
-D.Dispatcher._count = buggy
+D.DispatchStats.count = buggy
 import cli; cli.main()
 """
 
