@@ -15,10 +15,14 @@ subtracted, as bench/replay_throughput.py does). The floor under both on this ma
 first: the CPU and lateness of one timerfd wakeup of an idle event loop (a VM makes wakeups dear).
 Goals (issue 19): lag p99 <= 0.5 ms at 5k req/s and <= 1 ms at 10k.
 
-    python bench/replay_lag.py [--seconds 10] [--rates 2000,5000,10000] [--slacks 0,500us] [--live]
+    python bench/replay_lag.py [--seconds 10] [--rates 2000,5000,10000] [--slacks 0,500us]
+        [--rounds 3] [--live]
 
 --slacks runs loadtape once per `--send-slack` value at each rate (default 0 only: each shot at
 its instant), each beside the same naive run: what a slack saves in CPU and costs in lag.
+--rounds runs each (every slack value and the naive peer) that many times, interleaved and in a
+rotated order, and prints each figure's median: on a shared host one run of each is not enough
+to tell a change from the host's noise.
 
 --live adds a third run per rate: loadtape with `--metrics-listen` while this process scrapes
 /metrics every second, as Prometheus would: what watching a run costs it. (`--live` serves the
@@ -158,7 +162,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--live", action="store_true", help="also run with --live, scraped")
     ap.add_argument("--slacks", default="0", help="--send-slack values for loadtape, e.g. 0,500us")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each, interleaved; medians")
     args = ap.parse_args()
+    slacks = args.slacks.split(",")
     host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -193,47 +199,24 @@ def main() -> None:
                         for i in range(n)
                     ],
                 )
-                by_slack = {}
-                for slack in args.slacks.split(","):
-                    run = work / f"run{rate}-{slack}"
-                    _, _, cpu = measured(
-                        [str(BIN / "loadtape"), "replay", str(cap), "--target", nginx.url,
-                         "--out", str(run), "-q", "--send-slack", slack]
-                    )  # fmt: skip
-                    doc = json.loads((run / "run.json").read_text())
-                    t = pq.read_table(run / "results.parquet", columns=["intended_ns", "sent_ns"])
-                    lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
-                    by_slack[slack] = {
-                        **stats(lag),
-                        "achieved_rate": doc["achieved_rate"],
-                        "failed": doc["counts"]["failed"],
-                        "cpu_us_per_req": cpu / n * 1e6,
-                        "net_cpu_us_per_req": (cpu - lt_start) / n * 1e6,
-                    }
-                lag_file = work / f"naive{rate}.json"
-                _, _, ncpu = measured(
-                    [
-                        sys.executable,
-                        "-c",
-                        NAIVE,
-                        f"{nginx.url}/lag",
-                        str(rate),
-                        str(n),
-                        str(lag_file),
-                    ]
-                )
-                nlag = np.asarray(json.loads(lag_file.read_text())) * 1e3
-                naive = {
-                    **stats(nlag),
-                    "cpu_us_per_req": ncpu / n * 1e6,
-                    "net_cpu_us_per_req": (ncpu - naive_start) / n * 1e6,
-                }
+                by_slack: dict[str, list[dict[str, float]]] = {v: [] for v in slacks}
+                naive_runs: list[dict[str, float]] = []
+                for rnd in range(args.rounds):
+                    variants = [*slacks, "naive"]
+                    k = rnd % len(variants)
+                    for v in variants[k:] + variants[:k]:  # rotated: none always goes first
+                        if v == "naive":
+                            naive_runs.append(_naive(nginx.url, rate, n, work, naive_start))
+                        else:
+                            by_slack[v].append(_loadtape(cap, nginx.url, v, work, n, lt_start))
+                naive = _median(naive_runs)
                 results[str(rate)] = {
                     **{
-                        "loadtape" + ("" if v == "0" else f"_send_slack_{v}"): lt
-                        for v, lt in by_slack.items()
+                        "loadtape" + ("" if v == "0" else f"_send_slack_{v}"): _median(runs)
+                        for v, runs in by_slack.items()
                     },
                     "naive_task_per_shot": naive,
+                    "rounds": {"loadtape": by_slack, "naive_task_per_shot": naive_runs},
                     "host_steal_s": round(host.steal() - steal0, 2),
                 }
                 if args.live:
@@ -245,8 +228,10 @@ def main() -> None:
                         f"ms, {live['cpu_us_per_req']:.0f} us CPU/req, {live['scrapes']} scrapes",
                         flush=True,
                     )
-                for slack, lt in by_slack.items():
-                    _line(rate, slack, lt, naive, results[str(rate)]["host_steal_s"])
+                if args.rounds > 1:
+                    print(f"{rate:5d} req/s  medians of {args.rounds} interleaved rounds:")
+                for slack, runs in by_slack.items():
+                    _line(rate, slack, _median(runs), naive, results[str(rate)]["host_steal_s"])
         print(host.line())
         results["host"] = {"steal_s": {"total": host.steal()}}
         out = ROOT / args.out
@@ -256,13 +241,52 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _loadtape(
+    cap: Path, target: str, slack: str, work: Path, n: int, start_cpu: float
+) -> dict[str, float]:
+    run = Path(tempfile.mkdtemp(dir=work))
+    _, _, cpu = measured(
+        [str(BIN / "loadtape"), "replay", str(cap), "--target", target, "--out", str(run / "r"),
+         "-q", "--send-slack", slack]
+    )  # fmt: skip
+    doc = json.loads((run / "r" / "run.json").read_text())
+    t = pq.read_table(run / "r" / "results.parquet", columns=["intended_ns", "sent_ns"])
+    lag = (t["sent_ns"].to_numpy() - t["intended_ns"].to_numpy()) / 1e6
+    shutil.rmtree(run, ignore_errors=True)
+    return {
+        **stats(lag),
+        "achieved_rate": doc["achieved_rate"],
+        "failed": doc["counts"]["failed"],
+        "cpu_us_per_req": cpu / n * 1e6,
+        "net_cpu_us_per_req": (cpu - start_cpu) / n * 1e6,
+    }
+
+
+def _naive(target: str, rate: int, n: int, work: Path, start_cpu: float) -> dict[str, float]:
+    lag_file = work / f"naive{rate}.json"
+    _, _, cpu = measured(
+        [sys.executable, "-c", NAIVE, f"{target}/lag", str(rate), str(n), str(lag_file)]
+    )
+    lag = np.asarray(json.loads(lag_file.read_text())) * 1e3
+    return {
+        **stats(lag),
+        "cpu_us_per_req": cpu / n * 1e6,
+        "net_cpu_us_per_req": (cpu - start_cpu) / n * 1e6,
+    }
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds (one round: that run)."""
+    return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+
+
 def _line(
     rate: int, slack: str, lt: dict[str, float], naive: dict[str, float], steal: float
 ) -> None:
     tag = "loadtape" if slack == "0" else f"loadtape --send-slack {slack}"
     print(
         f"{rate:5d} req/s  {tag}: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
-        f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']} failed, CPU/req {lt['cpu_us_per_req']:.0f} us "
+        f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']:.0f} failed, CPU/req {lt['cpu_us_per_req']:.0f} us "
         f"({lt['net_cpu_us_per_req']:.0f} net) | "
         f"naive task-per-shot: p50 {naive['p50_ms']:.3f} p99 {naive['p99_ms']:.3f} max {naive['max_ms']:.1f} ms, "
         f"CPU/req {naive['cpu_us_per_req']:.0f} us ({naive['net_cpu_us_per_req']:.0f} net) | "
