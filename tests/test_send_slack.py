@@ -15,7 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from captures.testing import T0_NS, http_record, write_capture
+from replay.decide.report import build
+from replay.decide.report.text import render_text
 from replay.dispatch import EARLY_NS, IDLE_MARGIN_NS, IDLE_TURN_NS, Dispatcher
+from replay.measure.resultsdir import Results
+from replay.mock.testing import make_results
 from replay.mock.threaded import running_gateway
 from replay.plan import Request, Shot
 from replay.schedule import LOOKAHEAD, Scheduler
@@ -200,3 +204,20 @@ def test_a_replay_with_a_send_slack_sends_every_shot_within_it(tmp_path: Path) -
         s - i for s, i in zip(t["sent_ns"].to_pylist(), t["intended_ns"].to_pylist(), strict=True)
     ]
     assert min(lag) >= 0  # none early: the slack only ever makes a shot later
+
+
+def test_the_report_says_when_shots_could_go_late_by_a_slack(tmp_path: Path) -> None:
+    """A lag read without knowing the slack looks like the tool's imprecision: the report says
+    it, in the text (and so the HTML and markdown notes), and not when there was none."""
+    run = make_results(tmp_path / "r", n=50)
+
+    def text() -> str:
+        return render_text(build(Results.open(run)))
+
+    assert "send slack" not in text()
+    doc = json.loads((run / "run.json").read_text())
+    doc.setdefault("settings", {})["send_slack_s"] = 0.0005
+    (run / "run.json").write_text(json.dumps(doc))
+    assert build(Results.open(run))["run"]["send_slack_s"] == 0.0005
+    line = next(ln for ln in text().splitlines() if "send slack" in ln)
+    assert "500 us" in line and "lag and latency count it" in line, line

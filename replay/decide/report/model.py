@@ -172,7 +172,9 @@ def build(results: Results, by: str | Sequence[str] | None = None) -> dict[str, 
         docs.append(group_doc(dict(zip(dims, proj, strict=True)), hs, st))
     hs, st = metrics.total()
     run = {k: results.run.get(k) for k in RUN_KEYS}
-    run["sessions"] = (results.run.get("settings") or {}).get("sessions")
+    settings = results.run.get("settings") or {}
+    run["sessions"] = settings.get("sessions")
+    run["send_slack_s"] = settings.get("send_slack_s") or 0.0
     return {
         "format": "loadtape-report",
         "version": REPORT_VERSION,

@@ -157,6 +157,12 @@ def notes(report: dict[str, Any]) -> list[str]:
     wait = session_wait(report)
     if wait:
         out.append(wait)
+    slack = run.get("send_slack_s") or 0.0
+    if slack > 0:
+        out.append(
+            f"send slack {slack * 1e6:.0f} us: a shot could go up to this late to share a "
+            "wakeup with the shots due just after it; lag and latency count it"
+        )
     targets = run.get("targets") or {}
     if targets:
         out.append("targets: " + ", ".join(f"{k}={v}" for k, v in sorted(targets.items())))
