@@ -303,3 +303,22 @@ def test_any_json_stays_json_without_its_secrets(tree: Any) -> None:
                 check(v)
 
     check(again)
+
+
+@pytest.mark.parametrize(
+    ("raw", "redacted"),
+    [
+        (b'{"password": "True"}', True),  # quoted: a string, whatever it spells (fuzzing found it)
+        (b'{"password": "None"}', True),
+        (b"{'password': 'False'}", True),
+        (b'{"password": "true"}', False),  # JSON's own literals, quoted, are let through
+        (b'{"password": null}', False),
+        (b'{"password": true}', False),
+        (b"password=True", False),  # a literal, bare: not a credential
+        (b"use_password=None", False),
+    ],
+)
+def test_a_literal_is_not_a_credential_but_a_quoted_word_is(raw: bytes, redacted: bool) -> None:
+    ctype = "application/json" if raw.startswith(b"{") else "text/plain"
+    out = RED.exchange().body(raw, None, ctype, "b") or b""
+    assert (b"[REDACTED:" in out) is redacted, out

@@ -46,7 +46,12 @@ _KV = re.compile(
     rb"|(?P<bare>[^\s\"'\\&;,<>(){}\[\]]{4,4096}))"
 )
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+# Not a credential's value: a literal, not a secret (`use_password=True`, `"password": null`).
+# Quoted, only JSON's own literals are let through: "True" or "None" in quotes is a string,
+# and a string under a credential's name is redacted (fuzzing found `{"password": "True"}`
+# kept in clear while `{"password": "Tru"}` was not).
 _NOT_VALUES = frozenset({b"true", b"false", b"null", b"none", b"None", b"True", b"False"})
+_NOT_QUOTED_VALUES = frozenset({b"true", b"false", b"null"})
 _MARKER = b"[REDACTED:"
 _LOOK = 160  # bytes around a name searched for its context (logprob, thinking)
 
@@ -85,7 +90,9 @@ def _value_at(b: bytes, start: int, extra: frozenset[str]) -> Span | None:
     name = m.group("name").decode("ascii", "replace")
     group = next(g for g in ("dq", "edq", "sq", "bare") if m.group(g) is not None)
     value = m.group(group)
-    if value.startswith(_MARKER) or value in _NOT_VALUES:
+    if value.startswith(_MARKER) or value in (
+        _NOT_VALUES if group == "bare" else _NOT_QUOTED_VALUES
+    ):
         return None
     if name.lower() not in extra and not _is_credential(name, value, group, b, start):
         return None
