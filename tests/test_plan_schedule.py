@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakeloop import FakeLoop, FakeTimer
 
 from captures.schema import Record
 from replay.dispatch import (
@@ -261,23 +262,7 @@ def test_scheduler_memory_is_bounded_by_held_shots() -> None:
     assert consumed["n"] == 4
 
 
-class _Loop:
-    def __init__(self) -> None:
-        self.soon: list[object] = []
-
-    def call_soon(self, cb: object) -> None:
-        self.soon.append(cb)
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.armed: list[int] = []
-
-    def arm(self, ns: int) -> None:
-        self.armed.append(ns)
-
-
-def _timed(clock: Callable[[], int]) -> tuple[Dispatcher, _Loop, _Timer]:
+def _timed(clock: Callable[[], int]) -> tuple[Dispatcher, FakeLoop, FakeTimer]:
     """A dispatcher with nothing to send, on this clock, with a fake loop and timerfd."""
     disp = Dispatcher(
         Scheduler([], max_in_flight=1),
@@ -286,7 +271,7 @@ def _timed(clock: Callable[[], int]) -> tuple[Dispatcher, _Loop, _Timer]:
         None,  # type: ignore[arg-type]
         clock=clock,
     )
-    loop, timer = _Loop(), _Timer()
+    loop, timer = FakeLoop(), FakeTimer()
     disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
     return disp, loop, timer
 
@@ -366,7 +351,7 @@ def _idle_offers(due_ns: int, clock: list[int]) -> tuple[Dispatcher, list[tuple[
         clock=lambda: clock[0],
         idle=idle,
     )
-    disp._loop, disp._timer = _Loop(), _Timer()  # type: ignore[assignment]
+    disp._loop, disp._timer = FakeLoop(), FakeTimer()  # type: ignore[assignment]
     return disp, offered
 
 
@@ -447,7 +432,7 @@ def test_a_run_behind_sends_in_batches_and_reads_between_them() -> None:
         sink,
         clock=lambda: now,
     )
-    loop, timer = _Loop(), _Timer()
+    loop, timer = FakeLoop(), FakeTimer()
     disp._loop, disp._timer = loop, timer  # type: ignore[assignment]
     disp._pump()
     assert len(client.sent) == SEND_BATCH == 64
@@ -477,8 +462,8 @@ def test_a_run_behind_opens_new_connections_a_few_per_loop_turn() -> None:
         _Sink(),
         clock=lambda: now,
     )
-    loop = _Loop()
-    disp._loop, disp._timer = loop, _Timer()  # type: ignore[assignment]
+    loop = FakeLoop()
+    disp._loop, disp._timer = loop, FakeTimer()  # type: ignore[assignment]
     disp._pump()
     assert len(client.sent) == 5 + DIAL_BATCH
     turns = 0
@@ -514,7 +499,7 @@ class _StagingClient(_Client):
         return Handle()
 
 
-def _burst(clock: list[int], warm: int) -> tuple[Dispatcher, _StagingClient, _Loop]:
+def _burst(clock: list[int], warm: int) -> tuple[Dispatcher, _StagingClient, FakeLoop]:
     """Five shots due at 100 ms, the dispatcher woken early for them at 99.6 ms."""
     shots = [
         Shot(offset_ns=100 * MS, seq=i, request=Request("GET", f"/{i}", None, [], None))
@@ -528,8 +513,8 @@ def _burst(clock: list[int], warm: int) -> tuple[Dispatcher, _StagingClient, _Lo
         _Sink(),
         clock=lambda: clock[0],
     )
-    loop = _Loop()
-    disp._loop, disp._timer = loop, _Timer()  # type: ignore[assignment]
+    loop = FakeLoop()
+    disp._loop, disp._timer = loop, FakeTimer()  # type: ignore[assignment]
     disp._early_for = 100 * MS  # as _arm left it when it set the timer early
     clock[0] = 100 * MS - 400_000
     return disp, client, loop

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fakeloop import FakeLoop, FakeTimer
 
 from captures.testing import T0_NS, http_record, write_capture
 from replay.decide.report import build
@@ -95,22 +96,6 @@ def test_ordered_sessions_still_wait_for_their_turn_after_a_lookahead() -> None:
 
 
 # -- the dispatcher's wakeup ----------------------------------------------------------------------
-class _Loop:
-    def __init__(self) -> None:
-        self.soon: list[object] = []
-
-    def call_soon(self, cb: object) -> None:
-        self.soon.append(cb)
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.armed: list[int] = []
-
-    def arm(self, ns: int) -> None:
-        self.armed.append(ns)
-
-
 def _dispatcher(
     offsets_us: list[int], slack_us: int, clock: list[int]
 ) -> tuple[Dispatcher, list[tuple[int | None, int]]]:
@@ -129,7 +114,7 @@ def _dispatcher(
         idle=idle,
         send_slack_ns=slack_us * US,
     )
-    disp._loop, disp._timer = _Loop(), _Timer()  # type: ignore[assignment]
+    disp._loop, disp._timer = FakeLoop(), FakeTimer()  # type: ignore[assignment]
     return disp, offered
 
 
