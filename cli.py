@@ -1010,6 +1010,8 @@ def main() -> None:
         fail(str(exc), exc.exit_code)
     except BrokenPipeError:
         sys.exit(1)
+    except PermissionError as exc:  # a capture we may not read, an --out we may not write
+        fail(f"{exc.filename or 'a file'}: permission denied ({exc.strerror})", 2)
     except Exception as exc:
         if os.environ.get("LOADTAPE_DEBUG"):
             raise

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -527,3 +529,32 @@ def test_requests_abandoned_at_a_stop_are_interrupted_not_the_targets_fault(
     kinds = pq.read_table(out / "results.parquet", columns=["error_kind"]).column(0).to_pylist()
     assert kinds.count("interrupted") > 0, kinds
     assert "reset" not in kinds, kinds
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+@pytest.mark.parametrize("command", ["inspect", "replay"])
+def test_a_path_the_user_may_not_use_is_bad_input_not_a_bug(command: str) -> None:
+    """Someone else's capture (its files 0600), or an --out in someone else's directory (0700):
+    one line naming what may not be used, exit 2, not exit 3."""
+    shared = Path(tempfile.mkdtemp(prefix="loadtape-perm-"))
+    try:
+        cap = write_capture(shared / "cap", [chat_record(start_ns=T0_NS)])
+        for f in [shared, *shared.rglob("*")]:
+            f.chmod(0o755 if f.is_dir() else 0o600)
+        if command == "replay":
+            shared.chmod(0o700)  # the directory it is in: it cannot even be looked at
+        extra = ["--target", "http://127.0.0.1:9", "--out", str(shared / "run")]
+        p = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, command,
+             str(cap), *(extra if command == "replay" else [])],
+            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("loadtape: error:")]
+    assert len(errors) == 1 and "permission denied" in errors[0].lower(), p.stderr
+    assert "internal error" not in p.stderr
