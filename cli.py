@@ -74,6 +74,15 @@ SEND = [  # how a run sends: replay, run, sweep
         "shots due just after it: less CPU per request, lag up to this much (0: each shot at "
         "its instant).",
     ),
+    _o(
+        "--rt-priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Send from a real-time thread (SCHED_FIFO at N, 1-99; Linux, root or "
+        "CAP_SYS_NICE): the target and other work on this machine no longer delay the sends "
+        "(0: normal scheduling).",
+    ),
     _o("--client", type=click.Choice(["fast", "aiohttp"]), default="fast"),
     _o("--insecure", is_flag=True, help="Do not verify the target's TLS certificate."),
     _o("--quiet", "-q", is_flag=True, help="No live line."),
@@ -273,6 +282,7 @@ def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
         "max_in_flight": opts["max_in_flight"],
         "timeout_s": timeout,
         "send_slack_s": slack,
+        "rt_priority": opts["rt_priority"],
         "client": opts["client"],
         "insecure": opts["insecure"],
         "workers": _workers(opts["workers"]),

@@ -41,6 +41,7 @@ from .planahead import (
     planned,
 )
 from .prefetch import Prefetch
+from .priority import realtime
 from .rewrite import Prepared, cached_prepare
 from .rundoc import run_document
 from .schedule import Scheduler
@@ -269,7 +270,8 @@ def _run_streams(
         if settings.start_wall_ns is not None:  # the shared start instant, on this clock
             start = time.monotonic_ns() + (settings.start_wall_ns - time.time_ns())
         try:
-            stats = await disp.run(start)
+            with realtime(settings.rt_priority):  # the loop's thread only, while it sends
+                stats = await disp.run(start)
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(connects=router.connects, resends=router.resends)
             if on_progress is not None:  # the last word: every request counted

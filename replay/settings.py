@@ -17,6 +17,7 @@ from replay.measure.results import Expect
 
 from . import plan as planmod
 from .dispatchstats import DispatchStats
+from .priority import check as check_realtime
 from .rewrite import Rewriter
 
 MAX_SEND_SLACK_S = 0.01  # past this, shots sent together are no longer the recorded timing
@@ -56,6 +57,7 @@ class RunSettings:
     spin_ms: float = 1.5
     # how late a shot may go to share a wakeup with the shots due just after it (Dispatcher)
     send_slack_s: float = 0.0
+    rt_priority: int = 0  # SCHED_FIFO priority of the sending loop's thread (priority.py); 0: off
     workers: int = 1  # local worker processes (replay/workers.py shards the plan)
     ray: str | None = None  # a Ray cluster's address ("auto", "local", host:port): actors
     # set by the worker runner for one shard: (index, count), the result part, the start instant
@@ -98,6 +100,8 @@ class RunSettings:
                 f"--send-slack must be between 0 and {MAX_SEND_SLACK_S * 1000:g}ms (how late a "
                 "shot may go to share a wakeup with the next ones)"
             )
+        if self.rt_priority:
+            check_realtime(self.rt_priority)
 
 
 @dataclass

@@ -86,6 +86,7 @@ class ReplayOptions:
     keep_host: bool = False
     spin_ms: float = 1.5
     send_slack_s: float = 0.0
+    rt_priority: int = 0
     stream: str = "replay"
     amplify: float = 1.0
     amplify_mode: str = "spread"
@@ -111,6 +112,7 @@ class ReplayOptions:
             insecure=self.insecure,
             spin_ms=self.spin_ms,
             send_slack_s=self.send_slack_s,
+            rt_priority=self.rt_priority,
             workers=self.workers,
             ray=self.ray,
         )

@@ -175,6 +175,7 @@ def build(results: Results, by: str | Sequence[str] | None = None) -> dict[str, 
     settings = results.run.get("settings") or {}
     run["sessions"] = settings.get("sessions")
     run["send_slack_s"] = settings.get("send_slack_s") or 0.0
+    run["rt_priority"] = settings.get("rt_priority") or 0
     return {
         "format": "loadtape-report",
         "version": REPORT_VERSION,

@@ -163,6 +163,11 @@ def notes(report: dict[str, Any]) -> list[str]:
             f"send slack {slack * 1e6:.0f} us: a shot could go up to this late to share a "
             "wakeup with the shots due just after it; lag and latency count it"
         )
+    if run.get("rt_priority"):
+        out.append(
+            f"sent from a real-time thread (SCHED_FIFO priority {run['rt_priority']}): other "
+            "work on the machine did not delay the sends"
+        )
     targets = run.get("targets") or {}
     if targets:
         out.append("targets: " + ", ".join(f"{k}={v}" for k, v in sorted(targets.items())))
