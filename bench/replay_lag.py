@@ -9,6 +9,11 @@ records is packaged for this machine: no wrk2, no vegeta): one asyncio task per 
 sleeping until its absolute due time, then sending with aiohttp, on uvloop. Its lag is measured
 the same way.
 
+The floor, in the same run: bench/floor.c, a minimal C open-loop sender (one thread, epoll, an
+absolute timerfd, keep-alive connections, no records), built with the machine's C compiler. Its
+CPU per request is what a request with its own wakeup costs on this machine before any work of
+ours; loadtape's is given as a multiple of it. (Skipped when there is no C compiler.)
+
 CPU per request is given two ways for both tools: gross (the whole process: start-up, planning,
 the run, the report) and net of start-up (the same tool's CPU for a one-request run is
 subtracted, as bench/replay_throughput.py does). The floor under both on this machine is printed
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -168,6 +174,7 @@ def main() -> None:
     host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
+    floor = _build_floor(work)
     wake = json.loads(
         measured([sys.executable, "-c", WAKEUP, str(ROOT)])[0].strip().splitlines()[-1]
     )
@@ -201,12 +208,16 @@ def main() -> None:
                 )
                 by_slack: dict[str, list[dict[str, float]]] = {v: [] for v in slacks}
                 naive_runs: list[dict[str, float]] = []
+                floor_runs: list[dict[str, float]] = []
                 for rnd in range(args.rounds):
-                    variants = [*slacks, "naive"]
+                    variants = [*slacks, "naive", *(["floor"] if floor else [])]
                     k = rnd % len(variants)
                     for v in variants[k:] + variants[:k]:  # rotated: none always goes first
                         if v == "naive":
                             naive_runs.append(_naive(nginx.url, rate, n, work, naive_start))
+                        elif v == "floor":
+                            assert floor is not None
+                            floor_runs.append(_floor(floor, nginx.url, rate, n))
                         else:
                             by_slack[v].append(_loadtape(cap, nginx.url, v, work, n, lt_start))
                 naive = _median(naive_runs)
@@ -216,7 +227,12 @@ def main() -> None:
                         for v, runs in by_slack.items()
                     },
                     "naive_task_per_shot": naive,
-                    "rounds": {"loadtape": by_slack, "naive_task_per_shot": naive_runs},
+                    **({"c_floor": _median(floor_runs)} if floor_runs else {}),
+                    "rounds": {
+                        "loadtape": by_slack,
+                        "naive_task_per_shot": naive_runs,
+                        "c_floor": floor_runs,
+                    },
                     "host_steal_s": round(host.steal() - steal0, 2),
                 }
                 if args.live:
@@ -232,6 +248,15 @@ def main() -> None:
                     print(f"{rate:5d} req/s  medians of {args.rounds} interleaved rounds:")
                 for slack, runs in by_slack.items():
                     _line(rate, slack, _median(runs), naive, results[str(rate)]["host_steal_s"])
+                if floor_runs:
+                    f = _median(floor_runs)
+                    lt = _median(by_slack[slacks[0]])
+                    print(
+                        f"{rate:5d} req/s  C floor: lag p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} "
+                        f"ms, CPU/req {f['net_cpu_us_per_req']:.0f} us | loadtape/floor: net CPU "
+                        f"{lt['net_cpu_us_per_req'] / max(f['net_cpu_us_per_req'], 1e-6):.2f}x",
+                        flush=True,
+                    )
         print(host.line())
         results["host"] = {"steal_s": {"total": host.steal()}}
         out = ROOT / args.out
@@ -260,6 +285,27 @@ def _loadtape(
         "cpu_us_per_req": cpu / n * 1e6,
         "net_cpu_us_per_req": (cpu - start_cpu) / n * 1e6,
     }
+
+
+def _build_floor(work: Path) -> Path | None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("(no C compiler: the C floor is skipped)", flush=True)
+        return None
+    binary = work / "floor"
+    subprocess.run([cc, "-O2", "-o", str(binary), str(ROOT / "bench" / "floor.c")], check=True)
+    return binary
+
+
+def _floor(binary: Path, target: str, rate: int, n: int) -> dict[str, float]:
+    """The C floor's own figures: CPU from its first send (no start-up to net out)."""
+    port = target.rsplit(":", 1)[1]
+    out = subprocess.run(
+        [str(binary), "127.0.0.1", port, "/lag", str(rate), str(n)],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    cpu, p50, p99 = (float(x) for x in out.split())
+    return {"p50_ms": p50 / 1e3, "p99_ms": p99 / 1e3, "net_cpu_us_per_req": cpu}
 
 
 def _naive(target: str, rate: int, n: int, work: Path, start_cpu: float) -> dict[str, float]:
