@@ -22,6 +22,10 @@ never pinned.
 Needs tcpdump and the right to capture on lo (root or CAP_NET_RAW).
 
     python bench/replay_bursts.py [--bursts 30] [--gap-s 1.0] [--speed 10] [--apart]
+        [--rt-priority 10]
+
+--rt-priority N runs loadtape a second time in each condition with `--rt-priority N` (its loop
+thread at SCHED_FIFO; needs root or CAP_SYS_NICE), beside the plain run and the naive peer.
 """
 
 from __future__ import annotations
@@ -154,12 +158,12 @@ def summary(err_ns: np.ndarray) -> dict[str, float]:
 
 
 def loadtape_run(
-    cap: Path, url: str, port: int, out: Path, speed: float, place: Placement
+    cap: Path, url: str, port: int, out: Path, speed: float, place: Placement, extra: list[str]
 ) -> dict[str, object]:
     sniff = Sniffer(port, out.with_suffix(".pcap"), place.target)
     subprocess.run(
         [str(BIN / "loadtape"), "replay", str(cap), "--target", url, "--speed", str(speed),
-         "--out", str(out), "-q"],
+         "--out", str(out), "-q", *extra],
         check=True,
         stdout=subprocess.DEVNULL,
         preexec_fn=pinned(place.tool),
@@ -228,6 +232,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--worst", type=int, default=0, help="list the N latest requests on the wire")
     ap.add_argument("--apart", action="store_true", help="the target on a CPU of its own")
+    ap.add_argument(
+        "--rt-priority", type=int, default=0, help="also run loadtape --rt-priority N (root)"
+    )
     args = ap.parse_args()
     place = Placement.apart() if args.apart else Placement()
     host = HostWatch()
@@ -240,6 +247,11 @@ def main() -> None:
     ]
     cap = write_capture(work / "cap", records)
     warm_from = "/b/0001/"
+    variants = [("loadtape", [])]
+    if args.rt_priority:
+        variants.append(
+            (f"loadtape --rt-priority {args.rt_priority}", ["--rt-priority", str(args.rt_priority)])
+        )
     report: dict[str, dict] = {}
     try:
         with Nginx(workers=1, cpus=place.target) as nginx:
@@ -249,15 +261,20 @@ def main() -> None:
                 if load != "quiet":
                     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
                     time.sleep(0.5)
+                runs: dict[str, dict] = {}
                 try:
-                    out = work / f"lt-{len(report)}"
-                    lt = loadtape_run(cap, nginx.url, port, out, args.speed, place)
-                    nv = naive_run(pl, nginx.url, port, work, args.speed, place)
+                    for tool, extra in variants:
+                        out = work / f"lt-{len(report)}-{len(runs)}"
+                        runs[tool] = loadtape_run(
+                            cap, nginx.url, port, out, args.speed, place, extra
+                        )
+                    runs["naive"] = naive_run(pl, nginx.url, port, work, args.speed, place)
                 finally:
                     if hog is not None:
                         hog.kill()
                         hog.wait()
-                report[load] = {"loadtape": errors(lt, warm_from), "naive": errors(nv, warm_from)}
+                lt = runs["loadtape"]
+                report[load] = {tool: errors(rows, warm_from) for tool, rows in runs.items()}
                 if args.worst:
                     worst = sorted(
                         lt.items(), key=lambda kv: kv[1][0] - max(kv[1][1], kv[1][2] or 0)
@@ -266,7 +283,7 @@ def main() -> None:
                         print(
                             f"  {path}: own stamp +{(s - i) / 1e3:.0f} us, wire +{(w - i) / 1e3:.0f} us"
                         )
-                for tool in ("loadtape", "naive"):
+                for tool in runs:
                     for part in ("warm", "all"):
                         e = report[load][tool][part]
                         w, o = e["wire"], e["own_stamp"]
