@@ -80,8 +80,8 @@ SEND = [  # how a run sends: replay, run, sweep
         default=0,
         metavar="N",
         help="Send from a real-time thread (SCHED_FIFO at N, 1-99; Linux, root or "
-        "CAP_SYS_NICE): the target and other work on this machine no longer delay the sends "
-        "(0: normal scheduling).",
+        "CAP_SYS_NICE): the target and other work on this machine cannot take its CPU while "
+        "it sends (0: normal scheduling).",
     ),
     _o("--client", type=click.Choice(["fast", "aiohttp"]), default="fast"),
     _o("--insecure", is_flag=True, help="Do not verify the target's TLS certificate."),

@@ -2,9 +2,10 @@
 
 On a machine shared with the target or with other work, a send due now waits for whatever the
 kernel runs instead: the target woken by our own previous write, a CPU-bound neighbour. Measured
-with bench/replay_bursts.py (bursts of 32 due at once, on the wire), the loop at SCHED_FIFO
-priority 10 against normal scheduling, in one sitting: quiet p99 0.80 against 1.31 ms, beside a
-CPU-bound process p99 0.65 against 2.78 ms.
+with bench/replay_bursts.py (bursts of 32 due at once, on the wire, four runs each), the loop at
+SCHED_FIFO priority 10 against normal scheduling: beside a CPU-bound process p99 0.68-1.0 ms
+against 1.4-5.3 ms; on a quiet machine a small gain (own stamps, eight pairs: p99 median 0.75
+against 0.99 ms). It does not stop a thread of ours that holds the GIL from holding the loop.
 
 Only the thread that runs the event loop is raised, and only while it sends: the plan and
 results threads keep their normal (lowered) priority, threads started meanwhile start normal

@@ -166,7 +166,7 @@ def notes(report: dict[str, Any]) -> list[str]:
     if run.get("rt_priority"):
         out.append(
             f"sent from a real-time thread (SCHED_FIFO priority {run['rt_priority']}): other "
-            "work on the machine did not delay the sends"
+            "work on the machine could not take its CPU while it sent"
         )
     targets = run.get("targets") or {}
     if targets:
