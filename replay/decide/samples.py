@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from replay.measure.groups import status_class
+from replay.measure.groups import route, status_class
 from replay.measure.metrics import METRICS
 from replay.measure.resultsdir import Results
 from replay.measure.timings import timings
@@ -107,6 +107,8 @@ def _key_columns(cols: dict[str, Any], by: tuple[str, ...]) -> list[list[str]]:
         if d == "status":
             st, err = cols["status"].to_pylist(), cols["error_kind"].to_pylist()
             out.append([status_class(s, e) for s, e in zip(st, err, strict=True)])
+        elif d == "endpoint":  # grouped by route, as the histograms are
+            out.append([route(x or "") for x in cols[d].to_pylist()])
         else:
             out.append([x or "" for x in cols[d].to_pylist()])
     return out

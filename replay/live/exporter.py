@@ -18,14 +18,14 @@ import collections
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from captures import hdr
-from replay.measure.groups import add_counts
+from replay.measure.groups import add_counts, route
 from replay.measure.timings import timings
 from replay.settings import Progress
 
@@ -93,8 +93,9 @@ class RunObserver:
             return
         t = timings(b)
         index: dict[tuple[Any, ...], int] = {}
+        labels = zip(*(_label(b, k) for k in LABELS), strict=True)
         rows = np.fromiter(
-            (index.setdefault(k, len(index)) for k in zip(*(b[k] for k in LABELS), strict=True)),
+            (index.setdefault(k, len(index)) for k in labels),
             np.int64,
             count=n,
         )
@@ -299,3 +300,8 @@ def _add_series(into: _Series, s: _Series) -> None:
         prev = into.buckets.get(m)
         into.buckets[m] = counts.copy() if prev is None else prev + counts
     add_counts(into.sums, s.sums)
+
+
+def _label(b: Mapping[str, Any], name: str) -> Iterable[Any]:
+    """A label's values: the endpoint as its route (groups.route), as the report groups it."""
+    return map(route, b[name]) if name == "endpoint" else b[name]

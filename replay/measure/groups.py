@@ -4,9 +4,36 @@ finish reasons, bytes and the group's span in time), how groups and series are n
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+# A path segment that names one object, not an endpoint: all digits, a UUID, a long hex string,
+# a prefixed identifier of a provider (resp_..., msg_01..., file-..., batch_..., chatcmpl-...: a
+# short word, _ or -, then 12 or more letters and digits, some digits among them) or a long
+# token of letters and digits mixed. Names with separators of their own (gpt-4o-mini,
+# text-embedding-3-large, gemini-1.5-pro:generateContent) are not identifiers.
+_ID = re.compile(
+    r"\d+"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}"
+    r"|[A-Za-z]{1,12}[_-](?=[A-Za-z0-9]*\d)[A-Za-z0-9]{12,}"
+    r"|(?=[A-Za-z0-9]*\d)(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{20,}"
+)
+
+
+@functools.lru_cache(maxsize=8192)
+def route(path: str) -> str:
+    """The endpoint a request path belongs to, as results are grouped (histograms, report,
+    live metrics, compare): the query dropped and each identifier segment written {id}, so
+    GET /v1/responses/resp_67cc... of ten thousand responses is one group, not ten thousand
+    (a group's histograms are 1.5 MB). results.parquet keeps the path as sent."""
+    path = path.split("?", 1)[0]
+    parts = path.split("/")
+    out = ["{id}" if _ID.fullmatch(seg) else seg for seg in parts]
+    return "/".join(out)
 
 
 def series_name(stream: str, target: str) -> str:

@@ -35,7 +35,7 @@ from hdrh.histogram import HdrHistogram
 
 from captures import hdr
 
-from .groups import GroupStats, series_name, status_class
+from .groups import GroupStats, route, series_name, status_class
 from .timings import ints, timing_steps
 
 METRICS = ("latency", "service", "ttfb", "ttft", "ttft_text", "itl", "tpot", "lag")
@@ -118,7 +118,7 @@ class Metrics:
             b["stream"],
             targets,
             apis,
-            b["endpoint"],
+            map(route, b["endpoint"]),
             models,
             map(status_class, b["status"], b["error_kind"]),
             strict=True,
