@@ -14,6 +14,7 @@ per shot (measured: those cost more CPU per shot than the send itself).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -129,6 +130,7 @@ class Dispatcher:
         self._staged: list[tuple[Shot, int, Staged]] = []  # readied for _staged_for
         self._staged_for = -1
         self._bug: BaseException | None = None  # raised in one of the run's callbacks
+        self._gc_held = False  # collections held off while a burst is readied (_stage)
 
     def abort(self, exc: BaseException) -> None:
         """A bug raised in one of the run's loop callbacks (the runner's exception handler):
@@ -282,6 +284,14 @@ class Dispatcher:
             staged.append((shot, due, handle))
         if staged:
             self._staged_for = deadline
+            # no collection until the last write: one amid them held the rest 0.1-0.15 ms
+            self._gc_held = self._gc_held or gc.isenabled()
+            gc.disable()
+
+    def _release_gc(self) -> None:
+        if self._gc_held:
+            self._gc_held = False
+            gc.enable()
 
     def _fire_staged(self) -> None:
         staged, self._staged, self._staged_for = self._staged, [], -1
@@ -290,6 +300,7 @@ class Dispatcher:
         now, start, stats = self.clock(), self.start, self.stats
         for _, due, _ in staged:
             stats.count(due, start + due, now)
+        self._release_gc()
 
     def _unstage(self) -> None:
         """Stopped before the instant: the readied shots were never sent."""
@@ -297,6 +308,7 @@ class Dispatcher:
         for shot, due, handle in staged:
             handle.cancel()
             self.scheduler.untake(shot, due)
+        self._release_gc()
 
     def _arm(self, deadline: int) -> None:
         if deadline == self._armed_for:
@@ -370,6 +382,7 @@ class Dispatcher:
                 raise self._bug
             return st
         finally:
+            self._release_gc()
             if self._handle is not None:
                 self._handle.cancel()
             if self._timer is not None:

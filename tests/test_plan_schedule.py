@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -550,6 +551,31 @@ def test_a_stop_before_the_instant_sends_none_of_the_readied_shots() -> None:
     assert client.fired == [] and client.sent == [] and client.cancelled == 3
     assert disp.scheduler.in_flight == 0 and disp.stats.sent == 0
     assert [s.request.path for s in disp.scheduler.drain()] == ["/0", "/1", "/2", "/3", "/4"]
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["fired", "stopped"])
+def test_no_collection_runs_between_a_burst_readied_and_its_writes(stop: bool) -> None:
+    """The collector is off from the readying to the last staged write (or to the stop that
+    gives the readied shots back), and on again after; a collector already off stays off."""
+    assert gc.isenabled()
+    clock = [0]
+    disp, client, loop = _burst(clock, warm=3)
+    try:
+        disp._pump()
+        assert len(disp._staged) == 3 and not gc.isenabled()
+        if stop:
+            disp.stop()
+        else:
+            clock[0] = 100 * MS
+        loop.soon.pop()()  # type: ignore[operator]
+        assert len(client.fired) == (0 if stop else 3) and gc.isenabled()
+        gc.disable()
+        disp2, _, _ = _burst([0], warm=3)
+        disp2._pump()
+        disp2._unstage()
+        assert not gc.isenabled()  # it was off before the burst: left off
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(("now_ms", "behind_ms"), [(2, 0), (5, 0), (8, 3)])
