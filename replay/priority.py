@@ -3,9 +3,9 @@
 On a machine shared with the target or with other work, a send due now waits for whatever the
 kernel runs instead: the target woken by our own previous write, a CPU-bound neighbour. Measured
 with bench/replay_bursts.py (bursts of 32 due at once, on the wire, four runs each), the loop at
-SCHED_FIFO priority 10 against normal scheduling: beside a CPU-bound process p99 0.68-1.0 ms
-against 1.4-5.3 ms; on a quiet machine a small gain (own stamps, eight pairs: p99 median 0.75
-against 0.99 ms). It does not stop a thread of ours that holds the GIL from holding the loop.
+SCHED_FIFO priority 10 against normal scheduling: beside a CPU-bound process p99 0.53-1.0 ms
+against 1.4-5.3 ms; on a quiet machine p99 0.67-0.82 against 1.07-1.10 ms (docs/performance.md).
+It does not stop a thread of ours that holds the GIL from holding the loop.
 
 Only the thread that runs the event loop is raised, and only while it sends: the plan and
 results threads keep their normal (lowered) priority, threads started meanwhile start normal
