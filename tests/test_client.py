@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from typing import Any
 
 import pytest
@@ -163,6 +164,40 @@ async def test_stale_keep_alive_connection_is_retried_not_failed() -> None:
             await c.close()
     assert o.error is None and o.status == 200
     assert c.resends == 1 and c.connects == 2
+
+
+async def test_a_staged_request_is_sent_and_stamped_at_its_fire_only() -> None:
+    """A burst's shot readied on a warm connection (stage): nothing is written and nothing
+    stamped until fire(); a cancelled one gives its connection back; one whose connection
+    closed while it waited goes on a new connection."""
+    async with FaultServer() as srv:
+        c = FastClient(parse_target(srv.url), timeout=2)
+        rw = Rewriter(parse_target(srv.url))
+        try:
+            assert (await send(c, srv.url, "/ok")).status == 200
+            req = rw.prepare(Request("GET", "/ok", None, [], None))
+            fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            conn = c.stage(req, fut.set_result)
+            assert conn is not None and conn.out is None and not c._idle
+            await asyncio.sleep(0.05)  # waiting for its instant: nothing went
+            assert not fut.done() and conn.out is None
+            before = time.monotonic_ns()
+            conn.fire()
+            o = await asyncio.wait_for(fut, 5)
+            assert o.error is None and o.status == 200 and before <= o.sent_ns <= o.end_ns
+            conn2 = c.stage(req, lambda out: None)
+            assert conn2 is conn  # the same warm connection, back in the pool
+            conn2.cancel()
+            assert c._idle == [conn]  # given back, unsent
+            fut3: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            conn3 = c.stage(req, fut3.set_result)
+            assert conn3 is not None
+            conn3._close()  # the target closed it while the shot waited
+            conn3.fire()
+            o3 = await asyncio.wait_for(fut3, 5)
+        finally:
+            await c.close()
+    assert o3.error is None and o3.status == 200 and c.connects == 2
 
 
 async def test_https_verifies_unless_insecure(server_ssl: ssl.SSLContext) -> None:

@@ -65,7 +65,8 @@ class _Conn(asyncio.Protocol):
         self._enc = b""
         self._retry: bytes | None = None
         self._rest: Prepared | None = None  # a request whose body is not all written yet
-        self._primed: tuple[Prepared, Done] | None = None  # staged: sent by fire()
+        # staged: sent by fire(); its Outcome made beforehand (the instant has only the writes)
+        self._primed: tuple[Prepared, Done, Outcome] | None = None
         self._keep = True
         self._head = False
         self._framed = False
@@ -159,7 +160,7 @@ class _Conn(asyncio.Protocol):
         self.start_at(req, done, _now())
 
     def prime(self, req: Prepared, done: Done) -> None:
-        self._primed = (req, done)
+        self._primed = (req, done, Outcome(sent_ns=0))
 
     def fire(self) -> None:
         """Send the staged request now: on this connection, or (it was closed while it waited)
@@ -167,11 +168,12 @@ class _Conn(asyncio.Protocol):
         primed, self._primed = self._primed, None
         if primed is None:
             return
-        req, done = primed
+        req, done, out = primed
         if self.transport is None or self.transport.is_closing():
             self.client.submit(req, done)
             return
-        self.start_at(req, done, _now())
+        out.sent_ns = _now()
+        self.start_at(req, done, out.sent_ns, out)
 
     def cancel(self) -> None:
         if self._primed is not None:
@@ -179,8 +181,9 @@ class _Conn(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.client._release(self)
 
-    def start_at(self, req: Prepared, done: Done, sent_ns: int) -> None:
-        out = Outcome(sent_ns=sent_ns)
+    def start_at(self, req: Prepared, done: Done, sent_ns: int, out: Outcome | None = None) -> None:
+        if out is None:
+            out = Outcome(sent_ns=sent_ns)
         self.out, self.done, self.req = out, done, req
         self._ctype = self._enc = b""
         self._retry = None
