@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clierrors import one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,13 +29,6 @@ CLI = [sys.executable, "-c", "import cli; cli.main()"]
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-
-
-def _one_line_error(p: subprocess.CompletedProcess[str]) -> None:
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    assert "Traceback" not in p.stderr
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("loadtape: error:")]
-    assert len(lines) == 1, p.stderr
 
 
 # -- capture parts --------------------------------------------------------------------------------
@@ -63,7 +57,7 @@ def _capture_with_bad_part(tmp_path: Path, damage: str) -> tuple[Path, Path]:
 def test_a_bad_part_gets_one_line_naming_it(tmp_path: Path, damage: str) -> None:
     cap, bad = _capture_with_bad_part(tmp_path, damage)
     p = subprocess.run([*CLI, "inspect", str(cap)], capture_output=True, text=True, timeout=60)
-    _one_line_error(p)
+    one_line(p, 2)
     assert bad.name in p.stderr, p.stderr
     for f in cap.glob("parts/part-*.parquet"):  # nothing was deleted or rewritten
         assert f.exists()
@@ -125,7 +119,7 @@ def test_import_cli_on_garbage(tmp_path: Path, fmt: str) -> None:
         text=True,
         timeout=60,
     )
-    _one_line_error(p)
+    one_line(p, 2)
     assert "garbage" in p.stderr  # names the file
 
 
