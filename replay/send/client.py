@@ -172,8 +172,7 @@ class _Conn(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             self.client.submit(req, done)
             return
-        out.sent_ns = _now()
-        self.start_at(req, done, out.sent_ns, out)
+        self.start_at(req, done, _now(), out)
 
     def cancel(self) -> None:
         if self._primed is not None:
@@ -184,6 +183,8 @@ class _Conn(asyncio.Protocol):
     def start_at(self, req: Prepared, done: Done, sent_ns: int, out: Outcome | None = None) -> None:
         if out is None:
             out = Outcome(sent_ns=sent_ns)
+        else:  # made when it was staged
+            out.sent_ns = sent_ns
         self.out, self.done, self.req = out, done, req
         self._ctype = self._enc = b""
         self._retry = None
