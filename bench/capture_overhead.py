@@ -8,11 +8,11 @@ proxy is what saturates.
 - throughput: wrk -c 32 closed loop, req/s, for two workloads: small JSON GETs and streamed chat
   completions (SSE, ~10 chunks each);
 - peers: bare mitmdump (which buffers whole bodies, SSE streams included, so its clients see no
-  token until the stream ends); mitmdump with stream_large_bodies=1 (streams every body, as a
-  proxy in front of an LLM gateway must, but holds each response's headers back until its first
-  body bytes); and mitmdump with a three-line addon streaming every response from its headers
-  on (bench/stream_at_headers.py, mitmproxy's documented way, and what the capture addon does
-  for an SSE stream);
+  token until the stream ends); mitmdump with stream_large_bodies=1 (streams every body, request
+  bodies too, as a proxy in front of an LLM gateway must, but holds each response's headers back
+  until its first body bytes); and mitmdump with a three-line addon streaming every response from
+  its headers on (bench/stream_at_headers.py, mitmproxy's documented way, and what the capture
+  addon does for an SSE stream; it buffers request bodies);
 - CPU per request of the proxy process and its descendants (all their threads: the capture
   worker and its compactor too), from /proc around the throughput run: steadier than req/s on a
   shared machine;

@@ -75,3 +75,12 @@ def declare(loader: Any) -> None:
         ["auto", "all"],
     )
     add("capture_stream_above", str, "256k", "In auto mode, stream bodies larger than this.")
+    add(
+        "capture_stream_requests",
+        bool,
+        True,
+        "Pass request bodies on to the upstream as they arrive, kept whole for the record (as "
+        "stream_large_bodies does; buffering them first costs a hook's turn before the upstream "
+        "sees the request). Turn off when another addon must see or change whole request "
+        "bodies in its request hook.",
+    )

@@ -17,7 +17,7 @@ from captures.protocols import CHAT
 from captures.protocols.base import Answer
 from captures.reader import Capture
 from captures.redact import RedactionPolicy, Redactor
-from proxy_addons.capture import CaptureAddon, _Chunks
+from proxy_addons.capture import CaptureAddon, _Body, _Chunks
 from proxy_addons.sink import CaptureSink, Snapshot, error_kind, parse_session_sources
 
 
@@ -112,6 +112,53 @@ async def test_streamed_and_plain_flows_are_recorded(tmp_path: Path, key_file: P
         auth = dict(r["req_headers"])["authorization"]
         assert auth.startswith("Bearer [REDACTED:authorization:") and "sk-test" not in auth
         assert "query:api_key" in r["redacted"] and "req_headers:authorization" in r["redacted"]
+
+
+async def test_request_bodies_stream_through_a_recording_callable(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """A wanted request streams through _Body (what passed is recorded whole); a plain
+    `stream = True` (stream_large_bodies) is recorded too; another addon's callable and a
+    request already answered are left alone; capture_stream_requests=false buffers."""
+
+    def body_via_stream(f: http.HTTPFlow) -> bytes:
+        stream = f.request.stream
+        assert isinstance(stream, _Body)
+        whole = f.request.data.content or b""
+        f.request.data.content = None  # what mitmproxy leaves on a streamed request
+        for piece in (whole[:10], whole[10:], b""):
+            assert stream(piece) == piece
+        return whole
+
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file)
+        streamed, already, theirs, answered = (chat_flow(stream=False) for _ in range(4))
+        addon.requestheaders(streamed)
+        whole = body_via_stream(streamed)
+        already.request.stream = True
+        addon.requestheaders(already)
+        body_via_stream(already)
+
+        def own(data: bytes) -> bytes:
+            return data
+
+        theirs.request.stream = own
+        addon.requestheaders(theirs)
+        assert theirs.request.stream is own
+        answered.response = http.Response.make(403)
+        addon.requestheaders(answered)
+        assert answered.request.stream is False
+        for f in (streamed, already):
+            respond(addon, f, [b"{}"], "application/json")
+        tctx.options.capture_stream_requests = False
+        off = chat_flow(stream=False)
+        addon.requestheaders(off)
+        assert off.request.stream is False
+        addon.done()
+    rows = Capture(tmp_path / "cap").records()
+    assert [r["req_body_size"] for r in rows] == [len(whole)] * 2
+    assert all(r["model"] == "small" and r["user"] == "tenant-a" for r in rows)
 
 
 async def test_auto_streaming_streams_sse_and_big_bodies_and_buffers_small_ones(
