@@ -16,12 +16,14 @@ proxy is what saturates.
 - CPU per request of the proxy process and its descendants (all their threads: the capture
   worker and its compactor too), from /proc around the throughput run: steadier than req/s on a
   shared machine;
-- added latency: wrk -c 1 (one request at a time, no queueing), p50 and p99.
+- added latency: wrk -c 1 (one request at a time, no queueing), p50 and p99: the median over
+  --lat-rounds short runs of each proxy, interleaved (the four proxies run side by side, so a slow
+  spell of the host's falls on all of them; one long run each swung by a millisecond).
 
 Goals (issue 3, then the performance issue): >= 0.95x throughput for both workloads; for streamed
 chat on one connection <= 0.2 ms added at p50 and <= 1 ms at p99.
 
-    python bench/capture_overhead.py [--seconds 8] [--rounds 3]
+    python bench/capture_overhead.py [--seconds 8] [--rounds 3] [--lat-rounds 8]
 """
 
 from __future__ import annotations
@@ -163,10 +165,17 @@ def wrk(url: str, conns: int, seconds: float, script: Path | None) -> dict[str, 
     return {"rps": rps, **lat, "requests": n, "non_2xx": float(errors.group(1)) if errors else 0.0}
 
 
+def _rotated(modes: tuple[str, ...], rnd: int) -> tuple[str, ...]:
+    k = rnd % len(modes)
+    return modes[k:] + modes[:k]  # no mode always goes first
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=8.0, help="each throughput run")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput runs of each proxy")
+    ap.add_argument("--lat-rounds", type=int, default=8, help="1-connection runs of each proxy")
+    ap.add_argument("--lat-seconds", type=float, default=2.0, help="each 1-connection run")
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
     host = HostWatch()
@@ -179,7 +188,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {}
     try:
         wait_port(up_port)
         upstream = f"http://127.0.0.1:{up_port}"
@@ -191,41 +200,55 @@ def main() -> None:
         }
         modes = ("bare", "bare-streaming", "stream-at-headers", "addon")
         for name, (path, script) in workloads.items():
-            results[name] = {m: [] for m in modes}
-            for rnd in range(args.rounds):
-                k = rnd % len(modes)
-                order = modes[k:] + modes[:k]  # rotate: no mode always goes first
-                for mode in order:
-                    proc, port = start_proxy(upstream, mode, work)
-                    try:
-                        url = f"http://127.0.0.1:{port}{path}"
-                        wrk(url, 4, 1.0, script)  # warm up
-                        c0 = cpu_seconds(proc.pid)
-                        thr = wrk(url, 32, args.seconds, script)
-                        cpu_us = (cpu_seconds(proc.pid) - c0) / thr["requests"] * 1e6
-                        lat = wrk(url, 1, args.seconds / 2, script)
-                    finally:
-                        stop(proc)
-                    results[name][mode].append(
-                        {
-                            "rps": thr["rps"],
-                            "cpu_us_per_req": cpu_us,
-                            "p50_ms": lat["p50_ms"],
-                            "p99_ms": lat["p99_ms"],
-                            "non_2xx": thr["non_2xx"] + lat["non_2xx"],
-                        }
-                    )
+            # All four proxies run at once, idle but for the one measured, so that the host's
+            # slow spells fall on every mode alike (runs interleaved, the order rotated).
+            procs = {m: start_proxy(upstream, m, work) for m in modes}
+            try:
+                urls = {m: f"http://127.0.0.1:{port}{path}" for m, (_, port) in procs.items()}
+                for m in modes:
+                    wrk(urls[m], 4, 1.0, script)  # warm up
+                thr: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+                for rnd in range(args.rounds):
+                    for mode in _rotated(modes, rnd):
+                        pid = procs[mode][0].pid
+                        c0 = cpu_seconds(pid)
+                        t = wrk(urls[mode], 32, args.seconds, script)
+                        t["cpu_us_per_req"] = (cpu_seconds(pid) - c0) / t["requests"] * 1e6
+                        thr[mode].append(t)
+                        print(
+                            f"{name:9} throughput {rnd} {mode:17}: {t['rps']:7.0f} req/s  "
+                            f"{t['cpu_us_per_req']:6.0f} us CPU/req",
+                            flush=True,
+                        )
+                lat: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+                for rnd in range(args.lat_rounds):
+                    for mode in _rotated(modes, rnd):
+                        lat[mode].append(wrk(urls[mode], 1, args.lat_seconds, script))
+                for mode in modes:
+                    p50s = [r["p50_ms"] for r in lat[mode]]
                     print(
-                        f"{name:9} round {rnd} {mode:17}: {thr['rps']:7.0f} req/s  "
-                        f"{cpu_us:6.0f} us CPU/req  "
-                        f"1-conn p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms",
+                        f"{name:9} 1-conn {mode:17}: p50 {statistics.median(p50s):.3f} ms "
+                        f"(runs {min(p50s):.2f}-{max(p50s):.2f}), p99 "
+                        f"{statistics.median(r['p99_ms'] for r in lat[mode]):.3f} ms",
                         flush=True,
                     )
+            finally:
+                for proc, _ in procs.values():
+                    stop(proc)
+            results[name] = {m: {"throughput": thr[m], "latency": lat[m]} for m in modes}
         print()
         summary: dict[str, dict[str, object]] = {}
         for name, by_mode in results.items():
             med = {
-                m: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                m: {
+                    "rps": statistics.median(r["rps"] for r in runs["throughput"]),
+                    "cpu_us_per_req": statistics.median(
+                        r["cpu_us_per_req"] for r in runs["throughput"]
+                    ),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs["latency"]),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in runs["latency"]),
+                    "non_2xx": sum(r["non_2xx"] for k in runs for r in runs[k]),
+                }
                 for m, runs in by_mode.items()
             }
             summary[name] = {"medians": med}
