@@ -292,7 +292,10 @@ class CaptureAddon:
         resp = flow.response
         if META_KEY not in flow.metadata or resp is None:
             return
-        if self._stream_above >= 0 and resp.stream is not True:  # True: streamed anyway
+        stream = resp.stream
+        if callable(stream):
+            return  # another addon's callable: its transform stands (the body is not recorded)
+        if self._stream_above >= 0 and stream is not True:  # True: streamed anyway, so record it
             headers = resp.headers
             length = headers.get("content-length", "")
             if (

@@ -203,6 +203,45 @@ async def test_auto_streaming_streams_sse_and_big_bodies_and_buffers_small_ones(
     assert rows["/big"]["resp_body_size"] == len(cases["big"][1])
 
 
+async def test_a_response_streamed_by_stream_large_bodies_is_recorded_and_another_addons_kept(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """A small JSON answer that stream_large_bodies has set to stream (`stream = True`) gets the
+    recording callable, so its body and chunk times are kept; a callable another addon set is
+    left in place, even on a token stream (replacing it would undo that addon's transform)."""
+    addon = CaptureAddon()
+    with taddons.context(addon) as tctx:
+        configure(tctx, addon, tmp_path / "cap", key_file, capture_stream="auto")
+        plain, theirs = tflow.tflow(), tflow.tflow()
+        plain.request.path, theirs.request.path = "/plain", "/theirs"
+
+        def own(data: bytes) -> bytes:
+            return data.upper()
+
+        for f, stream, ctype in (
+            (plain, True, "application/json"),
+            (theirs, own, "text/event-stream"),
+        ):
+            addon.requestheaders(f)
+            body, headers = b'{"a": 1}', {"Content-Type": ctype}
+            f.response = http.Response.make(200, body, headers)
+            f.response.timestamp_start, f.response.timestamp_end = 1000.0, 1000.5
+            f.response.stream = stream
+            addon.responseheaders(f)
+        assert theirs.response is not None and theirs.response.stream is own
+        assert plain.response is not None and isinstance(plain.response.stream, _Chunks)
+        for piece in (b'{"a"', b": 1}", b""):
+            plain.response.stream(piece)
+        for f in (plain, theirs):
+            assert f.response is not None
+            f.response.content = None  # what mitmproxy leaves on a streamed response
+            addon.response(f)
+        addon.done()
+    rows = {r["path"]: r for r in Capture(tmp_path / "cap").records()}
+    assert rows["/plain"]["resp_body"] == b'{"a": 1}' and rows["/plain"]["chunk_sizes"] == [4, 4]
+    assert rows["/theirs"]["status"] == 200 and not rows["/theirs"]["resp_body"]
+
+
 async def test_same_secret_same_marker_different_secret_different_marker(
     tmp_path: Path, key_file: Path
 ) -> None:
