@@ -3,6 +3,7 @@ windows, and the same results as processing them at once."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,11 +100,102 @@ def test_a_backlog_under_pressure_takes_steps_in_windows_too_short_for_them(
     w = _writer(tmp_path, "w", clock, cooperative=True)
     _feed(w, ResultWriter.PRESSURE_ROWS + 500)
     before = len(w._backlog)
-    for _ in range(50):  # windows of 60 us: under the first step's guess, over MIN_WINDOW_NS
+    for _ in range(50):  # windows of 60 us: under the first step's guess, not with the overrun
         w.work(clock.now + 60_000)
     assert len(w._backlog) < before
     w.close()
     assert pq.read_table(tmp_path / "w" / "results.parquet").num_rows == before
+
+
+class JumpClock(Clock):
+    """As Clock, and once, at reading `at`, time jumps by `jump` ns (one step seems long)."""
+
+    def __init__(self, tick: int, at: int, jump: int) -> None:
+        super().__init__(tick)
+        self.readings, self.at, self.jump = 0, at, jump
+
+    def __call__(self) -> int:
+        self.readings += 1
+        if self.readings == self.at:
+            self.now += self.jump
+        return super().__call__()
+
+
+def _drain_in_windows(w: ResultWriter, clock: Clock, window_ns: int) -> int:
+    rounds = 0
+    while w._backlog or w._job is not None:
+        w.work(clock.now + window_ns)
+        rounds += 1
+        assert rounds < 20_000, "stuck: a step expected to take longer than any window"
+    return rounds
+
+
+def test_one_long_step_does_not_keep_its_kind_out_of_every_window_after(tmp_path: Path) -> None:
+    """A step taking 2 ms once (cold, a collection in it, the VM away) must not make the
+    writer expect 2 ms of its kind for good: it would never be taken in a short window again,
+    never be seen to be short again, and the backlog would wait for the tick."""
+    clock = JumpClock(tick=30_000, at=41, jump=2_000_000)
+    w = _writer(tmp_path, "w", clock, cooperative=True)
+    _feed(w, 1000)
+    _drain_in_windows(w, clock, 200_000)  # steps take 30 us, one 2 ms: windows of 200 us
+    assert clock.readings > clock.at
+    assert max(w._cost.values()) <= ResultWriter.FIRST_STEP_NS
+    w.close()
+    assert pq.read_table(tmp_path / "w" / "results.parquet").num_rows == 1000
+
+
+def test_under_pressure_steps_long_twice_in_a_row_are_tried_again(tmp_path: Path) -> None:
+    """Every step seeming to take 2 ms for a while (the VM away): with a backlog over
+    PRESSURE_ROWS their estimates come down as they wait, and the backlog is done in windows
+    of 200 us once they take 30 us again."""
+    clock = Clock(tick=2_000_000)
+    w = _writer(tmp_path, "w", clock, cooperative=True)
+    _feed(w, ResultWriter.PRESSURE_ROWS + 1000)
+    w.work(None, clock.now + 100_000_000)  # each kind of step twice or more at 2 ms
+    assert max(w._cost.values()) >= 2_000_000
+    clock.tick = 30_000
+    _drain_in_windows(w, clock, 200_000)
+    w.close()
+
+
+def test_the_overrun_a_step_may_take_grows_with_the_backlog(tmp_path: Path) -> None:
+    w = _writer(tmp_path, "w", Clock(tick=1), cooperative=True)
+    low, high = ResultWriter.MIN_OVERRUN_NS, ResultWriter.MAX_OVERRUN_NS
+    pressure, full = ResultWriter.PRESSURE_ROWS, ResultWriter.BACKLOG_ROWS
+    table = [
+        (0, 0),
+        (pressure, 0),
+        (pressure + 1, low),
+        ((pressure + full) // 2, (low + high) // 2),
+        (full, high),
+        (full * 2, high),
+    ]
+    for rows, want in table:
+        w._backlog = collections.deque([None] * rows)  # type: ignore[list-item]
+        assert abs(w.overrun_ns() - want) <= 16, rows
+    w._backlog.clear()
+    w.close()
+
+
+def test_under_pressure_a_step_once_long_still_goes_before_the_backlog_is_full(
+    tmp_path: Path,
+) -> None:
+    """A step that took 3 ms twice (longer than any overrun) goes in a short window once the
+    backlog is near full, rather than leaving it all to the tick."""
+    clock = Clock(tick=3_000_000)
+    w = _writer(tmp_path, "w", clock, cooperative=True)
+    _feed(w, 600)
+    w.work(None, clock.now + 200_000_000)  # each step twice at 3 ms: learnt
+    assert w._job is not None and max(w._cost.values()) >= 3_000_000
+    clock.tick = 10_000
+    assert not w.work(clock.now + 20_000)  # no pressure: a 20 us window is not enough
+    w._backlog.extend([w._backlog[0]] * (ResultWriter.BACKLOG_ROWS - len(w._backlog)))
+    before = dict(w._cost)
+    w.work(clock.now + 20_000)
+    assert w._cost != before, "no step taken with the backlog at its limit"
+    w._backlog.clear()
+    w._job = None
+    w.close()
 
 
 def test_the_histograms_read_the_same_from_arrow_numbers_as_from_python_lists(

@@ -60,8 +60,12 @@ class ResultWriter:
     STEP_SLICE_ROWS = 512
     BACKLOG_ROWS = 65_536
     FIRST_STEP_NS = 100_000  # a step not seen before is expected to take this long
+    # under pressure (a backlog of PRESSURE_ROWS) a step may run past the window, by
+    # MIN_OVERRUN_NS at first and more as the backlog grows, MAX_OVERRUN_NS at BACKLOG_ROWS
     PRESSURE_ROWS = 4096
-    MIN_WINDOW_NS = 40_000
+    MIN_OVERRUN_NS = 50_000
+    MAX_OVERRUN_NS = 1_000_000
+    REFUSALS_TO_DECAY = 32
 
     def __init__(
         self,
@@ -103,6 +107,8 @@ class ResultWriter:
         self._backlog: collections.deque[Row] = collections.deque()
         self._job: Iterator[None] | None = None  # the slice being processed, step by step
         self._cost: dict[tuple[int, int], int] = {}  # step site -> expected ns (learnt)
+        self._last: dict[tuple[int, int], int] = {}  # step site -> the last one's ns
+        self._refusals = 0  # windows refused under pressure since the last decay
         self._writes: queue.Queue[list[pa.RecordBatch] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         if cooperative:
@@ -219,8 +225,10 @@ class ResultWriter:
         (call again on the next turn); False: no work left, or none that fits before until_ns
         (wait for a longer window). Each step's cost is learnt where it starts (steps differ: a
         column list is tens of microseconds, an interval pass hundreds). Under pressure (a
-        backlog of PRESSURE_ROWS) a step goes whenever MIN_WINDOW_NS is left, at the risk of
-        running over."""
+        backlog of PRESSURE_ROWS) a step may run past the window by an allowance that grows
+        with the backlog (`overrun_ns`): where the gaps between shots are shorter than any step
+        (20k req/s: 50 us), the results keep up at the price of shots a step late, instead of
+        a backlog that grows to BACKLOG_ROWS and is then processed in the tick at once."""
         clock = self.clock
         now = clock()
         stop = until_ns if stop_ns is None else stop_ns
@@ -232,9 +240,12 @@ class ResultWriter:
             where = _step_site(self._job)
             est = self._cost.get(where, self.FIRST_STEP_NS)
             if until_ns is not None:
-                left = until_ns - now
-                pressed = len(self._backlog) > self.PRESSURE_ROWS and left >= self.MIN_WINDOW_NS
-                if est > left and not pressed:
+                over = self.overrun_ns()
+                if over:  # however long it once took, a step goes before the backlog is full
+                    est = min(est, self.MAX_OVERRUN_NS)
+                if est > until_ns - now + over:
+                    if over:
+                        self._refused(where, est)
                     return False
             if stop is not None and now >= stop:
                 return True
@@ -248,9 +259,40 @@ class ResultWriter:
                 self._error = exc
             then = clock()
             took = then - now
-            # the estimate: rises at once to a longer step, decays slowly after a shorter one
-            self._cost[where] = took if took > est else est - ((est - took) >> 3)
+            self._cost[where] = self._learnt(where, est, took)
             now = then
+
+    def _learnt(self, where: tuple[int, int], est: int, took: int) -> int:
+        """A step's new estimate: down slowly after a shorter one, up to the shorter of the
+        last two after a longer one (the first is measured against FIRST_STEP_NS). One long
+        step (its first, cold; a collection of the young objects in it; the VM not scheduling
+        the loop) once raised a step's estimate for good: it was never taken again in a
+        window, so never seen to be short again, and at 20k req/s the backlog grew until the
+        tick processed it at once (a 100-170 ms stall)."""
+        last = self._last.get(where, self.FIRST_STEP_NS)
+        self._last[where] = took
+        if took <= est:
+            return est - ((est - took) >> 3)
+        return max(est, min(took, last))
+
+    def _refused(self, where: tuple[int, int], est: int) -> None:
+        """Under pressure, a step's estimate also comes down while it waits (by an eighth every
+        REFUSALS_TO_DECAY windows refused): long steps seen twice in a row (the VM away for
+        both) must not keep their kind out of every window until the backlog is full."""
+        n = self._refusals = self._refusals + 1
+        if n >= self.REFUSALS_TO_DECAY:
+            self._refusals = 0
+            self._cost[where] = est - (est >> 3)
+
+    def overrun_ns(self) -> int:
+        """How far past its window a step may run now: 0 without pressure, then from
+        MIN_OVERRUN_NS up to MAX_OVERRUN_NS as the backlog nears BACKLOG_ROWS."""
+        over = len(self._backlog) - self.PRESSURE_ROWS
+        if over <= 0:
+            return 0
+        span = self.BACKLOG_ROWS - self.PRESSURE_ROWS
+        low, high = self.MIN_OVERRUN_NS, self.MAX_OVERRUN_NS
+        return low + (high - low) * min(over, span) // span
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         try:
