@@ -10,8 +10,9 @@ It knows nothing of clocks or sockets (the runner passes `now`; tests drive it o
   goes at max(due, that finish)), while other sessions' shots go on.
 
 The plan is consumed lazily (one shot of lookahead plus session-held shots, and at most
-LOOKAHEAD more when the dispatcher asks which shots are due close together), so memory stays
-bounded however long the plan.
+LOOKAHEAD more when the dispatcher asks which shots are due close together, or as many as the
+runner asks for to open connections before the start), so memory stays bounded however long
+the plan.
 """
 
 from __future__ import annotations
@@ -97,21 +98,30 @@ class Scheduler:
         at most LOOKAHEAD shots past the next one, in plan order; shots released by their
         session and held ones are not counted, so it is a hint, and the next shot is never
         held back past `horizon` by it."""
-        head = self._head
-        if head is None or self.closed or head.offset_ns > horizon:
+        if self.closed:
             return None
-        last, ahead = head.offset_ns, self._ahead
-        for i in range(LOOKAHEAD):
+        due = self.upcoming(horizon, LOOKAHEAD + 1)
+        return max(s.offset_ns for s in due) if due else None
+
+    def upcoming(self, horizon: int, most: int) -> list[Shot]:
+        """The plan's next shots due by offset `horizon`, in plan order, at most `most`; read
+        ahead and kept (nothing is taken). Released and held shots are not counted: a hint
+        of what the coming moments need (a wakeup for several, connections opened ahead)."""
+        head = self._head
+        if head is None or most < 1 or self._due(head) > horizon:
+            return []
+        out, ahead = [head], self._ahead
+        while len(out) < most:
+            i = len(out) - 1
             if i == len(ahead):
                 nxt = next(self._it, None)
                 if nxt is None:
                     break
                 ahead.append(nxt)
-            due = ahead[i].offset_ns
-            if due > horizon:
+            if self._due(ahead[i]) > horizon:
                 break
-            last = max(last, due)
-        return last
+            out.append(ahead[i])
+        return out
 
     def _next_planned(self) -> Shot | None:
         return self._ahead.popleft() if self._ahead else next(self._it, None)
