@@ -83,6 +83,13 @@ SEND = [  # how a run sends: replay, run, sweep
         "CAP_SYS_NICE): the target and other work on this machine cannot take its CPU while "
         "it sends (0: normal scheduling).",
     ),
+    _o(
+        "--warm-up/--no-warm-up",
+        default=True,
+        help="Open loop: open the connections for the shots due in the first millisecond "
+        "before the start (at most 64), so that a burst at the start does not wait for "
+        "connects; --no-warm-up: every connection is opened by the shot that needs it.",
+    ),
     _o("--client", type=click.Choice(["fast", "aiohttp"]), default="fast"),
     _o("--insecure", is_flag=True, help="Do not verify the target's TLS certificate."),
     _o("--quiet", "-q", is_flag=True, help="No live line."),
@@ -283,6 +290,7 @@ def send_settings(opts: dict[str, Any]) -> dict[str, Any]:
         "timeout_s": timeout,
         "send_slack_s": slack,
         "rt_priority": opts["rt_priority"],
+        "warm_up": opts["warm_up"],
         "client": opts["client"],
         "insecure": opts["insecure"],
         "workers": _workers(opts["workers"]),

@@ -34,11 +34,14 @@ from .planahead import (
     PLAN_BUFFER_SHOTS,
     PREFILL,
     PREFILL_WAIT_S,
+    WARM_MOST,
     DueCount,
     due_counted,
+    first_needs,
     plan_ahead_s,
     plan_whole,
     planned,
+    warm_timeout_s,
 )
 from .prefetch import Prefetch
 from .priority import realtime
@@ -257,6 +260,10 @@ def _run_streams(
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal)
+        warmed = 0
+        if not closed and settings.warm_up:
+            needs = first_needs(scheduler, prepare, min(WARM_MOST, max_in_flight))
+            warmed = await router.warm_up(needs, warm_timeout_s(settings.start_wall_ns))
         ticker = loop.create_task(
             _tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size, due)
         )
@@ -273,7 +280,7 @@ def _run_streams(
             with realtime(settings.rt_priority):  # the loop's thread only, while it sends
                 stats = await disp.run(start)
             rates["scheduled"], rates["achieved"] = disp.rates()
-            client_stats.update(connects=router.connects, resends=router.resends)
+            client_stats.update(connects=router.connects, resends=router.resends, warmed=warmed)
             if on_progress is not None:  # the last word: every request counted
                 on_progress(progress_now(disp, writer, metrics, plan_size, 0.0, due, final=True))
         finally:

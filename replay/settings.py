@@ -58,6 +58,7 @@ class RunSettings:
     # how late a shot may go to share a wakeup with the shots due just after it (Dispatcher)
     send_slack_s: float = 0.0
     rt_priority: int = 0  # SCHED_FIFO priority of the sending loop's thread (priority.py); 0: off
+    warm_up: bool = True  # open loop: connections for the first shots opened before the start
     workers: int = 1  # local worker processes (replay/workers.py shards the plan)
     ray: str | None = None  # a Ray cluster's address ("auto", "local", host:port): actors
     # set by the worker runner for one shard: (index, count), the result part, the start instant

@@ -169,7 +169,7 @@ def merge(
         "interrupted": interrupted or any(r.get("interrupted") for r in runs.values()),
         "connections": {
             k: sum((r.get("connections") or {}).get(k) or 0 for r in runs.values())
-            for k in ("connects", "resends")
+            for k in ("connects", "resends", "warmed")
         },
         "workers": {"count": len(exits), "backend": backend, "per_worker": per_worker},
         **(extra or {}),

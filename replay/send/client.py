@@ -320,29 +320,56 @@ class FastClient:
         self.resends += 1
         self.loop.create_task(self._connect_and_start(req, done, sent_ns))
 
+    async def _open(self) -> _Conn:
+        """A new connection to the target, counted and known to the pool (not yet idle)."""
+        _, proto = await asyncio.wait_for(
+            self.loop.create_connection(
+                lambda: _Conn(self),
+                self.target.host,
+                self.target.port,
+                ssl=self._ssl,
+                server_hostname=self.target.host if self._ssl else None,
+            ),
+            timeout=self.timeout or None,
+        )
+        self.connects += 1
+        self._all.add(proto)
+        return proto
+
     async def _connect_and_start(self, req: Prepared, done: Done, t0: int) -> None:
-        proto: _Conn
         try:
-            _, proto = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: _Conn(self),
-                    self.target.host,
-                    self.target.port,
-                    ssl=self._ssl,
-                    server_hostname=self.target.host if self._ssl else None,
-                ),
-                timeout=self.timeout or None,
-            )
+            proto = await self._open()
         except Exception as exc:  # every failure to connect is a result, not an exception
             kind, msg = classify(exc)
             done(Outcome(sent_ns=t0, end_ns=_now(), error=kind, error_msg=msg))
             return
-        self.connects += 1
-        self._all.add(proto)
         if proto.transport is None:  # closed between connecting and now
             done(Outcome(sent_ns=t0, end_ns=_now(), error="reset", error_msg="closed at connect"))
             return
         proto.start_at(req, done, t0)
+
+    async def warm(self, n: int, timeout: float) -> int:
+        """Open connections until `n` are idle in the pool, before the run starts, so that
+        its first shots do not each wait for a connect (a TLS handshake too); within
+        `timeout` s. How many opened. A connection that fails or comes late is left out:
+        the sends that need one open it, and meet any failure as their result."""
+        want = n - len(self._idle)
+        if want <= 0:
+            return 0
+        tasks = [self.loop.create_task(self._open()) for _ in range(want)]
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the failures read, none left
+        opened = 0
+        for t in tasks:
+            if t.cancelled() or t.exception() is not None:
+                continue
+            conn = t.result()
+            if conn.transport is not None:
+                self._idle.append(conn)
+                opened += 1
+        return opened
 
     def _release(self, conn: _Conn) -> None:
         self._idle.append(conn)

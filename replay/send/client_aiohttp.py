@@ -47,6 +47,9 @@ class AiohttpClient:
     def stage(self, req: Prepared, done: Done) -> None:
         return None  # aiohttp's pool picks the connection at the send: nothing to ready
 
+    async def warm(self, n: int, timeout: float) -> int:
+        return 0  # aiohttp's pool opens its connections as its workers need them
+
     async def _work(self) -> None:
         while True:
             item = await self._queue.get()

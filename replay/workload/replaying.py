@@ -87,6 +87,7 @@ class ReplayOptions:
     spin_ms: float = 1.5
     send_slack_s: float = 0.0
     rt_priority: int = 0
+    warm_up: bool = True
     stream: str = "replay"
     amplify: float = 1.0
     amplify_mode: str = "spread"
@@ -113,6 +114,7 @@ class ReplayOptions:
             spin_ms=self.spin_ms,
             send_slack_s=self.send_slack_s,
             rt_priority=self.rt_priority,
+            warm_up=self.warm_up,
             workers=self.workers,
             ray=self.ray,
         )
