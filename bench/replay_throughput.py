@@ -61,6 +61,8 @@ def measured(argv: list[str], cwd: Path | None = None) -> tuple[str, float, floa
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, text=True
     )
     wall = time.perf_counter() - t0
+    if proc.returncode != 0:  # a failed run's CPU is its start-up: it must not pass as a figure
+        raise SystemExit(f"{' '.join(argv[:2])} exited {proc.returncode}: {proc.stdout[-400:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return proc.stdout, wall, cpu
@@ -87,11 +89,20 @@ def tool_runs(
     lt = [str(BIN / "loadtape"), "replay", str(cap), "--target", url, "--concurrency", str(c), "-q"]
     runs: dict[str, tuple[list[str], object]] = {
         "loadtape": (
-            [*lt, "--requests", str(n), "--out", str(work / "lt")],
+            [*lt, "--requests", str(n), "--out", str(work / "lt"), "--force"],  # each round
             [*lt, "--requests", "1", "--out", str(work / "lt1")],
         ),
         "loadtape-aiohttp": (
-            [*lt, "--client", "aiohttp", "--requests", str(n), "--out", str(work / "la")],
+            [
+                *lt,
+                "--client",
+                "aiohttp",
+                "--requests",
+                str(n),
+                "--out",
+                str(work / "la"),
+                "--force",
+            ],
             [*lt, "--client", "aiohttp", "--requests", "1", "--out", str(work / "la1")],
         ),
     }
@@ -103,7 +114,7 @@ def tool_runs(
     if shutil.which("wrk"):
         runs["wrk"] = (
             ["wrk", "-t1", f"-c{c}", f"-d{seconds:g}s", f"{url}/bench"],
-            ["wrk", "-t1", "-c1", "-d0.05s", f"{url}/bench"],
+            None,  # wrk runs for whole seconds: no short run; its start-up is a few ms
         )
     locust = ensure_locust()
     if locust is not None:
@@ -128,7 +139,7 @@ def tool_runs(
         ]
         runs["locust"] = (
             [*base, "-t", f"{seconds:g}s"],
-            [*base[:6], "1", "-r", "1", *base[10:], "-t", "1s"],
+            [*base[:5], "1", "-r", "1", *base[8:], "-t", "1s"],  # one user, same host
         )
     return runs
 
@@ -182,8 +193,7 @@ def main() -> None:
             runs = tool_runs(nginx.url, cap, work, args.requests, args.concurrency, args.seconds)
             startup: dict[str, float] = {}
             for name, (_, small) in runs.items():
-                _, _, cpu = measured(small)  # type: ignore[arg-type]
-                startup[name] = cpu
+                startup[name] = measured(small)[2] if small else 0.0  # type: ignore[arg-type]
             for rnd in range(args.rounds):
                 for name, (full, _) in runs.items():
                     out, wall, cpu = measured(full)  # type: ignore[arg-type]
