@@ -300,6 +300,7 @@ class Dispatcher:
         now, start, stats = self.clock(), self.start, self.stats
         for _, due, _ in staged:
             stats.count(due, start + due, now)
+        stats.staged += len(staged)
         self._release_gc()
 
     def _unstage(self) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 @dataclass
 class DispatchStats:
     sent: int = 0
+    staged: int = 0  # of them, sent on a connection readied before their instant
     completed: int = 0
     last_due_ns: int = 0  # scheduled offset of the latest shot sent
     last_lag_ns: int = 0

@@ -65,6 +65,7 @@ def run_document(
         "counts": {
             "planned": stats.sent + sum(stats.unsent.values()),
             "sent": stats.sent,
+            "staged": stats.staged,
             "ok": ok,
             "expected": expected,
             "failed": failed,

@@ -536,6 +536,7 @@ def test_a_burst_woken_early_for_is_readied_and_written_at_its_instant() -> None
     assert client.fired == [(100 * MS + 2_000, p) for p in ("/0", "/1", "/2")]
     assert [p for p, _ in client.sent] == ["/3", "/4"]
     assert disp.stats.sent == 5 and disp.scheduler.in_flight == 5
+    assert disp.stats.staged == 3  # run.json's count of sends on readied connections
     assert disp.stats.max_lag_ns == 2_000
 
 
@@ -549,7 +550,7 @@ def test_a_stop_before_the_instant_sends_none_of_the_readied_shots() -> None:
     for cb in list(loop.soon):
         cb()  # type: ignore[operator]
     assert client.fired == [] and client.sent == [] and client.cancelled == 3
-    assert disp.scheduler.in_flight == 0 and disp.stats.sent == 0
+    assert disp.scheduler.in_flight == 0 and disp.stats.sent == 0 and disp.stats.staged == 0
     assert [s.request.path for s in disp.scheduler.drain()] == ["/0", "/1", "/2", "/3", "/4"]
 
 

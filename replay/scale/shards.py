@@ -24,6 +24,7 @@ from replay.workload.scenario import load
 SUM_COUNTS = (
     "planned",
     "sent",
+    "staged",
     "ok",
     "expected",
     "failed",
