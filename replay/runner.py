@@ -41,6 +41,7 @@ from .planahead import (
     plan_ahead_s,
     plan_whole,
     planned,
+    start_instant,
     warm_timeout_s,
 )
 from .prefetch import Prefetch
@@ -273,9 +274,7 @@ def _run_streams(
             # Open loop keeps a schedule: the loop waits at most this for the GIL. (Closed loop
             # has no schedule to keep; there the extra GIL handoffs only cost CPU.)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
-        start = None
-        if settings.start_wall_ns is not None:  # the shared start instant, on this clock
-            start = time.monotonic_ns() + (settings.start_wall_ns - time.time_ns())
+        start = start_instant(settings.start_wall_ns, closed, time.monotonic_ns(), time.time_ns())
         try:
             with realtime(settings.rt_priority):  # the loop's thread only, while it sends
                 stats = await disp.run(start)
