@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from faultserver import FaultServer
 
 from captures.testing import T0_NS, http_record, write_capture
 from replay.api import run_replay
+from replay.mock.config import GatewayConfig
+from replay.mock.gateway import MockGateway
 from replay.mock.threaded import running_gateway
 from replay.plan import Request, Shot
 from replay.planahead import (
@@ -118,6 +121,29 @@ async def test_connections_opened_ahead_carry_the_first_sends() -> None:
             await c.close()
     assert all(o.error is None and o.status == 200 for o in outs)
     assert new == [False] * 4 and c.connects == 4  # none of them waited for a connect
+
+
+async def test_over_tls_the_handshakes_are_done_ahead_and_a_refused_one_is_left_out(
+    server_ssl: ssl.SSLContext,
+) -> None:
+    """A TLS target: the warmed connections have done their handshake; a certificate the
+    client refuses opens none, and the send that needs one meets the refusal as its result."""
+    async with MockGateway(GatewayConfig(default_profile="instant"), ssl_context=server_ssl) as gw:
+        target = parse_target(gw.url)
+        loose = FastClient(target, timeout=5.0, insecure=True)
+        strict = FastClient(target, timeout=5.0)
+        try:
+            assert await loose.warm(2, timeout=5.0) == 2
+            assert all(c.transport.get_extra_info("ssl_object") for c in loose._idle)  # type: ignore[union-attr]
+            assert await strict.warm(2, timeout=5.0) == 0 and strict.connects == 0
+            req = Rewriter(target).prepare(Request("GET", "/health", None, [], None))
+            fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            strict.submit(req, fut.set_result)
+            refused = await asyncio.wait_for(fut, 30)
+        finally:
+            await loose.close()
+            await strict.close()
+    assert loose.connects == 2 and refused.error == "tls"
 
 
 async def test_a_target_that_refuses_leaves_nothing_opened_and_raises_nothing() -> None:
