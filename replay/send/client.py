@@ -360,13 +360,9 @@ class FastClient:
         _, late = await asyncio.wait(tasks, timeout=timeout)
         for t in late:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # the failures read, none left
         opened = 0
-        for t in tasks:
-            if t.cancelled() or t.exception() is not None:
-                continue
-            conn = t.result()
-            if conn.transport is not None:
+        for conn in await asyncio.gather(*tasks, return_exceptions=True):  # failures read too
+            if isinstance(conn, _Conn) and conn.transport is not None:
                 self._idle.append(conn)
                 opened += 1
         return opened
