@@ -114,8 +114,18 @@ def anthropic_conversation(ac: anthropic.Anthropic) -> int:
 
 def traffic(base: str) -> dict[str, int]:
     """Conversations in threads, so their turns interleave; name -> requests."""
-    oc = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-conv-not-real-000000", max_retries=0)
-    ac = anthropic.Anthropic(base_url=base, api_key="sk-ant-conv-not-real-0000", max_retries=0)
+    with (
+        openai.OpenAI(
+            base_url=f"{base}/v1", api_key="sk-conv-not-real-000000", max_retries=0
+        ) as oc,
+        anthropic.Anthropic(
+            base_url=base, api_key="sk-ant-conv-not-real-0000", max_retries=0
+        ) as ac,
+    ):
+        return _traffic(oc, ac)
+
+
+def _traffic(oc: openai.OpenAI, ac: anthropic.Anthropic) -> dict[str, int]:
     jobs = {
         # two conversations that open with the same user message
         "chat-a": lambda: chat_conversation(oc, "You are A.", "hello there", 4),

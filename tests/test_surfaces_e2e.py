@@ -52,8 +52,16 @@ HI = [{"role": "user", "content": "hello there"}]
 
 def sdk_traffic(base: str) -> list[tuple[str, bool, str]]:
     """One request per surface, kind and mode; returns (api, streamed, what) for each sent."""
-    oc = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-e2e-not-a-real-key-0000", max_retries=0)
-    ac = anthropic.Anthropic(base_url=base, api_key="sk-ant-e2e-not-real-0000", max_retries=0)
+    with (
+        openai.OpenAI(
+            base_url=f"{base}/v1", api_key="sk-e2e-not-a-real-key-0000", max_retries=0
+        ) as oc,
+        anthropic.Anthropic(base_url=base, api_key="sk-ant-e2e-not-real-0000", max_retries=0) as ac,
+    ):
+        return _sdk_traffic(oc, ac)
+
+
+def _sdk_traffic(oc: openai.OpenAI, ac: anthropic.Anthropic) -> list[tuple[str, bool, str]]:
     sent: list[tuple[str, bool, str]] = []
 
     def drain(stream: Any) -> None:
