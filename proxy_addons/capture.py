@@ -7,7 +7,8 @@ or `loadtape capture --upstream http://127.0.0.1:8000 --out DIR`.
 
 Streamed responses (SSE, bodies of unknown length, bodies above `capture_stream_above`) go through
 a callable set as `flow.response.stream` that notes each chunk's arrival time and size and keeps
-the body up to the body limit, so the proxy adds no buffering delay to token streams. Small bodies
+the body up to the body limit, so the proxy adds no buffering delay to token streams (their head
+waits for the first body bytes, 1 ms at most, to go out with them: coalesce.py). Small bodies
 of known length are buffered as bare mitmdump does (streaming costs mitmproxy per-chunk events;
 measured, it was most of the addon's cost) and recorded as one chunk at the response end;
 `capture_stream=all` streams everything. Chunk times are when mitmproxy handled each chunk;
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, exceptions, http
 
 try:  # loaded by mitmdump -s as a file: make sure the package import works either way
+    from proxy_addons import coalesce
     from proxy_addons.feed import WorkerClient
     from proxy_addons.options import declare
     from proxy_addons.settings import SinkConfig
@@ -81,6 +83,23 @@ class _Chunks:
                 self.parts.append(piece)
                 self.kept += len(piece)
         return data
+
+
+class _HeldChunks(_Chunks):
+    """_Chunks for a response whose head is held back (coalesce.py) until its first chunk."""
+
+    __slots__ = ("held",)
+
+    def __init__(self, limit: int, held: coalesce.Held) -> None:
+        super().__init__(limit)
+        self.held: coalesce.Held | None = held
+
+    def __call__(self, data: bytes) -> bytes:
+        held = self.held
+        if held is not None:  # the first chunk, or the end of a stream that had none
+            self.held = None
+            held.first_chunk()
+        return _Chunks.__call__(self, data)
 
 
 class _Body:
@@ -142,6 +161,7 @@ class CaptureAddon:
         self._body_limit = 4 << 20
         self._stream_above = 256 << 10
         self._stream_requests = True
+        self._hold_s = 0.001
         self._dir: Path | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -157,6 +177,7 @@ class CaptureAddon:
                 -1 if o.capture_stream == "all" else parse_size(o.capture_stream_above)
             )
             self._stream_requests = bool(o.capture_stream_requests)
+            self._hold_s = parse_duration(o.capture_hold_headers)
             flush = parse_duration(o.capture_flush_interval)
             queue_bytes = parse_size(o.capture_queue_bytes)
             sources = parse_session_sources(o.capture_session_key)
@@ -304,7 +325,13 @@ class CaptureAddon:
                 and int(length) <= self._stream_above
             ):
                 return  # small, known length: let mitmproxy buffer it, as bare mitmdump does
-        resp.stream = _Chunks(self._body_limit)
+        chunks = _Chunks(self._body_limit)
+        if self._hold_s > 0 and coalesce.holdable(flow):
+            sock = coalesce.client_socket(flow)
+            if sock is not None and coalesce.hold(sock):
+                loop = asyncio.get_running_loop()
+                chunks = _HeldChunks(self._body_limit, coalesce.Held(sock, self._hold_s, loop))
+        resp.stream = chunks
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._record(flow)

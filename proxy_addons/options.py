@@ -76,6 +76,13 @@ def declare(loader: Any) -> None:
     )
     add("capture_stream_above", str, "256k", "In auto mode, stream bodies larger than this.")
     add(
+        "capture_hold_headers",
+        str,
+        "1ms",
+        "Hold a streamed response's head back until its first body bytes, at most this long, "
+        "so the two reach an HTTP/1 client in one segment (0: send the head at once).",
+    )
+    add(
         "capture_stream_requests",
         bool,
         True,
