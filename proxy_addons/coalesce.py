@@ -27,6 +27,7 @@ import socket
 from typing import Any, Protocol
 
 from mitmproxy import ctx, http
+from mitmproxy.net.http.http1 import expected_http_body_size
 
 CORK: int | None = getattr(socket, "TCP_CORK", None)
 
@@ -48,7 +49,14 @@ def client_socket(flow: http.HTTPFlow) -> _Sock | None:
 
 
 def holdable(flow: http.HTTPFlow) -> bool:
-    return CORK is not None and flow.request.http_version.startswith("HTTP/1")
+    """An HTTP/1 response with a body to come (not a HEAD's, a 1xx, 204 or 304, nor one of
+    length 0, whose head alone is the response)."""
+    if CORK is None or flow.response is None or not flow.request.http_version.startswith("HTTP/1"):
+        return False
+    try:
+        return expected_http_body_size(flow.request, flow.response) != 0
+    except ValueError:
+        return False
 
 
 def hold(sock: _Sock) -> bool:

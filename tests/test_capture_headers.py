@@ -103,9 +103,43 @@ async def test_hold_zero_sends_the_head_at_once(tmp_path: Path) -> None:
     assert event_s - head_s >= 0.04
 
 
-def test_only_http1_clients_are_held() -> None:
-    """An HTTP/2 connection carries other streams, which a cork would hold back too."""
-    flow = tflow.tflow()
+def test_only_http1_responses_with_a_body_to_come_are_held() -> None:
+    """An HTTP/2 connection carries other streams, which a cork would hold back too; a response
+    without a body is its head alone."""
+    flow = tflow.tflow(resp=True)
+    del flow.response.headers["content-length"]  # type: ignore[union-attr]
     assert coalesce.holdable(flow)
     flow.request.http_version = "HTTP/2.0"
     assert not coalesce.holdable(flow)
+    for method, status in (("GET", 204), ("GET", 304), ("GET", 101), ("HEAD", 200)):
+        flow = tflow.tflow(resp=True)
+        flow.request.method, flow.response.status_code = method, status  # type: ignore[union-attr]
+        del flow.response.headers["content-length"]  # type: ignore[union-attr]
+        assert not coalesce.holdable(flow), (method, status)
+
+
+async def test_a_response_without_a_body_is_not_held(tmp_path: Path) -> None:
+    """A 204 has nothing to come after its head: it is not held for the bound (300 ms here)."""
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", empty)
+    async with serving(app) as upstream:
+        proc = start_proxy(tmp_path, upstream, capture_hold_headers="300ms")
+        try:
+            host, port = proc.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: up\r\nContent-Length: 0\r\n\r\n"
+            )
+            t0 = time.monotonic()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            took = time.monotonic() - t0
+            writer.close()
+            await writer.wait_closed()
+            proc.stop()
+        finally:
+            proc.kill()
+    assert head.startswith(b"HTTP/1.1 204") and took < 0.2
