@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,8 @@ from captures.errors import CaptureError, RunFailed, UserError
 ADDON = Path(__file__).with_name("capture.py")
 STATUS_FILE = "capture-status.json"
 PROXY_LOG = "proxy.log"
+# the last line of a traceback in the proxy's log: "mitmproxy.exceptions.OptionsError: capture: ..."
+_RAISED = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception): (?P<why>.+)$")
 
 
 @dataclass
@@ -172,6 +175,10 @@ class CaptureProcess:
         """The log line that says why the proxy failed: the first specific error, not
         mitmproxy's closing "Error logged during startup, exiting..."."""
         lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
+        for ln in lines:  # an addon's traceback: its last line has the cause, not "error in script"
+            m = _RAISED.match(ln)
+            if m:
+                return m["why"][:300]
         generic = ("error logged during startup", "exiting...")
         errors = [
             ln

@@ -112,6 +112,20 @@ def test_capture_on_a_port_in_use_exits_2_with_the_cause_at_once(
     assert took < 20, took  # within seconds (a bound against hanging, not a speed figure)
 
 
+def test_capture_with_a_bad_addon_option_exits_2_with_the_option_s_own_message(
+    tmp_path: Path, gateway: str
+) -> None:
+    """Not mitmproxy's "error in script ...": the addon's message, which names the value."""
+    p = _run(
+        tmp_path,
+        *("capture", "--upstream", gateway, "--listen", "127.0.0.1:0"),
+        *("--out", str(tmp_path / "cap"), "--", "--set", "capture_hold_headers=soon"),
+        timeout=60,
+    )
+    line = one_line(p, 2)
+    assert "bad duration 'soon'" in line, line
+
+
 def _seed_damaged_journal(cap: Path) -> list[Path]:
     """What kills at the wrong moment leave: a zero-byte segment, one cut inside its header
     frame, and a temporary part of a compaction cut short."""
