@@ -190,6 +190,8 @@ class CaptureAddon:
             )
         if o.capture_queue_size < 1:
             raise _bad("capture: capture_queue_size must be >= 1")
+        if not 0 <= o.capture_worker_nice <= 19:
+            raise _bad("capture: capture_worker_nice must be 0 to 19")
         self._include_hosts = _globs(o.capture_include_hosts)
         self._exclude_hosts = _globs(o.capture_exclude_hosts)
         self._include_paths = _globs(o.capture_include_paths)
@@ -217,6 +219,7 @@ class CaptureAddon:
             flush_interval=flush,
             on_error=o.capture_on_error,
             status_file=o.capture_status_file,
+            worker_nice=o.capture_worker_nice,
         )
         try:
             load_or_create_key(kpath)  # fail here, with a clear message, not in the worker

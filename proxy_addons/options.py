@@ -65,6 +65,14 @@ def declare(loader: Any) -> None:
         "With capture_writer=thread, where compaction runs.",
         ["process", "inline"],
     )
+    add(
+        "capture_worker_nice",
+        int,
+        10,
+        "Niceness of the capture worker process (0-19): when the CPUs are contended the proxy "
+        "and the traffic come first, the records follow (queued, within capture_queue_size); "
+        "0 runs it as the proxy.",
+    )
     add("capture_status_file", str | None, None, "Write live counters here (JSON).")
     add(
         "capture_stream",

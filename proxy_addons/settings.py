@@ -26,6 +26,7 @@ class SinkConfig:
     flush_interval: float
     on_error: str
     status_file: str | None
+    worker_nice: int = 10
 
 
 @dataclass

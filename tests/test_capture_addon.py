@@ -364,6 +364,8 @@ async def test_configure_rejects_bad_options(tmp_path: Path, key_file: Path) -> 
             configure(tctx, addon, tmp_path / "c", key_file, capture_session_key="cookie")
         with pytest.raises(exceptions.OptionsError, match="bad duration"):
             configure(tctx, addon, tmp_path / "e", key_file, capture_hold_headers="soon")
+        with pytest.raises(exceptions.OptionsError, match="0 to 19"):
+            configure(tctx, addon, tmp_path / "f", key_file, capture_worker_nice=20)
         with pytest.raises(exceptions.OptionsError, match="must not live in the capture"):
             configure(tctx, addon, tmp_path / "d", tmp_path / "d" / "k")
 

@@ -208,6 +208,8 @@ def test_a_worker_that_dies_and_cannot_be_replaced_stops_the_capture_with_the_ca
     kids = psutil.Process(live.proc.pid).children(recursive=True)
     worker = [k for k in kids if "proxy_addons.worker" in " ".join(k.cmdline())]
     assert len(worker) == 1, [k.cmdline()[:3] for k in kids]
+    # the proxy comes first for the CPU (capture_worker_nice)
+    assert worker[0].nice() - psutil.Process(live.proc.pid).nice() == 10
     # the journal directory turns into a file: the in-proxy fallback cannot open a writer
     (cap / "journal").rename(tmp_path / "journal-moved")
     (cap / "journal").write_text("not a directory")
