@@ -104,9 +104,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the proxy; we stop at EOF
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = SinkConfig(**json.loads(sys.argv[1]))
-    # Records can wait (queued, bounded); the proxy's requests cannot: measured, at nice 10 a
-    # streamed chat through the proxy at one connection took 0.28 ms less at p99, and 32
-    # connections went 8% faster, on the 2-core development VM (bench/capture_overhead.py).
+    # Records can wait (queued, bounded); the proxy's requests cannot. Measured on the 2-core
+    # development VM (streamed chat, docs/capture.md): p99 at one connection 0.05-0.28 ms lower
+    # in three interleaved comparisons; throughput within the noise.
     os.nice(config.worker_nice)
     try:
         sys.exit(serve(config, sys.stdin.fileno(), sys.stdout))
