@@ -192,6 +192,21 @@ def test_echoes_in_every_form() -> None:
     assert "resp_body:echo" in x.notes
 
 
+def test_a_text_read_clean_before_is_still_an_echo_where_it_is_a_secret() -> None:
+    """Texts found clean are remembered across exchanges; an exchange's own echoes still apply
+    to them."""
+    red = Redactor(RedactionPolicy(), b"k" * 32)
+    value = "release-candidate-7"
+    assert red.exchange().headers([("X-Build", value)], "req") == [("X-Build", value)]
+    assert value in red.clean
+    x = red.exchange()
+    (_, auth), (_, build) = x.headers([("X-Auth-Token", value), ("X-Build", value)], "req")
+    assert MARKER_RE.fullmatch(auth) and build == auth
+    assert "req:x-build:echo" in x.notes
+    # the next exchange without the secret reads it as clean again
+    assert red.exchange().headers([("X-Build", value)], "req") == [("X-Build", value)]
+
+
 def test_markers_are_stable_and_distinct() -> None:
     a = RED.exchange().text(f"one {SK}") or ""
     b = RED.exchange().text(f"two {SK}") or ""

@@ -72,6 +72,9 @@ class Redactor:
     policy: RedactionPolicy
     key: bytes
     _cache: dict[tuple[str, bytes], str] = field(default_factory=dict, repr=False)
+    # short texts read before and found to hold no secret (scope.py): the same header values
+    # come with every request of a client
+    clean: set[str] = field(default_factory=set, repr=False)
     # secrets redacted from recorded exchanges, by kind (the capture's metrics)
     counts: dict[str, int] = field(default_factory=dict, repr=False)
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .policy import RedactionPolicy, Redactor
 
 _MARKER = re.compile(rb"\[REDACTED:[a-z_\-]+:[0-9a-f]{8}\]")
+CLEAN_LEN = 256  # texts up to this long are remembered when they hold no secret
+CLEAN_COUNT = 8192  # and up to this many (then forgotten, all at once)
 
 
 class Scope:
@@ -47,10 +49,18 @@ class Scope:
         if not s or not self.on:
             return s
         out = self.echoes.replace_text(s) if self.echoes else s
-        if out is not s and where:
+        clean = self.redactor.clean
+        if out is s:
+            if s in clean:  # read before, no secret in it (the policy is the redactor's)
+                return s
+        elif where:
             self.note(f"{where}:echo")
         found = self._spans(out.encode("ascii", "replace"))
         if not found:
+            if out is s and len(s) <= CLEAN_LEN:
+                if len(clean) >= CLEAN_COUNT:
+                    clean.clear()
+                clean.add(s)
             return out
         pieces, last = [], 0
         for start, end, kind in found:
