@@ -71,6 +71,12 @@ EARLY_NS = 2_000_000
 # but its write), until STAGE_MARGIN_NS before it; at the instant the writes follow each other
 # alone. A burst of 32 took ~20 us a send, ~6 us of it the write.
 STAGE_MARGIN_NS = 30_000
+# A burst readied, the loop sleeps again until this long before its instant, then polls: it
+# polled the whole early window before (up to 2 ms), and beside a CPU-bound process that used
+# up the loop's turn on the CPU, so the instant often fell in the other process's turn (bursts
+# 1.6-2.7 ms late at p99). A sleeper is back on the CPU at once when it wakes. The margin covers
+# the wakeup, which comes later after a sleep of a millisecond or more (the vCPU idles deeper).
+REST_MARGIN_NS = 400_000
 IDLE_MARGIN_NS = 10_000
 # Other work on the loop (the run's tick: the results' handover, the progress line, ~0.4 ms)
 # waits until this long after a burst readied or about to be: measured, the tick's progress
@@ -92,6 +98,7 @@ class Dispatcher:
         poll_ns: int = POLL_NS,
         early_after_ns: int = EARLY_AFTER_NS,
         early_ns: int = EARLY_NS,
+        rest_margin_ns: int = REST_MARGIN_NS,
         send_batch: int = SEND_BATCH,
         dial_batch: int = DIAL_BATCH,
         send_slack_ns: int = 0,
@@ -108,6 +115,7 @@ class Dispatcher:
         self.poll_ns = poll_ns
         self.early_after_ns = early_after_ns
         self.early_ns = early_ns
+        self.rest_margin_ns = rest_margin_ns
         self.send_batch = send_batch
         self.dial_batch = dial_batch
         self.send_slack_ns = send_slack_ns
@@ -320,6 +328,10 @@ class Dispatcher:
         if self._timer is not None:
             lead = deadline - self.clock()
             if lead <= self.poll_ns or (deadline == self._early_for and lead <= self.early_ns):
+                if self._staged and lead > self.rest_margin_ns + self.poll_ns:
+                    # a burst readied: sleep until the margin before it (REST_MARGIN_NS)
+                    self._timer.arm(deadline - self.rest_margin_ns)
+                    return
                 # Sooner than a sleep could wake us (a wakeup costs about as long as this), or
                 # woken early for it: go round the loop until then, picking up socket events
                 # as they come.

@@ -20,6 +20,7 @@ from replay.dispatch import (
     IDLE_MARGIN_NS,
     IDLE_TURN_NS,
     POLL_NS,
+    REST_MARGIN_NS,
     SEND_BATCH,
     Dispatcher,
 )
@@ -538,6 +539,26 @@ def test_a_burst_woken_early_for_is_readied_and_written_at_its_instant() -> None
     assert disp.stats.sent == 5 and disp.scheduler.in_flight == 5
     assert disp.stats.staged == 3  # run.json's count of sends on readied connections
     assert disp.stats.max_lag_ns == 2_000
+
+
+def test_a_burst_readied_with_time_to_spare_sleeps_again_until_the_margin_before_it() -> None:
+    """Woken 2 ms early (a long sleep before): the burst is readied, then the loop sleeps until
+    REST_MARGIN_NS before the instant instead of polling the whole way (beside a CPU-bound
+    process the polling used up the loop's turn on the CPU); from that wakeup it polls."""
+    clock = [0]
+    disp, client, loop = _burst(clock, warm=3)
+    clock[0] = 100 * MS - EARLY_NS
+    disp._pump()
+    assert len(disp._staged) == 3 and loop.soon == []
+    assert disp._timer.armed == [100 * MS - REST_MARGIN_NS]  # type: ignore[union-attr]
+    disp._pump()  # a completion's pump meanwhile: the timer stands, no polling
+    assert disp._timer.armed == [100 * MS - REST_MARGIN_NS] and loop.soon == []  # type: ignore[union-attr]
+    clock[0] = 100 * MS - REST_MARGIN_NS + 60_000  # the wakeup, a little late
+    disp._fire()
+    assert client.fired == [] and len(loop.soon) == 1  # polls until the instant
+    clock[0] = 100 * MS + 1_000
+    loop.soon.pop()()  # type: ignore[operator]
+    assert client.fired == [(100 * MS + 1_000, p) for p in ("/0", "/1", "/2")]
 
 
 def test_a_stop_before_the_instant_sends_none_of_the_readied_shots() -> None:
