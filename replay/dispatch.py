@@ -73,9 +73,10 @@ EARLY_NS = 2_000_000
 STAGE_MARGIN_NS = 30_000
 # A burst readied, the loop sleeps again until this long before its instant, then polls: it
 # polled the whole early window before (up to 2 ms), and beside a CPU-bound process that used
-# up the loop's turn on the CPU, so the instant often fell in the other process's turn (bursts
-# 1.6-2.7 ms late at p99). A sleeper is back on the CPU at once when it wakes. The margin covers
-# the wakeup, which comes later after a sleep of a millisecond or more (the vCPU idles deeper).
+# up the loop's turn on the CPU, and when the instant fell in the other process's turn the whole
+# burst waited for it (1.1-2.1 ms). A sleeper is back on the CPU at once when it wakes. The
+# margin covers the wakeup, which comes later after a sleep of a millisecond or more (the vCPU
+# idles deeper). docs/performance.md has the figures.
 REST_MARGIN_NS = 400_000
 IDLE_MARGIN_NS = 10_000
 # Other work on the loop (the run's tick: the results' handover, the progress line, ~0.4 ms)
