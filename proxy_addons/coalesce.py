@@ -4,8 +4,8 @@ Streamed from its headers on (what the capture addon does for a token stream), m
 the response head to the client the moment the hook returns, and each body chunk after it in a
 write of its own. When the first bytes follow the head closely (a fast upstream, a cached answer)
 that is one more segment and one more wakeup of the client for nothing it can use: measured on
-the 2-core development VM, streamed chat at one connection took 0.085 ms longer at p50 than with
-the head held back (bench/capture_overhead.py). mitmproxy's own `stream_large_bodies` holds the
+the 2-core development VM, streamed chat at one connection took 0.08-0.12 ms longer at p50 than
+with the head held back (docs/performance.md). mitmproxy's own `stream_large_bodies` holds the
 head back too, until the first body bytes, however long they take.
 
 Here the client's socket is corked (TCP_CORK) when the head goes out, and uncorked right after
