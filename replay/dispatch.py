@@ -63,9 +63,9 @@ DIAL_BATCH = 8
 # the instant, and the loop polls its sockets from then until it (the poll path above; with a
 # burst readied, from REST_MARGIN_NS before it): the spin is never more than a tenth of the
 # gap. The first shot of a burst after a quiet spell was the latest: p50 200 us late on the
-# wire before the first byte. At most 2 ms: the wakeup
-# can come 0.3 ms late or more, and readying a burst of 32 takes 0.15-0.35 ms; with 0.8 ms
-# (before), some bursts were readied only in part, or not at all, and went the slow way.
+# wire before the first byte. At most 2 ms: the wakeup can come 0.3 ms late or more, and
+# readying a burst of 32 takes 0.15-0.35 ms; with 0.8 ms (before), some bursts were readied
+# only in part, or not at all, and went the slow way.
 EARLY_AFTER_NS = 4_000_000
 EARLY_NS = 2_000_000
 # Woken early, the shots due at the instant are made ready on warm connections (a send's work
