@@ -1,5 +1,6 @@
-"""Both senders against real servers on loopback: timings, SSE token events, usage, every
-failure turned into an error kind (never an exception), keep-alive reuse."""
+"""The senders against real servers on loopback: timings, SSE token events, usage, every
+failure turned into an error kind (never an exception), keep-alive reuse. The compiled sender
+(wire) is driven here as the dispatcher drives it: its results taken every millisecond."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from aioserve import serving
 from faultserver import FaultServer
+from wired import needs_wire
 
 from replay.mock.config import GatewayConfig
 from replay.mock.gateway import MockGateway
@@ -20,15 +22,42 @@ from replay.rewrite import Rewriter
 from replay.send.client import FastClient
 from replay.send.client_aiohttp import AiohttpClient
 from replay.send.outcome import Outcome
+from replay.send.wire import WireClient
 from replay.targets import parse_target
 
-CLIENTS = ["fast", "aiohttp"]
+CLIENTS = ["fast", "aiohttp", "wire"]
+
+
+class Collected:
+    """A compiled sender whose results are taken every millisecond (the dispatcher's tick)."""
+
+    def __init__(self, client: WireClient) -> None:
+        self.client = client
+        self.task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def _collect(self) -> None:
+        while True:
+            self.client.collect()
+            await asyncio.sleep(0.001)
+
+    def submit(self, req: Any, done: Any) -> bool:
+        return self.client.submit(req, done)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
 
 
 def make(kind: str, url: str, timeout: float = 5.0, insecure: bool = False) -> Any:
     t = parse_target(url)
     if kind == "fast":
         return FastClient(t, timeout=timeout, insecure=insecure)
+    if kind == "wire":
+        needs_wire()
+        return Collected(WireClient(t, timeout=timeout))
     return AiohttpClient(t, workers=8, timeout=timeout, insecure=insecure)
 
 
@@ -58,7 +87,7 @@ async def test_plain_request_and_keep_alive(kind: str) -> None:
         assert o.error is None and o.status == 200
         assert o.sent_ns <= o.headers_ns <= o.end_ns  # type: ignore[operator]
         assert (o.prompt_tokens, o.completion_tokens) == (3, 4)
-    if kind == "fast":
+    if kind in ("fast", "wire"):
         assert c.connects == 1  # one keep-alive connection for all three
 
 

@@ -1,0 +1,235 @@
+"""The compiled sender: requests handed ahead of their instant to a C thread (wire_c/engine.c) that
+writes each at its instant and reads its answer; the Python side takes the finished exchanges
+in batches and reads them with llhttp, as the fast sender does, each read's bytes stamped with
+the time the engine read them.
+
+Why: an open-loop request in Python costs two wakeups of the event loop (its instant, then its
+answer), and a wakeup of the interpreter is dear; the engine's thread pays them in C, and the
+loop wakes once per tick for many requests (docs/performance.md). What it serves: plain HTTP/1.1
+targets (no TLS), open loop, no session state applied at the send; `replay --client` says
+which sender runs (`auto` picks this one where it can).
+
+The outcome is the fast sender's: the same stamps (sent before the first write; headers, each
+body event and the end when the read that brought them returned), the same error kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import httptools
+
+from captures.protocols import PLAIN
+from replay.rewrite import Prepared
+from replay.targets import Target
+
+from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
+
+try:
+    from . import _wire  # type: ignore[attr-defined]
+except ImportError:  # not built here (no C compiler, not Linux): the Python sender runs
+    _wire = None
+
+Done = Callable[[Outcome], None]
+Unsent = Callable[[], None]
+
+
+def available() -> bool:
+    return _wire is not None
+
+
+class _Reader:
+    """llhttp's callbacks over an answer the engine read: what the fast sender's connection
+    does as the bytes arrive, at the stamps of the reads that brought them."""
+
+    __slots__ = ("ctype", "enc", "head", "out", "parser", "retry", "scan", "surface", "t", "whole")
+
+    def __init__(self, out: Outcome, req: Prepared) -> None:
+        self.out = out
+        self.parser = httptools.HttpResponseParser(self)
+        self.surface = req.surface
+        self.head = req.method == "HEAD"
+        self.ctype = self.enc = b""
+        self.retry: bytes | None = None
+        self.scan: StreamScanner | None = None
+        self.t = 0
+        self.whole = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        if n == b"content-type":
+            self.ctype = value.lower()
+        elif n == b"content-encoding":
+            self.enc = value
+        elif n == b"retry-after":
+            self.retry = value
+
+    def on_headers_complete(self) -> None:
+        out = self.out
+        out.headers_ns = self.t
+        out.status = self.parser.get_status_code()
+        if self.retry is not None:
+            out.retry_after = self.retry.decode("latin-1")
+        self.scan = StreamScanner(out, self.ctype, self.enc, self.surface or PLAIN)
+        if self.head:
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.scan is not None:
+            self.scan.feed(body, self.t)
+
+    def on_message_complete(self) -> None:
+        if not self.whole:
+            self.whole = True
+            self.out.end_ns = self.t
+            if self.scan is not None:
+                self.scan.finish()
+
+
+def read_answer(
+    out: Outcome, req: Prepared, answer: bytes, stamps: tuple[int, ...], ended: bool
+) -> bool:
+    """Feeds the answer to llhttp read by read; True if it was a whole response. `ended`: the
+    engine framed it whole (a body without a length ends at the close: llhttp is not told)."""
+    reader = _Reader(out, req)
+    done = 0
+    view = memoryview(answer)
+    try:
+        for i in range(0, len(stamps), 2):
+            upto, reader.t = stamps[i], stamps[i + 1]
+            if upto > done:
+                out.bytes_in += upto - done
+                reader.parser.feed_data(view[done:upto])
+                done = upto
+            if reader.whole:
+                break
+    except httptools.HttpParserUpgrade:
+        out.error, out.error_msg = "protocol", "unexpected protocol upgrade"
+        return False
+    except httptools.HttpParserError as exc:
+        out.error, out.error_msg = "protocol", f"invalid HTTP from the target: {exc}"
+        return False
+    scan = reader.scan
+    if not reader.whole and scan is not None and (ended or scan.complete):
+        reader.on_message_complete()  # at the close, or after the stream's terminal event
+    return reader.whole
+
+
+class WireClient:
+    """A client of one plain-HTTP target whose sends are timed by the engine (`submit_at`);
+    results come in `collect()`, which the dispatcher calls every tick."""
+
+    timed = True
+
+    def __init__(self, target: Target, *, timeout: float = 60.0) -> None:
+        if _wire is None:
+            raise RuntimeError("the compiled sender is not built here")
+        if target.scheme != "http":
+            raise ValueError("the compiled sender speaks plain HTTP only")
+        self.target = target
+        self.timeout = timeout
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        host = str(infos[0][4][0])
+        self._engine = _wire.Engine(host, target.port, int(timeout * 1e9) if timeout else 0)
+        self._ids = itertools.count()
+        self._out: dict[int, tuple[Prepared, Done, Unsent | None]] = {}
+        self._closed = False
+
+    # -- sending ---------------------------------------------------------------------------------
+    def submit_at(
+        self, req: Prepared, done: Done, due_ns: int, unsent: Unsent | None = None
+    ) -> None:
+        """Send at monotonic `due_ns` (at once if it has passed); `unsent()` if it never goes
+        (unsend(), or the client closed first)."""
+        i = next(self._ids)
+        self._out[i] = (req, done, unsent)
+        self._engine.submit(i, due_ns, req.raw, req.method == "HEAD")
+
+    def submit(self, req: Prepared, done: Done) -> bool:
+        self.submit_at(req, done, time.monotonic_ns())
+        return False
+
+    def stage(self, req: Prepared, done: Done) -> None:
+        return None  # the engine's thread times every send: nothing to ready on the loop
+
+    def unsend(self) -> None:
+        """What the engine has not written yet comes back (to `unsent`) at the next collect."""
+        self._engine.unsend()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._out)
+
+    # -- results -----------------------------------------------------------------------------------
+    def collect(self) -> int:
+        """Hands every finished exchange to its `done`; how many."""
+        results = self._engine.take()
+        out_map = self._out
+        for i, kind, err, msg, _reused, sent, end, answer, stamps in results:
+            req, done, unsent = out_map.pop(i)
+            if kind == _wire.UNSENT:
+                if unsent is not None:
+                    unsent()
+                else:
+                    done(Outcome(sent_ns=end, end_ns=end, error="interrupted",
+                                 error_msg=INTERRUPTED_MSG))  # fmt: skip
+                continue
+            out = Outcome(sent_ns=sent)
+            if not (answer and read_answer(out, req, answer, stamps, kind == _wire.OK)):
+                if out.error is None or kind == _wire.PROTOCOL:  # the engine's word first
+                    out.error, out.error_msg = self._error(kind, err, msg)
+                out.end_ns = end
+            done(out)
+        return len(results)
+
+    def _error(self, kind: int, err: int, msg: str | None) -> tuple[str, str]:
+        if kind == _wire.OK:
+            return "protocol", "the response's framing could not be read"
+        if kind == _wire.CONNECT:
+            return classify(OSError(err, os.strerror(err)) if err else ConnectionError())
+        if kind == _wire.TIMEOUT:
+            return "timeout", f"no complete response within {self.timeout:g} s"
+        if kind == _wire.PROTOCOL:
+            return "protocol", msg or "invalid HTTP from the target"
+        if kind == _wire.INTERRUPTED:
+            return "interrupted", INTERRUPTED_MSG
+        if err:
+            return classify(OSError(err, os.strerror(err)))
+        return "reset", "connection closed by the target before the response ended"
+
+    # -- the pool --------------------------------------------------------------------------------
+    async def warm(self, n: int, timeout: float) -> int:
+        """Opens connections until `n` are idle (within `timeout` s); how many opened."""
+        _, _, idle = self._engine.counts()
+        if n <= idle:
+            return 0
+        self._engine.preopen(n - idle)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self._engine.counts()[2] < n:
+            await asyncio.sleep(0.002)
+        return max(0, int(self._engine.counts()[2]) - int(idle))
+
+    @property
+    def thread_id(self) -> int:
+        """The engine thread's kernel id: the thread that sends (`--rt-priority` raises it)."""
+        return int(self._engine.tid())
+
+    @property
+    def connects(self) -> int:
+        return int(self._engine.counts()[0])
+
+    @property
+    def resends(self) -> int:
+        return int(self._engine.counts()[1])
+
+    async def close(self) -> None:
+        """Stops the engine: what was in flight is abandoned (and said so), the rest unsent."""
+        if not self._closed:
+            self._closed = True
+            self._engine.close()
+            self.collect()

@@ -1,0 +1,241 @@
+/* The compiled sender's connections (engine.c runs them): opening one, writing a request in one
+ * or two parts, reading its answer with each read stamped, framing it (frame.h), and what ends
+ * an exchange: the answer whole, a failure, or a stale keep-alive connection whose request goes
+ * again on a new one. A connection closed while its thread handles a batch of events is freed
+ * after the batch (`bury`): an event later in the batch may still name it. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void set_events(wire *w, conn *c, int out) {
+    if (c->out_on == out) return;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(w->ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->out_on = out;
+}
+
+static void idle_remove(wire *w, conn *c) {
+    for (conn **p = &w->idle; *p; p = &(*p)->next_idle)
+        if (*p == c) {
+            *p = c->next_idle;
+            __atomic_sub_fetch(&w->idle_n, 1, __ATOMIC_RELAXED);
+            return;
+        }
+}
+
+void conn_close(wire *w, conn *c) {
+    if (c->state == C_IDLE) idle_remove(w, c);
+    if (c->state == C_CONNECTING && c->ahead) w->spare--;
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    w->conns[c->slot] = w->conns[--w->nconns];
+    w->conns[c->slot]->slot = c->slot;
+    free(c->buf);
+    free(c->st);
+    c->buf = NULL;
+    c->st = NULL;
+    c->state = C_DEAD;
+    c->next_idle = w->dead;
+    w->dead = c;
+}
+
+void bury(wire *w) {
+    while (w->dead) {
+        conn *c = w->dead;
+        w->dead = c->next_idle;
+        free(c);
+    }
+}
+
+/* The answer so far goes with the result (the parser reads what came: a status, a head). */
+static wire_done take_answer(conn *c, int kind) {
+    wire_done d = {.req = c->req, .kind = kind, .reused = c->reused, .end = now_ns()};
+    d.resp = c->buf;
+    d.resp_len = c->len;
+    d.stamps = c->st;
+    d.nstamps = c->nst;
+    c->buf = NULL;
+    c->st = NULL;
+    c->len = c->cap = c->nst = c->stcap = 0;
+    c->req = NULL;
+    return d;
+}
+
+void conn_fail(wire *w, conn *c, int kind, int err, const char *msg) {
+    wire_done d = take_answer(c, kind);
+    d.err = err;
+    d.msg = msg;
+    conn_close(w, c);
+    emit(w, d);
+}
+
+/* A connection of ours is ready for `r` (connected, idle or new). */
+void conn_start(wire *w, conn *c, wire_req *r, size_t first) {
+    c->state = C_BUSY;
+    c->req = r;
+    c->woff = 0;
+    frame_reset(&c->fr, r->head);
+    if (r->sent == 0) r->sent = now_ns();
+    write_more(w, c, first);
+}
+
+void write_more(wire *w, conn *c, size_t upto) {
+    wire_req *r = c->req;
+    size_t end = upto < r->len ? upto : r->len;
+    while (c->woff < end) {
+        ssize_t n = send(c->fd, r->data + c->woff, end - c->woff, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->woff += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_events(w, c, 1);
+            return;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            int err = errno;
+            if (c->reused && c->len == 0) { /* an idle connection the target had closed */
+                wire_req *again = c->req;
+                c->req = NULL;
+                conn_close(w, c);
+                __atomic_add_fetch(&w->resends, 1, __ATOMIC_RELAXED);
+                conn_open(w, again);
+                return;
+            }
+            conn_fail(w, c, WK_RESET, err, NULL);
+            return;
+        }
+    }
+    set_events(w, c, c->woff < r->len && end == r->len);
+}
+
+conn *conn_open(wire *w, wire_req *r) {
+    int fd = socket(w->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        if (r) emit_plain(w, r, WK_CONNECT, errno, NULL);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    conn *c = calloc(1, sizeof *c);
+    if (c == NULL || grow((void **)&w->conns, &w->capconns, w->nconns + 1, sizeof *w->conns)) abort();
+    c->fd = fd;
+    c->slot = w->nconns;
+    w->conns[w->nconns++] = c;
+    c->state = C_CONNECTING;
+    c->req = r;
+    c->opened = now_ns();
+    c->ahead = r == NULL;
+    w->spare += (size_t)c->ahead;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev);
+    c->out_on = 1;
+    if (connect(fd, (struct sockaddr *)&w->addr, w->addrlen) != 0 && errno != EINPROGRESS) {
+        int err = errno;
+        c->req = NULL;
+        conn_close(w, c);
+        if (r) emit_plain(w, r, WK_CONNECT, err, NULL);
+        return NULL;
+    }
+    return c; /* connected or not, EPOLLOUT says when it is */
+}
+
+void conn_connected(wire *w, conn *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+        wire_req *r = c->req;
+        c->req = NULL;
+        conn_close(w, c);
+        if (r) emit_plain(w, r, WK_CONNECT, err, NULL);
+        return;
+    }
+    __atomic_add_fetch(&w->connects, 1, __ATOMIC_RELAXED);
+    if (c->ahead) {
+        c->ahead = 0;
+        w->spare--;
+    }
+    if (c->req != NULL) {
+        conn_start(w, c, c->req, (size_t)-1);
+        return;
+    }
+    set_events(w, c, 0);
+    c->state = C_IDLE;
+    c->next_idle = w->idle;
+    w->idle = c;
+    __atomic_add_fetch(&w->idle_n, 1, __ATOMIC_RELAXED);
+}
+
+static void conn_done(wire *w, conn *c, int64_t t) {
+    size_t extra = c->len - c->fr.pos;
+    int keep = c->fr.keep && extra == 0 && c->woff == c->req->len;
+    c->len = c->fr.pos;
+    for (size_t i = 0; i < c->nst; i++)
+        if (c->st[2 * i] > (int64_t)c->len) c->st[2 * i] = (int64_t)c->len;
+    wire_done d = take_answer(c, WK_OK);
+    d.end = t;
+    if (keep) {
+        c->state = C_IDLE;
+        c->reused = 1;
+        c->next_idle = w->idle;
+        w->idle = c;
+        __atomic_add_fetch(&w->idle_n, 1, __ATOMIC_RELAXED);
+    } else {
+        conn_close(w, c);
+    }
+    emit(w, d);
+}
+
+void conn_read(wire *w, conn *c) {
+    if (c->state != C_BUSY) { /* idle: the target closed it, or sent what nobody asked for */
+        conn_close(w, c);
+        return;
+    }
+    if (c->cap - c->len < READ_ROOM && grow((void **)&c->buf, &c->cap, c->len + READ_ROOM, 1))
+        abort();
+    ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
+    if (n > 0) {
+        int64_t t = now_ns();
+        c->len += (size_t)n;
+        if (grow((void **)&c->st, &c->stcap, 2 * (c->nst + 1), sizeof *c->st)) abort();
+        c->st[2 * c->nst] = (int64_t)c->len;
+        c->st[2 * c->nst + 1] = t;
+        c->nst++;
+        frame_feed(&c->fr, c->buf, c->len);
+        if (c->fr.phase == PH_DONE) conn_done(w, c, t);
+        else if (c->fr.phase == PH_ERROR) conn_fail(w, c, WK_PROTOCOL, 0, c->fr.error);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    int err = n < 0 ? errno : 0;
+    if (err == 0 && c->fr.phase == PH_CLOSE) {
+        c->fr.pos = c->len;
+        c->fr.phase = PH_DONE;
+        conn_done(w, c, now_ns());
+        return;
+    }
+    if (c->reused && c->len == 0) {
+        wire_req *again = c->req;
+        c->req = NULL;
+        conn_close(w, c);
+        __atomic_add_fetch(&w->resends, 1, __ATOMIC_RELAXED);
+        conn_open(w, again);
+        return;
+    }
+    conn_fail(w, c, WK_RESET, err, NULL);
+}
+
+conn *idle_pop(wire *w) {
+    conn *c = w->idle;
+    if (c != NULL) {
+        w->idle = c->next_idle;
+        __atomic_sub_fetch(&w->idle_n, 1, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+
