@@ -90,7 +90,14 @@ SEND = [  # how a run sends: replay, run, sweep
         "before the start (at most 64), so that a burst at the start does not wait for "
         "connects; --no-warm-up: every connection is opened by the shot that needs it.",
     ),
-    _o("--client", type=click.Choice(["fast", "aiohttp"]), default="fast"),
+    _o(
+        "--client",
+        type=click.Choice(["auto", "wire", "fast", "aiohttp"]),
+        default="auto",
+        help="The sender: wire (compiled: a C thread times the sends; open loop, plain HTTP, "
+        "no session state), fast (Python, llhttp), aiohttp; auto: wire where it can serve "
+        "the run, else fast.",
+    ),
     _o("--insecure", is_flag=True, help="Do not verify the target's TLS certificate."),
     _o("--quiet", "-q", is_flag=True, help="No live line."),
     _o(

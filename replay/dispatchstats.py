@@ -22,13 +22,18 @@ class DispatchStats:
     unsent_counted: bool = True  # False: a stopped plan's rest was too long to count
 
     def count(self, due: int, intended: int, now: int) -> None:
-        """A shot due at offset `due` (intended at monotonic `intended`) sent at `now`."""
+        """A shot due at offset `due` (intended at monotonic `intended`) sent at `now`. In any
+        order: a timed client's sends are counted as their results come back."""
         lag = now - intended
         self.sent += 1
-        self.last_due_ns = due
-        self.last_sent_ns = now
-        if self.first_sent_ns is None:
-            self.first_sent_ns, self.first_due_ns = now, due
+        if due > self.last_due_ns:
+            self.last_due_ns = due
+        if now > self.last_sent_ns:
+            self.last_sent_ns = now
+        if self.first_sent_ns is None or now < self.first_sent_ns:
+            self.first_sent_ns = now
+        if self.first_due_ns is None or due < self.first_due_ns:
+            self.first_due_ns = due
         self.last_lag_ns = lag
         if lag > self.max_lag_ns:
             self.max_lag_ns = lag

@@ -7,7 +7,8 @@ SCHED_FIFO priority 10 against normal scheduling: beside a CPU-bound process p99
 against 1.4-5.3 ms; on a quiet machine p99 0.67-0.82 against 1.07-1.10 ms (docs/performance.md).
 It does not stop a thread of ours that holds the GIL from holding the loop.
 
-Only the thread that runs the event loop is raised, and only while it sends: the plan and
+Only the thread that sends is raised (the event loop's, or with the compiled sender its engine's),
+and only while it sends: the plan and
 results threads keep their normal (lowered) priority, threads started meanwhile start normal
 (SCHED_RESET_ON_FORK), and the report is written at normal priority. The kernel keeps 5% of
 each second for normal work (sched_rt_runtime_us), so a loop that runs flat out cannot freeze a
@@ -44,14 +45,15 @@ def check(priority: int) -> None:
 
 
 @contextlib.contextmanager
-def realtime(priority: int) -> Iterator[None]:
-    """The calling thread at SCHED_FIFO `priority` for the block (0: unchanged)."""
+def realtime(priority: int, tid: int = 0) -> Iterator[None]:
+    """The calling thread (or the thread `tid`: the compiled sender's engine, which does the
+    sends) at SCHED_FIFO `priority` for the block (0: unchanged)."""
     if not priority:
         yield
         return
     try:
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+        policy, param = os.sched_getscheduler(tid), os.sched_getparam(tid)
+        os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except AttributeError:
         raise UserError("--rt-priority: this platform has no SCHED_FIFO (Linux only)") from None
     except OSError as exc:
@@ -63,4 +65,4 @@ def realtime(priority: int) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, policy, param)
+            os.sched_setscheduler(tid, policy, param)

@@ -35,9 +35,11 @@ def run_document(
     uvloop: bool,
     run_info: dict[str, Any] | None = None,
     state: SessionState | None = None,
+    client: str | None = None,
 ) -> dict[str, Any]:
     """The document of one process's run. outcomes: (ok, expected, failed); rates: (scheduled,
-    achieved) per second; run_info: what the caller adds (the capture, the options)."""
+    achieved) per second; run_info: what the caller adds (the capture, the options); client:
+    the sender that ran (`--client auto` picks one)."""
     targets = list(dict.fromkeys(s.rewriter.target for s in streams))
     skipped: dict[str, int] = {}
     for s in streams:
@@ -81,7 +83,7 @@ def run_document(
         "scheduled_s": stats.last_due_ns / 1e9,
         "max_lag_ms": stats.max_lag_ns / 1e6,
         "interrupted": interrupted,
-        "client": settings.client,
+        "client": client or settings.client,
         "connections": connections,
         "uvloop": uvloop,
         **(run_info or {}),

@@ -24,9 +24,10 @@ from replay.measure.metrics import Metrics
 from replay.measure.results import Expect, ResultObserver, warm_up
 from replay.measure.resultsdir import write_histograms, write_run_json
 from replay.measure.writer import ResultWriter
-from replay.send.router import Router, make_client
+from replay.send.router import Router, make_client, pick_client
 
 from . import plan as planmod
+from .ahead import AheadDispatcher
 from .dispatch import Dispatcher
 from .dispatchstats import DispatchStats
 from .planahead import (
@@ -207,11 +208,19 @@ def _run_streams(
     rates: dict[str, float | None] = {}
     client_stats: dict[str, int | None] = {}
 
+    client = pick_client(
+        settings.client,
+        open_loop=not closed,
+        stateful=state is not None,
+        slack=settings.send_slack_s > 0,
+        targets=targets,
+    )
+
     async def main() -> tuple[DispatchStats, int]:
         router = Router(
             {
                 t: make_client(
-                    settings.client,
+                    client,
                     t,
                     max_in_flight=max_in_flight,
                     timeout=settings.timeout_s,
@@ -220,7 +229,7 @@ def _run_streams(
                 for t in targets
             }
         )
-        disp = Dispatcher(
+        disp = (AheadDispatcher if client == "wire" else Dispatcher)(
             scheduler,
             prepare,
             router,
@@ -276,7 +285,9 @@ def _run_streams(
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         start = start_instant(settings.start_wall_ns, closed, time.monotonic_ns(), time.time_ns())
         try:
-            with realtime(settings.rt_priority):  # the loop's thread only, while it sends
+            with contextlib.ExitStack() as raised:  # the sending threads only, while they send
+                for tid in router.sender_threads or [0]:
+                    raised.enter_context(realtime(settings.rt_priority, tid))
                 stats = await disp.run(start)
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(connects=router.connects, resends=router.resends, warmed=warmed)
@@ -316,6 +327,7 @@ def _run_streams(
         uvloop=_uvloop_factory() is not None,
         run_info=run_info,
         state=state,
+        client=client,
     )
     if settings.part is None:  # a worker's run.json is its runner's to write
         write_run_json(out_dir, run_doc)

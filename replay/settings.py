@@ -20,6 +20,8 @@ from .dispatchstats import DispatchStats
 from .priority import check as check_realtime
 from .rewrite import Rewriter
 
+# senders (send/router.py): auto is the compiled one where it can run, else fast
+CLIENTS = ("auto", "wire", "fast", "aiohttp")
 MAX_SEND_SLACK_S = 0.01  # past this, shots sent together are no longer the recorded timing
 
 
@@ -52,7 +54,7 @@ class RunSettings:
     )
     requests: int | None = None  # stop after this many shots
     timeout_s: float = 60.0
-    client: str = "fast"
+    client: str = "auto"
     insecure: bool = False
     spin_ms: float = 1.5
     # how late a shot may go to share a wakeup with the shots due just after it (Dispatcher)
@@ -92,8 +94,8 @@ class RunSettings:
             raise UserError("--requests must be >= 1")
         if self.timeout_s <= 0:
             raise UserError("--timeout must be > 0")
-        if self.client not in ("fast", "aiohttp"):
-            raise UserError(f"--client {self.client!r}: want fast or aiohttp")
+        if self.client not in CLIENTS:
+            raise UserError(f"--client {self.client!r}: want one of {', '.join(CLIENTS)}")
         if self.workers < 1:
             raise UserError("--workers must be >= 1")
         if not 0 <= self.send_slack_s <= MAX_SEND_SLACK_S:

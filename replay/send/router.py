@@ -1,5 +1,5 @@
-"""Routing sends to targets: one client per target (the fast sender, or aiohttp with `--client
-aiohttp`), and a router that gives each prepared request to its target's client."""
+"""Routing sends to targets: one client per target (the compiled sender, the fast sender, or
+aiohttp; `--client`), and a router that gives each prepared request to its target's client."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from captures.errors import UserError
 from replay.rewrite import Prepared
 from replay.targets import Target
 
@@ -42,9 +43,42 @@ class TargetClient(Client, Protocol):
         """Open up to `n` idle connections before the run (within `timeout` s); how many."""
 
 
+def pick_client(
+    kind: str, *, open_loop: bool, stateful: bool, slack: bool, targets: list[Target]
+) -> str:
+    """The sender a run uses: `auto` is the compiled one (send/wire.py) where it can serve the
+    run, else the fast one. Asked for by name where it cannot, a UserError says why."""
+    if kind not in ("auto", "wire"):
+        return kind
+    from .wire import available
+
+    why = (
+        "it is not built here (no C compiler at install, or not Linux)"
+        if not available()
+        else "it serves the open loop only (not --concurrency)"
+        if not open_loop
+        else "it cannot apply session state at the send (--sessions ordered)"
+        if stateful
+        else "it sends each shot at its own instant (no --send-slack)"
+        if slack
+        else "it speaks plain HTTP only (an https target)"
+        if any(t.scheme != "http" for t in targets)
+        else None
+    )
+    if why is None:
+        return "wire"
+    if kind == "wire":
+        raise UserError(f"--client wire: {why}")
+    return "fast"
+
+
 def make_client(
     kind: str, target: Target, *, max_in_flight: int, timeout: float, insecure: bool
 ) -> TargetClient:
+    if kind == "wire":
+        from .wire import WireClient
+
+        return WireClient(target, timeout=timeout)
     if kind == "fast":
         from .client import FastClient
 
@@ -74,6 +108,27 @@ class Router:
     def stage(self, req: Prepared, done: Callable[[Outcome], None]) -> Staged | None:
         return self._client(req.target).stage(req, done)
 
+    # -- a timed client's (send/wire.py): sends handed ahead with their instants ------------------
+    def submit_at(
+        self,
+        req: Prepared,
+        done: Callable[[Outcome], None],
+        due_ns: int,
+        unsent: Callable[[], None] | None = None,
+    ) -> None:
+        self._client(req.target).submit_at(req, done, due_ns, unsent)  # type: ignore[attr-defined]
+
+    def collect(self) -> int:
+        return sum(c.collect() for c in self.clients.values())  # type: ignore[attr-defined]
+
+    def unsend(self) -> None:
+        for c in self.clients.values():
+            c.unsend()  # type: ignore[attr-defined]
+
+    @property
+    def outstanding(self) -> int:
+        return sum(c.outstanding for c in self.clients.values())  # type: ignore[attr-defined]
+
     async def warm_up(self, needs: dict[Target, int], timeout: float) -> int:
         """Each target's client opens the connections its first shots need, all at once."""
         jobs = [self.clients[t].warm(n, timeout) for t, n in needs.items() if n > 0]
@@ -82,6 +137,11 @@ class Router:
     async def close(self) -> None:
         for c in self.clients.values():
             await c.close()
+
+    @property
+    def sender_threads(self) -> list[int]:
+        """The threads that send, where not the event loop's: the compiled sender's engines."""
+        return [c.thread_id for c in self.clients.values() if hasattr(c, "thread_id")]
 
     @property
     def connects(self) -> int:

@@ -1,0 +1,135 @@
+"""Dispatch ahead: the dispatcher for a client that times its own sends (the compiled sender,
+send/wire.py). Each tick the loop hands the client every shot due within `ahead_ns`, with its
+instant, and takes the results that came in since the last; between ticks it sleeps (or does
+the results' idle work). The loop wakes once a tick, whatever the rate, instead of twice a
+request.
+
+What the Dispatcher does at the send (counting the shot sent, its lag) is done here when its
+result comes back, from the engine's own stamp of its first write. Stateless runs only: a
+session's state is applied at the send, which the engine's thread cannot do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from replay.send.outcome import Outcome
+from replay.send.router import Client
+
+from .dispatch import Dispatcher
+from .plan import Shot
+from .rewrite import Prepared
+
+# How far ahead shots go to the engine, and how often the loop takes its results. The tick
+# bounds how late a result is counted (progress, the in-flight bound), not what it measures.
+AHEAD_NS = 10_000_000
+TICK_NS = 4_000_000
+
+
+class TimedClient(Client, Protocol):
+    def submit_at(
+        self,
+        req: Prepared,
+        done: Callable[[Outcome], None],
+        due_ns: int,
+        unsent: Callable[[], None] | None = None,
+    ) -> None: ...
+
+    def collect(self) -> int: ...
+
+    def unsend(self) -> None: ...
+
+    @property
+    def outstanding(self) -> int: ...
+
+
+class AheadDispatcher(Dispatcher):
+    def __init__(
+        self,
+        *args: object,
+        ahead_ns: int = AHEAD_NS,
+        tick_ns: int = TICK_NS,
+        **kw: object,
+    ) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        if self.state is not None:
+            raise ValueError("dispatch ahead cannot apply session state at the send")
+        self.ahead_ns = ahead_ns
+        self.tick_ns = tick_ns
+        self._unsent_asked = False
+        self.timed: TimedClient = self.client  # type: ignore[assignment]
+
+    def _completion(
+        self, shot: Shot, prepared: Prepared, intended: int
+    ) -> Callable[[Outcome], None]:
+        due = intended - self.start
+
+        def done(out: Outcome) -> None:
+            if out.error != "interrupted" or out.sent_ns:
+                self.stats.count(due, intended, out.sent_ns)
+            self.scheduler.done(shot, self.clock() - self.start)
+            self.stats.completed += 1
+            self.sink.add(shot, prepared, intended, out)
+            self._check_finished()
+
+        return done
+
+    def _unsent(self, shot: Shot, due: int) -> Callable[[], None]:
+        def unsent() -> None:
+            self.scheduler.untake(shot, due)
+            fut = self._sending_done
+            if fut is not None and fut.done():  # the plan's rest was counted already
+                for _ in self.scheduler.drain():
+                    self.stats.unsent["stopped"] = self.stats.unsent.get("stopped", 0) + 1
+            self._check_finished()
+
+        return unsent
+
+    def _check_finished(self) -> None:
+        sch, fut = self.scheduler, self._all_done
+        if sch.in_flight == 0 and (self._stopping or sch.exhausted):
+            self._finish_sending()
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _pump(self) -> None:
+        clock, sch, start, client = self.clock, self.scheduler, self.start, self.timed
+        if self._stopping and not self._unsent_asked:
+            self._unsent_asked = True
+            client.unsend()  # back at the collect below: counted as stopped
+        client.collect()
+        if not self._stopping:
+            horizon = clock() - start + self.ahead_ns
+            while (taken := sch.take(horizon)) is not None:
+                shot, due = taken
+                prepared = self.prepare(shot)
+                client.submit_at(
+                    prepared,
+                    self._completion(shot, prepared, start + due),
+                    start + due,
+                    self._unsent(shot, due),
+                )
+        if self._stopping or sch.exhausted:
+            self._finish_sending()
+            if sch.in_flight == 0:
+                self._check_finished()
+                return
+        now = clock()
+        wake = now + self.tick_ns
+        nd = sch.next_due()
+        if client.outstanding == 0 and nd is not None and sch.in_flight < sch.max_in_flight:
+            wake = max(wake, start + nd - self.ahead_ns // 2)  # nothing out: sleep till then
+        if self.idle is not None:
+            self.idle(wake - 100_000, now + self.tick_ns // 2)
+        self._arm(wake)
+
+    def _arm(self, deadline: int) -> None:
+        if self._timer is None:  # not Linux: the event loop's timer
+            super()._arm(deadline)
+            return
+        self._armed_for = deadline
+        self._timer.arm(deadline)
+
+    def hold_off_ns(self, need_ns: int) -> int:
+        return 0  # the engine's thread keeps the instants: the loop's work cannot delay them
