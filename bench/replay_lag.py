@@ -21,7 +21,11 @@ first: the CPU and lateness of one timerfd wakeup of an idle event loop (a VM ma
 Goals (issue 19): lag p99 <= 0.5 ms at 5k req/s and <= 1 ms at 10k.
 
     python bench/replay_lag.py [--seconds 10] [--rates 2000,5000,10000] [--slacks 0,500us]
-        [--rounds 3] [--live]
+        [--clients auto,fast] [--rounds 3] [--live]
+
+--clients runs loadtape with each `--client` (default: auto, which is the compiled sender where
+it is built; `fast` is the Python sender). A slack other than 0 is run with the Python sender
+only (the compiled one sends each shot at its own instant).
 
 --slacks runs loadtape once per `--send-slack` value at each rate (default 0 only: each shot at
 its instant), each beside the same naive run: what a slack saves in CPU and costs in lag.
@@ -168,9 +172,17 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--live", action="store_true", help="also run with --live, scraped")
     ap.add_argument("--slacks", default="0", help="--send-slack values for loadtape, e.g. 0,500us")
+    ap.add_argument(
+        "--clients", default="auto", help="--client values for loadtape, e.g. auto,fast"
+    )
     ap.add_argument("--rounds", type=int, default=1, help="runs of each, interleaved; medians")
     args = ap.parse_args()
-    slacks = args.slacks.split(",")
+    slacks = [
+        (c, v)
+        for c in args.clients.split(",")
+        for v in args.slacks.split(",")
+        if v == "0" or c in ("fast", "aiohttp")
+    ]
     host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -206,7 +218,7 @@ def main() -> None:
                         for i in range(n)
                     ],
                 )
-                by_slack: dict[str, list[dict[str, float]]] = {v: [] for v in slacks}
+                by_slack: dict[tuple[str, str], list[dict[str, float]]] = {v: [] for v in slacks}
                 naive_runs: list[dict[str, float]] = []
                 floor_runs: list[dict[str, float]] = []
                 for rnd in range(args.rounds):
@@ -222,14 +234,11 @@ def main() -> None:
                             by_slack[v].append(_loadtape(cap, nginx.url, v, work, n, lt_start))
                 naive = _median(naive_runs)
                 results[str(rate)] = {
-                    **{
-                        "loadtape" + ("" if v == "0" else f"_send_slack_{v}"): _median(runs)
-                        for v, runs in by_slack.items()
-                    },
+                    **{_label(v, "_"): _median(runs) for v, runs in by_slack.items()},
                     "naive_task_per_shot": naive,
                     **({"c_floor": _median(floor_runs)} if floor_runs else {}),
                     "rounds": {
-                        "loadtape": by_slack,
+                        **{_label(v, "_"): runs for v, runs in by_slack.items()},
                         "naive_task_per_shot": naive_runs,
                         "c_floor": floor_runs,
                     },
@@ -266,13 +275,25 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _label(variant: tuple[str, str], sep: str = " ") -> str:
+    """loadtape's name in the output: with its --client unless auto, its slack unless 0."""
+    client, slack = variant
+    dash = "--" if sep == " " else ""
+    return (
+        "loadtape"
+        + ("" if client == "auto" else f"{sep}{dash}client{sep}{client}")
+        + ("" if slack == "0" else f"{sep}{dash}send{'-' if sep == ' ' else '_'}slack{sep}{slack}")
+    )
+
+
 def _loadtape(
-    cap: Path, target: str, slack: str, work: Path, n: int, start_cpu: float
+    cap: Path, target: str, variant: tuple[str, str], work: Path, n: int, start_cpu: float
 ) -> dict[str, float]:
     run = Path(tempfile.mkdtemp(dir=work))
+    client, slack = variant
     _, _, cpu = measured(
         [str(BIN / "loadtape"), "replay", str(cap), "--target", target, "--out", str(run / "r"),
-         "-q", "--send-slack", slack]
+         "-q", "--send-slack", slack, "--client", client]
     )  # fmt: skip
     doc = json.loads((run / "r" / "run.json").read_text())
     t = pq.read_table(run / "r" / "results.parquet", columns=["intended_ns", "sent_ns"])
@@ -327,9 +348,13 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _line(
-    rate: int, slack: str, lt: dict[str, float], naive: dict[str, float], steal: float
+    rate: int,
+    variant: tuple[str, str],
+    lt: dict[str, float],
+    naive: dict[str, float],
+    steal: float,
 ) -> None:
-    tag = "loadtape" if slack == "0" else f"loadtape --send-slack {slack}"
+    tag = _label(variant)
     print(
         f"{rate:5d} req/s  {tag}: lag p50 {lt['p50_ms']:.3f} p99 {lt['p99_ms']:.3f} max {lt['max_ms']:.1f} ms, "
         f"achieved {lt['achieved_rate']:.0f}/s, {lt['failed']:.0f} failed, CPU/req {lt['cpu_us_per_req']:.0f} us "
