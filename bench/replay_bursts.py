@@ -22,10 +22,12 @@ never pinned.
 Needs tcpdump and the right to capture on lo (root or CAP_NET_RAW).
 
     python bench/replay_bursts.py [--bursts 30] [--gap-s 1.0] [--speed 10] [--apart]
-        [--rt-priority 10]
+        [--rt-priority 10] [--clients auto,fast]
 
---rt-priority N runs loadtape a second time in each condition with `--rt-priority N` (its loop
-thread at SCHED_FIFO; needs root or CAP_SYS_NICE), beside the plain run and the naive peer.
+--rt-priority N runs loadtape a second time in each condition with `--rt-priority N` (its
+sending thread at SCHED_FIFO; needs root or CAP_SYS_NICE), beside the plain run and the naive
+peer. --clients runs loadtape with each `--client` (default auto: the compiled sender where it
+is built; fast: the Python sender).
 """
 
 from __future__ import annotations
@@ -235,6 +237,9 @@ def main() -> None:
     ap.add_argument(
         "--rt-priority", type=int, default=0, help="also run loadtape --rt-priority N (root)"
     )
+    ap.add_argument(
+        "--clients", default="auto", help="--client values for loadtape, e.g. auto,fast"
+    )
     args = ap.parse_args()
     place = Placement.apart() if args.apart else Placement()
     host = HostWatch()
@@ -247,11 +252,17 @@ def main() -> None:
     ]
     cap = write_capture(work / "cap", records)
     warm_from = "/b/0001/"
-    variants = [("loadtape", [])]
-    if args.rt_priority:
-        variants.append(
-            (f"loadtape --rt-priority {args.rt_priority}", ["--rt-priority", str(args.rt_priority)])
-        )
+    variants = []
+    for client in args.clients.split(","):
+        tag = "" if client == "auto" else f" --client {client}"
+        variants.append((f"loadtape{tag}", ["--client", client]))
+        if args.rt_priority:
+            variants.append(
+                (
+                    f"loadtape{tag} --rt-priority {args.rt_priority}",
+                    ["--client", client, "--rt-priority", str(args.rt_priority)],
+                )
+            )
     report: dict[str, dict] = {}
     try:
         with Nginx(workers=1, cpus=place.target) as nginx:
@@ -273,7 +284,7 @@ def main() -> None:
                     if hog is not None:
                         hog.kill()
                         hog.wait()
-                lt = runs["loadtape"]
+                lt = runs[variants[0][0]]
                 report[load] = {tool: errors(rows, warm_from) for tool, rows in runs.items()}
                 if args.worst:
                     worst = sorted(

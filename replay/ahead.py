@@ -11,13 +11,14 @@ session's state is applied at the send, which the engine's thread cannot do.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from replay.send.outcome import Outcome
 from replay.send.router import Client
 
-from .dispatch import Dispatcher
+from .dispatch import AFTER_BURST_NS, Dispatcher
 from .plan import Shot
 from .rewrite import Prepared
 
@@ -25,6 +26,11 @@ from .rewrite import Prepared
 # bounds how late a result is counted (progress, the in-flight bound), not what it measures.
 AHEAD_NS = 10_000_000
 TICK_NS = 4_000_000
+# So many shots due at one instant make a burst: the loop keeps off the CPU from AFTER_BURST_NS
+# before it to AFTER_BURST_NS after (its tick, the results' work, the run's progress), leaving
+# the cores to the engine's thread and the target. Measured (bench/replay_bursts.py), bursts
+# whose instant fell in the loop's work went out whole milliseconds late.
+BURST_MIN = 4
 
 
 class TimedClient(Client, Protocol):
@@ -59,6 +65,8 @@ class AheadDispatcher(Dispatcher):
         self.tick_ns = tick_ns
         self._unsent_asked = False
         self.timed: TimedClient = self.client  # type: ignore[assignment]
+        self._bursts: deque[int] = deque()  # instants of bursts handed over, in order
+        self._last_due, self._run = -1, 0  # the last due handed over, and how many had it
 
     def _completion(
         self, shot: Shot, prepared: Prepared, intended: int
@@ -103,6 +111,12 @@ class AheadDispatcher(Dispatcher):
             horizon = clock() - start + self.ahead_ns
             while (taken := sch.take(horizon)) is not None:
                 shot, due = taken
+                if due == self._last_due:
+                    self._run += 1
+                    if self._run == BURST_MIN:
+                        self._bursts.append(start + due)
+                else:
+                    self._last_due, self._run = due, 1
                 prepared = self.prepare(shot)
                 client.submit_at(
                     prepared,
@@ -120,9 +134,21 @@ class AheadDispatcher(Dispatcher):
         nd = sch.next_due()
         if client.outstanding == 0 and nd is not None and sch.in_flight < sch.max_in_flight:
             wake = max(wake, start + nd - self.ahead_ns // 2)  # nothing out: sleep till then
+        wake = self._clear_of_bursts(now, wake)
         if self.idle is not None:
-            self.idle(wake - 100_000, now + self.tick_ns // 2)
+            until = wake if not self._bursts else min(wake, self._bursts[0] - AFTER_BURST_NS)
+            self.idle(until - 100_000, now + self.tick_ns // 2)
         self._arm(wake)
+
+    def _clear_of_bursts(self, now: int, t: int) -> int:
+        """`t`, or the end of the moments around a burst it falls in."""
+        bursts = self._bursts
+        while bursts and bursts[0] + AFTER_BURST_NS < now:
+            bursts.popleft()
+        for b in bursts:
+            if b - AFTER_BURST_NS <= t <= b + AFTER_BURST_NS:
+                t = b + AFTER_BURST_NS
+        return t
 
     def _arm(self, deadline: int) -> None:
         if self._timer is None:  # not Linux: the event loop's timer
@@ -132,4 +158,9 @@ class AheadDispatcher(Dispatcher):
         self._timer.arm(deadline)
 
     def hold_off_ns(self, need_ns: int) -> int:
-        return 0  # the engine's thread keeps the instants: the loop's work cannot delay them
+        """How long other work on the loop should wait: not into the moments of a burst."""
+        now = self.clock()
+        for b in self._bursts:
+            if now + need_ns >= b - AFTER_BURST_NS and now <= b + AFTER_BURST_NS:
+                return b + AFTER_BURST_NS - now
+        return 0

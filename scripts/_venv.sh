@@ -1,5 +1,6 @@
 # Shared by scripts/test and scripts/demo: make .venv and install the project into it.
-# Re-installs only when pyproject.toml changed since the last install.
+# Re-installs only when pyproject.toml or the compiled sender's C sources changed since the last
+# install (an editable install builds the extension once, in place).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -11,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
     }
 fi
 stamp=.venv/.loadtape-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) ${LOADTAPE_EXTRAS:-}"
+want="$(cat pyproject.toml replay/send/wire_c/* | sha256sum | cut -d' ' -f1) ${LOADTAPE_EXTRAS:-}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "scripts: installing loadtape and its dependencies into .venv (log: .venv/install.log)" >&2
     if ! { .venv/bin/python -m pip install --upgrade pip &&

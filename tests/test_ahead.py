@@ -11,6 +11,7 @@ from typing import Any
 from fakeloop import FakeLoop, FakeTimer
 
 from replay.ahead import AheadDispatcher
+from replay.dispatch import AFTER_BURST_NS
 from replay.plan import Request, Shot
 from replay.schedule import Scheduler
 from replay.send.outcome import Outcome
@@ -144,3 +145,33 @@ def test_a_stop_takes_back_what_was_handed_over_and_not_sent() -> None:
     assert disp.stats.sent == 1
     disp._pump()
     assert client.unsent_asked == 1  # asked once
+
+
+def test_the_loop_keeps_off_the_cpu_in_the_moments_of_a_burst() -> None:
+    """Four or more shots due at one instant: the loop's tick, its idle work and the run's
+    other work (hold_off_ns) stay out of the millisecond either side of it."""
+    clock = [START]
+    offered: list[int] = []
+
+    def idle(until: int | None, stop: int) -> bool:
+        offered.append(until or 0)
+        return False
+
+    disp, client, _, timer = setup([4.5] * 5 + [9], clock, idle=idle)
+    disp._pump()
+    burst = START + round(4.5 * MS)
+    assert len(client.handed) == 6
+    assert timer.armed == [burst + AFTER_BURST_NS]  # not at the tick (4 ms): after the burst
+    assert offered == [burst - AFTER_BURST_NS - 100_000]  # idle work ends before it
+    assert disp.hold_off_ns(MS) == 0  # work of 1 ms now ends before the burst's moments
+    clock[0] = START + 3 * MS
+    assert disp.hold_off_ns(MS) == burst + AFTER_BURST_NS - clock[0]
+    clock[0] = burst + AFTER_BURST_NS + 1
+    assert disp.hold_off_ns(MS) == 0
+
+
+def test_shots_due_apart_are_no_burst() -> None:
+    clock = [START]
+    disp, _, _, timer = setup([4.5, 4.5, 4.5, 4.6, 9], clock)
+    disp._pump()
+    assert timer.armed == [START + 4 * MS]  # three at one instant: the tick as usual

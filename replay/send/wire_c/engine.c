@@ -28,6 +28,10 @@
 #define POLL_NS 20000          /* a request due sooner than this is polled for, not slept for */
 #define PREOPEN_NS 1000000     /* connections are opened ahead for what is due this soon */
 #define SWEEP_NS 10000000      /* deadlines are checked this often while requests are out */
+#define EARLY_AFTER_NS 4000000 /* a longer sleep ends early: see wake_for */
+#define EARLY_NS 2000000
+#define REST_NS 400000
+#define NEAR_NS 60000
 #define BATCH 256
 
 /* -- the requests waiting for their instant: a min-heap on (due, id) ----------------------- */
@@ -125,6 +129,24 @@ static void open_ahead(wire *w, int64_t now, int asked) {
         if (conn_open(w, NULL) == NULL) break;
 }
 
+/* When to wake for the next request, due at `due` (0: poll now). At its instant; but a wakeup
+ * after a long sleep comes late (after 50-100 ms, 250-290 us here: the vCPU idles deeper), so
+ * after more than EARLY_AFTER_NS the thread wakes a tenth early (at most EARLY_NS), then sleeps
+ * again until REST_NS and NEAR_NS before the instant (shorter sleeps wake closer to time) and
+ * polls only from there: a thread that polls uses up its turn on a busy CPU, and is then passed
+ * over at the instant (docs/performance.md). */
+static int64_t wake_for(wire *w, int64_t due, int64_t now) {
+    int64_t lead = due - now;
+    if (lead <= POLL_NS) return 0;
+    if (lead > EARLY_AFTER_NS) {
+        w->early_for = due;
+        return due - (lead / 10 < EARLY_NS ? lead / 10 : EARLY_NS);
+    }
+    if (w->early_for != due) return due;
+    if (lead > REST_NS + POLL_NS) return due - REST_NS;
+    return lead > NEAR_NS + POLL_NS ? due - NEAR_NS : 0;
+}
+
 static void *run(void *arg) {
     wire *w = arg;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
@@ -154,11 +176,12 @@ static void *run(void *arg) {
         int busy = w->nconns > (size_t)__atomic_load_n(&w->idle_n, __ATOMIC_RELAXED);
         if (busy && now - w->last_sweep >= SWEEP_NS) sweep(w, now);
         int timeout = -1;
-        if (w->nheap && w->heap[0]->due - now <= POLL_NS) {
+        int64_t at = w->nheap ? wake_for(w, w->heap[0]->due, now) : -1;
+        if (at == 0) {
             timeout = 0;
-        } else if (w->nheap && w->heap[0]->due != w->armed) {
-            w->armed = w->heap[0]->due;
-            struct itimerspec its = {.it_value = {w->armed / 1000000000LL, w->armed % 1000000000LL}};
+        } else if (at > 0 && at != w->armed) {
+            w->armed = at;
+            struct itimerspec its = {.it_value = {at / 1000000000LL, at % 1000000000LL}};
             timerfd_settime(w->tfd, TFD_TIMER_ABSTIME, &its, NULL);
         }
         if (timeout && busy) timeout = (int)((w->last_sweep + SWEEP_NS - now) / 1000000) + 1;

@@ -59,6 +59,7 @@ struct wire {
     size_t spare; /* connections opening with no request: ahead of the ones that will need them */
     conn *dead; /* closed during a batch of events, freed after it (events may still name them) */
     int64_t armed, last_sweep;
+    int64_t early_for; /* the instant the thread last woke early for */
 };
 
 static inline int64_t now_ns(void) {
