@@ -284,12 +284,12 @@ def main() -> None:
                     if hog is not None:
                         hog.kill()
                         hog.wait()
-                lt = runs[variants[0][0]]
                 report[load] = {tool: errors(rows, warm_from) for tool, rows in runs.items()}
-                if args.worst:
+                for tool, _ in variants if args.worst else []:
                     worst = sorted(
-                        lt.items(), key=lambda kv: kv[1][0] - max(kv[1][1], kv[1][2] or 0)
+                        runs[tool].items(), key=lambda kv: kv[1][0] - max(kv[1][1], kv[1][2] or 0)
                     )
+                    print(f"  {load}, {tool}: the latest on the wire")
                     for path, (i, s, w, _) in worst[: args.worst]:
                         print(
                             f"  {path}: own stamp +{(s - i) / 1e3:.0f} us, wire +{(w - i) / 1e3:.0f} us"

@@ -353,6 +353,10 @@ class Dispatcher:
         else:
             self._handle = loop.call_soon(self._fire)  # spin through the loop until the instant
 
+    def _first_wake(self, start: int) -> int:
+        """When to pump first, for a run that starts at `start`."""
+        return start
+
     def _fire(self) -> None:
         self._armed_for = -1
         self._handle = None
@@ -374,7 +378,7 @@ class Dispatcher:
         try:
             self.start = start = self.clock() if start is None else start
             if self.clock() < start:  # a synchronized start across workers: wait for it
-                self._arm(start)
+                self._arm(self._first_wake(start))
             else:
                 loop.call_soon(self._pump)
             await self._sending_done

@@ -91,6 +91,7 @@ def setup(
 def test_shots_go_to_the_client_ahead_with_their_instants_and_the_loop_ticks() -> None:
     clock = [START]
     disp, client, _, timer = setup([0, 3, 9.9, 10.1, 40], clock)
+    assert disp._first_wake(START) == START - 10 * MS  # the first shots handed ahead too
     disp._pump()
     assert [d for d, _, _ in client.handed] == [START, START + 3 * MS, START + round(9.9 * MS)]
     assert timer.armed == [START + 4 * MS]  # requests out: back at the next tick
