@@ -31,6 +31,9 @@ TICK_NS = 4_000_000
 # the cores to the engine's thread and the target. Measured (bench/replay_bursts.py), bursts
 # whose instant fell in the loop's work went out whole milliseconds late.
 BURST_MIN = 4
+# With the in-flight bound reached and shots waiting for a slot, the loop ticks this often: a
+# slot frees when a result is taken, and a 4 ms tick would cap a bound of N at N / 4 ms.
+BOUND_TICK_NS = 500_000
 
 
 class TimedClient(Client, Protocol):
@@ -132,7 +135,10 @@ class AheadDispatcher(Dispatcher):
         now = clock()
         wake = now + self.tick_ns
         nd = sch.next_due()
-        if client.outstanding == 0 and nd is not None and sch.in_flight < sch.max_in_flight:
+        if nd is not None and sch.in_flight >= sch.max_in_flight:
+            if start + nd <= now + self.ahead_ns:  # due soon, waiting for a slot
+                wake = now + BOUND_TICK_NS
+        elif client.outstanding == 0 and nd is not None:
             wake = max(wake, start + nd - self.ahead_ns // 2)  # nothing out: sleep till then
         wake = self._clear_of_bursts(now, wake)
         if self.idle is not None:

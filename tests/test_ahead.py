@@ -10,7 +10,7 @@ from typing import Any
 
 from fakeloop import FakeLoop, FakeTimer
 
-from replay.ahead import AheadDispatcher
+from replay.ahead import BOUND_TICK_NS, AheadDispatcher
 from replay.dispatch import AFTER_BURST_NS
 from replay.plan import Request, Shot
 from replay.schedule import Scheduler
@@ -176,3 +176,20 @@ def test_shots_due_apart_are_no_burst() -> None:
     disp, _, _, timer = setup([4.5, 4.5, 4.5, 4.6, 9], clock)
     disp._pump()
     assert timer.armed == [START + 4 * MS]  # three at one instant: the tick as usual
+
+
+def test_at_the_in_flight_bound_the_loop_ticks_sooner_for_the_freed_slots() -> None:
+    clock = [START]
+    plan = [Shot(offset_ns=0, seq=i, request=Request("GET", "/", None, [], None)) for i in range(3)]
+    client, rows = TimedStandIn(), Rows()
+    disp = AheadDispatcher(
+        Scheduler(plan, max_in_flight=1), lambda s: s, client, rows, clock=lambda: clock[0]
+    )
+    timer = FakeTimer()
+    disp._loop, disp._timer, disp.start = FakeLoop(), timer, START  # type: ignore[assignment]
+    disp._pump()
+    assert len(client.handed) == 1 and timer.armed == [START + BOUND_TICK_NS]
+    client.answer(0, START + 10_000)
+    clock[0] = START + BOUND_TICK_NS
+    disp._pump()
+    assert len(client.handed) == 2  # the freed slot taken half a millisecond on

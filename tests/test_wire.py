@@ -304,3 +304,33 @@ async def test_a_body_answered_early_does_not_become_the_next_request() -> None:
     assert [line for line, _ in seen] == [f"POST /r{i} HTTP/1.1".encode() for i in range(4)]
     whole = [got == sizes[i] for i, (_, got) in enumerate(seen)]
     assert whole[0] and whole[2] and whole[3]
+
+
+async def test_of_several_addresses_the_one_that_takes_a_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """localhost may resolve to ::1 first while the target listens on 127.0.0.1 only: the
+    engine dials the address that answers, as asyncio's connection would."""
+    import replay.send.wire as wire_mod
+
+    real = socket.getaddrinfo
+
+    def both(host: str, port: int, *a: object, **kw: object) -> list:  # type: ignore[type-arg]
+        if host == "localhost":
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            ]
+        return real(host, port, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wire_mod.socket, "getaddrinfo", both)
+    async with FaultServer() as srv:  # 127.0.0.1 only
+        url = srv.url.replace("127.0.0.1", "localhost")
+        c = WireClient(parse_target(url), timeout=5)
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        try:
+            c.submit_at(prepared(url, "/ok"), fut.set_result, 0)
+            await gather(c, [fut])
+        finally:
+            await c.close()
+    assert (fut.result().error, fut.result().status) == (None, 200)

@@ -120,6 +120,21 @@ def read_answer(
     return reader.whole
 
 
+def _address(host: str, port: int) -> str:
+    """The target's numeric address: of several (localhost: ::1 and 127.0.0.1), the first that
+    takes a connection, as asyncio's create_connection would find it (the engine dials one)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addrs = list(dict.fromkeys(str(i[4][0]) for i in infos))
+    if len(addrs) > 1:
+        for a in addrs:
+            try:
+                socket.create_connection((a, port), timeout=0.5).close()
+                return a
+            except OSError:
+                continue
+    return addrs[0]
+
+
 class WireClient:
     """A client of one plain-HTTP target whose sends are timed by the engine (`submit_at`);
     results come in `collect()`, which the dispatcher calls every tick."""
@@ -133,8 +148,7 @@ class WireClient:
             raise ValueError("the compiled sender speaks plain HTTP only")
         self.target = target
         self.timeout = timeout
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-        host = str(infos[0][4][0])
+        host = _address(target.host, target.port)
         self._engine = _wire.Engine(host, target.port, int(timeout * 1e9) if timeout else 0)
         self._ids = itertools.count()
         self._out: dict[int, tuple[Prepared, Done, Unsent | None]] = {}
