@@ -184,7 +184,7 @@ class WireClient:
         """Hands every finished exchange to its `done`; how many."""
         results = self._engine.take()
         out_map = self._out
-        for i, kind, err, msg, _reused, sent, end, answer, stamps in results:
+        for i, kind, err, msg, sent, end, answer, stamps in results:
             req, done, unsent = out_map.pop(i)
             if kind == _wire.UNSENT:
                 if unsent is not None:

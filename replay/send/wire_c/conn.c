@@ -54,7 +54,7 @@ void bury(wire *w) {
 
 /* The answer so far goes with the result (the parser reads what came: a status, a head). */
 static wire_done take_answer(conn *c, int kind) {
-    wire_done d = {.req = c->req, .kind = kind, .reused = c->reused, .end = now_ns()};
+    wire_done d = {.req = c->req, .kind = kind, .end = now_ns()};
     d.resp = c->buf;
     d.resp_len = c->len;
     d.stamps = c->st;

@@ -30,7 +30,7 @@ typedef struct wire_req {
 
 typedef struct wire_done {
     wire_req *req;
-    int kind, err, reused;
+    int kind, err;
     const char *msg;   /* static text for WK_PROTOCOL */
     char *resp;        /* the response's bytes (malloc'd; the taker frees them) */
     size_t resp_len;

@@ -2,7 +2,7 @@
  *
  *     Engine(host, port, timeout_ns)    a thread sending to host:port (a numeric IPv4/IPv6 address)
  *     .submit(id, due_ns, data, head)   send `data` (bytes) at monotonic `due_ns`
- *     .take()                           [(id, kind, err, msg, reused, sent_ns, end_ns, answer,
+ *     .take()                           [(id, kind, err, msg, sent_ns, end_ns, answer,
  *                                         stamps)] done since the last call; `stamps` is a tuple
  *                                         (bytes read so far, ns, ...) per read of the answer
  *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid()
@@ -92,7 +92,7 @@ static PyObject *result(const wire_done *d) {
         PyTuple_SET_ITEM(stamps, (Py_ssize_t)i, v);
     }
     return Py_BuildValue(
-        "(LiisiLLy#N)", d->req->id, d->kind, d->err, d->msg, d->reused, (long long)d->req->sent,
+        "(LiisLLy#N)", d->req->id, d->kind, d->err, d->msg, (long long)d->req->sent,
         (long long)d->end, d->resp ? d->resp : "", (Py_ssize_t)d->resp_len, stamps);
 }
 
