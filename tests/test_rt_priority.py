@@ -152,3 +152,30 @@ def test_a_real_time_replay_sends_everything_and_the_report_says_so(tmp_path: Pa
     report = build(Results.open(out))
     assert report["run"]["rt_priority"] == 3
     assert "SCHED_FIFO priority 3" in render_text(report)
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_the_loop_steps_back_for_the_block_where_it_can_step_up_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the compiled sender's thread sends, the loop's thread is lowered, and raised again
+    after; where it could not be raised again (no root, RLIMIT_NICE too low) it is left as is:
+    a thread stuck lower would hold back the next run in the process."""
+    import resource
+
+    from replay.priority import stepped_back
+
+    if os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_NICE)[0] < 20:
+        pytest.skip("raising a thread's priority again needs root or RLIMIT_NICE >= 20")
+    before = _nice()
+    with stepped_back(5):
+        assert _nice() == before + 5
+    assert _nice() == before
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (0, 0))
+    with stepped_back(5):
+        assert _nice() == before  # could not be undone: not done
+    assert _nice() == before
