@@ -73,8 +73,8 @@ def realtime(priority: int, tid: int = 0) -> Iterator[None]:
 def stepped_back(niceness: int) -> Iterator[None]:
     """The calling thread `niceness` lower for the block, where it can be raised again after
     (root, or an RLIMIT_NICE that allows it); else unchanged. The event loop's thread while the
-    compiled sender's thread sends: on a shared CPU the sends come first (at 10k req/s lag p99
-    0.05-0.09 ms against 0.15-0.40 ms, docs/performance.md). A thread stuck lower after the run
+    compiled sender's thread sends: on a shared CPU the sends come first (replay/ahead.py has
+    the figures). A thread stuck lower after the run
     would hold back the next run in the same process, so it is only done where it can be undone."""
     try:
         import resource
