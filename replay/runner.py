@@ -336,12 +336,6 @@ def _run_streams(
 
 
 TICK_WORK_NS = 1_000_000  # what a tick may take: the progress line's percentiles, ~0.4 ms
-# The results collected go to the results' work when there are this many, or this long after
-# the last handover: each slice has fixed costs, and at 2k req/s handing over every tick (100
-# ms) cost the loop ~20 us a request (docs/performance.md). ResultWriter seals a second's
-# interval histograms SEAL_LAG_S behind the clock, which covers this.
-HANDOVER_ROWS = 1024
-HANDOVER_S = 1.0
 
 
 async def _tick(
@@ -357,15 +351,12 @@ async def _tick(
     """Every 100 ms: hand results to the results writer (its backlog); every half second:
     report progress. Not in the moments before a burst (Dispatcher.hold_off_ns)."""
     last_sent, last_t = 0, time.monotonic()
-    handed = last_t
     tick = 0
     while True:
         await asyncio.sleep(0.1)
         if wait := disp.hold_off_ns(TICK_WORK_NS):
             await asyncio.sleep(wait / 1e9)
-        if writer.collected >= HANDOVER_ROWS or time.monotonic() - handed >= HANDOVER_S:
-            writer.handover()
-            handed = time.monotonic()
+        writer.handover()
         if should_stop is not None and should_stop():
             if interrupted is not None:
                 interrupted["flag"] = True
