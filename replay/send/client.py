@@ -32,16 +32,36 @@ _now = time.monotonic_ns
 FIRST_WRITE = 2 * 1024  # a larger request is written in two parts (see _Conn.start_at)
 
 
-class _Conn(asyncio.Protocol):
+class ResponseHead:
+    """What llhttp's header callbacks keep of a response, for both senders that read with it
+    (this one, and send/wire.py's reader of the compiled sender's answers): the body's type and
+    coding (its scanner's), Retry-After, and whether the body is framed (a length or chunks)."""
+
+    __slots__ = ("_ctype", "_enc", "_framed", "_retry")
+
+    def _new_head(self) -> None:
+        self._ctype = self._enc = b""
+        self._retry: bytes | None = None
+        self._framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        if n == b"content-type":
+            self._ctype = value.lower()
+        elif n == b"content-encoding":
+            self._enc = value
+        elif n == b"retry-after":
+            self._retry = value
+        elif n == b"content-length" or (n == b"transfer-encoding" and b"chunked" in value.lower()):
+            self._framed = True
+
+
+class _Conn(ResponseHead, asyncio.Protocol):
     __slots__ = (
-        "_ctype",
-        "_enc",
-        "_framed",
         "_head",
         "_keep",
         "_primed",
         "_rest",
-        "_retry",
         "client",
         "deadline",
         "done",
@@ -61,15 +81,12 @@ class _Conn(asyncio.Protocol):
         self.done: Done | None = None
         self.scan: StreamScanner | None = None
         self.deadline = 0  # monotonic ns; checked by the client's sweeper (no timer per request)
-        self._ctype = b""
-        self._enc = b""
-        self._retry: bytes | None = None
+        self._new_head()
         self._rest: Prepared | None = None  # a request whose body is not all written yet
         # staged: sent by fire(); its Outcome made beforehand (the instant has only the writes)
         self._primed: tuple[Prepared, Done, Outcome] | None = None
         self._keep = True
         self._head = False
-        self._framed = False
         self.req: Prepared | None = None
         self.reused = False
 
@@ -109,18 +126,7 @@ class _Conn(asyncio.Protocol):
             kind, msg = classify(exc)
         self._fail(kind, msg)
 
-    # -- httptools callbacks -------------------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        n = name.lower()
-        if n == b"content-type":
-            self._ctype = value.lower()
-        elif n == b"content-encoding":
-            self._enc = value
-        elif n == b"retry-after":
-            self._retry = value
-        elif n == b"content-length" or (n == b"transfer-encoding" and b"chunked" in value.lower()):
-            self._framed = True
-
+    # -- httptools callbacks (on_header: ResponseHead) -----------------------------------------
     def on_headers_complete(self) -> None:
         out = self.out
         assert out is not None
@@ -186,10 +192,8 @@ class _Conn(asyncio.Protocol):
         else:  # made when it was staged
             out.sent_ns = sent_ns
         self.out, self.done, self.req = out, done, req
-        self._ctype = self._enc = b""
-        self._retry = None
+        self._new_head()
         self._keep = True
-        self._framed = False
         self._head = req.method == "HEAD"
         client = self.client
         if client.timeout_ns:

@@ -28,6 +28,7 @@ from captures.protocols import PLAIN
 from replay.rewrite import Prepared
 from replay.targets import Target
 
+from .client import ResponseHead
 from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
 
 try:
@@ -43,39 +44,30 @@ def available() -> bool:
     return _wire is not None
 
 
-class _Reader:
+class _Reader(ResponseHead):
     """llhttp's callbacks over an answer the engine read: what the fast sender's connection
-    does as the bytes arrive, at the stamps of the reads that brought them."""
+    does as the bytes arrive, at the stamps of the reads that brought them (on_header:
+    ResponseHead)."""
 
-    __slots__ = ("ctype", "enc", "head", "out", "parser", "retry", "scan", "surface", "t", "whole")
+    __slots__ = ("head", "out", "parser", "scan", "surface", "t", "whole")
 
     def __init__(self, out: Outcome, req: Prepared) -> None:
         self.out = out
         self.parser = httptools.HttpResponseParser(self)
         self.surface = req.surface
         self.head = req.method == "HEAD"
-        self.ctype = self.enc = b""
-        self.retry: bytes | None = None
+        self._new_head()
         self.scan: StreamScanner | None = None
         self.t = 0
         self.whole = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        n = name.lower()
-        if n == b"content-type":
-            self.ctype = value.lower()
-        elif n == b"content-encoding":
-            self.enc = value
-        elif n == b"retry-after":
-            self.retry = value
 
     def on_headers_complete(self) -> None:
         out = self.out
         out.headers_ns = self.t
         out.status = self.parser.get_status_code()
-        if self.retry is not None:
-            out.retry_after = self.retry.decode("latin-1")
-        self.scan = StreamScanner(out, self.ctype, self.enc, self.surface or PLAIN)
+        if self._retry is not None:
+            out.retry_after = self._retry.decode("latin-1")
+        self.scan = StreamScanner(out, self._ctype, self._enc, self.surface or PLAIN)
         if self.head:
             self.on_message_complete()
 
