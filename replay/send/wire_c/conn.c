@@ -75,6 +75,17 @@ void conn_fail(wire *w, conn *c, int kind, int err, const char *msg) {
 }
 
 /* A connection of ours is ready for `r` (connected, idle or new). */
+/* A reused connection closed or reset before any byte of the answer: the target had closed it
+ * while it was idle, not failed this request, which goes again on a new connection (its stamp
+ * kept: timed from the first try). */
+static void resend(wire *w, conn *c) {
+    wire_req *again = c->req;
+    c->req = NULL;
+    conn_close(w, c);
+    __atomic_add_fetch(&w->resends, 1, __ATOMIC_RELAXED);
+    conn_open(w, again);
+}
+
 void conn_start(wire *w, conn *c, wire_req *r, size_t first) {
     c->state = C_BUSY;
     c->req = r;
@@ -98,15 +109,8 @@ void write_more(wire *w, conn *c, size_t upto) {
             continue;
         } else {
             int err = errno;
-            if (c->reused && c->len == 0) { /* an idle connection the target had closed */
-                wire_req *again = c->req;
-                c->req = NULL;
-                conn_close(w, c);
-                __atomic_add_fetch(&w->resends, 1, __ATOMIC_RELAXED);
-                conn_open(w, again);
-                return;
-            }
-            conn_fail(w, c, WK_RESET, err, NULL);
+            if (c->reused && c->len == 0) resend(w, c);
+            else conn_fail(w, c, WK_RESET, err, NULL);
             return;
         }
     }
@@ -219,15 +223,8 @@ void conn_read(wire *w, conn *c) {
         conn_done(w, c, now_ns());
         return;
     }
-    if (c->reused && c->len == 0) {
-        wire_req *again = c->req;
-        c->req = NULL;
-        conn_close(w, c);
-        __atomic_add_fetch(&w->resends, 1, __ATOMIC_RELAXED);
-        conn_open(w, again);
-        return;
-    }
-    conn_fail(w, c, WK_RESET, err, NULL);
+    if (c->reused && c->len == 0) resend(w, c);
+    else conn_fail(w, c, WK_RESET, err, NULL);
 }
 
 conn *idle_pop(wire *w) {

@@ -141,6 +141,15 @@ static inline void frame_head(frame_t *f, const char *b, size_t end) {
     }
 }
 
+/* Consumes what has arrived of the `remain` bytes of a body or chunk; 1 once all have. */
+static inline int frame_take(frame_t *f, size_t len) {
+    size_t avail = len - f->pos;
+    size_t take = (long long)avail < f->remain ? avail : (size_t)f->remain;
+    f->pos += take;
+    f->remain -= (long long)take;
+    return f->remain == 0;
+}
+
 /* Follows the response over the buffer's first `len` bytes (all that has arrived). */
 static inline void frame_feed(frame_t *f, const char *b, size_t len) {
     for (;;) {
@@ -160,15 +169,10 @@ static inline void frame_feed(frame_t *f, const char *b, size_t len) {
             frame_head(f, b, (size_t)(hit - b));
             break;
         }
-        case PH_LENGTH: {
-            size_t avail = len - f->pos;
-            size_t take = (long long)avail < f->remain ? avail : (size_t)f->remain;
-            f->pos += take;
-            f->remain -= (long long)take;
-            if (f->remain == 0) f->phase = PH_DONE;
-            else return;
+        case PH_LENGTH:
+            if (!frame_take(f, len)) return;
+            f->phase = PH_DONE;
             break;
-        }
         case PH_CHUNK_SIZE: {
             long e = find_crlf(b, f->pos, len);
             if (e < 0) {
@@ -199,15 +203,10 @@ static inline void frame_feed(frame_t *f, const char *b, size_t len) {
             }
             break;
         }
-        case PH_CHUNK_DATA: {
-            size_t avail = len - f->pos;
-            size_t take = (long long)avail < f->remain ? avail : (size_t)f->remain;
-            f->pos += take;
-            f->remain -= (long long)take;
-            if (f->remain) return;
+        case PH_CHUNK_DATA:
+            if (!frame_take(f, len)) return;
             f->phase = PH_CHUNK_CRLF;
             break;
-        }
         case PH_CHUNK_CRLF:
             if (len - f->pos < 2) return;
             if (b[f->pos] != '\r' || b[f->pos + 1] != '\n') {
