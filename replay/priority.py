@@ -7,10 +7,10 @@ SCHED_FIFO priority 10 against normal scheduling: beside a CPU-bound process p99
 against 1.4-5.3 ms; on a quiet machine p99 0.67-0.82 against 1.07-1.10 ms (docs/performance.md).
 It does not stop a thread of ours that holds the GIL from holding the loop.
 
-Only the thread that sends is raised (the event loop's, or with the compiled sender its engine's),
-and only while it sends: the plan and
-results threads keep their normal (lowered) priority, threads started meanwhile start normal
-(SCHED_RESET_ON_FORK), and the report is written at normal priority. The kernel keeps 5% of
+Only the thread that sends is raised (the event loop's, or with the compiled sender its
+engine's), and only while it sends: the plan and results threads keep their normal (lowered)
+priority, threads started meanwhile start normal (SCHED_RESET_ON_FORK), and the report is
+written at normal priority. The kernel keeps 5% of
 each second for normal work (sched_rt_runtime_us), so a loop that runs flat out cannot freeze a
 machine of two or more cores; on a single core it would starve a target beside it, so that
 is refused.
@@ -74,8 +74,8 @@ def stepped_back(niceness: int) -> Iterator[None]:
     """The calling thread `niceness` lower for the block, where it can be raised again after
     (root, or an RLIMIT_NICE that allows it); else unchanged. The event loop's thread while the
     compiled sender's thread sends: on a shared CPU the sends come first (replay/ahead.py has
-    the figures). A thread stuck lower after the run
-    would hold back the next run in the same process, so it is only done where it can be undone."""
+    the figures). A thread stuck lower after the run would hold back the next run in the same
+    process, so it is only done where it can be undone."""
     try:
         import resource
 
