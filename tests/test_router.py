@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
+import pytest
+from wired import needs_wire
+
+from captures.errors import UserError
 from replay.rewrite import Prepared
 from replay.send.outcome import Outcome
-from replay.send.router import Router, Staged
+from replay.send.router import Router, Staged, pick_client
 from replay.targets import Target, parse_target
 
 
@@ -42,3 +47,29 @@ def test_requests_go_to_their_targets_client_by_identity_or_by_value() -> None:
     router.submit(_req(twin, "/3"), lambda o: None)
     router.stage(_req(b, "/4"), lambda o: None)
     assert ca.got == ["/1", "/3"] and cb.got == ["/2", "staged /4"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "why"),
+    [
+        ({"open_loop": False}, "open loop only"),
+        ({"stateful": True}, "session state"),
+        ({"slack": True}, "--send-slack"),
+        ({"targets": [parse_target("https://127.0.0.1:9")]}, "plain HTTP only"),
+    ],
+)
+def test_the_compiled_sender_where_it_can_serve_the_run_and_a_line_why_where_not(
+    kw: dict[str, Any], why: str
+) -> None:
+    needs_wire()
+    base: dict[str, Any] = {
+        "open_loop": True,
+        "stateful": False,
+        "slack": False,
+        "targets": [parse_target("http://127.0.0.1:9")],
+    }
+    assert pick_client("auto", **base) == "wire"
+    assert pick_client("fast", **base) == "fast"
+    assert pick_client("auto", **{**base, **kw}) == "fast"
+    with pytest.raises(UserError, match=why):
+        pick_client("wire", **{**base, **kw})
