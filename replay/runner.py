@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from captures import hdr
 from captures.errors import UserError
 from captures.store import mkdir_private, seal_private
 from replay.measure.metrics import Metrics
@@ -52,6 +51,7 @@ from .rundoc import run_document
 from .schedule import Scheduler
 from .settings import Progress, RunSettings, RunSummary, StreamPlan, default_out_dir
 from .state import SessionState
+from .ticker import progress_now, tick
 from .timeline import merged, sharded, with_prepared
 
 STOP_GRACE_S = 0.3  # after a stop signal, requests in flight have this long to finish
@@ -275,7 +275,7 @@ def _run_streams(
             needs = first_needs(scheduler, prepare, min(WARM_MOST, max_in_flight))
             warmed = await router.warm_up(needs, warm_timeout_s(settings.start_wall_ns))
         ticker = loop.create_task(
-            _tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size, due)
+            tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size, due)
         )
         t0 = time.monotonic_ns()
         switch = sys.getswitchinterval()
@@ -333,71 +333,3 @@ def _run_streams(
         write_run_json(out_dir, run_doc)
     seal_private(out_dir)
     return RunSummary(out_dir, metrics, run_doc, stats, interrupted["flag"])
-
-
-TICK_WORK_NS = 1_000_000  # what a tick may take: the progress line's percentiles, ~0.4 ms
-
-
-async def _tick(
-    disp: Dispatcher,
-    writer: ResultWriter,
-    metrics: Metrics,
-    on_progress: Callable[[Progress], None] | None,
-    should_stop: Callable[[], bool] | None = None,
-    interrupted: dict[str, bool] | None = None,
-    plan_size: tuple[int | None, bool, float | None] = (None, False, None),
-    due: DueCount | None = None,
-) -> None:
-    """Every 100 ms: hand results to the results writer (its backlog); every half second:
-    report progress. Not in the moments before a burst (Dispatcher.hold_off_ns)."""
-    last_sent, last_t = 0, time.monotonic()
-    tick = 0
-    while True:
-        await asyncio.sleep(0.1)
-        if wait := disp.hold_off_ns(TICK_WORK_NS):
-            await asyncio.sleep(wait / 1e9)
-        writer.handover()
-        if should_stop is not None and should_stop():
-            if interrupted is not None:
-                interrupted["flag"] = True
-            disp.stop()
-        tick += 1
-        if tick % 5 or on_progress is None:
-            continue
-        t = time.monotonic()
-        rate = (disp.stats.sent - last_sent) / max(t - last_t, 1e-9)
-        on_progress(progress_now(disp, writer, metrics, plan_size, rate, due))
-        last_sent, last_t = disp.stats.sent, t
-
-
-def progress_now(
-    disp: Dispatcher,
-    writer: ResultWriter,
-    metrics: Metrics,
-    plan_size: tuple[int | None, bool, float | None],
-    rate: float,
-    due: DueCount | None = None,
-    *,
-    final: bool = False,
-) -> Progress:
-    """final: the run is over; the schedule's count takes in the current 10 ms bucket."""
-    st = disp.stats
-    now = time.monotonic_ns() - disp.start + (DueCount.BUCKET_NS if final else 0)
-    lat, lag = metrics.overall["latency"], metrics.overall["lag"]
-    return Progress(
-        elapsed_s=(time.monotonic_ns() - disp.start) / 1e9,
-        scheduled_s=st.last_due_ns / 1e9,
-        planned=plan_size[0],
-        planned_approx=plan_size[1],
-        planned_end_s=plan_size[2],
-        sent=st.sent,
-        ok=writer.ok,
-        expected=writer.expected,
-        failed=writer.failed,
-        in_flight=disp.scheduler.in_flight,
-        rate=rate,
-        p99_ms=hdr.value_at_percentile(lat, 99) / 1000 if lat.total_count else None,
-        lag_p99_ms=hdr.value_at_percentile(lag, 99) / 1000 if lag.total_count else None,
-        behind_s=disp.behind_ns() / 1e9,
-        scheduled=due.by(now) if due is not None else None,
-    )

@@ -13,6 +13,7 @@ from replay.progress import describe
 from replay.rewrite import Rewriter
 from replay.settings import Progress, RunSettings
 from replay.targets import parse_target
+from replay.ticker import HANDOVER_ROWS, HANDOVER_S, handover_due
 from replay.workload.replaying import replay_stream
 
 S = 1_000_000_000
@@ -83,3 +84,20 @@ def test_a_long_plan_ahead_says_how_far_it_has_got_until_the_plan_is_made() -> N
     assert counts == sorted(counts) and 0 < counts[-1] < 30
     assert describe(seen[0]).startswith(f"planning ahead: {seen[0].planning}/30 shots")
     buffer.close()
+
+
+@pytest.mark.parametrize(
+    ("watched", "collected", "since_s", "due"),
+    [
+        (True, 0, 0.1, True),  # a live page or /metrics: every tick
+        (True, 5, 0.1, True),
+        (False, 5, 0.1, False),  # unwatched, few rows, recent: wait
+        (False, HANDOVER_ROWS - 1, HANDOVER_S - 0.01, False),
+        (False, HANDOVER_ROWS, 0.1, True),  # enough rows
+        (False, 0, HANDOVER_S, True),  # long enough (a second's rows join it before sealing)
+    ],
+)
+def test_results_are_handed_over_every_tick_only_when_watched(
+    watched: bool, collected: int, since_s: float, due: bool
+) -> None:
+    assert handover_due(watched, collected, since_s) is due

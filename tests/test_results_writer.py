@@ -275,3 +275,23 @@ def test_each_groups_counts_statuses_and_span_are_its_own_rows(tmp_path: Path) -
             mine[-1] * 1000 + 9000 + mine[-1],
         )
     assert len(m.stats) == 7 * 3
+
+
+def test_rows_that_come_after_their_second_was_sealed_join_it(tmp_path: Path) -> None:
+    """Handed over late (the runner hands results over up to a second apart), rows of a second
+    already sealed are merged into its sealed histograms, not written over them."""
+    from captures import hdr
+
+    w = _writer(tmp_path, "w", Clock(tick=1), cooperative=False)
+    m = Metrics()
+    for part in (range(0, 300), range(300, 500)):  # all end in second 0
+        for i in part:
+            shot = Shot(offset_ns=i * 1000, seq=i, request=Request("GET", "/x", None, [], None))
+            w.add(shot, None, i * 1000, Outcome(sent_ns=i * 1000, end_ns=i * 1000 + 5000 + i))
+        rows, w._rows = w._rows, []
+        m.record_batch(w._columns(rows))
+        m.seal_intervals(before_sec=1)
+    (stream,) = m.intervals
+    assert list(m.intervals[stream]) == [0]
+    assert hdr.decode(m.intervals[stream][0]["latency"]).total_count == 500
+    w.close()

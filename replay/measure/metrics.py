@@ -289,6 +289,8 @@ class Metrics:
             live = self._live[key]
             sealed = self.intervals[stream].setdefault(sec, {})
             for m, h in live.items():
+                if m in sealed:  # rows came in after the second was sealed: theirs join it
+                    hdr.add(h, hdr.decode(sealed[m]))
                 sealed[m] = hdr.encode(h)
                 yield
             del self._live[key]

@@ -30,6 +30,11 @@ from .results import COLUMNS, FILE_SCHEMA, SCHEMA, Expect, ResultObserver, with_
 ARRAY_STEP_VALUES = 512  # values made into Arrow arrays per step
 FREE_STEP_COLUMNS = 4  # a slice's column lists freed per step
 FREE_STEP_ROWS = 32  # a slice's rows freed per step
+# A second's interval histograms are sealed (encoded, no longer added to) this many seconds
+# after it ends by the clock: its rows come in up to a handover later (the runner hands the
+# results over at least every second) plus the slice's work. Rows later still are merged into
+# the sealed second (Metrics.seal_steps), at the price of a decoding.
+SEAL_LAG_S = 2
 
 
 def _mono_to_epoch() -> int:
@@ -142,6 +147,11 @@ class ResultWriter:
         if len(self._rows) >= self.batch_rows:
             self.handover()
 
+    @property
+    def collected(self) -> int:
+        """Results collected and not yet handed over."""
+        return len(self._rows)
+
     # -- building a slice, in steps ------------------------------------------------------------
     def _columns(self, rows: list[Row]) -> dict[str, list[Any]]:
         cols: dict[str, list[Any]] = {}
@@ -169,7 +179,7 @@ class ResultWriter:
             self.observer.record(cols)
             yield
         now_s = (time.time_ns() - self.metrics.run_start_ns) // 1_000_000_000
-        yield from self.metrics.seal_steps(before_sec=now_s - 1)
+        yield from self.metrics.seal_steps(before_sec=now_s - SEAL_LAG_S)
         # Let go of the slice a part at a time: its column lists and its rows (their shots,
         # requests and outcomes) are tens of thousands of objects, which took 0.3-1.4 ms to
         # free at once at the slice's end.
