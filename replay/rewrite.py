@@ -163,11 +163,11 @@ class Rewriter:
 
     @staticmethod
     def _surface(req: Request) -> Surface:
-        """The surface recorded with the request, else the one its path names."""
+        """The surface recorded with the request, else the one its path names (else its body's,
+        read in _rewrite_body)."""
         if req.api:
             return protocols.BY_NAME.get(req.api, PLAIN)
-        anthropic = any(n.lower() == "anthropic-version" for n, _ in req.headers)
-        return protocols.detect(req.path, anthropic=anthropic)
+        return protocols.detect(req.path)
 
     def _query(self, query: str | None) -> str | None:
         if not query or "REDACTED" not in query:
@@ -203,7 +203,8 @@ class Rewriter:
         if not isinstance(obj, dict):
             return body, model, surface, ()
         if surface is PLAIN:  # a gateway's own path: the body's shape may say which API it is
-            surface = protocols.detect(req.path, obj)
+            anthropic = any(n.lower() == "anthropic-version" for n, _ in req.headers)
+            surface = protocols.detect(req.path, obj, anthropic=anthropic)
         refs = tuple(dict.fromkeys(surface.referenced_ids(obj)))
         changed = self._drop_markers(obj)
         old = obj.get("model")

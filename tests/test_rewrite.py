@@ -164,3 +164,28 @@ def test_a_header_list_seen_again_is_prepared_the_same_and_still_counted() -> No
         ("Host", "127.0.0.1:8000"), ("User-Agent", "OpenAI/Python"), ("X-Run", "7"),
         ("Content-Length", "8"),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "anthropic", "want"),
+    [
+        ("/v1/messages", False, "messages"),  # the path says it
+        ("/v1/chat/completions", True, "chat"),  # the path wins over the header
+        ("/llm/claude", True, "messages"),  # a gateway's own path: header and chat-shaped body
+        ("/llm/gpt", False, "chat"),
+    ],
+)
+def test_a_request_without_a_recorded_surface_is_read_by_path_then_body_and_header(
+    path: str, anthropic: bool, want: str
+) -> None:
+    """Captures without `api` (imported, or older): the surface comes from the path, else from
+    the body, where an `anthropic-version` header says Messages for a chat-shaped body (as the
+    capture decides it, captures/exchange.py)."""
+    headers = [("Content-Type", "application/json")]
+    if anthropic:
+        headers.append(("anthropic-version", "2023-06-01"))
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    p = Rewriter(parse_target("http://127.0.0.1:9")).prepare(
+        req(path=path, headers=headers, body=json.dumps(body).encode())
+    )
+    assert p.surface.name == want
