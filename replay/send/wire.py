@@ -36,6 +36,12 @@ try:
 except ImportError:  # not built here (no C compiler, not Linux): the Python sender runs
     _wire = None
 
+# A long answer comes from the engine in parts of about PART_BYTES as it arrives; with
+# HOLD_BYTES of parts not yet taken, it stops reading until they are (engine.h).
+PART_BYTES = _wire.PART_BYTES if _wire is not None else 0
+HOLD_BYTES = _wire.HOLD_BYTES if _wire is not None else 0
+PART = _wire.PART if _wire is not None else -1
+
 Done = Callable[[Outcome], None]
 Unsent = Callable[[], None]
 
@@ -82,29 +88,44 @@ class _Reader(ResponseHead):
             if self.scan is not None:
                 self.scan.finish()
 
+    def feed(self, answer: bytes, stamps: tuple[int, ...]) -> bool:
+        """Feeds llhttp the bytes read by read, each at its read's stamp; False if they are not
+        HTTP (out.error says why)."""
+        out, parser = self.out, self.parser
+        done = 0
+        view = memoryview(answer)
+        try:
+            for i in range(0, len(stamps), 2):
+                upto, self.t = stamps[i], stamps[i + 1]
+                if upto > done:
+                    out.bytes_in += upto - done
+                    parser.feed_data(view[done:upto])
+                    done = upto
+                if self.whole:
+                    break
+        except httptools.HttpParserUpgrade:
+            out.error, out.error_msg = "protocol", "unexpected protocol upgrade"
+            return False
+        except httptools.HttpParserError as exc:
+            out.error, out.error_msg = "protocol", f"invalid HTTP from the target: {exc}"
+            return False
+        return True
+
 
 def read_answer(
-    out: Outcome, req: Prepared, answer: bytes, stamps: tuple[int, ...], ended: bool
+    out: Outcome,
+    req: Prepared,
+    answer: bytes,
+    stamps: tuple[int, ...],
+    ended: bool,
+    reader: _Reader | None = None,
 ) -> bool:
-    """Feeds the answer to llhttp read by read; True if it was a whole response. `ended`: the
-    engine framed it whole (a body without a length ends at the close: llhttp is not told)."""
-    reader = _Reader(out, req)
-    done = 0
-    view = memoryview(answer)
-    try:
-        for i in range(0, len(stamps), 2):
-            upto, reader.t = stamps[i], stamps[i + 1]
-            if upto > done:
-                out.bytes_in += upto - done
-                reader.parser.feed_data(view[done:upto])
-                done = upto
-            if reader.whole:
-                break
-    except httptools.HttpParserUpgrade:
-        out.error, out.error_msg = "protocol", "unexpected protocol upgrade"
-        return False
-    except httptools.HttpParserError as exc:
-        out.error, out.error_msg = "protocol", f"invalid HTTP from the target: {exc}"
+    """Feeds the answer to llhttp read by read (after its parts, to their `reader`); True if it
+    was a whole response. `ended`: the engine framed it whole (a body without a length ends at
+    the close: llhttp is not told)."""
+    if reader is None:
+        reader = _Reader(out, req)
+    if not reader.feed(answer, stamps):
         return False
     scan = reader.scan
     if not reader.whole and scan is not None and (ended or scan.complete):
@@ -144,6 +165,8 @@ class WireClient:
         self._engine = _wire.Engine(host, target.port, int(timeout * 1e9) if timeout else 0)
         self._ids = itertools.count()
         self._out: dict[int, tuple[Prepared, Done, Unsent | None]] = {}
+        # a long answer's reader while its parts come in (the engine holds no more than a part)
+        self._parts: dict[int, _Reader] = {}
         self._closed = False
 
     # -- sending ---------------------------------------------------------------------------------
@@ -175,8 +198,16 @@ class WireClient:
     def collect(self) -> int:
         """Hands every finished exchange to its `done`; how many."""
         results = self._engine.take()
-        out_map = self._out
+        out_map, parts, n = self._out, self._parts, 0
         for i, kind, err, msg, sent, end, answer, stamps in results:
+            if kind == PART:
+                reader = parts.get(i)
+                if reader is None:
+                    reader = parts[i] = _Reader(Outcome(sent_ns=sent), out_map[i][0])
+                if reader.out.error is None:  # not HTTP: the rest is not read
+                    reader.feed(answer, stamps)
+                continue
+            n += 1
             req, done, unsent = out_map.pop(i)
             if kind == _wire.UNSENT:
                 if unsent is not None:
@@ -185,13 +216,18 @@ class WireClient:
                     done(Outcome(sent_ns=end, end_ns=end, error="interrupted",
                                  error_msg=INTERRUPTED_MSG))  # fmt: skip
                 continue
-            out = Outcome(sent_ns=sent)
-            if not (answer and read_answer(out, req, answer, stamps, kind == _wire.OK)):
+            reader = parts.pop(i, None)
+            out = Outcome(sent_ns=sent) if reader is None else reader.out
+            if not (
+                (answer or reader is not None)
+                and out.error is None
+                and read_answer(out, req, answer, stamps, kind == _wire.OK, reader)
+            ):
                 if out.error is None or kind == _wire.PROTOCOL:  # the engine's word first
                     out.error, out.error_msg = self._error(kind, err, msg)
                 out.end_ns = end
             done(out)
-        return len(results)
+        return n
 
     def _error(self, kind: int, err: int, msg: str | None) -> tuple[str, str]:
         if kind == _wire.OK:

@@ -30,8 +30,9 @@ static void idle_remove(wire *w, conn *c) {
 
 void conn_close(wire *w, conn *c) {
     if (c->state == C_IDLE) idle_remove(w, c);
+    if (c->paused) __atomic_sub_fetch(&w->npaused, 1, __ATOMIC_SEQ_CST);
     if (c->state == C_CONNECTING && c->ahead) w->spare--;
-    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (!c->paused) epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     w->conns[c->slot] = w->conns[--w->nconns];
     w->conns[c->slot]->slot = c->slot;
@@ -90,6 +91,7 @@ void conn_start(wire *w, conn *c, wire_req *r, size_t first) {
     c->state = C_BUSY;
     c->req = r;
     c->woff = 0;
+    c->handed = 0;
     frame_reset(&c->fr, r->head);
     if (r->sent == 0) r->sent = now_ns();
     write_more(w, c, first);
@@ -109,7 +111,7 @@ void write_more(wire *w, conn *c, size_t upto) {
             continue;
         } else {
             int err = errno;
-            if (c->reused && c->len == 0) resend(w, c);
+            if (c->reused && c->len == 0 && c->handed == 0) resend(w, c);
             else conn_fail(w, c, WK_RESET, err, NULL);
             return;
         }
@@ -195,9 +197,60 @@ static void conn_done(wire *w, conn *c, int64_t t) {
     emit(w, d);
 }
 
+/* The framed bytes of a long answer so far go to the taker as a part, with the stamps of the
+ * reads that brought them (a read across the cut stamps both sides); what is not framed yet (a
+ * line begun) stays, its stamps made relative to it. */
+static void hand_part(wire *w, conn *c) {
+    size_t upto = c->fr.pos, rest = c->len - upto, k = 0;
+    while (k < c->nst && c->st[2 * k] <= (int64_t)upto) k++;
+    int straddle = k < c->nst && (k == 0 || c->st[2 * (k - 1)] < (int64_t)upto);
+    size_t np = k + (size_t)straddle, ncap = 0;
+    int64_t *pst = malloc(2 * (np ? np : 1) * sizeof *pst);
+    char *nb = NULL;
+    if (pst == NULL || (rest && grow((void **)&nb, &ncap, rest + READ_ROOM, 1))) abort();
+    memcpy(pst, c->st, 2 * k * sizeof *pst);
+    if (straddle) {
+        pst[2 * k] = (int64_t)upto;
+        pst[2 * k + 1] = c->st[2 * k + 1];
+    }
+    size_t left = c->nst - k;
+    for (size_t j = 0; j < left; j++) {
+        c->st[2 * j] = c->st[2 * (k + j)] - (int64_t)upto;
+        c->st[2 * j + 1] = c->st[2 * (k + j) + 1];
+    }
+    if (rest) memcpy(nb, c->buf + upto, rest);
+    wire_done d = {.req = c->req, .kind = WK_PART, .resp = c->buf, .resp_len = upto,
+                   .stamps = pst, .nstamps = np, .end = now_ns()};
+    c->buf = nb;
+    c->cap = ncap;
+    c->len = rest;
+    c->nst = left;
+    c->fr.pos = 0;
+    c->handed += upto;
+    emit(w, d);
+}
+
+/* The taker has caught up: the paused connections read again. */
+void conn_resume(wire *w) {
+    for (size_t i = 0; i < w->nconns; i++) {
+        conn *c = w->conns[i];
+        if (!c->paused) continue;
+        c->paused = 0;
+        struct epoll_event ev = {.events = EPOLLIN | (c->out_on ? EPOLLOUT : 0), .data.ptr = c};
+        epoll_ctl(w->ep, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+    __atomic_store_n(&w->npaused, 0, __ATOMIC_SEQ_CST);
+}
+
 void conn_read(wire *w, conn *c) {
     if (c->state != C_BUSY) { /* idle: the target closed it, or sent what nobody asked for */
         conn_close(w, c);
+        return;
+    }
+    if (c->handed && __atomic_load_n(&w->held, __ATOMIC_SEQ_CST) >= HOLD_BYTES) {
+        epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL); /* wait for the taker (conn_resume) */
+        c->paused = 1;
+        __atomic_add_fetch(&w->npaused, 1, __ATOMIC_SEQ_CST);
         return;
     }
     if (c->cap - c->len < READ_ROOM && grow((void **)&c->buf, &c->cap, c->len + READ_ROOM, 1))
@@ -213,6 +266,7 @@ void conn_read(wire *w, conn *c) {
         frame_feed(&c->fr, c->buf, c->len);
         if (c->fr.phase == PH_DONE) conn_done(w, c, t);
         else if (c->fr.phase == PH_ERROR) conn_fail(w, c, WK_PROTOCOL, 0, c->fr.error);
+        else if (c->fr.pos >= PART_BYTES) hand_part(w, c);
         return;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
@@ -223,7 +277,7 @@ void conn_read(wire *w, conn *c) {
         conn_done(w, c, now_ns());
         return;
     }
-    if (c->reused && c->len == 0) resend(w, c);
+    if (c->reused && c->len == 0 && c->handed == 0) resend(w, c);
     else conn_fail(w, c, WK_RESET, err, NULL);
 }
 

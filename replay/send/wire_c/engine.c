@@ -78,6 +78,7 @@ void emit(wire *w, wire_done d) {
     pthread_mutex_lock(&w->mu);
     if (grow((void **)&w->outbox, &w->capout, w->nout + 1, sizeof *w->outbox)) abort();
     w->outbox[w->nout++] = d;
+    if (d.kind == WK_PART) __atomic_add_fetch(&w->held, d.resp_len, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -207,6 +208,9 @@ static void *run(void *arg) {
             if ((evs[i].events & EPOLLOUT) && c->state == C_BUSY) write_more(w, c, (size_t)-1);
         }
         bury(w);
+        if (__atomic_load_n(&w->npaused, __ATOMIC_SEQ_CST) &&
+            __atomic_load_n(&w->held, __ATOMIC_SEQ_CST) < HOLD_BYTES / 2)
+            conn_resume(w);
     }
     bury(w);
     return NULL;
@@ -302,7 +306,9 @@ wire_done *wire_take(wire *w, size_t *n) {
     *n = w->nout;
     w->outbox = NULL;
     w->nout = w->capout = 0;
+    __atomic_store_n(&w->held, 0, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&w->mu);
+    if (__atomic_load_n(&w->npaused, __ATOMIC_SEQ_CST)) poke(w); /* the paused read again */
     return out;
 }
 

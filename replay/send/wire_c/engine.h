@@ -16,7 +16,15 @@ enum wire_kind {
     WK_PROTOCOL = 4,    /* not HTTP/1.x that can be framed (`msg`) */
     WK_INTERRUPTED = 5, /* in flight when the engine was closed */
     WK_UNSENT = 6,      /* never written: taken back by wire_unsend() or the close */
+    WK_PART = 7,        /* a long answer's bytes so far: the request is still out, more follow */
 };
+
+/* A longer answer goes to the taker in parts of about this much as it arrives (WK_PART): a
+ * connection holds no more of it, however long the body (a download, a long stream). */
+#define PART_BYTES (1 << 20)
+/* With this much of the parts not yet taken, the connections with more to read wait (out of the
+ * epoll set: the target's sends then wait in TCP) until the taker has caught up to half of it. */
+#define HOLD_BYTES (16 << 20)
 
 typedef struct wire_req {
     long long id;
@@ -32,9 +40,9 @@ typedef struct wire_done {
     wire_req *req;
     int kind, err;
     const char *msg;   /* static text for WK_PROTOCOL */
-    char *resp;        /* the response's bytes (malloc'd; the taker frees them) */
+    char *resp;        /* the response's bytes, or a part's (malloc'd; the taker frees them) */
     size_t resp_len;
-    int64_t *stamps;   /* pairs (bytes read so far, ns), one per read (malloc'd) */
+    int64_t *stamps;   /* pairs (bytes of `resp` read so far, ns), one per read (malloc'd) */
     size_t nstamps;
     int64_t end;       /* when the response ended, or the error was met */
 } wire_done;

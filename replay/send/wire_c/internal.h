@@ -20,6 +20,7 @@ enum { C_CONNECTING, C_IDLE, C_BUSY, C_DEAD };
 
 typedef struct conn {
     int fd, state, reused, out_on;
+    int paused; /* waiting for the taker (HOLD_BYTES): out of the epoll set */
     int ahead; /* opened with no request (counted in wire.spare until connected) */
     wire_req *req;
     size_t woff;
@@ -27,6 +28,7 @@ typedef struct conn {
     size_t len, cap;
     int64_t *st;
     size_t nst, stcap;
+    size_t handed; /* bytes of the answer already handed over in parts */
     int64_t opened;
     frame_t fr;
     struct conn *next_idle;
@@ -48,6 +50,8 @@ struct wire {
     wire_done *outbox;
     size_t nout, capout;
     int stop, unsend, unsend_done, preopen;
+    size_t held; /* bytes of parts not yet taken (atomic) */
+    int npaused; /* connections paused for the taker (the thread writes it; atomic) */
     int64_t wake_at;
     long connects, resends, idle_n;
     /* the thread's own */
@@ -92,6 +96,7 @@ void conn_read(wire *w, conn *c);
 void conn_fail(wire *w, conn *c, int kind, int err, const char *msg);
 void conn_close(wire *w, conn *c);
 conn *idle_pop(wire *w);
+void conn_resume(wire *w);
 void bury(wire *w);
 
 #endif

@@ -4,7 +4,8 @@
  *     .submit(id, due_ns, data, head)   send `data` (bytes) at monotonic `due_ns`
  *     .take()                           [(id, kind, err, msg, sent_ns, end_ns, answer,
  *                                         stamps)] done since the last call; `stamps` is a tuple
- *                                         (bytes read so far, ns, ...) per read of the answer
+ *                                         (bytes read so far, ns, ...) per read of the answer;
+ *                                         a long answer comes in parts first (kind PART)
  *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid()
  *
  * The request's bytes object is held (not copied) until its result is taken.
@@ -106,8 +107,10 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         PyObject *item = out != NULL ? result(d) : NULL;
         if (item == NULL) Py_CLEAR(out);
         else PyList_SET_ITEM(out, (Py_ssize_t)i, item);
-        Py_DECREF((PyObject *)d->req->owner);
-        free(d->req);
+        if (d->kind != WK_PART) { /* the request is done: its bytes are let go */
+            Py_DECREF((PyObject *)d->req->owner);
+            free(d->req);
+        }
         free(d->resp);
         free(d->stamps);
     }
@@ -208,5 +211,8 @@ PyMODINIT_FUNC PyInit__wire(void) {
     PyModule_AddIntConstant(m, "PROTOCOL", WK_PROTOCOL);
     PyModule_AddIntConstant(m, "INTERRUPTED", WK_INTERRUPTED);
     PyModule_AddIntConstant(m, "UNSENT", WK_UNSENT);
+    PyModule_AddIntConstant(m, "PART", WK_PART);
+    PyModule_AddIntConstant(m, "PART_BYTES", PART_BYTES);
+    PyModule_AddIntConstant(m, "HOLD_BYTES", HOLD_BYTES);
     return m;
 }
