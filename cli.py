@@ -418,8 +418,8 @@ def live_progress(quiet: bool) -> Any:
 
 def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
     """The end of a run: the text report (and SLO table) on stdout; 130 if interrupted, 1 if a
-    gate failed, 3 if a worker died."""
-    from replay.decide.reporting import make, no_success
+    gate failed, nothing succeeded or requests failed on this machine, 3 if a worker died."""
+    from replay.decide.reporting import client_failed, make, no_success
     from replay.measure.resultsdir import Results
 
     res = Results(result.out_dir, result.run, result.metrics)
@@ -432,7 +432,7 @@ def finish_run(result: Any, opts: dict[str, Any], gates: Any) -> int:
         return 3  # a worker died: what it measured is in the results, the run is not whole
     if result.interrupted:
         return 130
-    cause = no_success(result.run, result.metrics)
+    cause = no_success(result.run, result.metrics) or client_failed(result.metrics)
     if cause:
         click.echo(f"loadtape: error: {cause}", err=True)
         return 1

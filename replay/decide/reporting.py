@@ -10,7 +10,9 @@ from replay.measure.groups import add_counts
 from .report import build, render
 from .slo import evaluate
 
+CLIENT_HINT = "this machine ran out of file descriptors: raise ulimit -n or lower --max-in-flight"
 HINTS = (  # an error kind's prefix -> what to check
+    ("client", CLIENT_HINT),
     ("connect", "is the target up, and is --target right?"),
     ("interrupted", "the run was stopped before any answer came back"),
     ("dns", "is the target's host name right?"),
@@ -38,13 +40,24 @@ def no_success(run: dict[str, Any], metrics: Any) -> str | None:
     if sent == 0:
         unsent = ", ".join(f"{k} x{v}" for k, v in sorted((counts.get("unsent") or {}).items()))
         return f"no request was sent ({unsent or 'the run ended first'})"
-    errors: dict[str, int] = {}
-    for st in metrics.stats.values():
-        add_counts(errors, st.errors)
-    top = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = sorted(_errors(metrics).items(), key=lambda kv: (-kv[1], kv[0]))
     listed = ", ".join(f"{k} x{n}" for k, n in top[:4]) or f"{sent} failed"
     hint = next((h for p, h in HINTS if top and top[0][0].startswith(p)), "")
     return f"every request failed: {listed}" + (f" - {hint}" if hint else "")
+
+
+def _errors(metrics: Any) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for st in metrics.stats.values():
+        add_counts(errors, st.errors)
+    return errors
+
+
+def client_failed(metrics: Any) -> str | None:
+    """A one-line cause when requests failed on this machine rather than at the target (error
+    kind `client`): then the run measured the load generator, whatever else it shows."""
+    n = _errors(metrics).get("client", 0)
+    return f"{n} requests failed on this machine, not at the target - {CLIENT_HINT}" if n else None
 
 
 def make(

@@ -7,7 +7,9 @@ Times are monotonic nanoseconds. Error kinds: `connect` (refused, unreachable, D
 for LLM APIs answering 2xx: `stream_error` (the API's own error event mid-stream, or a failed
 Responses response), `truncated` (a stream that ended without its terminal event or a finish
 reason), `bad_body` (a whole JSON body that is not that API's shape), and `interrupted` (in
-flight when the run was stopped, abandoned: not the target's doing). An HTTP status is not an
+flight when the run was stopped, abandoned: not the target's doing). `client`: this machine ran
+out of file descriptors (the open-file limit, or the system's): not the target's doing either,
+and a run with any is not a measure of the target (the run exits 1). An HTTP status is not an
 error kind: the results decide success, expected shedding or failure from it.
 """
 
@@ -18,7 +20,9 @@ import errno
 import hashlib
 import json
 import re
+import resource
 import ssl
+import sys
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +72,9 @@ class Outcome:
 def classify(exc: BaseException) -> tuple[str, str]:
     """The error-mapping seam: (kind, one-line message) for anything a send can raise."""
     msg = f"{type(exc).__name__}: {exc}".strip()[:300]
+    if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return "client", f"{msg} (this process may open {limit}: ulimit -n)"[:300]
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout", msg or "timed out"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
@@ -76,16 +83,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "connect", msg
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError | EOFError):
         return "reset", msg
-    try:
-        import httptools
-
-        if isinstance(exc, httptools.HttpParserError):
-            return "protocol", msg
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import aiohttp
-
+    # Only a module already loaded can have raised its exception: none is imported here (an
+    # import needs a file descriptor, and running out of them is one of the errors classified).
+    httptools = sys.modules.get("httptools")
+    if httptools is not None and isinstance(exc, httptools.HttpParserError):
+        return "protocol", msg
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
             return "tls", msg
         if isinstance(exc, aiohttp.ClientConnectorError):
@@ -96,8 +100,6 @@ def classify(exc: BaseException) -> tuple[str, str]:
             return "protocol", msg
         if isinstance(exc, aiohttp.ServerTimeoutError):
             return "timeout", msg
-    except ImportError:  # pragma: no cover
-        pass
     if isinstance(exc, OSError) and exc.errno is not None:
         if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
             return "reset", msg
