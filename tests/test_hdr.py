@@ -79,3 +79,40 @@ def test_many_values_land_in_the_buckets_hdrh_puts_them_in(values: np.ndarray) -
         theirs.min_value,
         theirs.max_value,
     )
+
+
+def test_a_dropped_histogram_is_freed_without_the_cyclic_collector() -> None:
+    """A run holds off full collections (replay/runner.py quiet_gc): a histogram must go when
+    its last reference does. hdrh's histogram and encoder refer to each other; with that cycle
+    each second's interval histograms (~190 KB each) stayed until the run ended."""
+    import gc
+    import weakref
+
+    from replay.measure.metrics import Metrics
+
+    h = hdr.new_latency_hist()
+    hdr.record_many(h, np.arange(1, 100))
+    blob = hdr.encode(h)
+    back = hdr.decode(blob)
+    assert (back.total_count, back.get_value_at_percentile(50)) == (
+        99,
+        h.get_value_at_percentile(50),
+    )
+    hdr.add(back, h)
+    assert back.total_count == 198
+    refs = [weakref.ref(x) for x in (h, back, hdr.new_hist(1 << 31))]
+    gc.disable()
+    try:
+        del h, back
+        assert [r() for r in refs] == [None, None, None]
+        # the run's own: the interval histograms of 30 seconds, each sealed 2 s behind
+        m = Metrics()
+        gc.collect()
+        before = sum(type(o).__name__ == "HdrHistogram" for o in gc.get_objects())
+        for sec in range(30):
+            m._live[("s", sec)] = {k: hdr.new_latency_hist() for k in ("latency", "ttft", "itl")}
+            m.seal_intervals(before_sec=sec - 2)
+        live = sum(type(o).__name__ == "HdrHistogram" for o in gc.get_objects())
+        assert live - before <= 3 * 3, live - before  # the last seconds' only
+    finally:
+        gc.enable()
