@@ -208,7 +208,11 @@ def request_of(row: Record) -> Request:
     )
 
 
-TEMPLATE_LIMIT = 50_000  # requests of a window kept in memory for looping
+# A looped window's requests are kept in memory for the loops after the first, up to so many
+# requests and about so many bytes of their bodies; a longer window is read again each loop.
+# Kept by bytes too: 50k LLM requests of 50 KB held 2.5 GB. Not kept for a single pass.
+TEMPLATE_LIMIT = 50_000
+TEMPLATE_BYTES = 64 << 20
 
 
 @dataclass
@@ -242,7 +246,9 @@ def plan_replay(
     seq = 0
     # Loops after the first reuse the first loop's requests when the window is small enough to
     # keep (re-reading and re-parsing the capture each loop costs more than the send itself).
-    templates: list[tuple[int, Request, str | None, tuple[str, int] | None, Recorded]] | None = []
+    templates: list[tuple[int, Request, str | None, tuple[str, int] | None, Recorded]] | None
+    templates = [] if opts.loops > 1 else None
+    kept = 0  # bytes of the templates' bodies
     for loop in range(opts.loops):
         base = loop * period_ns
         if loop > 0 and templates is not None:
@@ -283,7 +289,8 @@ def plan_replay(
                 loop=loop,
             )
             if loop == 0 and templates is not None:
-                if len(templates) < TEMPLATE_LIMIT:
+                kept += len(shot.request.body or b"")
+                if len(templates) < TEMPLATE_LIMIT and kept <= TEMPLATE_BYTES:
                     templates.append((rel, shot.request, shot.session, shot.source, shot.recorded))  # type: ignore[arg-type]
                 else:
                     templates = None

@@ -268,22 +268,35 @@ def rebuilt(p: Prepared, body: bytes) -> Prepared:
     return replace(p, headers=headers, body=body, raw=raw)
 
 
-def cached_prepare(rewriter: Rewriter, maxsize: int = 16_384) -> Callable[[Shot], Prepared]:
+# The prepared requests kept for a repeat (a loop of the capture): at most so many, holding
+# at most so many bytes. Counted by bytes too: a capture of distinct requests never repeats
+# within the cache (a loop longer than the cache misses every time), and 16k kept LLM requests
+# of 50 KB each held 0.8 GB beyond the plan buffer's bound.
+CACHE_REQUESTS = 16_384
+CACHE_BYTES = 32 << 20
+
+
+def cached_prepare(
+    rewriter: Rewriter, maxsize: int = CACHE_REQUESTS, max_bytes: int = CACHE_BYTES
+) -> Callable[[Shot], Prepared]:
     """Prepare each distinct recorded request once (loops and repeats reuse it)."""
     # An OrderedDict: a plain dict's oldest key is found by skipping every key deleted before
     # it (until the next resize), which made each eviction cost ~10 us at this size.
     cache: OrderedDict[tuple[tuple[str, int], int], Prepared] = OrderedDict()
+    held = 0
 
     def prepare(shot: Shot) -> Prepared:
+        nonlocal held
         if shot.source is None or shot.extra.get("salt"):
             return rewriter.prepare(shot.request, shot.extra)
         key = (shot.source, shot.copy)
         p = cache.get(key)
         if p is None:
             p = rewriter.prepare(shot.request, shot.extra)
-            if len(cache) >= maxsize:
-                cache.popitem(last=False)
+            held += len(p.raw)
             cache[key] = p
+            while len(cache) > maxsize or held > max_bytes:
+                held -= len(cache.popitem(last=False)[1].raw)
         return p
 
     return prepare

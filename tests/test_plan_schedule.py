@@ -126,6 +126,40 @@ def test_plan_rejects_bad_options(opts: dict[str, Any]) -> None:
         list(plan_replay(source(rows([0])), T0, PlanOptions(**opts)))
 
 
+@pytest.mark.parametrize(("keep_bytes", "reads"), [(300, 1), (250, 3)])
+def test_a_looped_window_is_kept_for_the_next_loops_only_while_its_bodies_fit(
+    monkeypatch: pytest.MonkeyPatch, keep_bytes: int, reads: int
+) -> None:
+    """Loops after the first reuse the first loop's requests while their bodies fit in
+    TEMPLATE_BYTES; past that the capture is read again each loop (50k LLM requests of 50 KB
+    kept held 2.5 GB), with the same shots either way."""
+    import replay.plan as planmod
+
+    monkeypatch.setattr(planmod, "TEMPLATE_BYTES", keep_bytes)
+    data = rows([0, 10, 20], req_body=lambda i: bytes([65 + i]) * 100)
+    calls = {"n": 0}
+
+    def src(lo: int, hi: int | None) -> list[Record]:
+        calls["n"] += 1
+        return source(data)(lo, hi)  # type: ignore[no-any-return]
+
+    shots = list(plan_replay(src, T0, PlanOptions(loops=3)))
+    assert [(s.loop, s.request.path, s.request.body) for s in shots] == [
+        (loop, f"/r{i}", bytes([65 + i]) * 100) for loop in range(3) for i in range(3)
+    ]
+    assert calls["n"] == reads
+
+
+def test_a_single_pass_keeps_no_request_it_has_planned() -> None:
+    it = plan_replay(source(rows(range(5), req_body=b"x" * 1000)), T0, PlanOptions())
+    shot = next(it)
+    next(it)
+    assert gc.get_referrers(shot.request) == [shot]  # the loop templates are for loops
+    it = plan_replay(source(rows(range(5))), T0, PlanOptions(loops=2))
+    looped = next(it)
+    assert len(gc.get_referrers(looped.request)) == 2  # and its template for the next loop
+
+
 def test_plan_is_lazy() -> None:
     calls = {"rows": 0}
 

@@ -139,6 +139,22 @@ def test_cached_prepare_keeps_the_latest_distinct_requests_and_evicts_the_oldest
     assert prepare(shots[2]) is first[2] and prepare(shots[1]) is not first[1]
 
 
+def test_cached_prepare_holds_at_most_its_bytes() -> None:
+    """Large requests are kept by bytes, not only by count: the oldest go first."""
+    from replay.plan import Shot
+    from replay.rewrite import cached_prepare
+
+    prepare = cached_prepare(Rewriter(parse_target("http://127.0.0.1:9")), 100, 25_000)
+    shots = [
+        Shot(offset_ns=0, seq=i, source=("w", i),
+             request=Request("POST", f"/{i}", None, [], b"x" * 10_000))
+        for i in range(4)
+    ]  # fmt: skip
+    first = [prepare(s) for s in shots]  # 10 KB each: the newest two fit
+    assert prepare(shots[3]) is first[3] and prepare(shots[2]) is first[2]
+    assert prepare(shots[1]) is not first[1]
+
+
 def test_a_header_list_seen_again_is_prepared_the_same_and_still_counted() -> None:
     """The kept headers are worked out once per distinct recorded list: a repeat gives the
     same bytes, a redacted header left out is counted for every request, and a different
