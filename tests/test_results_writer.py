@@ -12,7 +12,9 @@ from replay.measure.metrics import Metrics
 from replay.measure.results import Expect
 from replay.measure.writer import ResultWriter
 from replay.plan import Request, Shot
+from replay.rewrite import Rewriter
 from replay.send.outcome import Outcome
+from replay.targets import parse_target
 
 
 class Clock:
@@ -26,7 +28,11 @@ class Clock:
         return self.now
 
 
-def _feed(w: ResultWriter, n: int) -> None:
+def _feed(w: ResultWriter, n: int, body: bytes | None = None) -> None:
+    prepared = None
+    if body is not None:  # each row holds its prepared request, as a run's do
+        rw = Rewriter(parse_target("http://127.0.0.1:9"))
+        prepared = rw.prepare(Request("POST", "/x", None, [], body))
     for i in range(n):
         shot = Shot(offset_ns=i * 1000, seq=i, request=Request("GET", "/x", None, [], None))
         out = Outcome(
@@ -37,7 +43,7 @@ def _feed(w: ResultWriter, n: int) -> None:
             bytes_in=10,
             token_ns=[i * 1000 + 70_000, i * 1000 + 80_000],
         )
-        w.add(shot, None, i * 1000, out)
+        w.add(shot, prepared, i * 1000, out)
     w.handover()
 
 
@@ -175,6 +181,23 @@ def test_the_overrun_a_step_may_take_grows_with_the_backlog(tmp_path: Path) -> N
         assert abs(w.overrun_ns() - want) <= 16, rows
     w._backlog.clear()
     w.close()
+
+
+def test_a_backlog_is_bounded_by_the_request_bytes_its_rows_hold_too(tmp_path: Path) -> None:
+    """Rows of 100 KB requests: pressure from PRESSURE_BYTES of them, and the tick processes
+    the backlog beyond BACKLOG_BYTES, long before the rows' own bounds (a backlog of 3.6k rows
+    of 50 KB LLM requests held 360 MB)."""
+    w = _writer(tmp_path, "w", Clock(tick=30_000), cooperative=True)
+    each = 100_000
+    _feed(w, ResultWriter.PRESSURE_BYTES // each + 10, b"x" * each)
+    assert len(w._backlog) < ResultWriter.PRESSURE_ROWS and w.overrun_ns() > 0
+    _feed(w, ResultWriter.BACKLOG_BYTES // each, b"x" * each)
+    assert w._backlog_bytes <= ResultWriter.BACKLOG_BYTES  # drained to its bound in the tick
+    assert ResultWriter.BACKLOG_BYTES - (each + 100) * ResultWriter.SLICE_ROWS < w._backlog_bytes
+    w.close()
+    rows = ResultWriter.PRESSURE_BYTES // each + 10 + ResultWriter.BACKLOG_BYTES // each
+    assert pq.read_table(tmp_path / "w" / "results.parquet").num_rows == rows
+    assert w._backlog_bytes == 0
 
 
 def test_under_pressure_a_step_once_long_still_goes_before_the_backlog_is_full(

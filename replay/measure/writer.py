@@ -54,7 +54,8 @@ class ResultWriter:
       loop waited for the GIL at every 100 ms batch (p99 lag 2-3 ms at 5k req/s, against
       0.2 ms with the work deferred). Only the Parquet writes, C++ that releases the GIL, go
       to a writer thread. If the loop has no idle time (a rate beyond one worker), the tick
-      processes the backlog beyond `BACKLOG_ROWS` itself, and the lag shows it.
+      processes the backlog beyond `BACKLOG_ROWS` (or `BACKLOG_BYTES`) itself, and the lag
+      shows it.
     - inline (closed loop): in the loop's 100 ms tick; there is no schedule to protect.
     """
 
@@ -68,6 +69,11 @@ class ResultWriter:
     # under pressure (a backlog of PRESSURE_ROWS) a step may run past the window, by
     # MIN_OVERRUN_NS at first and more as the backlog grows, MAX_OVERRUN_NS at BACKLOG_ROWS
     PRESSURE_ROWS = 4096
+    # the same by the requests' bytes the backlog's rows hold (each keeps its prepared request
+    # and the recorded body beside it: ~100 KB a row of 50 KB LLM requests, whose 3.6k rows
+    # of backlog held 360 MB before the rows alone made any pressure)
+    PRESSURE_BYTES = 16 << 20
+    BACKLOG_BYTES = 128 << 20
     MIN_OVERRUN_NS = 50_000
     MAX_OVERRUN_NS = 1_000_000
     REFUSALS_TO_DECAY = 32
@@ -110,6 +116,7 @@ class ResultWriter:
         self._error: BaseException | None = None
         self.cooperative = cooperative
         self._backlog: collections.deque[Row] = collections.deque()
+        self._backlog_bytes = 0  # of the prepared requests its rows hold
         self._job: Iterator[None] | None = None  # the slice being processed, step by step
         self._cost: dict[tuple[int, int], int] = {}  # step site -> expected ns (learnt)
         self._last: dict[tuple[int, int], int] = {}  # step site -> the last one's ns
@@ -226,7 +233,9 @@ class ResultWriter:
     # -- doing the work ------------------------------------------------------------------------
     def _take(self, n: int) -> list[Row]:
         b = self._backlog
-        return [b.popleft() for _ in range(min(n, len(b)))]
+        rows = [b.popleft() for _ in range(min(n, len(b)))]
+        self._backlog_bytes -= _request_bytes(rows)
+        return rows
 
     def work(self, until_ns: int | None, stop_ns: int | None = None) -> bool:
         """Cooperative mode: results work in short steps, each taken only if it is expected to
@@ -297,12 +306,15 @@ class ResultWriter:
     def overrun_ns(self) -> int:
         """How far past its window a step may run now: 0 without pressure, then from
         MIN_OVERRUN_NS up to MAX_OVERRUN_NS as the backlog nears BACKLOG_ROWS."""
-        over = len(self._backlog) - self.PRESSURE_ROWS
-        if over <= 0:
+        full = max(
+            (len(self._backlog) - self.PRESSURE_ROWS) / (self.BACKLOG_ROWS - self.PRESSURE_ROWS),
+            (self._backlog_bytes - self.PRESSURE_BYTES)
+            / (self.BACKLOG_BYTES - self.PRESSURE_BYTES),
+        )
+        if full <= 0:
             return 0
-        span = self.BACKLOG_ROWS - self.PRESSURE_ROWS
         low, high = self.MIN_OVERRUN_NS, self.MAX_OVERRUN_NS
-        return low + (high - low) * min(over, span) // span
+        return low + int((high - low) * min(full, 1.0))
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         try:
@@ -316,10 +328,13 @@ class ResultWriter:
             self._guarded(functools.partial(_exhaust, job))
             self._guarded(self._after_slice)
 
-    def _drain(self, keep: int = 0) -> None:
-        """Process the backlog now, down to `keep` rows."""
+    def _over(self) -> bool:
+        return len(self._backlog) > self.BACKLOG_ROWS or self._backlog_bytes > self.BACKLOG_BYTES
+
+    def _drain(self, keep: bool = False) -> None:
+        """Process the backlog now: all of it, or (keep) until it is within its bounds."""
         self._finish_job()
-        while len(self._backlog) > keep and self._error is None:
+        while self._backlog and self._error is None and (not keep or self._over()):
             self._guarded(functools.partial(self._slice, self._take(self.SLICE_ROWS)))
             self._guarded(self._after_slice)
 
@@ -331,15 +346,17 @@ class ResultWriter:
         if rows:
             self._rows = []
             self._backlog.extend(rows)
+            self._backlog_bytes += _request_bytes(rows)
         if not self.cooperative:
             self._drain()
-        elif len(self._backlog) > self.BACKLOG_ROWS:
-            self._drain(keep=self.BACKLOG_ROWS)
+        elif self._over():
+            self._drain(keep=True)
 
     def flush(self) -> None:
         """Process and write everything collected so far, and wait for it."""
         self._rows, rows = [], self._rows
         self._backlog.extend(rows)
+        self._backlog_bytes += _request_bytes(rows)
         self._drain()
         if self._thread is not None:
             self._writes.join()
@@ -377,6 +394,10 @@ def _step_site(gen: Iterator[None]) -> tuple[int, int]:
     its constants and names, 2.6 us for column_steps, twice a step; perf at 20k req/s)."""
     code, offset = _step_frame(gen)
     return id(code), offset
+
+
+def _request_bytes(rows: list[Row]) -> int:
+    return sum(len(r[1].raw) for r in rows if r[1] is not None)
 
 
 def _exhaust(steps: Iterator[None]) -> None:
