@@ -25,6 +25,9 @@ http {{
     client_body_temp_path {prefix}/tmp;
     server {{
         listen 127.0.0.1:{port};
+        location /files/ {{
+            root {prefix};
+        }}
         location / {{
             default_type application/json;
             return 200 '{{"ok":true,"usage":{{"prompt_tokens":3,"completion_tokens":4}}}}';
@@ -81,6 +84,16 @@ class Nginx:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def put(self, name: str, size: int) -> str:
+        """A file of `size` bytes that nginx serves; its path."""
+        files = self.prefix / "files"
+        files.mkdir(exist_ok=True)
+        with open(files / name, "wb") as f:
+            f.truncate(size)  # sparse: zeros, written to the socket from the page cache
+        for p in (self.prefix, files, files / name):  # nginx's workers run as nobody under root
+            p.chmod(0o755)
+        return f"/files/{name}"
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGQUIT)
