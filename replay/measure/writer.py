@@ -305,7 +305,7 @@ class ResultWriter:
 
     def overrun_ns(self) -> int:
         """How far past its window a step may run now: 0 without pressure, then from
-        MIN_OVERRUN_NS up to MAX_OVERRUN_NS as the backlog nears BACKLOG_ROWS."""
+        MIN_OVERRUN_NS up to MAX_OVERRUN_NS as the backlog nears BACKLOG_ROWS or BACKLOG_BYTES."""
         full = max(
             (len(self._backlog) - self.PRESSURE_ROWS) / (self.BACKLOG_ROWS - self.PRESSURE_ROWS),
             (self._backlog_bytes - self.PRESSURE_BYTES)
