@@ -39,6 +39,7 @@ def _replay(tmp: Path, client: str, soft: int, hard: int) -> subprocess.Complete
 def test_out_of_descriptors_is_a_client_error_not_the_targets() -> None:
     kind, msg = classify(OSError(24, "Too many open files"))
     assert kind == "client" and "ulimit -n" in msg
+    assert classify(OSError(99, "Cannot assign requested address"))[0] == "client"  # no port
     assert classify(ConnectionRefusedError(111, "refused"))[0] == "connect"
 
 

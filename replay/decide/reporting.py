@@ -10,7 +10,10 @@ from replay.measure.groups import add_counts
 from .report import build, render
 from .slo import evaluate
 
-CLIENT_HINT = "this machine ran out of file descriptors: raise ulimit -n or lower --max-in-flight"
+CLIENT_HINT = (
+    "this machine ran out of file descriptors or local ports (the rows' error_message says "
+    "which): raise ulimit -n or lower --max-in-flight"
+)
 HINTS = (  # an error kind's prefix -> what to check
     ("client", CLIENT_HINT),
     ("connect", "is the target up, and is --target right?"),

@@ -8,7 +8,8 @@ for LLM APIs answering 2xx: `stream_error` (the API's own error event mid-stream
 Responses response), `truncated` (a stream that ended without its terminal event or a finish
 reason), `bad_body` (a whole JSON body that is not that API's shape), and `interrupted` (in
 flight when the run was stopped, abandoned: not the target's doing). `client`: this machine ran
-out of file descriptors (the open-file limit, or the system's): not the target's doing either,
+out of file descriptors (the open-file limit, or the system's) or of local ports for new
+connections: not the target's doing either,
 and a run with any is not a measure of the target (the run exits 1). An HTTP status is not an
 error kind: the results decide success, expected shedding or failure from it.
 """
@@ -72,9 +73,12 @@ class Outcome:
 def classify(exc: BaseException) -> tuple[str, str]:
     """The error-mapping seam: (kind, one-line message) for anything a send can raise."""
     msg = f"{type(exc).__name__}: {exc}".strip()[:300]
-    if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+    code = getattr(exc, "errno", None)
+    if code in (errno.EMFILE, errno.ENFILE):
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return "client", f"{msg} (this process may open {limit}: ulimit -n)"[:300]
+    if code == errno.EADDRNOTAVAIL:  # no local port left for a new connection
+        return "client", f"{msg} (no local port free: net.ipv4.ip_local_port_range)"[:300]
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout", msg or "timed out"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
