@@ -270,8 +270,8 @@ def rebuilt(p: Prepared, body: bytes) -> Prepared:
 
 # The prepared requests kept for a repeat (a loop of the capture): at most so many, holding
 # at most so many bytes. Counted by bytes too: a capture of distinct requests never repeats
-# within the cache (a loop longer than the cache misses every time), and 16k kept LLM requests
-# of 50 KB each held 0.8 GB beyond the plan buffer's bound.
+# within the cache (a loop longer than the cache misses every time), and replaying 10k POSTs
+# of 50 KB peaked at 1.2 GB with all of them kept, 0.87 GB with a cache of 16.
 CACHE_REQUESTS = 16_384
 CACHE_BYTES = 32 << 20
 

@@ -71,7 +71,7 @@ class ResultWriter:
     PRESSURE_ROWS = 4096
     # the same by the requests' bytes the backlog's rows hold (each keeps its prepared request
     # and the recorded body beside it: ~100 KB a row of 50 KB LLM requests, whose 3.6k rows
-    # of backlog held 360 MB before the rows alone made any pressure)
+    # of backlog held about 360 MB before the rows alone made any pressure)
     PRESSURE_BYTES = 16 << 20
     BACKLOG_BYTES = 128 << 20
     MIN_OVERRUN_NS = 50_000
