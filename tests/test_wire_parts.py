@@ -179,3 +179,29 @@ async def test_an_answer_cut_after_its_parts_is_a_reset_never_sent_again() -> No
     assert cut.error == "reset" and cut.status == 200, (cut.error, cut.error_msg)
     assert cut.bytes_in == wire.PART_BYTES and cut.body_hash is None
     assert c.resends == 0 and c.connects == 1
+
+
+async def test_a_long_answer_paused_for_the_taker_is_abandoned_whole_at_the_close() -> None:
+    """Closed while its connection waits for the taker (out of the epoll set): the answer
+    comes back interrupted, with every byte the engine had read, and nothing hangs."""
+    needs_wire()
+
+    def big(peer: Peer, n: int, head: bytes) -> bool:
+        peer.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (20 * len(BODY)))
+        try:
+            for _ in range(20):
+                peer.sock.sendall(BODY)
+        except OSError:
+            pass  # the client closed
+        return False
+
+    with raw_server(big) as url:
+        c = wire.WireClient(parse_target(url), timeout=20)
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        c.submit_at(prepared(url, "/big"), fut.set_result, 0)
+        await asyncio.sleep(0.3)  # nothing taken: paused at HOLD_BYTES
+        await c.close()
+    o = fut.result()
+    assert (o.error, o.status) == ("interrupted", 200)
+    assert wire.HOLD_BYTES <= o.bytes_in <= wire.HOLD_BYTES + 3 * wire.PART_BYTES, o.bytes_in
+    assert c.outstanding == 0 and not c._parts
