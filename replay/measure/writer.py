@@ -338,15 +338,18 @@ class ResultWriter:
             self._guarded(functools.partial(self._slice, self._take(self.SLICE_ROWS)))
             self._guarded(self._after_slice)
 
-    def handover(self) -> None:
-        """Move the rows collected so far to the backlog (called from the loop). Inline, the
-        backlog is processed now; cooperative, in the loop's idle time, or now beyond
-        BACKLOG_ROWS."""
+    def _to_backlog(self) -> None:
         rows = self._rows
         if rows:
             self._rows = []
             self._backlog.extend(rows)
             self._backlog_bytes += _request_bytes(rows)
+
+    def handover(self) -> None:
+        """Move the rows collected so far to the backlog (called from the loop). Inline, the
+        backlog is processed now; cooperative, in the loop's idle time, or now beyond
+        BACKLOG_ROWS."""
+        self._to_backlog()
         if not self.cooperative:
             self._drain()
         elif self._over():
@@ -354,9 +357,7 @@ class ResultWriter:
 
     def flush(self) -> None:
         """Process and write everything collected so far, and wait for it."""
-        self._rows, rows = [], self._rows
-        self._backlog.extend(rows)
-        self._backlog_bytes += _request_bytes(rows)
+        self._to_backlog()
         self._drain()
         if self._thread is not None:
             self._writes.join()

@@ -75,10 +75,14 @@ void conn_fail(wire *w, conn *c, int kind, int err, const char *msg) {
     emit(w, d);
 }
 
-/* A connection of ours is ready for `r` (connected, idle or new). */
-/* A reused connection closed or reset before any byte of the answer: the target had closed it
- * while it was idle, not failed this request, which goes again on a new connection (its stamp
- * kept: timed from the first try). */
+/* A reused connection closed or reset before any byte of the answer (none kept, none handed
+ * over in parts): the target had closed it while it was idle, not failed this request. */
+static int stale(const conn *c) {
+    return c->reused && c->len == 0 && c->handed == 0;
+}
+
+/* A stale connection's request goes again on a new connection (its stamp kept: timed from the
+ * first try). */
 static void resend(wire *w, conn *c) {
     wire_req *again = c->req;
     c->req = NULL;
@@ -87,6 +91,7 @@ static void resend(wire *w, conn *c) {
     conn_open(w, again);
 }
 
+/* A connection of ours is ready for `r` (connected, idle or new). */
 void conn_start(wire *w, conn *c, wire_req *r, size_t first) {
     c->state = C_BUSY;
     c->req = r;
@@ -111,7 +116,7 @@ void write_more(wire *w, conn *c, size_t upto) {
             continue;
         } else {
             int err = errno;
-            if (c->reused && c->len == 0 && c->handed == 0) resend(w, c);
+            if (stale(c)) resend(w, c);
             else conn_fail(w, c, WK_RESET, err, NULL);
             return;
         }
@@ -277,7 +282,7 @@ void conn_read(wire *w, conn *c) {
         conn_done(w, c, now_ns());
         return;
     }
-    if (c->reused && c->len == 0 && c->handed == 0) resend(w, c);
+    if (stale(c)) resend(w, c);
     else conn_fail(w, c, WK_RESET, err, NULL);
 }
 
