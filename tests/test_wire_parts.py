@@ -33,7 +33,7 @@ class Spy:
 
     def take(self) -> list[Any]:
         got = self.engine.take()
-        self.takes.append([(kind, len(answer)) for _, kind, _, _, _, _, answer, _ in got])
+        self.takes.append([(kind, len(answer)) for _, kind, _, _, _, _, answer, _, _ in got])
         return got  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:

@@ -3,9 +3,13 @@
  *     Engine(host, port, timeout_ns)    a thread sending to host:port (a numeric IPv4/IPv6 address)
  *     .submit(id, due_ns, data, head)   send `data` (bytes) at monotonic `due_ns`
  *     .take()                           [(id, kind, err, msg, sent_ns, end_ns, answer,
- *                                         stamps)] done since the last call; `stamps` is a tuple
- *                                         (bytes read so far, ns, ...) per read of the answer;
- *                                         a long answer comes in parts first (kind PART)
+ *                                         stamps, head)] done since the last call; `stamps` is
+ *                                         a tuple (bytes read so far, ns, ...) per read of the
+ *                                         answer; a long answer comes in parts first (kind
+ *                                         PART); `head`: see plain_head
+ *     plain_head(answer, stamps)        (status, body_at, headers_ns, content_type,
+ *                                         content_encoding, retry_after or None) of a plain
+ *                                         answer (head.h), or None: llhttp reads it
  *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid()
  *
  * The request's bytes object is held (not copied) until its result is taken.
@@ -16,6 +20,7 @@
 #include <netinet/in.h>
 
 #include "engine.h"
+#include "head.h"
 
 typedef struct {
     PyObject_HEAD
@@ -80,6 +85,32 @@ static PyObject *Engine_submit(Engine *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *value_or(const char *b, int has, size_t at, size_t len, PyObject *absent) {
+    if (has) return PyBytes_FromStringAndSize(b + at, (Py_ssize_t)len);
+    Py_INCREF(absent);
+    return absent;
+}
+
+/* What the taker reads of a whole answer's head when head.h is sure of it (else None): the
+ * status, where the body starts, when the read that ended the head came, and the three
+ * headers' values (b"" or None where absent, as llhttp's reader has them). */
+static PyObject *head_of(const char *b, size_t len, const int64_t *stamps, size_t nstamps) {
+    head_info h;
+    if (!head_read(b, len, &h)) Py_RETURN_NONE;
+    size_t k = 0;
+    while (k < nstamps && stamps[2 * k] < (int64_t)h.body_at) k++;
+    if (k == nstamps || stamps[2 * nstamps - 2] != (int64_t)len) Py_RETURN_NONE;
+    PyObject *empty = PyBytes_FromStringAndSize("", 0);
+    if (empty == NULL) return NULL;
+    PyObject *out = Py_BuildValue(
+        "(inLNNN)", h.status, (Py_ssize_t)h.body_at, (long long)stamps[2 * k + 1],
+        value_or(b, h.has_ctype, h.ctype, h.ctype_len, empty),
+        value_or(b, h.has_enc, h.enc, h.enc_len, empty),
+        value_or(b, h.has_retry, h.retry, h.retry_len, Py_None));
+    Py_DECREF(empty);
+    return out;
+}
+
 static PyObject *result(const wire_done *d) {
     size_t n = d->nstamps;
     PyObject *stamps = PyTuple_New((Py_ssize_t)(2 * n));
@@ -92,9 +123,18 @@ static PyObject *result(const wire_done *d) {
         }
         PyTuple_SET_ITEM(stamps, (Py_ssize_t)i, v);
     }
+    PyObject *head;
+    if (d->kind == WK_OK && !d->req->head && d->resp != NULL)
+        head = head_of(d->resp, d->resp_len, d->stamps, n);
+    else
+        head = Py_NewRef(Py_None);
+    if (head == NULL) {
+        Py_DECREF(stamps);
+        return NULL;
+    }
     return Py_BuildValue(
-        "(LiisLLy#N)", d->req->id, d->kind, d->err, d->msg, (long long)d->req->sent,
-        (long long)d->end, d->resp ? d->resp : "", (Py_ssize_t)d->resp_len, stamps);
+        "(LiisLLy#NN)", d->req->id, d->kind, d->err, d->msg, (long long)d->req->sent,
+        (long long)d->end, d->resp ? d->resp : "", (Py_ssize_t)d->resp_len, stamps, head);
 }
 
 static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
@@ -167,6 +207,26 @@ static void Engine_dealloc(Engine *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* plain_head(answer, stamps): what take() gives as `head` for this whole answer (its tests). */
+static PyObject *plain_head(PyObject *Py_UNUSED(m), PyObject *args) {
+    Py_buffer answer;
+    PyObject *stamps;
+    if (!PyArg_ParseTuple(args, "y*O!", &answer, &PyTuple_Type, &stamps)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(stamps);
+    int64_t *st = PyMem_Malloc(((size_t)n + 1) * sizeof *st);
+    PyObject *out = NULL;
+    if (st == NULL) {
+        PyErr_NoMemory();
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) st[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(stamps, i));
+        if (!PyErr_Occurred())
+            out = head_of(answer.buf, (size_t)answer.len, st, (size_t)n / 2);
+        PyMem_Free(st);
+    }
+    PyBuffer_Release(&answer);
+    return out;
+}
+
 static PyMethodDef Engine_methods[] = {
     {"submit", (PyCFunction)Engine_submit, METH_VARARGS, "submit(id, due_ns, data, head)"},
     {"take", (PyCFunction)Engine_take, METH_NOARGS, "the results since the last call"},
@@ -189,9 +249,14 @@ static PyTypeObject EngineType = {
     .tp_doc = "The compiled sender's engine: one thread, one plain-HTTP target.",
 };
 
+static PyMethodDef module_methods[] = {
+    {"plain_head", plain_head, METH_VARARGS, "plain_head(answer, stamps): take()'s `head`"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_wire", "The compiled sender (replay/send/wire.py).", -1, NULL,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_wire", "The compiled sender (replay/send/wire.py).", -1,
+    module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__wire(void) {
