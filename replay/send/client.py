@@ -5,7 +5,9 @@ No task or coroutine is created per request: a send is one transport.write, the 
 callbacks as the response arrives, and one call of `done(outcome)`. Connections are kept alive and
 reused; the pool never holds more connections than requests in flight, which the scheduler bounds.
 Plain aiohttp measured 89-107 us of CPU per request on the development machine; this path is what
-gets under the 50 us goal (see bench/replay_throughput.py).
+gets under the 50 us goal (see bench/replay_throughput.py). An answer that arrives whole in one
+read with a plain head (outcome.plain_head: read in C where the compiled sender is built) is
+measured from that head without llhttp, as the compiled sender measures it.
 
 Redirects are never followed (a 3xx is a result like any other); TLS is verified unless
 `insecure`; the connection goes only to the target given.
@@ -25,7 +27,14 @@ from captures.protocols import PLAIN
 from replay.rewrite import Prepared
 from replay.targets import Target
 
-from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
+from .outcome import (
+    INTERRUPTED_MSG,
+    Outcome,
+    StreamScanner,
+    classify,
+    plain_head,
+    read_plain,
+)
 
 Done = Callable[[Outcome], None]
 _now = time.monotonic_ns
@@ -100,6 +109,17 @@ class _Conn(ResponseHead, asyncio.Protocol):
         if out is None:
             self._close()  # data nobody asked for: the connection is not usable
             return
+        if not out.bytes_in and not self._head:
+            t = _now()
+            stamps = (len(data), t)
+            head = plain_head(data, stamps)
+            if head is not None:  # the whole answer in this read, its head plain: no llhttp
+                out.end_ns = t
+                self._keep = head[6]
+                req = self.req
+                read_plain(out, req.surface if req is not None else PLAIN, data, stamps, head)
+                self._complete()
+                return
         out.bytes_in += len(data)
         try:
             self.parser.feed_data(data)
@@ -146,12 +166,18 @@ class _Conn(ResponseHead, asyncio.Protocol):
             self.scan.feed(body, _now())
 
     def on_message_complete(self) -> None:
-        out, done = self.out, self.done
-        if out is None or done is None:
+        out = self.out
+        if out is None or self.done is None:
             return
         out.end_ns = _now()
         if self.scan is not None:
             self.scan.finish()
+        self._complete()
+
+    def _complete(self) -> None:
+        """The answer is whole (its outcome measured): the connection goes back or closes."""
+        out, done = self.out, self.done
+        assert out is not None and done is not None
         if self._rest is not None:
             self._write_rest(self._rest)
         self._reset()

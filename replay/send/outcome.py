@@ -31,6 +31,11 @@ from typing import Any
 from captures.protocols import PLAIN, EventScanner, ResponseFields, Surface
 from captures.protocols.canonical import Msg
 
+try:  # the compiled sender's module: its reader of a plain answer's head (wire_c/head.h)
+    from . import _wire  # type: ignore[attr-defined]
+except ImportError:  # not built here: llhttp reads every answer
+    _wire = None
+
 INTERRUPTED_MSG = "in flight when the run was stopped: abandoned"
 JSON_KEEP = 256 << 10  # a JSON body up to this is kept and parsed whole for usage and shape
 JSON_TAIL = 16 << 10  # of a larger one, the end is kept: usage comes last
@@ -219,3 +224,41 @@ class StreamScanner:
             out.response_id = fields.response_id
             out.minted = fields.minted
             out.answer = fields.answer
+
+
+# (status, body offset, when the head's last byte was read, Content-Type, Content-Encoding,
+# Retry-After, whether the connection may be kept)
+Head = tuple[int, int, int, bytes, bytes, "bytes | None", bool]
+
+
+def plain_head(answer: bytes, stamps: tuple[int, ...]) -> Head | None:
+    """A whole answer's head read in C, where it is plain (wire_c/head.h: a subset of what
+    llhttp accepts, read alike); None: llhttp reads it (so too where the module is not built).
+    `stamps`: (bytes read so far, ns) per read that brought the answer."""
+    if _wire is None:
+        return None
+    return _wire.plain_head(answer, stamps)  # type: ignore[no-any-return]
+
+
+def read_plain(
+    out: Outcome, surface: Surface, answer: bytes, stamps: tuple[int, ...], head: Head
+) -> None:
+    """What llhttp's reading of a plain answer gives, without llhttp, from its `head`. The
+    caller sets `out.end_ns` first (a stream's scanner may move it)."""
+    status, body_at, out.headers_ns, ctype, enc, retry, _ = head
+    out.status = status
+    out.bytes_in = len(answer)
+    if retry is not None:
+        out.retry_after = retry.decode("latin-1")
+    ctype = ctype.lower()
+    if surface is PLAIN and not enc and b"event-stream" not in ctype:  # read for its hash only
+        out.body_hash = hashlib.blake2b(memoryview(answer)[body_at:], digest_size=16).hexdigest()
+        return
+    scan = StreamScanner(out, ctype, enc, surface)
+    done = body_at
+    for i in range(0, len(stamps), 2):
+        upto = stamps[i]
+        if upto > done:
+            scan.feed(answer[done:upto], stamps[i + 1])
+            done = upto
+    scan.finish()

@@ -3,7 +3,8 @@ writes each at its instant and reads its answer; the Python side takes the finis
 in batches and reads them with llhttp, as the fast sender does, each read's bytes stamped with
 the time the engine read them. A plain answer (a well-formed head and a stated length: most of a
 load test's) comes with its head already read in C (wire_c/head.h), and is measured without
-llhttp: 2 us instead of 5.8 a response here (`read_plain`, held to llhttp by test_wire_head).
+llhttp: 2 us instead of 5.8 a response here (outcome.read_plain, held to llhttp by
+test_wire_head).
 
 Why: an open-loop request in Python costs two wakeups of the event loop (its instant, then its
 answer), and a wakeup of the interpreter is dear; the engine's thread pays them in C, and the
@@ -18,7 +19,6 @@ body event and the end when the read that brought them returned), the same error
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import os
 import socket
@@ -32,7 +32,7 @@ from replay.rewrite import Prepared
 from replay.targets import Target
 
 from .client import ResponseHead
-from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify
+from .outcome import INTERRUPTED_MSG, Outcome, StreamScanner, classify, read_plain
 
 try:
     from . import _wire  # type: ignore[attr-defined]
@@ -136,39 +136,6 @@ def read_answer(
     return reader.whole
 
 
-Head = tuple[int, int, int, bytes, bytes, "bytes | None"]
-
-
-def plain_head(answer: bytes, stamps: tuple[int, ...]) -> Head | None:
-    """What the engine's results give as `head` for this whole answer (None: llhttp reads it)."""
-    return _wire.plain_head(answer, stamps)  # type: ignore[no-any-return]
-
-
-def read_plain(
-    out: Outcome, req: Prepared, answer: bytes, stamps: tuple[int, ...], head: Head
-) -> None:
-    """A whole answer whose head the module read (`head`, wire_c/head.h): what llhttp's reading
-    of it gives (`read_answer`), without llhttp. `out.end_ns` is set: the scanner may move it."""
-    status, body_at, out.headers_ns, ctype, enc, retry = head
-    out.status = status
-    out.bytes_in = len(answer)
-    if retry is not None:
-        out.retry_after = retry.decode("latin-1")
-    ctype = ctype.lower()
-    surface = req.surface or PLAIN
-    if surface is PLAIN and not enc and b"event-stream" not in ctype:  # read for its hash only
-        out.body_hash = hashlib.blake2b(memoryview(answer)[body_at:], digest_size=16).hexdigest()
-        return
-    scan = StreamScanner(out, ctype, enc, surface)
-    done = body_at
-    for i in range(0, len(stamps), 2):
-        upto = stamps[i]
-        if upto > done:
-            scan.feed(answer[done:upto], stamps[i + 1])
-            done = upto
-    scan.finish()
-
-
 def _address(host: str, port: int) -> str:
     """The target's numeric address: of several (localhost: ::1 and 127.0.0.1), the first that
     takes a connection, as asyncio's create_connection would find it (the engine dials one)."""
@@ -255,7 +222,7 @@ class WireClient:
             reader = parts.pop(i, None)
             if head is not None and reader is None:  # a plain answer: llhttp is not needed
                 out = Outcome(sent_ns=sent, end_ns=end)
-                read_plain(out, req, answer, stamps, head)
+                read_plain(out, req.surface or PLAIN, answer, stamps, head)
                 done(out)
                 continue
             out = Outcome(sent_ns=sent) if reader is None else reader.out

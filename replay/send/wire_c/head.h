@@ -3,13 +3,14 @@
  * Most answers of a load test are alike: a status line, a dozen well-formed headers, a body of
  * a stated length. For those, the module (module.c) hands the taker the few things it reads from
  * the head (status, where the body starts, Content-Type, Content-Encoding, Retry-After) and the
- * taker builds the outcome without running llhttp over the bytes again (replay/send/wire.py).
+ * taker builds the outcome without running llhttp over the bytes again (replay/send/wire.py;
+ * the Python sender too, for an answer that comes whole in one read: replay/send/client.py).
  * Everything else goes to llhttp as before: a head this reader is not sure of is never judged
  * here. So it accepts only a subset of what llhttp accepts (tested against it: test_wire_head):
  * HTTP/1.0 or 1.1, a final status of 200-599 other than 204 and 304, header names that are
  * tokens, values of visible ASCII, spaces and tabs, exactly one Content-Length of digits (then
- * optional spaces or tabs), no Transfer-Encoding, no interim head, and the body's end at the
- * answer's end.
+ * optional spaces or tabs), no Transfer-Encoding, no Upgrade, at most one Connection header and
+ * that one `close` or `keep-alive`, no interim head, and the body's end at the answer's end.
  */
 #ifndef LOADTAPE_WIRE_HEAD_H
 #define LOADTAPE_WIRE_HEAD_H
@@ -25,6 +26,7 @@ typedef struct {
     size_t enc, enc_len;            /* Content-Encoding's */
     size_t retry, retry_len;        /* Retry-After's */
     int has_ctype, has_enc, has_retry;
+    int keep;                       /* the connection may carry another request (llhttp's word) */
 } head_info;
 
 static inline int head_tchar(unsigned char c) {
@@ -46,6 +48,7 @@ static inline int head_read(const char *b, size_t len, head_info *h) {
         st = st * 10 + (b[i] - '0');
     }
     if (st < 200 || st > 599 || st == 204 || st == 304) return 0;
+    int keep = b[7] == '1', connection = 0;
     size_t p = 12;
     if (b[p] == ' ')
         for (p++; p < len && b[p] != '\r'; p++)
@@ -87,8 +90,16 @@ static inline int head_read(const char *b, size_t len, head_info *h) {
             for (; i < vlen; i++)
                 if (b[v + i] != ' ' && b[v + i] != '\t') return 0;
             length = x;
-        } else if (nlen == 17 && strncasecmp(n, "transfer-encoding", 17) == 0) {
+        } else if ((nlen == 17 && strncasecmp(n, "transfer-encoding", 17) == 0) ||
+                   (nlen == 7 && strncasecmp(n, "upgrade", 7) == 0)) {
             return 0;
+        } else if (nlen == 10 && strncasecmp(n, "connection", 10) == 0) {
+            size_t k = vlen;
+            while (k && (b[v + k - 1] == ' ' || b[v + k - 1] == '\t')) k--;
+            if (connection++) return 0;
+            if (k == 5 && strncasecmp(b + v, "close", 5) == 0) keep = 0;
+            else if (k == 10 && strncasecmp(b + v, "keep-alive", 10) == 0) keep = 1;
+            else return 0;
         } else if (nlen == 12 && strncasecmp(n, "content-type", 12) == 0) {
             h->ctype = v, h->ctype_len = vlen, h->has_ctype = 1;
         } else if (nlen == 16 && strncasecmp(n, "content-encoding", 16) == 0) {
@@ -100,6 +111,7 @@ static inline int head_read(const char *b, size_t len, head_info *h) {
     if (length < 0 || (size_t)length != len - p) return 0;
     h->status = st;
     h->body_at = p;
+    h->keep = keep;
     return 1;
 }
 

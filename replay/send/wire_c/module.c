@@ -8,8 +8,8 @@
  *                                         answer; a long answer comes in parts first (kind
  *                                         PART); `head`: see plain_head
  *     plain_head(answer, stamps)        (status, body_at, headers_ns, content_type,
- *                                         content_encoding, retry_after or None) of a plain
- *                                         answer (head.h), or None: llhttp reads it
+ *                                         content_encoding, retry_after or None, keep) of a
+ *                                         plain answer (head.h), or None: llhttp reads it
  *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid()
  *
  * The request's bytes object is held (not copied) until its result is taken.
@@ -92,8 +92,9 @@ static PyObject *value_or(const char *b, int has, size_t at, size_t len, PyObjec
 }
 
 /* What the taker reads of a whole answer's head when head.h is sure of it (else None): the
- * status, where the body starts, when the read that ended the head came, and the three
- * headers' values (b"" or None where absent, as llhttp's reader has them). */
+ * status, where the body starts, when the read that ended the head came, the three headers'
+ * values (b"" or None where absent, as llhttp's reader has them), and whether the connection
+ * may be kept. */
 static PyObject *head_of(const char *b, size_t len, const int64_t *stamps, size_t nstamps) {
     head_info h;
     if (!head_read(b, len, &h)) Py_RETURN_NONE;
@@ -103,10 +104,10 @@ static PyObject *head_of(const char *b, size_t len, const int64_t *stamps, size_
     PyObject *empty = PyBytes_FromStringAndSize("", 0);
     if (empty == NULL) return NULL;
     PyObject *out = Py_BuildValue(
-        "(inLNNN)", h.status, (Py_ssize_t)h.body_at, (long long)stamps[2 * k + 1],
+        "(inLNNNN)", h.status, (Py_ssize_t)h.body_at, (long long)stamps[2 * k + 1],
         value_or(b, h.has_ctype, h.ctype, h.ctype_len, empty),
         value_or(b, h.has_enc, h.enc, h.enc_len, empty),
-        value_or(b, h.has_retry, h.retry, h.retry_len, Py_None));
+        value_or(b, h.has_retry, h.retry, h.retry_len, Py_None), PyBool_FromLong(h.keep));
     Py_DECREF(empty);
     return out;
 }
