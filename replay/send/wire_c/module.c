@@ -208,7 +208,8 @@ static void Engine_dealloc(Engine *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* plain_head(answer, stamps): what take() gives as `head` for this whole answer (its tests). */
+/* plain_head(answer, stamps): what take() gives as `head` for this whole answer (the Python
+ * sender reads an answer that came in one read with it; the tests hold it to llhttp). */
 static PyObject *plain_head(PyObject *Py_UNUSED(m), PyObject *args) {
     Py_buffer answer;
     PyObject *stamps;
