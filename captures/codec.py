@@ -2,7 +2,8 @@
 
 Capture undoes a body's coding to read and redact it and stores it coded again, so a replay
 sends what the client sent; replay undoes it to edit a request (model map, salting, dropped
-markers). Both use this module. A coding list (`gzip, br`) is undone last-applied first.
+markers), and undoes an answer's as it arrives to read its usage, events and hash (`decoder`).
+All use this module. A coding list (`gzip, br`) is undone last-applied first.
 Decoding never yields more than `limit` bytes: a body that inflates beyond it is refused (None),
 like one whose data is bad or whose coding is unknown.
 """
@@ -19,6 +20,7 @@ import brotli
 import zstandard
 
 LIMIT = 64 << 20  # never inflate a body beyond this
+DATA_ERRORS = (zlib.error, brotli.error, zstandard.ZstdError, EOFError)  # bad coded data
 _STEP = 4096  # brotli and zstd are fed this much at a time, the output checked after each
 
 
@@ -43,7 +45,7 @@ def decode(body: bytes, content_encoding: str | None, limit: int = LIMIT) -> byt
             return None
         try:
             got = fn(out, limit)
-        except (zlib.error, brotli.error, zstandard.ZstdError, EOFError):
+        except DATA_ERRORS:
             return None
         if got is None:
             return None
@@ -103,6 +105,63 @@ def _zstd(data: bytes, limit: int) -> bytes | None:
     d = zstandard.ZstdDecompressor().decompressobj()
     out = _stepped(d.decompress, data, limit)
     return out if out is not None and d.eof else None
+
+
+Feed = Callable[[bytes], bytes]
+
+
+def decoder(content_encoding: str | None) -> Feed | None:
+    """The body's codings undone as it arrives: each call takes the next coded bytes and gives
+    the plain bytes they make (raising one of DATA_ERRORS for bad data). None for no coding, and
+    for a coding this module does not know (the bytes are then read as they come)."""
+    steps: list[Feed] = []
+    for c in reversed(codings(content_encoding)):
+        make = _STREAMS.get(c)
+        if make is None:
+            return None
+        steps.append(make())
+    if len(steps) < 2:
+        return steps[0] if steps else None
+
+    def chained(data: bytes) -> bytes:
+        for step in steps:
+            data = step(data)
+        return data
+
+    return chained
+
+
+class _Deflate:
+    """`deflate` as it arrives: zlib-wrapped by the standard, raw by some servers (told apart by
+    the zlib header's check bits once two bytes have come)."""
+
+    def __init__(self) -> None:
+        self._d: Any = None
+        self._head = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._d is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            cmf, flg = self._head[0], self._head[1]
+            wrapped = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
+            self._d = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            data, self._head = self._head, b""
+        return self._d.decompress(data)  # type: ignore[no-any-return]
+
+
+def _gzip_stream() -> Feed:
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+
+
+_STREAMS: dict[str, Callable[[], Feed]] = {
+    "gzip": _gzip_stream,
+    "x-gzip": _gzip_stream,
+    "deflate": _Deflate,
+    "br": lambda: brotli.Decompressor().process,
+    "zstd": lambda: zstandard.ZstdDecompressor().decompressobj().decompress,
+}
 
 
 def _gzip_encode(data: bytes) -> bytes:

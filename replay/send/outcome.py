@@ -24,10 +24,10 @@ import re
 import resource
 import ssl
 import sys
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from captures import codec
 from captures.protocols import PLAIN, EventScanner, ResponseFields, Surface
 from captures.protocols.canonical import Msg
 
@@ -136,21 +136,17 @@ class StreamScanner:
         # a JSON body is kept only where its surface reads it (plain HTTP reads nothing)
         self._json = bytearray() if b"json" in content_type and surface is not PLAIN else None
         self._tail = b""
-        enc = content_encoding.strip().lower()
+        # gzip, deflate, br, zstd and lists of them, undone as the body arrives
         self._inflate = (
-            zlib.decompressobj(16 + zlib.MAX_WBITS)
-            if enc == b"gzip"
-            else zlib.decompressobj()
-            if enc == b"deflate"
-            else None
+            codec.decoder(content_encoding.decode("latin-1")) if content_encoding else None
         )
         self._hash: Any = hashlib.blake2b(digest_size=16)  # for `loadtape diff`
 
     def feed(self, data: bytes, now: int) -> None:
         if self._inflate is not None:
             try:
-                data = self._inflate.decompress(data)
-            except zlib.error:
+                data = self._inflate(data)
+            except codec.DATA_ERRORS:
                 self._inflate = None
                 self._events = None
                 self._hash = None  # undecodable: no hash rather than a wrong one

@@ -1,0 +1,146 @@
+"""An answer coded gzip, deflate (zlib-wrapped or raw), br, zstd, or a list of them, is measured
+as the same answer uncoded: usage, finish, events, token times and the body's hash (that of the
+decoded body, as the capture hashes it). A gateway behind a compressing proxy answers so when
+the replayed request's Accept-Encoding allows it (the openai SDK asks for br and zstd where their
+modules are installed); before, br and zstd answers came out as `bad_body` or `truncated`."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import random
+import zlib
+from collections.abc import Callable
+
+import brotli
+import pytest
+import zstandard
+from rawserver import Peer, raw_server
+from test_client import CLIENTS, make, send
+
+from captures.protocols import BY_NAME, Surface
+from captures.testing import chat_snapshot
+from replay.send.outcome import Outcome, StreamScanner
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+# a name: (its Content-Encoding, the coding)
+CODINGS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "gzip": ("gzip", gzip.compress),
+    "deflate": ("deflate", zlib.compress),
+    "deflate raw": ("deflate", _raw_deflate),
+    "br": ("br", brotli.compress),
+    "zstd": ("zstd", lambda b: zstandard.ZstdCompressor().compress(b)),
+    "gzip then br": ("gzip, br", lambda b: brotli.compress(gzip.compress(b))),
+}
+
+
+def _answer(api: str, stream: bool) -> bytes:
+    parts = chat_snapshot(api=api, stream=stream, completion_tokens=9, reasoning_tokens=2)
+    assert parts.resp_parts is not None
+    return b"".join(parts.resp_parts)
+
+
+def _scan(surface: Surface, ctype: bytes, enc: str, data: bytes, rng: random.Random) -> Outcome:
+    """The scanner fed `data` in random pieces, each at its own stamp."""
+    out = Outcome(sent_ns=1, status=200)
+    scan = StreamScanner(out, ctype, enc.encode(), surface)
+    i = 0
+    while i < len(data):
+        n = rng.randint(1, 40)
+        scan.feed(data[i : i + n], 1000 + i)
+        i += n
+    out.end_ns = 10**9
+    scan.finish()
+    return out
+
+
+@pytest.mark.parametrize("coding", list(CODINGS))
+def test_every_surface_reads_alike_coded_or_not(coding: str) -> None:
+    rng = random.Random(3)
+    for api in ("chat", "completions", "responses", "messages", "embeddings"):
+        for stream in (False, True) if api != "embeddings" else (False,):
+            body = _answer(api, stream)
+            ctype = b"text/event-stream" if stream else b"application/json"
+            want = dataclasses.asdict(_scan(BY_NAME[api], ctype, "", body, random.Random(1)))
+            enc, code = CODINGS[coding]
+            got = dataclasses.asdict(_scan(BY_NAME[api], ctype, enc, code(body), rng))
+            times = ("first_token_ns", "first_text_ns", "token_ns", "end_ns")  # the pieces differ
+            for key in times:
+                want.pop(key), got.pop(key)
+            assert got == want, (api, stream, coding)
+            assert got["error"] is None and got["body_hash"] is not None
+            assert got["prompt_tokens"] is not None  # the usage was read
+
+
+def test_bad_coded_data_is_not_read_and_no_hash_is_made() -> None:
+    out = Outcome(sent_ns=1, status=200)
+    scan = StreamScanner(out, b"application/json", b"br", BY_NAME["chat"])
+    scan.feed(b"this is not brotli at all", 5)
+    out.end_ns = 6
+    scan.finish()
+    assert out.body_hash is None and out.completion_tokens is None
+
+
+def _coded_server(peer: Peer, n: int, head: bytes) -> bool:
+    """?json: a br-coded chat completion with a length; else a zstd-coded stream, chunked."""
+    if head.split(b" ", 2)[1].endswith(b"?json"):
+        body = brotli.compress(_answer("chat", False))
+        peer.sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: br\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        return True
+    z = zstandard.ZstdCompressor().compressobj()
+    peer.sock.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: zstd\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    for event in _answer("chat", True).split(b"\n\n")[:-1]:
+        piece = z.compress(event + b"\n\n") + z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        peer.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+    tail = z.flush()
+    if tail:
+        peer.sock.sendall(b"%x\r\n%s\r\n" % (len(tail), tail))
+    peer.sock.sendall(b"0\r\n\r\n")
+    return True
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_each_sender_measures_br_and_zstd_answers(kind: str) -> None:
+    """Every sender against a server that codes its answers: a completion's usage, a stream's
+    events and token times, the decoded body's hash."""
+    want_json = _scan(
+        BY_NAME["chat"], b"application/json", "", _answer("chat", False), random.Random(1)
+    )
+    want_sse = _scan(
+        BY_NAME["chat"], b"text/event-stream", "", _answer("chat", True), random.Random(1)
+    )
+    with raw_server(_coded_server) as url:
+        client = make(kind, url)
+        try:
+            api = [("Content-Type", "application/json")]
+            plain = await send(
+                client, url, "/v1/chat/completions?json", "POST", b'{"model": "m"}', api
+            )
+            streamed = await send(
+                client,
+                url,
+                "/v1/chat/completions?sse",
+                "POST",
+                b'{"model": "m", "stream": true}',
+                api,
+            )
+        finally:
+            await client.close()
+    assert plain.error is None and plain.status == 200
+    assert plain.completion_tokens == want_json.completion_tokens and plain.finish_reason == "stop"
+    assert plain.body_hash == want_json.body_hash
+    assert streamed.error is None and streamed.complete
+    assert streamed.events == want_sse.events and len(streamed.token_ns) == len(want_sse.token_ns)
+    assert streamed.completion_tokens == want_sse.completion_tokens
+    assert streamed.body_hash == want_sse.body_hash
