@@ -977,6 +977,12 @@ def demo(root: str, seconds: float, sessions: int) -> None:
 @click.option("--reset-rate", default=0.0)
 @click.option("--malformed-rate", default=0.0)
 @click.option("--drip-rate", default=0.0)
+@click.option(
+    "--coding",
+    type=click.Choice(["gzip", "deflate", "br", "zstd"]),
+    default=None,
+    help="Code answers so where the request accepts it, as a compressing proxy does.",
+)
 @click.option("--seed", default=0)
 def mock_gateway(**opts: Any) -> None:
     """Run the mock OpenAI-compatible gateway until Ctrl-C."""
@@ -993,6 +999,7 @@ def mock_gateway(**opts: Any) -> None:
         max_in_service=opts["max_in_service"],
         max_queue=opts["max_queue"],
         overload_status=int(opts["overload_status"]),
+        coding=opts["coding"] or "",
         seed=opts["seed"],
         faults=Faults(
             stall_ms=stall_ms,

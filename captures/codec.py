@@ -164,6 +164,30 @@ _STREAMS: dict[str, Callable[[], Feed]] = {
 }
 
 
+def encoder(coding: str) -> tuple[Feed, Callable[[], bytes]]:
+    """A body coded as it is written, as a compressing proxy codes a stream: (code the next
+    bytes, flushed so that what they say can be read at once; end the coding). No coding ("",
+    identity): the bytes as they are."""
+    if coding in ("", "identity"):
+        return (lambda d: d), bytes  # bytes(): b""
+    if coding in ("gzip", "x-gzip", "deflate"):
+        z = zlib.compressobj(wbits=16 + zlib.MAX_WBITS if coding != "deflate" else zlib.MAX_WBITS)
+        return (lambda d: z.compress(d) + z.flush(zlib.Z_SYNC_FLUSH)), z.flush
+    if coding == "br":
+        b = brotli.Compressor()
+        return (lambda d: b.process(d) + b.flush()), b.finish
+    if coding == "zstd":
+        c = zstandard.ZstdCompressor().compressobj()
+        return (lambda d: c.compress(d) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)), c.flush
+    raise ValueError(f"unknown content coding {coding!r}")
+
+
+def accepts(accept_encoding: str | None, coding: str) -> bool:
+    """An Accept-Encoding header names this coding (its q-values are not weighed)."""
+    names = (a.split(";")[0].strip().lower() for a in (accept_encoding or "").split(","))
+    return coding in names
+
+
 def _gzip_encode(data: bytes) -> bytes:
     c = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
     return c.compress(data) + c.flush()

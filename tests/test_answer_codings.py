@@ -11,16 +11,21 @@ import gzip
 import random
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import brotli
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 from rawserver import Peer, raw_server
 from test_client import CLIENTS, make, send
 
 from captures.protocols import BY_NAME, Surface
-from captures.testing import chat_snapshot
+from captures.testing import T0_NS, chat_record, chat_snapshot, write_capture
+from replay.api import run_replay
+from replay.mock.threaded import running_gateway
 from replay.send.outcome import Outcome, StreamScanner
+from replay.workload.replaying import ReplayOptions
 
 
 def _raw_deflate(data: bytes) -> bytes:
@@ -144,3 +149,33 @@ async def test_each_sender_measures_br_and_zstd_answers(kind: str) -> None:
     assert streamed.events == want_sse.events and len(streamed.token_ns) == len(want_sse.token_ns)
     assert streamed.completion_tokens == want_sse.completion_tokens
     assert streamed.body_hash == want_sse.body_hash
+
+
+@pytest.mark.parametrize("client", ["auto", "fast"])
+@pytest.mark.parametrize("coding", ["br", "zstd"])
+def test_a_replay_through_a_compressing_gateway_measures_what_an_uncoded_one_does(
+    tmp_path: Path, client: str, coding: str
+) -> None:
+    """The mock gateway coding its answers as a compressing proxy would (the recorded requests
+    accept br and zstd, as the openai SDK's do where those modules are installed): the replay's
+    statuses, usage, events and answers are those of the same replay uncoded."""
+    accept = [("Accept-Encoding", "gzip, deflate, br, zstd")]
+    records = [
+        chat_record(start_ns=T0_NS + i * 20_000_000, stream=i % 2 == 1, extra_headers=accept)
+        for i in range(8)
+    ]
+    cap = write_capture(tmp_path / "cap", records)
+    seen = {}
+    for name, with_coding in (("uncoded", ""), ("coded", coding)):
+        with running_gateway(default_profile="instant", coding=with_coding) as gw:
+            out = tmp_path / name
+            opts = ReplayOptions(capture=str(cap), target=gw.url, out=str(out), client=client)
+            run = run_replay(opts, install_signals=False)
+        assert run.run["counts"] == {**run.run["counts"], "ok": 8, "failed": 0}
+        rows = sorted(pq.read_table(out / "results.parquet").to_pylist(), key=lambda r: r["seq"])
+        keys = ("status", "error_kind", "completion_tokens", "prompt_tokens", "events")
+        more = ("finish_reason", "stream_complete", "answer_hash")  # the answer, canonical
+        seen[name] = [tuple(r[k] for k in keys + more) for r in rows]
+        seen[name + " bytes"] = sum(r["bytes_in"] for r in rows)
+    assert seen["coded"] == seen["uncoded"]
+    assert seen["coded bytes"] != seen["uncoded bytes"]  # the answers were coded on the wire

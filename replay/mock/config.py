@@ -70,7 +70,9 @@ class GatewayConfig:
     overload_status: int = 503
     retry_after_s: int = 1
     seed: int = 0
-    gzip: bool = False  # gzip non-streamed responses (Content-Encoding: gzip)
+    # code LLM answers, streamed or not, as a compressing proxy in front of a gateway does:
+    # gzip, deflate, br or zstd, where the request's Accept-Encoding names it ("": never)
+    coding: str = ""
     extra_nulls: bool = False  # chat chunks carry every field, null where unused (as LiteLLM)
     # hold a stream's body open this long after its terminal event (an upstream slow to close
     # its chunked body: an SDK that stops reading at the terminal event closes first)
@@ -95,6 +97,8 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be within 0..1, got {v}")
         if self.slowdown <= 0:
             raise ValueError("slowdown must be > 0")
+        if self.coding not in ("", "gzip", "deflate", "br", "zstd"):
+            raise ValueError(f"coding must be gzip, deflate, br or zstd, got {self.coding!r}")
 
 
 @dataclass

@@ -308,9 +308,12 @@ class MockGateway:
                 if plan.drip:
                     resp = await self._drip(request, body, "application/json")
                 else:
-                    resp = web.Response(body=body, content_type="application/json")
-                    if self.config.gzip:
-                        resp.enable_compression(web.ContentCoding.gzip)
+                    coding = self._coding(request)
+                    resp = web.Response(
+                        body=codec.encode(body, coding) if coding else body,
+                        content_type="application/json",
+                        headers={"Content-Encoding": coding} if coding else None,
+                    )
         self.stats.completed += 1
         return resp
 
@@ -326,6 +329,10 @@ class MockGateway:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        coding = self._coding(request)
+        code, end = codec.encoder(coding)
+        if coding:
+            resp.headers["Content-Encoding"] = coding
         await self._sleep_until(time.monotonic())  # a stall holds the headers too
         await resp.prepare(request)
         half = answer.pieces // 2
@@ -340,25 +347,32 @@ class MockGateway:
                     return resp
                 if i == half and plan.error_event:
                     self.stats.error_events += 1
-                    await resp.write(surface.error_event("overloaded_error", "injected failure"))
-                    await resp.write_eof()
+                    await resp.write(
+                        code(surface.error_event("overloaded_error", "injected failure"))
+                    )
+                    await resp.write_eof(end())
                     return resp
                 if i == half and plan.malformed:
                     await resp.write(
-                        b'data: {"id": "' + answer.rid.encode() + b'", "choices": [\n\n'
+                        code(b'data: {"id": "' + answer.rid.encode() + b'", "choices": [\n\n')
                     )
                 i += 1
-            await resp.write(event)
+            await resp.write(code(event))
         try:
             if self.config.eof_delay_ms > 0:
                 await asyncio.sleep(self.config.eof_delay_ms / 1000)
-            await resp.write_eof()
+            await resp.write_eof(end())
         except ConnectionResetError:  # the client left after the terminal event, as SDKs do
             self.stats.closed_early += 1
         except asyncio.CancelledError:  # ... noticed while holding the body open
             self.stats.closed_early += 1
             raise
         return resp
+
+    def _coding(self, request: web.Request) -> str:
+        """config.coding where the request accepts it (a dripped answer is never coded)."""
+        c = self.config.coding
+        return c if c and codec.accepts(request.headers.get("Accept-Encoding"), c) else ""
 
     async def _drip(self, request: web.Request, body: bytes, ctype: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": ctype})
