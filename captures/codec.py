@@ -131,6 +131,30 @@ def decoder(content_encoding: str | None) -> Feed | None:
     return chained
 
 
+def decode_parts(
+    parts: list[bytes], content_encoding: str | None, limit: int = LIMIT
+) -> list[bytes] | None:
+    """A coded stream's network chunks, each decoded: what each chunk's arrival made readable.
+    Unlike `decode`, the coding need not have ended (a client that closes once it has a stream's
+    last event never sees the coder's end). None if a coding is unknown, the data is bad or the
+    whole would exceed `limit` (fed _STEP bytes at a time, the output checked after each)."""
+    decode = decoder(content_encoding)
+    if decode is None:
+        return None
+    out: list[bytes] = []
+    size = 0
+    try:
+        for part in parts:
+            got = _stepped(decode, part, limit - size)
+            if got is None:
+                return None
+            size += len(got)
+            out.append(got)
+    except DATA_ERRORS:
+        return None
+    return out
+
+
 class _Deflate:
     """`deflate` as it arrives: zlib-wrapped by the standard, raw by some servers (told apart by
     the zlib header's check bits once two bytes have come)."""

@@ -20,7 +20,8 @@ import zstandard
 from rawserver import Peer, raw_server
 from test_client import CLIENTS, make, send
 
-from captures.protocols import BY_NAME, Surface
+from captures import codec
+from captures.protocols import BY_NAME, Surface, read_response
 from captures.testing import T0_NS, chat_record, chat_snapshot, write_capture
 from replay.api import run_replay
 from replay.mock.threaded import running_gateway
@@ -80,6 +81,61 @@ def test_every_surface_reads_alike_coded_or_not(coding: str) -> None:
             assert got == want, (api, stream, coding)
             assert got["error"] is None and got["body_hash"] is not None
             assert got["prompt_tokens"] is not None  # the usage was read
+
+
+def _coded(parts: list[bytes], coding: str, *, ended: bool = True) -> list[bytes]:
+    """Chunks coded as a compressing proxy codes a stream: each flushed as it is written; the
+    coder's end after the last unless not `ended` (the client closed before it came)."""
+    for c in codec.codings(coding):
+        code, end = codec.encoder(c)
+        parts = [code(p) for p in parts]
+        if ended:
+            parts[-1] += end()
+    return parts
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "gzip, br"])
+def test_a_recorded_answer_reads_alike_coded_or_not(coding: str) -> None:
+    """Capture's reading of a recorded answer (captures.protocols.read_response): a coded stream
+    keeps each event at its chunk, and a whole body its usage. Before, br and zstd answers were
+    not read at all, and a gzip stream's events were all put at its first chunk (its recorded
+    TTFT)."""
+    for api in ("chat", "completions", "responses", "messages", "embeddings"):
+        for stream in (False, True) if api != "embeddings" else (False,):
+            body = _answer(api, stream)
+            ctype = "text/event-stream" if stream else "application/json"
+            plain = [e + b"\n\n" for e in body.split(b"\n\n")[:-1]] if stream else [body]
+            if stream:
+                plain = [b": keep-alive\n\n", *plain]  # the first output is not in chunk 0
+            want = read_response(BY_NAME[api], plain, ctype, None)
+            got = read_response(BY_NAME[api], _coded(plain, coding), ctype, coding)
+            assert got == want, (api, stream, coding)
+            assert got.fields.prompt_tokens is not None, (api, stream)
+            if not stream:  # a whole body cut short is not read, rather than read in part
+                cut = _coded(plain, coding)[0][:-8]
+                assert (
+                    read_response(BY_NAME[api], [cut], ctype, coding).fields.prompt_tokens is None
+                )
+                continue
+            assert got.first_output_chunk is not None and got.first_output_chunk > 0
+            # the coder's end not come (an SDK closes once it has the last event), or the
+            # stream cut before its last events: read as far as it goes, as the same uncoded
+            open_ = _coded(plain, coding, ended=False)
+            for n in (len(plain), len(plain) - 2):
+                cut_got = read_response(BY_NAME[api], open_[:n], ctype, coding)
+                assert cut_got == read_response(BY_NAME[api], plain[:n], ctype, None), (api, n)
+            assert read_response(BY_NAME[api], open_, ctype, coding).complete is True
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_a_coded_stream_is_decoded_within_its_bound(coding: str) -> None:
+    """A stream decoded chunk by chunk stops at the bound (a small body that inflates hugely),
+    and bad data is not read."""
+    parts = _coded([b"data: " + b"x" * 3_000_000 + b"\n\n", b"data: [DONE]\n\n"], coding)
+    got = codec.decode_parts(parts, coding, 4_000_000)
+    assert got is not None and b"".join(got).endswith(b"data: [DONE]\n\n")
+    assert codec.decode_parts(parts, coding, 2_000_000) is None
+    assert codec.decode_parts([b"not coded at all, not at all"], coding) is None
 
 
 def test_bad_coded_data_is_not_read_and_no_hash_is_made() -> None:

@@ -10,6 +10,7 @@ and `diff` calls the identical mock's answers equivalent."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -153,24 +154,31 @@ def _traffic(oc: openai.OpenAI, ac: anthropic.Anthropic) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+Recorded = tuple[Path, dict[str, int], GatewayConfig]
+
+
+# uncoded, and coded br as a gateway behind a compressing proxy answers the SDKs (which ask for
+# br): the ids an answer mints, that later turns name, are read from the coded answers too
+@pytest.fixture(scope="module", params=["", "br"], ids=["uncoded", "br"])
+def recorded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Recorded:
     tmp = tmp_path_factory.mktemp("conv")
-    with running_gateway(CONFIG, eof_delay_ms=150) as gw:
+    config = dataclasses.replace(CONFIG, coding=request.param)
+    with running_gateway(config, eof_delay_ms=150) as gw:
         proc = start_proxy(tmp, gw.url)
         try:
             counts = traffic(proc.url)
         finally:
             proc.stop()
         assert gw.stats.closed_early > 0  # the SDK did close before the body's end
-    return tmp / "cap", counts
+    return tmp / "cap", counts, config
 
 
-def test_conversations_are_found_from_content(recorded: tuple[Path, dict[str, int]]) -> None:
-    cap, counts = recorded
+def test_conversations_are_found_from_content(recorded: Recorded) -> None:
+    cap, counts, config = recorded
     rows = Capture(cap).records()
     assert len(rows) == sum(counts.values())
     assert not [r["error_kind"] for r in rows if r["error_kind"]]  # complete streams, no abort
+    assert {r["resp_content_encoding"] for r in rows} == {config.coding or None}
     assert all(r["stream_complete"] for r in rows if r["stream"])
     by_conv: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -186,10 +194,10 @@ def test_conversations_are_found_from_content(recorded: tuple[Path, dict[str, in
 
 
 def test_ordered_replay_maps_ids_and_keeps_turns_in_order(
-    recorded: tuple[Path, dict[str, int]], tmp_path: Path
+    recorded: Recorded, tmp_path: Path
 ) -> None:
-    cap, counts = recorded
-    with running_gateway(CONFIG, eof_delay_ms=150) as gw:  # a fresh store: no recorded id known
+    cap, counts, config = recorded
+    with running_gateway(config, eof_delay_ms=150) as gw:  # a fresh store: no recorded id known
         r = run_replay(
             ReplayOptions(
                 capture=str(cap),

@@ -2,10 +2,15 @@
 `anthropic` SDKs (no session hints, streamed and not), through a real mitmdump with the capture
 addon, in front of the mock gateway; then the capture replayed against a fresh mock. TTFT must
 land on each API's first output event, within a few ms of the mock's configured delay, and
-usage, finish reasons and the API surface must be in the capture and in the results."""
+usage, finish reasons and the API surface must be in the capture and in the results. Run with
+the mock answering uncoded, then coding its answers br and gzip (a gateway behind a compressing
+proxy: the SDKs ask for gzip, deflate, br and zstd where the modules are installed): before,
+a br answer's usage, finish and events were missing from the capture, and a gzip stream's
+first output was put at its first chunk.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -123,22 +128,27 @@ def _sdk_traffic(oc: openai.OpenAI, ac: anthropic.Anthropic) -> list[tuple[str, 
     return sent
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, bool, str]]]:
+Recorded = tuple[Path, list[tuple[str, bool, str]], GatewayConfig]
+
+
+@pytest.fixture(scope="module", params=["", "br", "gzip"], ids=["uncoded", "br", "gzip"])
+def recorded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Recorded:
     tmp = tmp_path_factory.mktemp("e2e")
-    with running_gateway(CONFIG) as gw:
+    config = dataclasses.replace(CONFIG, coding=request.param)
+    with running_gateway(config) as gw:
         proc = start_proxy(tmp, gw.url)
         try:
             sent = sdk_traffic(proc.url)
         finally:
             proc.stop()
-    return tmp / "cap", sent
+    if config.coding:  # the SDKs asked for it, so the mock coded every answer
+        rows = Capture(tmp / "cap").records()
+        assert {r["resp_content_encoding"] for r in rows} == {config.coding}
+    return tmp / "cap", sent, config
 
 
-def test_every_request_is_captured_with_its_surface_usage_and_finish(
-    recorded: tuple[Path, list[tuple[str, bool, str]]],
-) -> None:
-    cap, sent = recorded
+def test_every_request_is_captured_with_its_surface_usage_and_finish(recorded: Recorded) -> None:
+    cap, sent, _ = recorded
     rows = Capture(cap).records()
     assert Counter(r["api"] for r in rows) == Counter(api for api, _, _ in sent)
     finishes = {
@@ -173,10 +183,10 @@ def test_every_request_is_captured_with_its_surface_usage_and_finish(
 
 
 def test_replay_measures_ttft_usage_and_finish_per_surface(
-    recorded: tuple[Path, list[tuple[str, bool, str]]], tmp_path: Path
+    recorded: Recorded, tmp_path: Path
 ) -> None:
-    cap, sent = recorded
-    with running_gateway(CONFIG) as gw:
+    cap, sent, config = recorded
+    with running_gateway(config) as gw:
         r = run_replay(
             ReplayOptions(capture=str(cap), target=gw.url, out=str(tmp_path / "run"), speed=5.0),
             install_signals=False,

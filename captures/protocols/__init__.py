@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import json
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from .. import codec
 from .base import RequestFields, ResponseFields, Surface
 from .chat import SURFACE as CHAT
 from .completions import SURFACE as COMPLETIONS
@@ -77,22 +77,11 @@ def _by_path(path: str) -> Surface | None:
 
 
 def decode_body(body: bytes | None, content_encoding: str | None) -> bytes | None:
-    """Undo gzip/deflate (bounded); None if the encoding is unknown or the data is bad."""
+    """The body with its content codings undone (gzip, deflate, br, zstd and lists of them;
+    captures/codec.py), bounded; None if a coding is unknown, the data is bad or cut short."""
     if not body:
         return body
-    enc = (content_encoding or "").strip().lower()
-    if enc in ("", "identity"):
-        return body
-    if enc in ("gzip", "x-gzip"):
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif enc == "deflate":
-        d = zlib.decompressobj()
-    else:
-        return None
-    try:
-        return d.decompress(body, MAX_DECODED)
-    except zlib.error:
-        return None
+    return codec.decode(body, content_encoding, MAX_DECODED)
 
 
 def parse_request(
@@ -141,10 +130,7 @@ def read_response(
                 scan.feed(part, i)
             scan.finish(len(parts) - 1)
         else:
-            whole = decode_body(b"".join(parts), content_encoding)
-            if whole:
-                scan.feed(whole, 0)
-                scan.finish(0)
+            _scan_coded(scan, parts, content_encoding)
         return RecordedStream(
             scan.fields,
             streamed=True,
@@ -163,3 +149,16 @@ def read_response(
         else:
             surface.body(obj, fields)
     return RecordedStream(fields)
+
+
+def _scan_coded(scan: EventScanner, parts: list[bytes], content_encoding: str | None) -> None:
+    """A coded stream's events, decoded chunk by chunk so that each keeps its chunk's index
+    (when it came). Not read where a coding is unknown, the data is bad or it would inflate
+    beyond MAX_DECODED. A coding that did not end is read as far as it goes: an SDK closes once
+    it has the last event, before a compressing proxy's end of the coding."""
+    plain = codec.decode_parts(parts, content_encoding, MAX_DECODED)
+    if plain is None:
+        return
+    for i, part in enumerate(plain):
+        scan.feed(part, i)
+    scan.finish(len(parts) - 1)
