@@ -15,20 +15,18 @@ be shared.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import json
 import random
 import secrets
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from . import protocols
+from . import codec, protocols
 from .errors import UserError
 from .filler import filler, token_count
 from .protocols.base import event_data, event_name, split_events
@@ -105,7 +103,6 @@ class Anonymizer:
     def body(self, raw: bytes | None, encoding: str | None, ctype: str | None) -> bytes | None:
         if not raw:
             return raw
-        enc = (encoding or "").lower()
         plain = protocols.decode_body(raw, encoding)
         if plain is None:
             return bytes(len(raw))  # cannot read it, cannot keep it
@@ -119,11 +116,7 @@ class Anonymizer:
                 out = self._plain(plain)
         else:
             out = self._plain(plain)
-        if enc == "gzip":
-            return gzip.compress(out)
-        if enc == "deflate":
-            return zlib.compress(out)
-        return out
+        return codec.encode(out, encoding)  # coded again as it came, whatever the coding
 
     def _plain(self, plain: bytes) -> bytes:
         try:

@@ -4,8 +4,6 @@ usage survive well enough for the result to replay like the original."""
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import json
 import subprocess
 import sys
@@ -14,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from captures import codec
 from captures.anonymize import anonymize
 from captures.errors import UserError
 from captures.protocols import CHAT, read_response
@@ -25,6 +24,7 @@ from replay.mock.threaded import running_gateway
 from replay.workload.replaying import ReplayOptions
 
 LOADTAPE = [sys.executable, "-c", "import cli; cli.main()"]
+CODED = ("gzip", "br", "zstd")  # the codings of some answers
 # Words that occur nowhere in filler vocabularies, so finding one means it leaked.
 SECRETS = [
     "zanzibarquokka",
@@ -72,12 +72,13 @@ def records() -> list[dict[str, object]]:
             r["resp_headers"] = [("Content-Type", "text/event-stream")]
         else:
             body = CHAT.render_body(answer("chatcmpl-hushhushtoken", words, str(r["model"])))
-            if i % 4 == 1:  # a gzip-encoded body: the scan must decode it
-                r["resp_body"] = gzip.compress(body)
-                r["resp_content_encoding"] = "gzip"
+            if i % 4 == 1:  # a coded body (gzip, br, zstd): the scan must decode it
+                coding = CODED[i // 4 % len(CODED)]
+                r["resp_body"] = codec.encode(body, coding)
+                r["resp_content_encoding"] = coding
                 r["resp_headers"] = [
                     ("Content-Type", "application/json"),
-                    ("Content-Encoding", "gzip"),
+                    ("Content-Encoding", coding),
                 ]
             else:
                 r["resp_body"] = body
@@ -107,8 +108,8 @@ def everything_in(root: Path) -> str:
             for row in pq.read_table(f).to_pylist():
                 for k, v in row.items():
                     if isinstance(v, bytes):
-                        with contextlib.suppress(OSError, EOFError):
-                            v = gzip.decompress(v)
+                        for coding in CODED:
+                            v = codec.decode(v, coding) or v
                         v = v.decode("utf-8", "replace")
                     parts.append(f"{k}={v!r}")
         else:
