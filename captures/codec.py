@@ -207,9 +207,24 @@ def encoder(coding: str) -> tuple[Feed, Callable[[], bytes]]:
 
 
 def accepts(accept_encoding: str | None, coding: str) -> bool:
-    """An Accept-Encoding header names this coding (its q-values are not weighed)."""
-    names = (a.split(";")[0].strip().lower() for a in (accept_encoding or "").split(","))
-    return coding in names
+    """An Accept-Encoding header allows this coding (RFC 9110 12.5.3): named with a q-value above
+    0, or not named while `*` is, above 0. `br;q=0` refuses br."""
+    star = None
+    for item in (accept_encoding or "").split(","):
+        name, *params = (x.strip().lower() for x in item.split(";"))
+        q = 1.0
+        for p in params:
+            key, _, value = p.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a q-value that is not one allows nothing
+        if name == coding or (coding == "gzip" and name == "x-gzip"):
+            return q > 0
+        if name == "*":
+            star = q > 0
+    return bool(star)
 
 
 def _gzip_encode(data: bytes) -> bytes:

@@ -265,3 +265,36 @@ def test_refuses_non_loopback_and_bad_config() -> None:
         MockGateway(GatewayConfig(faults=Faults(error_rate=2.0)))
     with pytest.raises(ValueError, match="unknown profile"):
         MockGateway(GatewayConfig(default_profile="nope"))
+
+
+@pytest.mark.parametrize(
+    ("accept", "coded"),
+    [
+        ("gzip, deflate, br, zstd", True),
+        ("br;q=0.2", True),
+        ("gzip, br;q=0", False),  # refused by its q-value
+        ("*", True),
+        ("*, br;q=0", False),
+        ("*;q=0", False),
+        ("identity", False),
+    ],
+)
+async def test_coding_follows_accept_encoding_and_its_q_values(accept: str, coded: bool) -> None:
+    """`coding="br"` codes an answer only where the request's Accept-Encoding allows br (RFC
+    9110: named above q=0, or `*` above q=0 and br not named); otherwise it answers uncoded."""
+    async with (
+        MockGateway(cfg(default_profile="instant", models={}, coding="br")) as gw,
+        aiohttp.ClientSession(auto_decompress=False) as s,
+    ):
+        for stream in (False, True):
+            async with s.post(
+                f"{gw.url}/v1/chat/completions",
+                json=chat(stream, 3),
+                headers={"Accept-Encoding": accept},
+            ) as r:
+                raw = await r.read()
+                enc = r.headers.get("Content-Encoding")
+            assert enc == ("br" if coded else None), (accept, stream)
+            ctype = "text/event-stream" if stream else "application/json"
+            seen = read_response(CHAT, [raw], ctype, enc).fields
+            assert seen.completion_tokens == 3, (accept, stream)
