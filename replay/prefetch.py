@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -154,7 +156,23 @@ class Prefetch(Generic[T]):
 
 def background_priority(niceness: int = 10) -> None:
     """Lower this thread's CPU priority (Linux threads have their own nice value), so on a busy
-    machine the event loop thread, which keeps the schedule, gets the CPU first. (The plan thread
-    here and the results writer's Parquet thread use it.)"""
+    machine the event loop thread, which keeps the schedule, gets the CPU first, and give it its
+    Python name in the OS. (The plan thread here and the results writer's Parquet thread use
+    it.)"""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    name_in_os()
+
+
+PR_SET_NAME = 15
+
+
+def name_in_os() -> None:
+    """This thread's Python name as its name in the OS (its first 15 bytes), where top -H, perf
+    and /proc/PID/task/*/comm show it (bench/replay_threads.py tells a run's threads apart by
+    it; the compiled sender names its thread `loadtape-wire`). Linux only, best effort."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        name = threading.current_thread().name.encode()[:15]
+        ctypes.CDLL(None).prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)

@@ -60,3 +60,17 @@ def test_close_stops_an_endless_plan() -> None:
     buf.prefill(5.0)
     buf.close()
     assert not any(t.name == "loadtape-plan" and t.is_alive() for t in threading.enumerate())
+
+
+def test_the_plan_thread_is_named_in_the_os() -> None:
+    """`loadtape-plan` in top -H, perf and /proc/PID/task/*/comm while it plans."""
+    seen: list[str] = []
+
+    def plan() -> Iterator[int]:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
+            seen.append(f.read().strip())
+        yield 1
+
+    buf = Prefetch(plan(), high=10)
+    assert list(buf) == [1]
+    assert seen == ["loadtape-plan"]

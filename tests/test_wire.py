@@ -8,6 +8,8 @@ shares are in test_client.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import time
 
@@ -268,3 +270,23 @@ async def test_of_several_addresses_the_one_that_takes_a_connection(
         finally:
             await c.close()
     assert (fut.result().error, fut.result().status) == (None, 200)
+
+
+def _thread_names() -> set[str]:
+    names = set()
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as f:
+            names.add(f.read().strip())
+    return names
+
+
+async def test_the_engines_thread_is_named_in_the_os() -> None:
+    """`loadtape-wire` in top -H, perf and /proc (bench/replay_threads.py counts its CPU so)."""
+    async with MockGateway(GatewayConfig(default_profile="instant")) as gw:
+        before = _thread_names()
+        c = WireClient(parse_target(gw.url), timeout=5)
+        try:
+            await c.warm(1, 5.0)  # the engine's thread is running
+            assert "loadtape-wire" in _thread_names() - before
+        finally:
+            await c.close()

@@ -151,6 +151,7 @@ static int64_t wake_for(wire *w, int64_t due, int64_t now) {
 static void *run(void *arg) {
     wire *w = arg;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    prctl(PR_SET_NAME, "loadtape-wire", 0, 0, 0); /* top -H, perf, bench/replay_threads.py */
     __atomic_store_n(&w->tid, (int)gettid(), __ATOMIC_RELEASE);
     struct epoll_event evs[64];
     for (;;) {
