@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from captures import codec
 from captures.errors import UserError
 from captures.importers import BASE_NS, TRACE_HOST, ImportOptions, import_file
 from captures.importers.traces import parse_timestamp_ns
@@ -300,6 +301,33 @@ def test_har_entries_become_records_with_timings_and_no_secret(tmp_path: Path) -
     assert all(":authority" not in dict(r["req_headers"]) for r in got)  # type: ignore[arg-type]
     dump = json.dumps(got, default=repr)
     assert "livesecret" not in dump and "[REDACTED:" in dump
+
+
+def test_har_bodies_are_decoded_whatever_content_encoding_says(tmp_path: Path) -> None:
+    """HAR keeps bodies decoded beside the headers as sent (Chrome's and mitmproxy's exports):
+    a `Content-Encoding: br` answer's usage is read and its body kept, the header left out of
+    the record. Before, the body was read as br: no usage, and redaction dropped it. A body
+    that its header does decode (raw bytes, base64) stays coded, as a live capture keeps it."""
+    decoded = har_entry("http://gw.local:8080/v1/chat/completions", "2024-03-01T10:00:00Z")
+    decoded["response"]["headers"].append({"name": "Content-Encoding", "value": "br"})  # type: ignore[index]
+    decoded["request"]["headers"].append({"name": "Content-Encoding", "value": "gzip"})  # type: ignore[index]
+    raw = har_entry("http://gw.local:8080/v1/chat/completions", "2024-03-01T10:00:01Z")
+    content = raw["response"]["content"]  # type: ignore[index]
+    content["text"] = base64.b64encode(
+        codec.encode(base64.b64decode(content["text"]), "zstd")
+    ).decode()
+    raw["response"]["headers"].append({"name": "Content-Encoding", "value": "zstd"})  # type: ignore[index]
+    f = tmp_path / "x.har"
+    f.write_text(json.dumps({"log": {"version": "1.2", "entries": [decoded, raw]}}))
+    import_file("har", f, tmp_path / "cap")
+    a, b = sorted(rows(tmp_path / "cap"), key=lambda r: r["req_start_ns"])  # type: ignore[arg-type, return-value]
+    for r in (a, b):
+        assert r["completion_tokens"] == 2 and r["model"] == "small"
+    assert a["resp_content_encoding"] is None and a["req_content_encoding"] is None
+    assert b"hello" in a["resp_body"]  # type: ignore[operator]
+    assert not any(n.lower() == "content-encoding" for n, _ in a["req_headers"] + a["resp_headers"])  # type: ignore[operator]
+    assert b["resp_content_encoding"] == "zstd"
+    assert b"hello" in codec.decode(b["resp_body"], "zstd")  # type: ignore[arg-type, operator]
 
 
 def test_mitmproxy_flow_file_read_with_mitmproxys_own_io(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from captures import codec
 from captures.conversations import Tracker
 from captures.errors import UserError
 from captures.exchange import build_record
@@ -30,7 +31,10 @@ def _redactor(opts: ImportOptions) -> Redactor:
     return Redactor(RedactionPolicy.build(enabled=opts.redact), key)
 
 
-def _fields(pairs: Any) -> tuple[tuple[bytes, bytes], ...]:
+Fields = tuple[tuple[bytes, bytes], ...]
+
+
+def _fields(pairs: Any) -> Fields:
     out = []
     for h in pairs or ():
         if isinstance(h, dict) and "name" in h:
@@ -39,6 +43,20 @@ def _fields(pairs: Any) -> tuple[tuple[bytes, bytes], ...]:
                 continue
             out.append((name.encode(), str(h.get("value", "")).encode()))
     return tuple(out)
+
+
+def _decoded(headers: Fields, body: bytes | None) -> Fields:
+    """The headers of a HAR body: HAR keeps bodies with their content coding undone (its spec;
+    Chrome and mitmproxy's savehar write them so) beside the headers as sent, `Content-Encoding:
+    br` included. Such a body is recorded as what it is: without the header (read as coded, its
+    usage was lost and redaction dropped it). A body its header does decode is kept coded, as a
+    live capture keeps it."""
+    codings = [v for n, v in headers if n.lower() == b"content-encoding"]
+    if not body or not codings:
+        return headers
+    if codec.decode(body, b", ".join(codings).decode("latin-1")) is not None:
+        return headers  # the bytes as sent, coded (not what HAR's spec says, but it happens)
+    return tuple(h for h in headers if h[0].lower() != b"content-encoding")
 
 
 def har_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterator[Record]:
@@ -100,13 +118,13 @@ def har_rows(path: Path, opts: ImportOptions, summary: ImportSummary) -> Iterato
             port=port,
             path=path_q.encode(),
             http_version=str(req.get("httpVersion") or "HTTP/1.1").encode(),
-            req_headers=_fields(req.get("headers")),
+            req_headers=_decoded(_fields(req.get("headers")), req_body),
             req_body=req_body,
         )
         if status is not None:
             snap.status = status
             snap.reason = str(resp.get("statusText") or "").encode()
-            snap.resp_headers = _fields(resp.get("headers"))
+            snap.resp_headers = _decoded(_fields(resp.get("headers")), resp_body)
             snap.resp_start = (start_ns / 1e9) + max(total_ms - receive, 0) / 1000
             snap.resp_end = (start_ns / 1e9) + total_ms / 1000
             snap.resp_body = resp_body
