@@ -14,13 +14,19 @@ def batch_rows(batch: pa.RecordBatch) -> list[Record]:
     """The batch's rows as dicts in column order, headers as lists of (name, value).
 
     Converted column by column: `to_pylist` makes a dict per header, then each became a tuple,
-    about 4 us a row for an SDK's 15 headers (planning a replay reads every row)."""
+    about 4 us a row for an SDK's 15 headers (planning a replay reads every row). The dicts are
+    copies of one with every key, filled a column at a time: half the time of a dict made from
+    each row's values (1.8 -> 0.9 us a row of 26 columns), since a copy is made at its size and
+    its keys' hashes are known."""
     names = batch.schema.names
-    cols = [
-        _header_lists(batch.column(i)) if n in HEADER_COLUMNS else batch.column(i).to_pylist()
-        for i, n in enumerate(names)
-    ]
-    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+    blank: Record = dict.fromkeys(names)
+    rows = [blank.copy() for _ in range(batch.num_rows)]
+    for i, n in enumerate(names):
+        col = batch.column(i)
+        vals = _header_lists(col) if n in HEADER_COLUMNS else col.to_pylist()
+        for row, v in zip(rows, vals, strict=True):
+            row[n] = v
+    return rows
 
 
 def _header_lists(col: pa.Array) -> list[list[tuple[str, str]] | None]:
