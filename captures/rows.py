@@ -19,6 +19,8 @@ def batch_rows(batch: pa.RecordBatch) -> list[Record]:
     each row's values (1.8 -> 0.9 us a row of 26 columns), since a copy is made at its size and
     its keys' hashes are known."""
     names = batch.schema.names
+    if not names:
+        return []
     blank: Record = dict.fromkeys(names)
     rows = [blank.copy() for _ in range(batch.num_rows)]
     for i, n in enumerate(names):
