@@ -6,7 +6,7 @@ usage, finish reasons and the API surface must be in the capture and in the resu
 the mock answering uncoded, then coding its answers br and gzip (a gateway behind a compressing
 proxy: the SDKs ask for gzip, deflate, br and zstd where the modules are installed): before,
 a br answer's usage, finish and events were missing from the capture, and a gzip stream's
-first output was put at its first chunk.)"""
+first output was put at its first chunk."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ __all__ = [
 
 SURFACES: tuple[Surface, ...] = (CHAT, COMPLETIONS, RESPONSES, MESSAGES, EMBEDDINGS)
 BY_NAME: dict[str, Surface] = {s.name: s for s in (*SURFACES, PLAIN)}
-MAX_DECODED = 64 << 20  # never inflate a body beyond this for parsing
+MAX_DECODED = codec.LIMIT  # never inflate a body beyond this for parsing
 JSON_KEEP = 1 << 20  # a JSON body larger than this is not parsed whole for its usage
 
 
