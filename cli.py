@@ -987,7 +987,7 @@ def demo(root: str, seconds: float, sessions: int) -> None:
 def mock_gateway(**opts: Any) -> None:
     """Run the mock OpenAI-compatible gateway until Ctrl-C."""
     from replay.mock.config import Faults, GatewayConfig, parse_model_profiles, parse_stall
-    from replay.mock.gateway import serve_until_signal
+    from replay.mock.threaded import serve_until_signal
 
     stall_ms, stall_every = parse_stall(opts["stall"])
     config = GatewayConfig(

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
 import ssl
 import time
 import uuid
@@ -31,7 +30,6 @@ from typing import Any
 from aiohttp import web
 
 from captures import codec
-from captures.errors import UserError
 from captures.protocols import EMBEDDINGS, MESSAGES, PLAIN, RESPONSES, SURFACES, Surface
 from captures.protocols.base import Answer
 
@@ -384,29 +382,3 @@ class MockGateway:
             await asyncio.sleep(delay)
         await resp.write_eof()
         return resp
-
-
-def serve_until_signal(config: GatewayConfig, announce: Callable[[str], None]) -> None:
-    """`loadtape mock-gateway`: serve until SIGINT or SIGTERM; `announce` gets the URL once it
-    listens."""
-    try:
-        gw = MockGateway(config)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-    async def serve() -> None:
-        try:
-            await gw.start()
-        except OSError as exc:
-            raise UserError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
-            ) from None
-        announce(gw.url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await gw.stop()
-
-    asyncio.run(serve())

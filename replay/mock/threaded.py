@@ -1,15 +1,19 @@
-"""The mock gateway on its own event loop in a daemon thread, for synchronous code (tests,
-benchmarks): `with running_gateway(max_in_service=4) as gw: ... gw.url`."""
+"""The mock gateway run from synchronous code: on its own event loop in a daemon thread (tests,
+benchmarks: `with running_gateway(max_in_service=4) as gw: ... gw.url`), or in the foreground
+until a signal (`loadtape mock-gateway`: `serve_until_signal`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
+
+from captures.errors import UserError
 
 from .config import GatewayConfig, GatewayStats
 from .gateway import MockGateway
@@ -68,3 +72,29 @@ def running_gateway(
         yield gw
     finally:
         gw.stop()
+
+
+def serve_until_signal(config: GatewayConfig, announce: Callable[[str], None]) -> None:
+    """`loadtape mock-gateway`: serve until SIGINT or SIGTERM; `announce` gets the URL once it
+    listens."""
+    try:
+        gw = MockGateway(config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    async def serve() -> None:
+        try:
+            await gw.start()
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
+        announce(gw.url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gw.stop()
+
+    asyncio.run(serve())
