@@ -1,4 +1,5 @@
-"""Benchmark targets on loopback: nginx (C, so the target is not what saturates)."""
+"""Benchmark targets on loopback: nginx (C, so the target is not what saturates), and the paced
+GET captures the open-loop benches replay against it (the project root on sys.path first)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from captures.testing import T0_NS, http_record, write_capture
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -108,3 +111,11 @@ class Nginx:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def paced_gets(directory: Path, rate: int, n: int, path: str) -> Path:
+    """A capture of `n` GETs of `path`, evenly spaced at `rate` a second."""
+    return write_capture(
+        directory,
+        [http_record(start_ns=T0_NS + round(i * 1e9 / rate), path=path) for i in range(n)],
+    )

@@ -58,10 +58,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _host import HostWatch  # noqa: E402
-from _targets import Nginx  # noqa: E402
+from _targets import Nginx, paced_gets  # noqa: E402
 from replay_throughput import measured  # noqa: E402
-
-from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -200,7 +198,7 @@ def main() -> None:
     }
     try:
         with Nginx(workers=1) as nginx:
-            one = write_capture(work / "one", [http_record(start_ns=T0_NS, path="/lag")])
+            one = paced_gets(work / "one", 1, 1, "/lag")
             lt_start = measured(
                 [str(BIN / "loadtape"), "replay", str(one), "--target", nginx.url,
                  "--out", str(work / "one-run"), "-q"]
@@ -211,13 +209,7 @@ def main() -> None:
             for rate in (int(r) for r in args.rates.split(",")):
                 steal0 = host.steal()
                 n = int(rate * args.seconds)
-                cap = write_capture(
-                    work / f"cap{rate}",
-                    [
-                        http_record(start_ns=T0_NS + round(i * 1e9 / rate), path="/lag")
-                        for i in range(n)
-                    ],
-                )
+                cap = paced_gets(work / f"cap{rate}", rate, n, "/lag")
                 by_slack: dict[tuple[str, str], list[dict[str, float]]] = {v: [] for v in slacks}
                 naive_runs: list[dict[str, float]] = []
                 floor_runs: list[dict[str, float]] = []

@@ -42,10 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pyarrow.parquet as pq  # noqa: E402
 from _host import HostWatch  # noqa: E402
-from _targets import Nginx  # noqa: E402
+from _targets import Nginx, paced_gets  # noqa: E402
 from replay_lag import _build_floor, _floor  # noqa: E402
-
-from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ROLES = {"loadtape-wire": "engine (C)", "loadtape-plan": "plan", "loadtape-result": "writer"}
@@ -154,18 +152,12 @@ def main() -> None:
 def _main(args: argparse.Namespace, work: Path, results: dict[str, object]) -> None:
     floor = _build_floor(work)
     with Nginx(workers=1) as nginx:
-        one = write_capture(work / "one", [http_record(start_ns=T0_NS, path="/lag")])
+        one = paced_gets(work / "one", 1, 1, "/lag")
         start = _replay(one, nginx.url, work / "one-run")[0]["main (loop)"]
         print(f"start-up: {start:.2f} s of CPU on the main thread (subtracted below)")
         for rate in (int(r) for r in args.rates.split(",")):
             n = int(rate * args.seconds)
-            cap = write_capture(
-                work / f"cap{rate}",
-                [
-                    http_record(start_ns=T0_NS + round(i * 1e9 / rate), path="/lag")
-                    for i in range(n)
-                ],
-            )
+            cap = paced_gets(work / f"cap{rate}", rate, n, "/lag")
             runs: list[dict[str, float]] = []
             floors: list[float] = []
             for k in range(args.rounds):

@@ -28,10 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _host import HostWatch  # noqa: E402
-from _targets import Nginx  # noqa: E402
+from _targets import Nginx, paced_gets  # noqa: E402
 from replay_throughput import measured  # noqa: E402
-
-from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LAG_LIMIT_MS = 5.0
@@ -83,13 +81,7 @@ def main() -> None:
         with Nginx(workers=1) as nginx:
             for rate in (int(r) for r in args.rates.split(",")):
                 n = int(rate * args.seconds)
-                cap = write_capture(
-                    work / f"cap{rate}",
-                    [
-                        http_record(start_ns=T0_NS + round(i * 1e9 / rate), path="/w")
-                        for i in range(n)
-                    ],
-                )
+                cap = paced_gets(work / f"cap{rate}", rate, n, "/w")
                 row = {}
                 for w in (1, 2):
                     r = run_level(nginx.url, cap, work / f"run{rate}-w{w}", w, n)
