@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _host import HostWatch  # noqa: E402
+from _host import HostWatch, build_c  # noqa: E402
 from _targets import Nginx, paced_gets  # noqa: E402
 from replay_throughput import measured  # noqa: E402
 
@@ -301,13 +301,7 @@ def _loadtape(
 
 
 def _build_floor(work: Path) -> Path | None:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        print("(no C compiler: the C floor is skipped)", flush=True)
-        return None
-    binary = work / "floor"
-    subprocess.run([cc, "-O2", "-o", str(binary), str(ROOT / "bench" / "floor.c")], check=True)
-    return binary
+    return build_c("floor.c", work)
 
 
 def _floor(binary: Path, target: str, rate: int, n: int) -> dict[str, float]:

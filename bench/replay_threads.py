@@ -96,7 +96,11 @@ def _spy(cap: Path, target: str, out: Path) -> None:
     """One run under py-spy --gil: per Python thread, our functions' inclusive share."""
     raw = out.parent / "spy.txt"
     argv = [str(BIN / "loadtape"), "replay", str(cap), "--target", target, "--out", str(out), "-q"]
-    spy = ["py-spy", "record", "--gil", "--threads", "-r", "250", "-f", "raw", "-o", str(raw)]
+    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(BIN))
+    if exe is None:
+        print("(--spy: py-spy is not installed: pip install py-spy)")
+        return
+    spy = [exe, "record", "--gil", "--threads", "-r", "250", "-f", "raw", "-o", str(raw)]
     r = subprocess.run(
         [*spy, "--", *argv],
         capture_output=True,
