@@ -8,7 +8,10 @@ its send time) against the same intended time.
 
 Peer, in the same run: the naive sender of bench/replay_lag.py (one asyncio task per request,
 sleeping until its absolute due time, aiohttp on uvloop), given the same schedule and body
-sizes. Each tool runs twice: on the quiet machine, and with one CPU-bound process competing
+sizes. Beside them, the C floor (bench/burst_floor.c: one thread, connections opened first, the
+heads of a burst written one after another at its instant, nothing else): what sending a burst
+costs this machine, the loopback, the target and the capture included, before any tool's work.
+Each tool runs twice: on the quiet machine, and with one CPU-bound process competing
 for the cores. Goals (issue 19): p99 <= 0.5 ms and max <= 1 ms at 10x quiet; p99 <= 1 ms with
 the competing process. The first burst opens the connections (32 connects): figures are given
 for the warm bursts (2nd onwards) and for all.
@@ -22,12 +25,13 @@ never pinned.
 Needs tcpdump and the right to capture on lo (root or CAP_NET_RAW).
 
     python bench/replay_bursts.py [--bursts 30] [--gap-s 1.0] [--speed 10] [--apart]
-        [--rt-priority 10] [--clients auto,fast]
+        [--rt-priority 10] [--clients auto,fast] [--send-too]
 
 --rt-priority N runs loadtape a second time in each condition with `--rt-priority N` (its
 sending thread at SCHED_FIFO; needs root or CAP_SYS_NICE), beside the plain run and the naive
 peer. --clients runs loadtape with each `--client` (default auto: the compiled sender where it
-is built; fast: the Python sender).
+is built; fast: the Python sender). --send-too runs the compiled sender a second time with a
+burst's heads written by send(), one a request, instead of in one io_uring system call.
 """
 
 from __future__ import annotations
@@ -54,13 +58,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _host import HostWatch  # noqa: E402
+from _host import HostWatch, build_c  # noqa: E402
 from _targets import Nginx, pinned  # noqa: E402
 
 from captures.testing import T0_NS, http_record, write_capture  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BURST = 32
+NO_URING = {"LOADTAPE_WIRE_URING": "0"}  # the compiled sender's heads by send() (wire_c/uring.h)
 
 NAIVE = textwrap.dedent(
     """
@@ -160,13 +165,21 @@ def summary(err_ns: np.ndarray) -> dict[str, float]:
 
 
 def loadtape_run(
-    cap: Path, url: str, port: int, out: Path, speed: float, place: Placement, extra: list[str]
+    cap: Path,
+    url: str,
+    port: int,
+    out: Path,
+    speed: float,
+    place: Placement,
+    extra: list[str],
+    env: dict[str, str] | None = None,
 ) -> dict[str, object]:
     sniff = Sniffer(port, out.with_suffix(".pcap"), place.target)
     subprocess.run(
         [str(BIN / "loadtape"), "replay", str(cap), "--target", url, "--speed", str(speed),
          "--out", str(out), "-q", *extra],
         check=True,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         preexec_fn=pinned(place.tool),
     )  # fmt: skip
@@ -176,6 +189,25 @@ def loadtape_run(
     )
     rows = list(zip(*(t[c].to_pylist() for c in t.column_names), strict=True))
     return {p: (i, s, wire.get(p), st) for p, i, s, st in rows}
+
+
+def floor_run(
+    binary: Path, pl: list[tuple[int, str, int]], port: int, work: Path, speed: float,
+    place: Placement,
+) -> dict:  # fmt: skip
+    """The C floor on the same schedule, measured the same way (its connections open first)."""
+    plan_file = work / "floor-plan.txt"
+    plan_file.write_text("".join(f"{round(o / speed)} {p} {n}\n" for o, p, n in pl))
+    sniff = Sniffer(port, work / "floor.pcap", place.target)
+    out = work / "floor.json"
+    subprocess.run(
+        [str(binary), "127.0.0.1", str(port), str(plan_file), str(out)],
+        check=True,
+        timeout=600,
+        preexec_fn=pinned(place.tool),
+    )
+    wire = sniff.stop()
+    return {p: (i, s, wire.get(p), st) for p, (i, s, st) in json.loads(out.read_text()).items()}
 
 
 def naive_run(
@@ -238,6 +270,11 @@ def main() -> None:
         "--rt-priority", type=int, default=0, help="also run loadtape --rt-priority N (root)"
     )
     ap.add_argument(
+        "--send-too",
+        action="store_true",
+        help="also run the compiled sender writing a burst's heads by send(), one a request",
+    )
+    ap.add_argument(
         "--clients", default="auto", help="--client values for loadtape, e.g. auto,fast"
     )
     args = ap.parse_args()
@@ -252,19 +289,23 @@ def main() -> None:
     ]
     cap = write_capture(work / "cap", records)
     warm_from = "/b/0001/"
-    variants = []
+    variants: list[tuple[str, list[str], dict[str, str]]] = []
     for client in args.clients.split(","):
         tag = "" if client == "auto" else f" --client {client}"
-        variants.append((f"loadtape{tag}", ["--client", client]))
+        variants.append((f"loadtape{tag}", ["--client", client], {}))
+        if args.send_too and client == "auto":
+            variants.append((f"loadtape{tag}, send()", ["--client", client], NO_URING))
         if args.rt_priority:
             variants.append(
                 (
                     f"loadtape{tag} --rt-priority {args.rt_priority}",
                     ["--client", client, "--rt-priority", str(args.rt_priority)],
+                    {},
                 )
             )
     report: dict[str, dict] = {}
     try:
+        floor = build_c("burst_floor.c", work)
         with Nginx(workers=1, cpus=place.target) as nginx:
             port = int(nginx.url.rsplit(":", 1)[1])
             for load in ("quiet", "one CPU-bound process"):
@@ -274,18 +315,20 @@ def main() -> None:
                     time.sleep(0.5)
                 runs: dict[str, dict] = {}
                 try:
-                    for tool, extra in variants:
+                    for tool, extra, env in variants:
                         out = work / f"lt-{len(report)}-{len(runs)}"
                         runs[tool] = loadtape_run(
-                            cap, nginx.url, port, out, args.speed, place, extra
+                            cap, nginx.url, port, out, args.speed, place, extra, env
                         )
                     runs["naive"] = naive_run(pl, nginx.url, port, work, args.speed, place)
+                    if floor is not None:
+                        runs["C floor"] = floor_run(floor, pl, port, work, args.speed, place)
                 finally:
                     if hog is not None:
                         hog.kill()
                         hog.wait()
                 report[load] = {tool: errors(rows, warm_from) for tool, rows in runs.items()}
-                for tool, _ in variants if args.worst else []:
+                for tool, _, _ in variants if args.worst else []:
                     worst = sorted(
                         runs[tool].items(), key=lambda kv: kv[1][0] - max(kv[1][1], kv[1][2] or 0)
                     )
@@ -299,7 +342,7 @@ def main() -> None:
                         e = report[load][tool][part]
                         w, o = e["wire"], e["own_stamp"]
                         print(
-                            f"{load:>22s} {tool:8s} {part:4s}: on the wire p50 {w['p50_ms']:.3f} "
+                            f"{load:>22s} {tool:16s} {part:4s}: on the wire p50 {w['p50_ms']:.3f} "
                             f"p99 {w['p99_ms']:.3f} max {w['max_ms']:.3f} ms | own stamp p99 "
                             f"{o['p99_ms']:.3f} max {o['max_ms']:.3f} ms | {e['seen_on_wire']}/"
                             f"{e['requests']} seen, {e['not_200']} not 200",

@@ -265,6 +265,12 @@ class WireClient:
         return max(0, int(self._engine.counts()[2]) - int(idle))
 
     @property
+    def batched(self) -> bool:
+        """Requests due together have their first writes in one system call (wire_c/uring.h);
+        False: one send() each (no io_uring here, or LOADTAPE_WIRE_URING=0)."""
+        return bool(self._engine.batched())
+
+    @property
     def thread_id(self) -> int:
         """The engine thread's kernel id: the thread that sends (`--rt-priority` raises it)."""
         return int(self._engine.tid())

@@ -92,14 +92,64 @@ static void resend(wire *w, conn *c) {
 }
 
 /* A connection of ours is ready for `r` (connected, idle or new). */
-void conn_start(wire *w, conn *c, wire_req *r, size_t first) {
+static void conn_begin(conn *c, wire_req *r) {
     c->state = C_BUSY;
     c->req = r;
     c->woff = 0;
     c->handed = 0;
     frame_reset(&c->fr, r->head);
+}
+
+void conn_start(wire *w, conn *c, wire_req *r, size_t first) {
+    conn_begin(c, r);
     if (r->sent == 0) r->sent = now_ns();
     write_more(w, c, first);
+}
+
+/* A send that failed with `err`: a stale connection's request goes again, else it failed. */
+static void write_failed(wire *w, conn *c, int err) {
+    if (stale(c)) resend(w, c);
+    else conn_fail(w, c, WK_RESET, err, NULL);
+}
+
+/* Requests due together on idle connections: their first `first` bytes written in one system
+ * call (uring.h) where the engine has a ring, and what a send left goes on as in write_more.
+ * Each is stamped when the call returns (by then it is on its way: the stamp errs late, never
+ * early; on the wire the first of them went up to the call's length sooner). */
+void conn_start_many(wire *w, conn **cs, wire_req **rs, size_t n, size_t first) {
+    uring *u = &w->ring;
+    if (n < 2 || u->fd < 0 || n > u->entries || n > BATCH) {
+        for (size_t i = 0; i < n; i++) conn_start(w, cs[i], rs[i], first);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        conn_begin(cs[i], rs[i]);
+        uring_send(u, cs[i]->fd, rs[i]->data, rs[i]->len < first ? rs[i]->len : first, i);
+    }
+    int got = uring_submit(u, (unsigned)n);
+    int64_t t = now_ns();
+    for (size_t i = 0; i < n; i++)
+        if (rs[i]->sent == 0) rs[i]->sent = t;
+    size_t taken = got > 0 ? (size_t)got : 0, seen = 0;
+    char done[BATCH] = {0};
+    uint64_t tag;
+    int res;
+    while (uring_result(u, &tag, &res)) {
+        conn *c = cs[tag];
+        done[tag] = 1;
+        seen++;
+        if (res > 0) c->woff = (size_t)res;
+        if (res >= 0 || res == -EAGAIN) write_more(w, c, first); /* the rest, or EPOLLOUT */
+        else write_failed(w, c, -res);
+    }
+    if (seen < taken || taken < n) { /* not as uring.h promises: send() from here on */
+        for (size_t i = 0; i < n; i++) {
+            if (done[i]) continue;
+            if (i < taken) conn_fail(w, cs[i], WK_RESET, EIO, NULL); /* may still be writing */
+            else write_more(w, cs[i], first);
+        }
+        uring_close(u);
+    }
 }
 
 void write_more(wire *w, conn *c, size_t upto) {
@@ -115,9 +165,7 @@ void write_more(wire *w, conn *c, size_t upto) {
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else {
-            int err = errno;
-            if (stale(c)) resend(w, c);
-            else conn_fail(w, c, WK_RESET, err, NULL);
+            write_failed(w, c, errno);
             return;
         }
     }

@@ -32,7 +32,6 @@
 #define EARLY_NS 2000000
 #define REST_NS 400000
 #define NEAR_NS 60000
-#define BATCH 256
 
 /* -- the requests waiting for their instant: a min-heap on (due, id) ----------------------- */
 static int before(const wire_req *a, const wire_req *b) {
@@ -89,22 +88,26 @@ void emit_plain(wire *w, wire_req *r, int kind, int err, const char *msg) {
 
 /* -- the loop -------------------------------------------------------------------------------- */
 static void fire_due(wire *w, int64_t now) {
-    conn *started[BATCH];
-    size_t n = 0;
-    while (w->nheap && w->heap[0]->due <= now && n < BATCH) {
+    conn *cs[BATCH];
+    wire_req *rs[BATCH];
+    size_t n = 0, m = 0;
+    while (w->nheap && w->heap[0]->due <= now && m < BATCH) {
         wire_req *r = heap_pop(w);
+        m++;
         conn *c = idle_pop(w);
         if (c == NULL) {
             r->sent = now_ns();
             conn_open(w, r);
             continue;
         }
-        conn_start(w, c, r, FIRST_WRITE);
-        if (c->state == C_BUSY && c->req == r && c->woff < r->len) started[n++] = c;
+        cs[n] = c;
+        rs[n++] = r;
     }
-    for (size_t i = 0; i < n; i++) /* the rest of the large ones, once every head is out */
-        if (started[i]->state == C_BUSY && started[i]->out_on == 0)
-            write_more(w, started[i], (size_t)-1);
+    conn_start_many(w, cs, rs, n, FIRST_WRITE); /* every head first */
+    for (size_t i = 0; i < n; i++) /* then the rest of the large ones */
+        if (cs[i]->state == C_BUSY && cs[i]->req == rs[i] && cs[i]->woff < rs[i]->len &&
+            cs[i]->out_on == 0)
+            write_more(w, cs[i], (size_t)-1);
 }
 
 static void sweep(wire *w, int64_t now) {
@@ -242,12 +245,14 @@ wire *wire_open(const struct sockaddr *addr, socklen_t addrlen, int64_t timeout_
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &w->efd};
     if (epoll_ctl(w->ep, EPOLL_CTL_ADD, w->tfd, &te) || epoll_ctl(w->ep, EPOLL_CTL_ADD, w->efd, &ee))
         goto fail;
+    uring_open(&w->ring, BATCH); /* or send() alone: uring.h */
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->unsent, NULL);
     int err = pthread_create(&w->th, NULL, run, w);
     if (err) {
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->unsent);
+        uring_close(&w->ring);
         errno = err;
         goto fail;
     }
@@ -338,6 +343,7 @@ void wire_free(wire *w) {
     close(w->ep);
     close(w->tfd);
     close(w->efd);
+    uring_close(&w->ring);
     free(w->inbox);
     free(w->outbox);
     free(w->heap);
@@ -346,6 +352,8 @@ void wire_free(wire *w) {
     pthread_cond_destroy(&w->unsent);
     free(w);
 }
+
+int wire_batched(wire *w) { return w->ring.fd >= 0; }
 
 int wire_tid(wire *w) {
     int tid;

@@ -63,6 +63,8 @@ void wire_unsend(wire *w);
 /* Stops the thread; what was in flight comes back as WK_INTERRUPTED, the rest as WK_UNSENT. */
 void wire_close(wire *w);
 void wire_free(wire *w);
+/* Whether requests due together are written in one system call (uring.h), or by send(). */
+int wire_batched(wire *w);
 /* The engine thread's kernel id (for its scheduling policy: --rt-priority). */
 int wire_tid(wire *w);
 /* Counters: connections opened, resends, idle connections now. */

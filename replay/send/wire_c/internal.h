@@ -12,9 +12,11 @@
 
 #include "engine.h"
 #include "frame.h"
+#include "uring.h"
 
 #define FIRST_WRITE 2048
 #define READ_ROOM 16384
+#define BATCH 256 /* requests started, and events taken, in one pass of the loop */
 
 enum { C_CONNECTING, C_IDLE, C_BUSY, C_DEAD };
 
@@ -64,6 +66,7 @@ struct wire {
     conn *dead; /* closed during a batch of events, freed after it (events may still name them) */
     int64_t armed, last_sweep;
     int64_t early_for; /* the instant the thread last woke early for */
+    uring ring;        /* the first writes of requests due together (uring.h); fd -1: send() */
 };
 
 static inline int64_t now_ns(void) {
@@ -90,6 +93,7 @@ void emit_plain(wire *w, wire_req *r, int kind, int err, const char *msg);
 /* conn.c: the connections, each with at most one request out */
 conn *conn_open(wire *w, wire_req *r);
 void conn_start(wire *w, conn *c, wire_req *r, size_t first);
+void conn_start_many(wire *w, conn **cs, wire_req **rs, size_t n, size_t first);
 void write_more(wire *w, conn *c, size_t upto);
 void conn_connected(wire *w, conn *c);
 void conn_read(wire *w, conn *c);

@@ -10,7 +10,8 @@
  *     plain_head(answer, stamps)        (status, body_at, headers_ns, content_type,
  *                                         content_encoding, retry_after or None, keep) of a
  *                                         plain answer (head.h), or None: llhttp reads it
- *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid()
+ *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid(),
+ *     .batched()                        requests due together go in one system call (uring.h)
  *
  * The request's bytes object is held (not copied) until its result is taken.
  */
@@ -190,6 +191,10 @@ static PyObject *Engine_counts(Engine *self, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("(lll)", c, r, i);
 }
 
+static PyObject *Engine_batched(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(self->w != NULL && wire_batched(self->w));
+}
+
 static PyObject *Engine_tid(Engine *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLong(self->w != NULL ? wire_tid(self->w) : 0);
 }
@@ -237,6 +242,8 @@ static PyMethodDef Engine_methods[] = {
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the thread (results stay to take)"},
     {"counts", (PyCFunction)Engine_counts, METH_NOARGS, "(connects, resends, idle)"},
     {"tid", (PyCFunction)Engine_tid, METH_NOARGS, "the engine thread's kernel id"},
+    {"batched", (PyCFunction)Engine_batched, METH_NOARGS,
+     "whether requests due together are written in one system call (uring.h)"},
     {NULL, NULL, 0, NULL},
 };
 
