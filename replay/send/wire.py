@@ -10,7 +10,8 @@ Why: an open-loop request in Python costs two wakeups of the event loop (its ins
 answer), and a wakeup of the interpreter is dear; the engine's thread pays them in C, and the
 loop wakes once per tick for many requests (docs/performance.md). What it serves: plain HTTP/1.1
 targets (no TLS), open loop, no session state applied at the send; `replay --client` says
-which sender runs (`auto` picks this one where it can).
+which sender runs (`auto` picks this one where it can). The heads of requests due together go
+in one io_uring system call where the kernel has it (wire_c/uring.h; `batched`).
 
 The outcome is the fast sender's: the same stamps (sent before the first write; headers, each
 body event and the end when the read that brought them returned), the same error kinds.
