@@ -1,8 +1,9 @@
 """Requests due together on the compiled sender: their first writes go in one io_uring system
 call (wire_c/uring.h) where the kernel has it, by send() one a request where it has not (or
 LOADTAPE_WIRE_URING=0). Both ways against a real server on loopback: every request's bytes
-whole and its own on its connection (a large body's rest after every head), in the order due,
-the stamps, and a stale keep-alive connection in the middle of a burst."""
+whole and its own on its connection (a large body's rest after every head), the send stamps
+(the kernel's, batched: never after the target read the request), and a stale keep-alive
+connection in the middle of a burst."""
 
 from __future__ import annotations
 
@@ -78,8 +79,10 @@ async def test_a_bursts_requests_go_whole_and_their_own(way: str) -> None:
     line, then exactly the body that request carries, and answers with what it read."""
     lock = threading.Lock()
     heads: list[bytes] = []
+    arrived: dict[bytes, int] = {}  # the first burst's: when the target had read each head
 
     def echo(peer: Peer, n: int, head: bytes) -> bool:
+        now = time.monotonic_ns()
         want = length_of(head)
         data = peer.buf[:want]
         peer.buf = peer.buf[want:]
@@ -90,6 +93,7 @@ async def test_a_bursts_requests_go_whole_and_their_own(way: str) -> None:
             data += chunk
         with lock:
             heads.append(head.split(b"\r\n")[0])
+            arrived.setdefault(head.split(b" ")[1], now)
         ok = data == bytes(range(256)) * (want // 256) + bytes(range(want % 256))
         answer = b"whole" if ok else b"mixed"
         peer.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + answer)
@@ -110,6 +114,14 @@ async def test_a_bursts_requests_go_whole_and_their_own(way: str) -> None:
         assert (out.error, out.status, out.bytes_in) == (None, 200, 43)
         assert out.sent_ns <= out.headers_ns <= out.end_ns  # type: ignore[operator]
     assert all(due <= o.sent_ns < due + 500 * MS for o in outs)
+    # a request is stamped before the target can have read it: the kernel's stamp of its
+    # write, or the clock before its send(); never after (a clock read after a batched call
+    # is after the first heads were read)
+    for i, o in enumerate(outs):
+        assert o.sent_ns <= arrived[f"/r{i}".encode()]
+    if way == "uring":  # the kernel's stamps, one per write, in the order written
+        sent = [o.sent_ns for o in outs]
+        assert sent == sorted(sent) and len(set(sent)) == len(sent)
     assert sorted(heads) == sorted([f"POST /r{i} HTTP/1.1".encode() for i in range(len(SIZES))] * 2)
 
 

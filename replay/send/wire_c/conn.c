@@ -114,30 +114,49 @@ static void write_failed(wire *w, conn *c, int err) {
 
 /* Requests due together on idle connections: their first `first` bytes written in one system
  * call (uring.h) where the engine has a ring, and what a send left goes on as in write_more.
- * Each is stamped when the call returns (by then it is on its way: the stamp errs late, never
- * early; on the wire the first of them went up to the call's length sooner). */
+ * Each is stamped by the kernel as its write left (stamp.h); where it gives no stamp, when
+ * the call returned (late, never early). */
 void conn_start_many(wire *w, conn **cs, wire_req **rs, size_t n, size_t first) {
     uring *u = &w->ring;
     if (n < 2 || u->fd < 0 || n > u->entries || n > BATCH) {
         for (size_t i = 0; i < n; i++) conn_start(w, cs[i], rs[i], first);
         return;
     }
+    struct msghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    char ctl[BATCH][STAMP_CTL];
+    char fresh[BATCH];
     for (size_t i = 0; i < n; i++) {
-        conn_begin(cs[i], rs[i]);
-        uring_send(u, cs[i]->fd, rs[i]->data, rs[i]->len < first ? rs[i]->len : first, i);
+        conn *c = cs[i];
+        conn_begin(c, rs[i]);
+        fresh[i] = rs[i]->sent == 0; /* not a resend: timed from this try */
+        if (c->stamped == 0) c->stamped = stamp_allow(c->fd) == 0 ? 1 : -1;
+        iov[i].iov_base = (void *)rs[i]->data;
+        iov[i].iov_len = rs[i]->len < first ? rs[i]->len : first;
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_iov = &iov[i];
+        msgs[i].msg_iovlen = 1;
+        if (c->stamped > 0) stamp_ask(&msgs[i], ctl[i]);
+        uring_sendmsg(u, c->fd, &msgs[i], i);
     }
+    int64_t t0 = now_ns();
     int got = uring_submit(u, (unsigned)n);
-    int64_t t = now_ns();
+    int64_t t1 = now_ns(), off = realtime_ns() - t1;
     for (size_t i = 0; i < n; i++)
-        if (rs[i]->sent == 0) rs[i]->sent = t;
+        if (fresh[i]) rs[i]->sent = t1;
     size_t taken = got > 0 ? (size_t)got : 0, seen = 0;
     char done[BATCH] = {0};
     uint64_t tag;
     int res;
     while (uring_result(u, &tag, &res)) {
         conn *c = cs[tag];
+        wire_req *r = rs[tag];
         done[tag] = 1;
         seen++;
+        if (res > 0 && fresh[tag] && c->stamped > 0) { /* the kernel's stamp, within the call */
+            int64_t k = stamp_take(c->fd);
+            if (k) r->sent = k - off < t0 ? t0 : k - off > t1 ? t1 : k - off;
+        }
         if (res > 0) c->woff = (size_t)res;
         if (res >= 0 || res == -EAGAIN) write_more(w, c, first); /* the rest, or EPOLLOUT */
         else write_failed(w, c, -res);
@@ -150,6 +169,12 @@ void conn_start_many(wire *w, conn **cs, wire_req **rs, size_t n, size_t first) 
         }
         uring_close(u);
     }
+}
+
+/* An error-queue event on a connection: a stamp that came after its batch was read (dropped).
+ * True if that was all (the connection is not to be read for it). */
+int conn_late_stamp(conn *c) {
+    return c->stamped > 0 && stamp_take(c->fd) != 0;
 }
 
 void write_more(wire *w, conn *c, size_t upto) {

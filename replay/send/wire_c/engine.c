@@ -205,6 +205,9 @@ static void *run(void *arg) {
                 if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) conn_connected(w, c);
                 continue;
             }
+            if ((evs[i].events & (EPOLLERR | EPOLLIN | EPOLLHUP)) == EPOLLERR &&
+                conn_late_stamp(c))
+                continue; /* a send's stamp, not an error: the error queue is empty again */
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
                 conn_read(w, c);
                 continue;

@@ -12,6 +12,7 @@
 
 #include "engine.h"
 #include "frame.h"
+#include "stamp.h"
 #include "uring.h"
 
 #define FIRST_WRITE 2048
@@ -24,6 +25,7 @@ typedef struct conn {
     int fd, state, reused, out_on;
     int paused; /* waiting for the taker (HOLD_BYTES): out of the epoll set */
     int ahead; /* opened with no request (counted in wire.spare until connected) */
+    int stamped; /* the kernel stamps its batched writes (stamp.h): 1 yes, -1 no, 0 not asked */
     wire_req *req;
     size_t woff;
     char *buf;
@@ -94,6 +96,7 @@ void emit_plain(wire *w, wire_req *r, int kind, int err, const char *msg);
 conn *conn_open(wire *w, wire_req *r);
 void conn_start(wire *w, conn *c, wire_req *r, size_t first);
 void conn_start_many(wire *w, conn **cs, wire_req **rs, size_t n, size_t first);
+int conn_late_stamp(conn *c);
 void write_more(wire *w, conn *c, size_t upto);
 void conn_connected(wire *w, conn *c);
 void conn_read(wire *w, conn *c);

@@ -88,15 +88,15 @@ static inline int uring_open(uring *u, unsigned entries) {
 #endif
 }
 
-/* Queues a send of `len` bytes on `fd` (not yet submitted); `tag` comes back with its result. */
-static inline void uring_send(uring *u, int fd, const char *data, size_t len, uint64_t tag) {
+/* Queues a sendmsg of `m` (kept alive until the results are read). */
+static inline void uring_sendmsg(uring *u, int fd, const struct msghdr *m, uint64_t tag) {
     unsigned tail = *u->sq_tail, idx = tail & *u->sq_mask;
     struct io_uring_sqe *s = &u->sqes[idx];
     memset(s, 0, sizeof *s);
-    s->opcode = IORING_OP_SEND;
+    s->opcode = IORING_OP_SENDMSG;
     s->fd = fd;
-    s->addr = (uint64_t)(uintptr_t)data;
-    s->len = (unsigned)len;
+    s->addr = (uint64_t)(uintptr_t)m;
+    s->len = 1;
     s->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
     s->user_data = tag;
     u->sq_array[idx] = idx;
