@@ -55,6 +55,10 @@ static inline int uring_open(uring *u, unsigned entries) {
     memset(&p, 0, sizeof p);
     p.flags = IORING_SETUP_SUBMIT_ALL; /* a send that fails does not hold back the others */
     int fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (fd < 0 && errno == EINVAL) { /* before Linux 5.18: those after it go by send() */
+        memset(&p, 0, sizeof p);
+        fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    }
     if (fd < 0) return -1;
     u->fd = fd;
     u->entries = p.sq_entries;
