@@ -304,7 +304,12 @@ def _run_streams(
                     raised.enter_context(realtime(settings.rt_priority, tid))
                 stats = await disp.run(start)
             rates["scheduled"], rates["achieved"] = disp.rates()
-            client_stats.update(connects=router.connects, resends=router.resends, warmed=warmed)
+            client_stats.update(
+                connects=router.connects,
+                resends=router.resends,
+                warmed=warmed,
+                batched=router.batched,
+            )
             if on_progress is not None:  # the last word: every request counted
                 on_progress(progress_now(disp, writer, metrics, plan_size, 0.0, due, final=True))
         finally:

@@ -8,14 +8,20 @@ connection in the middle of a burst."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from rawserver import Peer, raw_server
 from wired import needs_wire
 
+from captures.testing import T0_NS, http_record, write_capture
+from replay.mock.threaded import running_gateway
 from replay.plan import Request
 from replay.rewrite import Prepared, Rewriter
 from replay.send.outcome import Outcome
@@ -23,6 +29,7 @@ from replay.send.wire import WireClient
 from replay.targets import parse_target
 
 MS = 1_000_000
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
 SIZES = [10, 2_000, 2_100, 300_000, 0, 65_536, 9, 120_000]  # around the 2 KB first write
 
 
@@ -67,10 +74,10 @@ async def burst(c: WireClient, url: str, sizes: list[int], due: int) -> list[Out
 
 def check_way(c: WireClient, way: str) -> None:
     if way == "send":
-        assert not c.batched
+        assert not c.uring
     elif os.environ.get("LOADTAPE_REQUIRE_WIRE"):  # CI's kernel has io_uring
-        assert c.batched, "io_uring was not taken up"
-    elif not c.batched:
+        assert c.uring, "io_uring was not taken up"
+    elif not c.uring:
         pytest.skip("no io_uring here: requests due together go by send()")
 
 
@@ -110,6 +117,7 @@ async def test_a_bursts_requests_go_whole_and_their_own(way: str) -> None:
         finally:
             await c.close()
         assert c.connects == len(SIZES)  # no request needed a connection of its own
+        assert c.batched == (2 * len(SIZES) if way == "uring" else 0)
     for out in outs + again:
         assert (out.error, out.status, out.bytes_in) == (None, 200, 43)
         assert out.sent_ns <= out.headers_ns <= out.end_ns  # type: ignore[operator]
@@ -151,3 +159,38 @@ async def test_a_stale_connection_in_a_burst_takes_its_request_on_a_new_one(way:
     assert [(o.error, o.status) for o in first + second] == [(None, 200)] * 8
     assert c.resends == len(sizes) and c.connects == 2 * len(sizes)
     assert all(due <= o.sent_ns for o in second)
+
+
+def test_a_replays_burst_is_counted_in_run_json(way: str, tmp_path: Path) -> None:
+    """A whole replay (the CLI: the compiled sender by default): 16 GETs due at one instant on
+    connections opened before the start, then one alone. run.json says how many went in a
+    batch."""
+    records = [http_record(start_ns=T0_NS, path=f"/echo/{i}") for i in range(16)]
+    records.append(http_record(start_ns=T0_NS + 50 * MS, path="/echo/last"))
+    cap = write_capture(tmp_path / "cap", records)
+    out = tmp_path / "run"
+    with running_gateway(default_profile="instant") as gw:
+        p = subprocess.run(
+            [*CLI, "replay", str(cap), "--target", gw.url, "--out", str(out), "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ),  # LOADTAPE_WIRE_URING as the way sets it
+        )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["client"] == "wire" and doc["counts"]["ok"] == 17
+    conns = doc["connections"]
+    assert conns["warmed"] == 16
+    uring = way == "uring" and _has_uring()
+    assert conns["batched"] == (16 if uring else 0)
+
+
+def _has_uring() -> bool:
+    from replay.send import _wire  # type: ignore[attr-defined]
+
+    engine = _wire.Engine("127.0.0.1", 9, 0)
+    try:
+        return bool(engine.uring())
+    finally:
+        engine.close()

@@ -150,3 +150,9 @@ class Router:
     @property
     def resends(self) -> int:
         return sum(getattr(c, "resends", 0) for c in self.clients.values())
+
+    @property
+    def batched(self) -> int:
+        """Requests whose first write went with others' in one system call (the compiled
+        sender's bursts, wire_c/uring.h)."""
+        return sum(getattr(c, "batched", 0) for c in self.clients.values())

@@ -11,7 +11,7 @@ answer), and a wakeup of the interpreter is dear; the engine's thread pays them 
 loop wakes once per tick for many requests (docs/performance.md). What it serves: plain HTTP/1.1
 targets (no TLS), open loop, no session state applied at the send; `replay --client` says
 which sender runs (`auto` picks this one where it can). The heads of requests due together go
-in one io_uring system call where the kernel has it (wire_c/uring.h; `batched`).
+in one io_uring system call where the kernel has it (wire_c/uring.h; `uring`, `batched`).
 
 The outcome is the fast sender's: the same stamps (sent before the first write; headers, each
 body event and the end when the read that brought them returned), the same error kinds.
@@ -256,7 +256,7 @@ class WireClient:
     # -- the pool --------------------------------------------------------------------------------
     async def warm(self, n: int, timeout: float) -> int:
         """Opens connections until `n` are idle (within `timeout` s); how many opened."""
-        _, _, idle = self._engine.counts()
+        idle = self._engine.counts()[2]
         if n <= idle:
             return 0
         self._engine.preopen(n - idle)
@@ -266,10 +266,15 @@ class WireClient:
         return max(0, int(self._engine.counts()[2]) - int(idle))
 
     @property
-    def batched(self) -> bool:
+    def uring(self) -> bool:
         """Requests due together have their first writes in one system call (wire_c/uring.h);
         False: one send() each (no io_uring here, or LOADTAPE_WIRE_URING=0)."""
-        return bool(self._engine.batched())
+        return bool(self._engine.uring())
+
+    @property
+    def batched(self) -> int:
+        """Requests whose first write went with others in one system call."""
+        return int(self._engine.counts()[3])
 
     @property
     def thread_id(self) -> int:

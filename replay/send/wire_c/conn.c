@@ -142,6 +142,7 @@ void conn_start_many(wire *w, conn **cs, wire_req **rs, size_t n, size_t first) 
     int64_t t0 = now_ns();
     int got = uring_submit(u, (unsigned)n);
     int64_t t1 = now_ns(), off = realtime_ns() - t1;
+    if (got > 0) __atomic_add_fetch(&w->batched, got, __ATOMIC_RELAXED);
     for (size_t i = 0; i < n; i++)
         if (fresh[i]) rs[i]->sent = t1;
     size_t taken = got > 0 ? (size_t)got : 0, seen = 0;

@@ -356,7 +356,7 @@ void wire_free(wire *w) {
     free(w);
 }
 
-int wire_batched(wire *w) { return w->ring.fd >= 0; }
+int wire_uring(wire *w) { return w->ring.fd >= 0; }
 
 int wire_tid(wire *w) {
     int tid;
@@ -364,7 +364,8 @@ int wire_tid(wire *w) {
     return tid;
 }
 
-void wire_counts(wire *w, long *connects, long *resends, long *idle) {
+void wire_counts(wire *w, long *connects, long *resends, long *idle, long *batched) {
+    *batched = __atomic_load_n(&w->batched, __ATOMIC_RELAXED);
     *connects = __atomic_load_n(&w->connects, __ATOMIC_RELAXED);
     *resends = __atomic_load_n(&w->resends, __ATOMIC_RELAXED);
     *idle = __atomic_load_n(&w->idle_n, __ATOMIC_RELAXED);

@@ -64,10 +64,11 @@ void wire_unsend(wire *w);
 void wire_close(wire *w);
 void wire_free(wire *w);
 /* Whether requests due together are written in one system call (uring.h), or by send(). */
-int wire_batched(wire *w);
+int wire_uring(wire *w);
 /* The engine thread's kernel id (for its scheduling policy: --rt-priority). */
 int wire_tid(wire *w);
-/* Counters: connections opened, resends, idle connections now. */
-void wire_counts(wire *w, long *connects, long *resends, long *idle);
+/* Counters: connections opened, resends, idle connections now, requests whose head went in a
+ * batch (uring.h). */
+void wire_counts(wire *w, long *connects, long *resends, long *idle, long *batched);
 
 #endif

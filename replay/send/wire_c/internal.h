@@ -57,7 +57,7 @@ struct wire {
     size_t held; /* bytes of parts not yet taken (atomic) */
     int npaused; /* connections paused for the taker (the thread writes it; atomic) */
     int64_t wake_at;
-    long connects, resends, idle_n;
+    long connects, resends, idle_n, batched;
     /* the thread's own */
     wire_req **heap;
     size_t nheap, capheap;

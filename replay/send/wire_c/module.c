@@ -10,8 +10,9 @@
  *     plain_head(answer, stamps)        (status, body_at, headers_ns, content_type,
  *                                         content_encoding, retry_after or None, keep) of a
  *                                         plain answer (head.h), or None: llhttp reads it
- *     .preopen(n), .unsend(), .close(), .counts() -> (connects, resends, idle), .tid(),
- *     .batched()                        requests due together go in one system call (uring.h)
+ *     .preopen(n), .unsend(), .close(), .tid(),
+ *     .counts() -> (connects, resends, idle, batched: requests whose head went in a batch)
+ *     .uring()                          requests due together go in one system call (uring.h)
  *
  * The request's bytes object is held (not copied) until its result is taken.
  */
@@ -186,13 +187,13 @@ static PyObject *Engine_close(Engine *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Engine_counts(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    long c = 0, r = 0, i = 0;
-    if (self->w != NULL) wire_counts(self->w, &c, &r, &i);
-    return Py_BuildValue("(lll)", c, r, i);
+    long c = 0, r = 0, i = 0, b = 0;
+    if (self->w != NULL) wire_counts(self->w, &c, &r, &i, &b);
+    return Py_BuildValue("(llll)", c, r, i, b);
 }
 
-static PyObject *Engine_batched(Engine *self, PyObject *Py_UNUSED(ignored)) {
-    return PyBool_FromLong(self->w != NULL && wire_batched(self->w));
+static PyObject *Engine_uring(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(self->w != NULL && wire_uring(self->w));
 }
 
 static PyObject *Engine_tid(Engine *self, PyObject *Py_UNUSED(ignored)) {
@@ -240,9 +241,9 @@ static PyMethodDef Engine_methods[] = {
     {"preopen", (PyCFunction)Engine_preopen, METH_VARARGS, "open up to n idle connections"},
     {"unsend", (PyCFunction)Engine_unsend, METH_NOARGS, "requests not yet written come back"},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "stop the thread (results stay to take)"},
-    {"counts", (PyCFunction)Engine_counts, METH_NOARGS, "(connects, resends, idle)"},
+    {"counts", (PyCFunction)Engine_counts, METH_NOARGS, "(connects, resends, idle, batched)"},
     {"tid", (PyCFunction)Engine_tid, METH_NOARGS, "the engine thread's kernel id"},
-    {"batched", (PyCFunction)Engine_batched, METH_NOARGS,
+    {"uring", (PyCFunction)Engine_uring, METH_NOARGS,
      "whether requests due together are written in one system call (uring.h)"},
     {NULL, NULL, 0, NULL},
 };
