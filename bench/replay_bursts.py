@@ -173,6 +173,7 @@ def loadtape_run(
     place: Placement,
     extra: list[str],
     env: dict[str, str] | None = None,
+    label: str = "loadtape",
 ) -> dict[str, object]:
     sniff = Sniffer(port, out.with_suffix(".pcap"), place.target)
     subprocess.run(
@@ -188,6 +189,8 @@ def loadtape_run(
         out / "results.parquet", columns=["endpoint", "intended_ns", "sent_ns", "status"]
     )
     rows = list(zip(*(t[c].to_pylist() for c in t.column_names), strict=True))
+    batched = json.loads((out / "run.json").read_text())["connections"].get("batched", 0)
+    print(f"  ({label}: {batched} of {len(rows)} heads went in io_uring batches)", flush=True)
     return {p: (i, s, wire.get(p), st) for p, i, s, st in rows}
 
 
@@ -318,7 +321,7 @@ def main() -> None:
                     for tool, extra, env in variants:
                         out = work / f"lt-{len(report)}-{len(runs)}"
                         runs[tool] = loadtape_run(
-                            cap, nginx.url, port, out, args.speed, place, extra, env
+                            cap, nginx.url, port, out, args.speed, place, extra, env, tool
                         )
                     runs["naive"] = naive_run(pl, nginx.url, port, work, args.speed, place)
                     if floor is not None:
