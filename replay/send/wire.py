@@ -13,8 +13,9 @@ targets (no TLS), open loop, no session state applied at the send; `replay --cli
 which sender runs (`auto` picks this one where it can). The heads of requests due together go
 in one io_uring system call where the kernel has it (wire_c/uring.h; `uring`, `batched`).
 
-The outcome is the fast sender's: the same stamps (sent before the first write; headers, each
-body event and the end when the read that brought them returned), the same error kinds.
+The outcome is the fast sender's: the same stamps (sent before the first write, or for a
+burst's head the kernel's stamp of its write, wire_c/stamp.h; headers, each body event and the
+end when the read that brought them returned), the same error kinds.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@
 
 #define FIRST_WRITE 2048
 #define READ_ROOM 16384
-#define BATCH 256 /* requests started, and events taken, in one pass of the loop */
+#define BATCH 256 /* requests started in one pass of the loop (at most one io_uring batch) */
 
 enum { C_CONNECTING, C_IDLE, C_BUSY, C_DEAD };
 
