@@ -15,7 +15,12 @@
 #define LOADTAPE_WIRE_URING_H
 
 #include <errno.h>
+#if defined(__has_include) && !defined(LOADTAPE_NO_URING)
+#if __has_include(<linux/io_uring.h>)
 #include <linux/io_uring.h>
+#define LOADTAPE_HAVE_URING 1
+#endif
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +28,22 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#if defined(LOADTAPE_HAVE_URING) && !(defined(__NR_io_uring_setup) && \
+                                       defined(__NR_io_uring_enter) && \
+                                       defined(IORING_FEAT_SINGLE_MMAP))
+#undef LOADTAPE_HAVE_URING /* the C library's syscall list lacks it, or headers before 5.4 */
+#endif
+
+/* Kernel headers older than the kernel: what this file asks for is the kernel's to refuse. */
+#ifdef LOADTAPE_HAVE_URING
+#ifndef IORING_SETUP_SUBMIT_ALL
+#define IORING_SETUP_SUBMIT_ALL (1U << 7)
+#endif
+#else /* no io_uring headers at all (before Linux 5.1): send() alone */
+struct io_uring_sqe;
+struct io_uring_cqe;
+#endif
 
 typedef struct {
     int fd; /* -1: not in use */
@@ -50,7 +71,7 @@ static inline int uring_open(uring *u, unsigned entries) {
     u->fd = -1;
     const char *off = getenv("LOADTAPE_WIRE_URING");
     if (off != NULL && strcmp(off, "0") == 0) return -1;
-#ifdef __NR_io_uring_setup
+#ifdef LOADTAPE_HAVE_URING
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
     p.flags = IORING_SETUP_SUBMIT_ALL; /* a send that fails does not hold back the others */
@@ -92,6 +113,7 @@ static inline int uring_open(uring *u, unsigned entries) {
 #endif
 }
 
+#ifdef LOADTAPE_HAVE_URING
 /* Queues a sendmsg of `m` (kept alive until the results are read). */
 static inline void uring_sendmsg(uring *u, int fd, const struct msghdr *m, uint64_t tag) {
     unsigned tail = *u->sq_tail, idx = tail & *u->sq_mask;
@@ -136,5 +158,10 @@ static inline int uring_result(uring *u, uint64_t *tag, int *res) {
     __atomic_store_n(u->cq_head, head + 1, __ATOMIC_RELEASE);
     return 1;
 }
+#else /* never called: uring_open has left fd at -1 */
+static inline void uring_sendmsg(uring *u, int fd, const struct msghdr *m, uint64_t tag) {}
+static inline int uring_submit(uring *u, unsigned n) { return -1; }
+static inline int uring_result(uring *u, uint64_t *tag, int *res) { return 0; }
+#endif
 
 #endif
