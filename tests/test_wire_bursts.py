@@ -2,8 +2,8 @@
 call (wire_c/uring.h) where the kernel has it, by send() one a request where it has not (or
 LOADTAPE_WIRE_URING=0). Both ways against a real server on loopback: every request's bytes
 whole and its own on its connection (a large body's rest after every head), the send stamps
-(the kernel's, batched: never after the target read the request), and a stale keep-alive
-connection in the middle of a burst."""
+(the kernel's, batched: never after the target read the request), a stale keep-alive
+connection in the middle of a burst, and a whole replay's count of them in run.json."""
 
 from __future__ import annotations
 
