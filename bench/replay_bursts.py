@@ -201,16 +201,7 @@ def floor_run(
     """The C floor on the same schedule, measured the same way (its connections open first)."""
     plan_file = work / "floor-plan.txt"
     plan_file.write_text("".join(f"{round(o / speed)} {p} {n}\n" for o, p, n in pl))
-    sniff = Sniffer(port, work / "floor.pcap", place.target)
-    out = work / "floor.json"
-    subprocess.run(
-        [str(binary), "127.0.0.1", str(port), str(plan_file), str(out)],
-        check=True,
-        timeout=600,
-        preexec_fn=pinned(place.tool),
-    )
-    wire = sniff.stop()
-    return {p: (i, s, wire.get(p), st) for p, (i, s, st) in json.loads(out.read_text()).items()}
+    return peer_run([str(binary), "127.0.0.1", str(port)], plan_file, work / "floor", port, place)
 
 
 def naive_run(
@@ -218,12 +209,16 @@ def naive_run(
 ) -> dict:
     plan_file = work / "naive-plan.json"
     plan_file.write_text(json.dumps([[round(o / speed), p, n] for o, p, n in pl]))
-    sniff = Sniffer(port, work / "naive.pcap", place.target)
-    out = work / "naive.json"
+    return peer_run([sys.executable, "-c", NAIVE, url], plan_file, work / "naive", port, place)
+
+
+def peer_run(argv: list[str], plan_file: Path, stem: Path, port: int, place: Placement) -> dict:
+    """A peer sender run as `argv PLAN OUT` under tcpdump: its own JSON {path: [intended, own
+    stamp, status]} with each request's time on the wire."""
+    sniff = Sniffer(port, stem.with_suffix(".pcap"), place.target)
+    out = stem.with_suffix(".json")
     subprocess.run(
-        [sys.executable, "-c", NAIVE, url, str(plan_file), str(out)],
-        check=True,
-        preexec_fn=pinned(place.tool),
+        [*argv, str(plan_file), str(out)], check=True, timeout=600, preexec_fn=pinned(place.tool)
     )
     wire = sniff.stop()
     return {p: (i, s, wire.get(p), st) for p, (i, s, st) in json.loads(out.read_text()).items()}

@@ -184,7 +184,7 @@ def main() -> None:
     host = HostWatch()
     work = Path(tempfile.mkdtemp(prefix="loadtape-lag-"))
     results: dict[str, dict[str, dict[str, float]]] = {}
-    floor = _build_floor(work)
+    floor = build_c("floor.c", work)
     wake = json.loads(
         measured([sys.executable, "-c", WAKEUP, str(ROOT)])[0].strip().splitlines()[-1]
     )
@@ -298,10 +298,6 @@ def _loadtape(
         "cpu_us_per_req": cpu / n * 1e6,
         "net_cpu_us_per_req": (cpu - start_cpu) / n * 1e6,
     }
-
-
-def _build_floor(work: Path) -> Path | None:
-    return build_c("floor.c", work)
 
 
 def _floor(binary: Path, target: str, rate: int, n: int) -> dict[str, float]:

@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import pyarrow.parquet as pq  # noqa: E402
-from _host import HostWatch  # noqa: E402
+from _host import HostWatch, build_c  # noqa: E402
 from _targets import Nginx, paced_gets  # noqa: E402
-from replay_lag import _build_floor, _floor  # noqa: E402
+from replay_lag import _floor  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ROLES = {"loadtape-wire": "engine (C)", "loadtape-plan": "plan", "loadtape-result": "writer"}
@@ -154,7 +154,7 @@ def main() -> None:
 
 
 def _main(args: argparse.Namespace, work: Path, results: dict[str, object]) -> None:
-    floor = _build_floor(work)
+    floor = build_c("floor.c", work)
     with Nginx(workers=1) as nginx:
         one = paced_gets(work / "one", 1, 1, "/lag")
         start = _replay(one, nginx.url, work / "one-run")[0]["main (loop)"]
