@@ -5,12 +5,14 @@ the column lists, the Arrow arrays, the histograms, the per-second intervals. Th
 step of that work, in-process and without a target, on the rows of a real plan (a capture of
 GETs, planned and prepared as a replay does) with outcomes made up to look like nginx's.
 
-Printed, per slice size (the rows one slice of work takes; the writer's is STEP_SLICE_ROWS):
-CPU per result row, and the longest kinds of step (median and p95, where each starts). Peer, in
-the same run: the previous slice size, 128 rows. A step is taken only where it fits before the
-next shot is due, so the step lengths are what the schedule sees.
+Printed, per slice size (the rows one slice of work takes: the writer's STEP_SLICE_ROWS, 512,
+or TIMED_SLICE_ROWS, 4096, where the compiled sender times the sends): CPU per result row, and
+the longest kinds of step (median and p95, where each starts). Peer, in the same run: the
+previous slice size, 128 rows. A step is taken only where it fits before the next shot is due
+(before the loop's next tick, with the compiled sender), so the step lengths are what the
+schedule sees.
 
-    python bench/results_cost.py [--rows 30000] [--slices 128,512]
+    python bench/results_cost.py [--rows 30000] [--slices 128,512,4096]
 """
 
 from __future__ import annotations
@@ -68,8 +70,13 @@ def result_rows(cap: Path, n: int) -> list[Any]:
 
 
 def measure(rows: list[Any], slice_rows: int, work: Path) -> dict[str, Any]:
-    w = ResultWriter(work, expect=Expect(), metrics=Metrics(time.time_ns()), cooperative=True)
-    w.STEP_SLICE_ROWS = slice_rows
+    w = ResultWriter(
+        work,
+        expect=Expect(),
+        metrics=Metrics(time.time_ns()),
+        cooperative=True,
+        slice_rows=slice_rows,
+    )
     gc.collect()
     by_site: dict[str, list[int]] = collections.defaultdict(list)
     total = 0
@@ -105,7 +112,7 @@ def measure(rows: list[Any], slice_rows: int, work: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=30_000)
-    ap.add_argument("--slices", default="128,512")
+    ap.add_argument("--slices", default="128,512,4096")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()

@@ -205,6 +205,15 @@ def _run_streams(
         if settings.sessions == "ordered"
         else None
     )
+    client = pick_client(
+        settings.client,
+        open_loop=not closed,
+        stateful=state is not None,
+        slack=settings.send_slack_s > 0,
+        targets=targets,
+    )
+    # the engine's thread times the sends (wire): the loop's steps need not fit between shots
+    slice_rows = ResultWriter.TIMED_SLICE_ROWS if client == "wire" else ResultWriter.STEP_SLICE_ROWS
     warm_up()
     wall_start = settings.start_wall_ns or time.time_ns()
     metrics = Metrics(run_start_ns=wall_start)
@@ -217,18 +226,11 @@ def _run_streams(
         observer=observer,
         metrics=metrics,
         cooperative=not closed,
+        slice_rows=slice_rows,
     )
     interrupted = {"flag": False}
     rates: dict[str, float | None] = {}
     client_stats: dict[str, int | None] = {}
-
-    client = pick_client(
-        settings.client,
-        open_loop=not closed,
-        stateful=state is not None,
-        slack=settings.send_slack_s > 0,
-        targets=targets,
-    )
 
     async def main() -> tuple[DispatchStats, int]:
         router = Router(

@@ -18,16 +18,18 @@ from .settings import Progress
 
 TICK_WORK_NS = 1_000_000  # what a tick may take: the progress line's percentiles, ~0.4 ms
 # Unwatched (no live page or /metrics), the results go to the results' work when there are
-# this many, or this long after the last handover: each slice has fixed costs, and handed
-# over every tick (100 ms) at 2k req/s they cost about 10 us a request (docs/performance.md).
-# The writer seals a second's histograms SEAL_LAG_S behind the clock.
+# this many (or a slice of the writer's, if more), or this long after the last handover: each
+# slice has fixed costs, and handed over every tick (100 ms) at 2k req/s they cost about 10 us
+# a request (docs/performance.md). The writer seals a second's histograms SEAL_LAG_S behind
+# the clock.
 HANDOVER_ROWS = 1024
 HANDOVER_S = 1.0
 
 
-def handover_due(watched: bool, collected: int, since_s: float) -> bool:
+def handover_due(watched: bool, collected: int, since_s: float, slice_rows: int = 0) -> bool:
     """Whether this tick hands the collected results over to the results' work."""
-    return watched or collected >= HANDOVER_ROWS or since_s >= HANDOVER_S
+    rows = max(HANDOVER_ROWS, slice_rows)
+    return watched or collected >= rows or since_s >= HANDOVER_S
 
 
 async def tick(
@@ -41,9 +43,10 @@ async def tick(
     due: DueCount | None = None,
 ) -> None:
     """Every 100 ms: hand results to the results writer (its backlog) if the run is watched
-    live (its page, /metrics), else by HANDOVER_ROWS and HANDOVER_S (the progress line's
-    percentiles then trail by up to a second; its counts do not); every half second: report
-    progress. Not in the moments before a burst (Dispatcher.hold_off_ns)."""
+    live (its page, /metrics), else by rows (HANDOVER_ROWS, or the writer's slice if more) and
+    by HANDOVER_S (the progress line's percentiles then trail by up to a second; its counts do
+    not); every half second: report progress. Not in the moments before a burst
+    (Dispatcher.hold_off_ns)."""
     last_sent, last_t = 0, time.monotonic()
     handed = last_t
     ticks = 0
@@ -52,7 +55,7 @@ async def tick(
         await asyncio.sleep(0.1)
         if wait := disp.hold_off_ns(TICK_WORK_NS):
             await asyncio.sleep(wait / 1e9)
-        if handover_due(watched, writer.collected, time.monotonic() - handed):
+        if handover_due(watched, writer.collected, time.monotonic() - handed, writer.slice_rows):
             writer.handover()
             handed = time.monotonic()
         if should_stop is not None and should_stop():

@@ -87,17 +87,20 @@ def test_a_long_plan_ahead_says_how_far_it_has_got_until_the_plan_is_made() -> N
 
 
 @pytest.mark.parametrize(
-    ("watched", "collected", "since_s", "due"),
+    ("watched", "collected", "since_s", "slice_rows", "due"),
     [
-        (True, 0, 0.1, True),  # a live page or /metrics: every tick
-        (True, 5, 0.1, True),
-        (False, 5, 0.1, False),  # unwatched, few rows, recent: wait
-        (False, HANDOVER_ROWS - 1, HANDOVER_S - 0.01, False),
-        (False, HANDOVER_ROWS, 0.1, True),  # enough rows
-        (False, 0, HANDOVER_S, True),  # long enough (a second's rows join it before sealing)
+        (True, 0, 0.1, 0, True),  # a live page or /metrics: every tick
+        (True, 5, 0.1, 4096, True),
+        (False, 5, 0.1, 0, False),  # unwatched, few rows, recent: wait
+        (False, HANDOVER_ROWS - 1, HANDOVER_S - 0.01, 0, False),
+        (False, HANDOVER_ROWS, 0.1, 0, True),  # enough rows
+        (False, HANDOVER_ROWS, 0.1, 512, True),  # a smaller slice: HANDOVER_ROWS rule
+        (False, HANDOVER_ROWS, 0.1, 4096, False),  # a larger slice: a whole one is waited for
+        (False, 4096, 0.1, 4096, True),
+        (False, 0, HANDOVER_S, 4096, True),  # long enough (a second's rows join it before sealing)
     ],
 )
 def test_results_are_handed_over_every_tick_only_when_watched(
-    watched: bool, collected: int, since_s: float, due: bool
+    watched: bool, collected: int, since_s: float, slice_rows: int, due: bool
 ) -> None:
-    assert handover_due(watched, collected, since_s) is due
+    assert handover_due(watched, collected, since_s, slice_rows) is due

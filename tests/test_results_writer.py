@@ -7,6 +7,7 @@ import collections
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from replay.measure.metrics import Metrics
 from replay.measure.results import Expect
@@ -47,7 +48,14 @@ def _feed(w: ResultWriter, n: int, body: bytes | None = None) -> None:
     w.handover()
 
 
-def _writer(tmp: Path, name: str, clock: Clock, *, cooperative: bool) -> ResultWriter:
+def _writer(
+    tmp: Path,
+    name: str,
+    clock: Clock,
+    *,
+    cooperative: bool,
+    slice_rows: int = ResultWriter.STEP_SLICE_ROWS,
+) -> ResultWriter:
     return ResultWriter(
         tmp / name,
         expect=Expect(),
@@ -55,15 +63,23 @@ def _writer(tmp: Path, name: str, clock: Clock, *, cooperative: bool) -> ResultW
         epoch_offset=0,
         cooperative=cooperative,
         clock=clock,
+        slice_rows=slice_rows,
     )
 
 
-def test_steps_are_taken_only_where_they_fit_and_the_results_match(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("rows", "slice_rows"),
+    [(1000, ResultWriter.STEP_SLICE_ROWS), (9000, ResultWriter.TIMED_SLICE_ROWS)],
+)
+def test_steps_are_taken_only_where_they_fit_and_the_results_match(
+    tmp_path: Path, rows: int, slice_rows: int
+) -> None:
     clock = Clock(tick=30_000)  # each step takes 30 us
-    coop = _writer(tmp_path, "coop", clock, cooperative=True)
-    _feed(coop, 1000)
+    coop = _writer(tmp_path, "coop", clock, cooperative=True, slice_rows=slice_rows)
+    _feed(coop, rows)
     assert not coop.work(clock.now + 20_000)  # a 20 us window: no step fits, wait for more
-    assert coop._backlog  # the work is still there
+    assert len(coop._backlog) == rows - slice_rows  # a slice's rows taken, the rest waiting
+    assert coop._job is not None  # the work is still there
     assert not coop._cost  # no step was taken (none learnt)
     rounds = 0
     while coop._backlog or coop._job is not None:  # 200 us windows, until the backlog is done
@@ -73,16 +89,17 @@ def test_steps_are_taken_only_where_they_fit_and_the_results_match(tmp_path: Pat
     coop.close()
 
     inline = _writer(tmp_path, "inline", Clock(tick=1), cooperative=False)
-    _feed(inline, 1000)
+    _feed(inline, rows)
     inline.close()
     a = pq.read_table(tmp_path / "coop" / "results.parquet")
     b = pq.read_table(tmp_path / "inline" / "results.parquet")
-    assert a.num_rows == b.num_rows == 1000
+    assert a.num_rows == b.num_rows == rows
     assert a.equals(b)
     for key, hists in inline.metrics.hists.items():
         for m, h in hists.items():
             assert coop.metrics.hists[key][m].total_count == h.total_count, (key, m)
-    assert (coop.ok, coop.failed) == (inline.ok, inline.failed) == (857, 143)
+    failed = sum(1 for i in range(rows) if i % 7 == 0)  # the 503s
+    assert (coop.ok, coop.failed) == (inline.ok, inline.failed) == (rows - failed, failed)
 
 
 def test_a_step_longer_than_the_window_waits_however_long_the_turn(tmp_path: Path) -> None:

@@ -62,8 +62,13 @@ class ResultWriter:
     GROUP_ROWS = 4096
     SLICE_ROWS = 256
     # cooperative: a slice is cut into steps of a few columns or a few numpy passes each; a
-    # slice of 512 costs about half as much per row as one of 128 (a step's fixed costs)
+    # slice of 512 costs about half as much per row as one of 128 (a step's fixed costs), and
+    # its longest steps (~0.1 ms) fit between shots on the loop
     STEP_SLICE_ROWS = 512
+    # where the engine's thread times every send (the compiled sender), the loop's steps only
+    # have to fit between its ticks and keep off bursts: a slice of 4096 costs 0.6x a row of
+    # one of 512 (bench/results_cost.py), its longest steps ~0.9 ms
+    TIMED_SLICE_ROWS = 4096
     BACKLOG_ROWS = 65_536
     FIRST_STEP_NS = 100_000  # a step not seen before is expected to take this long
     # under pressure (a backlog of PRESSURE_ROWS) a step may run past the window, by
@@ -92,6 +97,7 @@ class ResultWriter:
         target_by_stream: Mapping[str, str] | None = None,
         observer: ResultObserver | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        slice_rows: int = STEP_SLICE_ROWS,
     ) -> None:
         self.out_dir = out_dir
         mkdir_private(out_dir)
@@ -102,7 +108,7 @@ class ResultWriter:
         self.target_by_stream = dict(target_by_stream or {})
         self.observer = observer
         self.metrics = metrics
-        self.batch_rows = batch_rows
+        self.batch_rows = max(batch_rows, slice_rows)  # handed over at add, at the latest
         self.offset = _mono_to_epoch() if epoch_offset is None else epoch_offset
         self.clock = clock
         name = f"results-{part}.parquet" if part else "results.parquet"
@@ -115,6 +121,7 @@ class ResultWriter:
         self._pending_rows = 0
         self._error: BaseException | None = None
         self.cooperative = cooperative
+        self.slice_rows = slice_rows  # rows a slice of cooperative work takes
         self._backlog: collections.deque[Row] = collections.deque()
         self._backlog_bytes = 0  # of the prepared requests its rows hold
         self._job: Iterator[None] | None = None  # the slice being processed, step by step
@@ -255,7 +262,7 @@ class ResultWriter:
             if self._job is None:
                 if not self._backlog or self._error is not None:
                     return False
-                self._job = self._slice_steps(self._take(self.STEP_SLICE_ROWS))
+                self._job = self._slice_steps(self._take(self.slice_rows))
             where = _step_site(self._job)
             est = self._cost.get(where, self.FIRST_STEP_NS)
             if until_ns is not None:
