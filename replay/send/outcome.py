@@ -24,7 +24,8 @@ import re
 import resource
 import ssl
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from captures import codec
@@ -52,7 +53,7 @@ class Outcome:
     headers_ns: int | None = None
     first_token_ns: int | None = None  # the first output event of any kind (TTFT)
     first_text_ns: int | None = None  # the first visible text (reasoning and tools come first)
-    token_ns: list[int] = field(default_factory=list)  # arrival of every output event
+    token_ns: Sequence[int] = ()  # arrival of every output event
     status: int | None = None
     bytes_in: int = 0
     error: str | None = None
@@ -70,7 +71,7 @@ class Outcome:
     tool_events: int = 0
     complete: bool | None = None  # a stream's terminal event arrived (None: not a stream)
     response_id: str | None = None
-    minted: list[str] = field(default_factory=list)  # ids the target made: response, tool calls
+    minted: Sequence[str] = ()  # ids the target made: response, tool calls
     answer: Msg | None = None  # what the target answered, in canonical form
     body_hash: str | None = None  # blake2b-128 of the body as decoded (content-encoding undone)
 
