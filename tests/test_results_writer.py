@@ -217,6 +217,26 @@ def test_a_backlog_is_bounded_by_the_request_bytes_its_rows_hold_too(tmp_path: P
     assert w._backlog_bytes == 0
 
 
+def test_rows_collected_are_handed_over_by_the_request_bytes_they_hold(tmp_path: Path) -> None:
+    """A writer with slices of 4096 (the compiled sender's) collects rows of 100 KB requests:
+    they go to the backlog at HANDOVER_BYTES, not at the 4096th row (400 MB held)."""
+    w = _writer(
+        tmp_path, "w", Clock(tick=1), cooperative=True, slice_rows=ResultWriter.TIMED_SLICE_ROWS
+    )
+    each = 100_000
+    rw = Rewriter(parse_target("http://127.0.0.1:9"))
+    prepared = rw.prepare(Request("POST", "/x", None, [], b"x" * each))
+    most = 0
+    for i in range(ResultWriter.HANDOVER_BYTES // each * 3):
+        shot = Shot(offset_ns=i, seq=i, request=Request("POST", "/x", None, [], None))
+        w.add(shot, prepared, i, Outcome(sent_ns=i, end_ns=i + 1, status=200))
+        most = max(most, w.collected)
+    assert most <= ResultWriter.HANDOVER_BYTES // len(prepared.raw) + 1
+    assert len(w._backlog) + w.collected == ResultWriter.HANDOVER_BYTES // each * 3
+    assert w._backlog_bytes == len(w._backlog) * len(prepared.raw)
+    w.close()
+
+
 def test_under_pressure_a_step_once_long_still_goes_before_the_backlog_is_full(
     tmp_path: Path,
 ) -> None:

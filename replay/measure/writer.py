@@ -79,6 +79,10 @@ class ResultWriter:
     # of backlog held about 360 MB before the rows alone made any pressure)
     PRESSURE_BYTES = 16 << 20
     BACKLOG_BYTES = 128 << 20
+    # rows collected are handed over at batch_rows, or at so many bytes of their requests: with
+    # slices of 4096, 50 KB requests at a few thousand a second would have held hundreds of MB
+    # between handovers
+    HANDOVER_BYTES = 16 << 20
     MIN_OVERRUN_NS = 50_000
     MAX_OVERRUN_NS = 1_000_000
     REFUSALS_TO_DECAY = 32
@@ -117,6 +121,7 @@ class ResultWriter:
             self.path, FILE_SCHEMA, compression="zstd", write_page_checksum=True
         )
         self._rows: list[Row] = []
+        self._rows_bytes = 0  # of the prepared requests the collected rows hold
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._error: BaseException | None = None
@@ -158,7 +163,9 @@ class ResultWriter:
             self.failed += 1
         self._rows.append((shot, prepared, intended_mono, out, outcome))
         self.rows += 1
-        if len(self._rows) >= self.batch_rows:
+        if prepared is not None:
+            self._rows_bytes += len(prepared.raw)
+        if len(self._rows) >= self.batch_rows or self._rows_bytes >= self.HANDOVER_BYTES:
             self.handover()
 
     @property
@@ -350,7 +357,8 @@ class ResultWriter:
         if rows:
             self._rows = []
             self._backlog.extend(rows)
-            self._backlog_bytes += _request_bytes(rows)
+            self._backlog_bytes += self._rows_bytes
+            self._rows_bytes = 0
 
     def handover(self) -> None:
         """Move the rows collected so far to the backlog (called from the loop). Inline, the
