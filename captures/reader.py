@@ -22,6 +22,7 @@ import pyarrow as pa
 from . import compaction, store
 from .errors import CaptureError
 from .filters import RowFilter
+from .rows import Chunk, Columns, column_rows, per_batch
 from .runs import READ_BYTES, Cursor, Run, open_part, run_batches, sliced
 from .schema import COLUMNS, SCHEMA, Record
 
@@ -206,23 +207,32 @@ class Capture:
     ) -> Iterator[Record]:
         """Records as dicts in (request start, part) order; headers as lists of (name, value)."""
         cols = _projection(columns)
-        need = list(cols)
+
+        def as_rows(chunk: Columns) -> list[Record]:
+            return column_rows(chunk, 0, len(chunk["req_start_ns"]), cols)
+
+        return per_batch(self.chunks(cols, filt, batch_size), as_rows)
+
+    def chunks(
+        self,
+        columns: Sequence[str] | None = None,
+        filt: RowFilter | None = None,
+        batch_size: int = 1024,
+    ) -> Iterator[Chunk]:
+        """The same records as column lists: each chunk is rows i..j-1 of one part's slice of
+        `batch_size` (its `req_start_ns` list among them), in (request start, part) order. A
+        planner makes its objects from the lists zipped, without a dict per row."""
+        need = _projection(columns)
         if "req_start_ns" not in need:
             need.append("req_start_ns")
-        drop_start = "req_start_ns" not in cols
-        for chunk in self._merged(need, filt, batch_size):
-            for row in chunk:
-                if drop_start:
-                    del row["req_start_ns"]
-                yield row
+        return self._merged(need, filt, batch_size)
 
-    def _merged(
-        self, cols: list[str], filt: RowFilter | None, batch_size: int
-    ) -> Iterator[list[Record]]:
-        """Yield lists of rows, globally ordered, merging the runs lazily.
+    def _merged(self, cols: list[str], filt: RowFilter | None, batch_size: int) -> Iterator[Chunk]:
+        """Yield chunks of rows, globally ordered, merging the runs lazily.
 
         The run with the smallest next key yields every row up to the next competitor's key in
-        one slice (bisect on its start column), so non-overlapping parts cost no per-row heap work.
+        one chunk (bisect on its start column), so non-overlapping parts cost no per-row heap
+        work.
         """
         pending = sorted(self._runs, key=lambda r: (r.min_start, r.order))
         pending.reverse()  # pop() from the end = smallest min_start
@@ -231,7 +241,7 @@ class Capture:
 
         def activate(run: Run) -> None:
             # Parquet is read and filtered in large batches (each batch costs a fixed few
-            # hundred us to decode, mask and filter), and turned into Python rows a slice of
+            # hundred us to decode, mask and filter), and turned into Python lists a slice of
             # `batch_size` at a time, so the conversion never holds the GIL long.
             read = run_batches(run, cols, filt, batch_size, READ_BYTES)
             cur = Cursor(run, sliced(self._guarded(run, read), batch_size))
@@ -259,7 +269,7 @@ class Capture:
             else:
                 j = bisect_left(cur.starts, bound[0], cur.i)
             j = max(j, cur.i + 1)
-            yield cur.rows[cur.i : j]
+            yield cur.cols, cur.i, j
             cur.i = j
             if cur.i >= len(cur.starts) and not cur.advance_batch():
                 continue

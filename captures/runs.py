@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 from . import store
 from .errors import CaptureError
 from .filters import RowFilter
-from .rows import batch_rows
-from .schema import META_FORMAT_VERSION, SCHEMA, Record
+from .rows import Columns, batch_columns
+from .schema import META_FORMAT_VERSION, SCHEMA
 
 
 @dataclass
@@ -32,13 +32,13 @@ class Run:
 
 
 class Cursor:
-    """A run in the merge: its current slice as rows, their request starts, and how far the
-    merge has got in it."""
+    """A run in the merge: its current slice as column lists, their request starts, and how
+    far the merge has got in it."""
 
     def __init__(self, run: Run, batches: Iterator[pa.RecordBatch]) -> None:
         self.run = run
         self._batches = batches
-        self.rows: list[Record] = []
+        self.cols: Columns = {}  # a new dict each slice: a chunk handed out stays whole
         self.starts: list[int] = []
         self.i = 0
 
@@ -46,8 +46,8 @@ class Cursor:
         for batch in self._batches:
             if batch.num_rows == 0:
                 continue
-            self.starts = batch.column("req_start_ns").to_pylist()
-            self.rows = batch_rows(batch)
+            self.cols = batch_columns(batch)
+            self.starts = self.cols["req_start_ns"]
             self.i = 0
             return True
         return False

@@ -10,11 +10,13 @@ requests plus one mean gap, so the pacing carries on across the seam).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from captures.rows import Chunk, Columns, per_batch
 from captures.schema import Headers, Record
 
 PLAN_COLUMNS = [
@@ -154,43 +156,91 @@ def not_replayable(row: Record, include_junk: bool = False) -> str | None:
     Junk, left out unless asked for (`include_junk`): an HTTP/2 connection preface recorded as
     a request (`PRI *`), and requests whose client went away before the answer (a cancelled
     generation is not the load the application meant to send)."""
-    if not row.get("replayable", True):
+    return _why_not(
+        row.get("replayable", True),
+        row.get("req_body_truncated"),
+        row.get("method"),
+        row.get("path"),
+        row.get("error_kind"),
+        include_junk,
+    )
+
+
+def _why_not(
+    replayable: bool | None,
+    truncated: bool | None,
+    method: str | None,
+    path: str | None,
+    error_kind: str | None,
+    include_junk: bool,
+) -> str | None:
+    if not replayable:
         return "not replayable (websocket or tunnel)"
-    if row.get("req_body_truncated"):
+    if truncated:
         return "request body was cut by the capture's body limit"
-    method = (row.get("method") or "").upper()
+    method = (method or "").upper()
     if method == "CONNECT":
         return "CONNECT tunnel"
     if include_junk:
         return None
-    if method == "PRI" and row.get("path") == "*":
+    if method == "PRI" and path == "*":
         return "HTTP/2 connection preface (PRI *)"
-    if row.get("error_kind") == "client_abort":
+    if error_kind == "client_abort":
         return "client aborted it in the recording (--include-junk replays it)"
     return None
 
 
+# what Recorded is made of, in _recorded's order
+RECORDED_COLUMNS = (
+    "status",
+    "req_start_ns",
+    "resp_start_ns",
+    "resp_end_ns",
+    "chunk_offsets_us",
+    "first_token_us",
+    "stream",
+    "completion_tokens",
+    "finish_reason",
+    "response_id",
+    "tool_call_ids",
+    "answer_hash",
+)
+
+
 def recorded_info(row: Record) -> Recorded:
-    start, rs, re_ = row.get("req_start_ns"), row.get("resp_start_ns"), row.get("resp_end_ns")
-    offsets = row.get("chunk_offsets_us") or None
-    first_content = row.get("first_token_us")  # the chunk with the first output event
+    return _recorded(*(row.get(c) for c in RECORDED_COLUMNS))
+
+
+def _recorded(
+    status: int | None,
+    start: int | None,
+    rs: int | None,
+    re_: int | None,
+    offsets: list[int] | None,
+    first_content: int | None,  # the chunk with the first output event
+    stream: bool | None,
+    completion_tokens: int | None,
+    finish_reason: str | None,
+    response_id: str | None,
+    tool_call_ids: list[str] | None,
+    answer_hash: str | None,
+) -> Recorded:
+    offsets = offsets or None
+    ids = tuple(tool_call_ids or ())
     if first_content is None and offsets:
         # captures written before first_token_us: for SSE the first chunk is usually the role
         # event and the first content arrives with the second; a plain body has one chunk.
-        first_content = offsets[1] if row.get("stream") and len(offsets) > 1 else offsets[0]
+        first_content = offsets[1] if stream and len(offsets) > 1 else offsets[0]
     return Recorded(
-        status=row.get("status"),
+        status=status,
         ttfb_us=(rs - start) // 1000 if rs and start else None,
         duration_us=(re_ - start) // 1000 if re_ and start else None,
         chunks=len(offsets) if offsets else None,
         first_chunk_us=first_content,
-        completion_tokens=row.get("completion_tokens"),
-        finish_reason=row.get("finish_reason"),
-        minted=tuple(
-            ([row["response_id"]] if row.get("response_id") else [])
-            + (row.get("tool_call_ids") or [])
-        ),
-        answer_hash=row.get("answer_hash"),
+        completion_tokens=completion_tokens,
+        finish_reason=finish_reason,
+        minted=(response_id, *ids) if response_id else ids,
+        answer_hash=answer_hash,
     )
 
 
@@ -205,6 +255,63 @@ def request_of(row: Record) -> Request:
         model=row.get("model"),
         stream=row.get("stream"),
         api=row.get("api"),
+    )
+
+
+Planned = tuple[int, "str | None", Request, "str | None", "tuple[str, int] | None", Recorded]
+
+
+def planned_rows(cols: Columns, include_junk: bool = False) -> list[Planned]:
+    """Every row of a batch of capture columns as (request start, why it is not replayed or
+    None, its Request, session, source, Recorded): made from the lists zipped, a column at a
+    time, with no dict per row (what `not_replayable`, `request_of` and `recorded_info` give
+    for one row). A column the batch lacks reads as nulls (`replayable` as true)."""
+    n = len(cols["req_start_ns"])
+    blank = [None] * n
+
+    def col(name: str, default: Any = None) -> list[Any]:
+        v = cols.get(name)
+        if v is None:
+            return blank if default is None else [default] * n
+        return v
+
+    reasons = list(
+        map(
+            _why_not,
+            col("replayable", True),
+            col("req_body_truncated"),
+            col("method"),
+            col("path"),
+            col("error_kind"),
+            itertools.repeat(include_junk),
+        )
+    )
+    requests = list(
+        map(
+            Request,
+            col("method"),
+            col("path"),
+            col("query"),
+            [list(h) if h else [] for h in col("req_headers")],
+            col("req_body"),
+            col("req_content_encoding"),
+            col("model"),
+            col("stream"),
+            col("api"),
+        )
+    )
+    recorded = list(map(_recorded, *(col(c) for c in RECORDED_COLUMNS)))
+    sources = [(w, q) if w else None for w, q in zip(col("writer_id"), col("seq"), strict=True)]
+    return list(
+        zip(
+            col("req_start_ns"),
+            reasons,
+            requests,
+            col("session_key"),
+            sources,
+            recorded,
+            strict=True,
+        )
     )
 
 
@@ -228,15 +335,16 @@ class PlanStats:
 
 
 def plan_replay(
-    source: Callable[[int, int | None], Iterable[Record]],
+    source: Callable[[int, int | None], Iterable[Chunk]],
     capture_first_ns: int,
     opts: PlanOptions,
     stats: PlanStats | None = None,
 ) -> Iterator[Shot]:
     """Shots in intended-offset order.
 
-    `source(lo_ns, hi_ns)` yields capture rows with lo <= req_start < hi (hi None: to the end) in
-    request-start order; it is called once per loop, so a plan over a large capture streams."""
+    `source(lo_ns, hi_ns)` yields chunks of capture columns (captures/rows.py) whose rows have
+    lo <= req_start < hi (hi None: to the end), in request-start order; it is called once per
+    loop, so a plan over a large capture streams."""
     opts.validate()
     st = stats if stats is not None else PlanStats()
     lo, hi = opts.window_ns(capture_first_ns)
@@ -266,14 +374,13 @@ def plan_replay(
                 )
                 seq += 1
             continue
-        for row in source(lo, hi):
-            t = row["req_start_ns"]
+        rows = per_batch(source(lo, hi), lambda c: planned_rows(c, opts.include_junk))
+        for t, reason, request, session, src, rec in rows:
             if t_first is None:
                 t_first = t
             if loop == 0:
                 t_last = t
                 count += 1
-            reason = not_replayable(row, opts.include_junk)
             if reason is not None:
                 if loop == 0:
                     st.skip(reason)
@@ -282,11 +389,11 @@ def plan_replay(
             shot = Shot(
                 offset_ns=base + rel,
                 seq=seq,
-                request=request_of(row),
-                session=row.get("session_key"),
+                request=request,
+                session=session,
                 stream=opts.stream,
-                source=(row["writer_id"], row["seq"]) if row.get("writer_id") else None,
-                recorded=recorded_info(row),
+                source=src,
+                recorded=rec,
                 loop=loop,
             )
             if loop == 0 and templates is not None:

@@ -351,3 +351,29 @@ def test_batch_rows_match_arrows_own_rows_for_headers_nulls_and_slices() -> None
         assert got == arrow_rows(b)
         assert [list(r) for r in got] == [["seq", "req_headers", "path"]] * b.num_rows
     assert [r["req_headers"] for r in batch_rows(batch)] == heads
+
+
+def test_each_batch_is_converted_once_however_its_rows_are_interleaved() -> None:
+    """Two batches' rows alternate (two writers' parts merged): each batch is converted whole
+    once, the items come in the chunks' order, and none is held once its batch is done."""
+    from captures.rows import Columns, per_batch
+
+    a: Columns = {"req_start_ns": [0, 2, 4], "path": ["a0", "a1", "a2"]}
+    b: Columns = {"req_start_ns": [1, 3], "path": ["b0", "b1"]}
+    c: Columns = {"req_start_ns": [5, 6, 7], "path": ["c0", "c1", "c2"]}
+    converted: list[str] = []
+    held: list[int] = []
+
+    def convert(cols: Columns) -> list[str]:
+        converted.append(cols["path"][0][0])
+        return [p.upper() for p in cols["path"]]
+
+    chunks = [(a, 0, 1), (b, 0, 1), (a, 1, 2), (b, 1, 2), (a, 2, 3), (c, 0, 3)]
+    gen = per_batch(chunks, convert)
+    items = []
+    for item in gen:
+        items.append(item)
+        held.append(len(gen.gi_frame.f_locals["done"]) if gen.gi_frame else 0)
+    assert items == ["A0", "B0", "A1", "B1", "A2", "C0", "C1", "C2"]
+    assert converted == ["a", "b", "c"]
+    assert held == [1, 2, 2, 2, 1, 1, 1, 1]  # b let go after its last chunk, a after its own

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import gc
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakeloop import FakeLoop, FakeTimer
 
+from captures.filters import RowFilter
+from captures.reader import Capture
+from captures.rows import Chunk, chunk_of, column_rows
 from captures.schema import Record
+from captures.testing import T0_NS, http_record, write_capture
+from replay import plan as planmod
 from replay.dispatch import (
     AFTER_BURST_NS,
     DIAL_BATCH,
@@ -51,10 +56,11 @@ def rows(starts_ms: Iterable[float], **extra: Any) -> list[Record]:
 
 
 def source(data: list[Record]) -> Any:
-    def src(lo: int, hi: int | None) -> list[Record]:
-        return [
+    def src(lo: int, hi: int | None) -> list[Chunk]:
+        rows = [
             r for r in data if r["req_start_ns"] >= lo and (hi is None or r["req_start_ns"] < hi)
         ]
+        return [chunk_of(rows)] if rows else []
 
     return src
 
@@ -133,13 +139,11 @@ def test_a_looped_window_is_kept_for_the_next_loops_only_while_its_bodies_fit(
     """Loops after the first reuse the first loop's requests while their bodies fit in
     TEMPLATE_BYTES; past that the capture is read again each loop (50k LLM requests of 50 KB
     kept held 2.5 GB), with the same shots either way."""
-    import replay.plan as planmod
-
     monkeypatch.setattr(planmod, "TEMPLATE_BYTES", keep_bytes)
     data = rows([0, 10, 20], req_body=lambda i: bytes([65 + i]) * 100)
     calls = {"n": 0}
 
-    def src(lo: int, hi: int | None) -> list[Record]:
+    def src(lo: int, hi: int | None) -> list[Chunk]:
         calls["n"] += 1
         return source(data)(lo, hi)  # type: ignore[no-any-return]
 
@@ -150,13 +154,26 @@ def test_a_looped_window_is_kept_for_the_next_loops_only_while_its_bodies_fit(
     assert calls["n"] == reads
 
 
+def row_chunks(data: list[Record]) -> Any:
+    """A source of a chunk a row: what the plan holds past the chunk it is in is seen."""
+
+    def src(lo: int, hi: int | None) -> Iterator[Chunk]:
+        for chunk in source(data)(lo, hi):
+            for row in column_rows(*chunk):
+                yield chunk_of([row])
+
+    return src
+
+
 def test_a_single_pass_keeps_no_request_it_has_planned() -> None:
-    it = plan_replay(source(rows(range(5), req_body=b"x" * 1000)), T0, PlanOptions())
+    """A chunk's requests are made together and held while it is planned; none after it."""
+    it = plan_replay(row_chunks(rows(range(5), req_body=b"x" * 1000)), T0, PlanOptions())
     shot = next(it)
     next(it)
     assert gc.get_referrers(shot.request) == [shot]  # the loop templates are for loops
-    it = plan_replay(source(rows(range(5))), T0, PlanOptions(loops=2))
+    it = plan_replay(row_chunks(rows(range(5))), T0, PlanOptions(loops=2))
     looped = next(it)
+    next(it)
     assert len(gc.get_referrers(looped.request)) == 2  # and its template for the next loop
 
 
@@ -166,7 +183,7 @@ def test_plan_is_lazy() -> None:
     def src(lo: int, hi: int | None) -> Any:
         for r in rows(range(10**6)):
             calls["rows"] += 1
-            yield r
+            yield chunk_of([r])  # a chunk a row: the plan reads no further than it must
 
     it = plan_replay(src, T0, PlanOptions())
     assert [next(it).seq for _ in range(3)] == [0, 1, 2]
@@ -712,3 +729,73 @@ def test_no_full_collection_from_the_plan_on_and_the_settings_restored_after(
     assert len(seen) == 20 and all(th[2] >= 1_000_000 for th in seen), seen[:3]
     assert all(th[1] == runner.MIDDLE_GC_THRESHOLD for th in seen), seen[:3]
     assert gc.get_threshold() == before
+
+
+def _varied_rows() -> list[Record]:
+    """Rows with every field the plan reads, in the combinations that change what it makes."""
+    out = rows(range(12))
+    out[1].update(req_body_truncated=True)
+    out[2].update(method="CONNECT")
+    out[3].update(method="PRI", path="*")
+    out[4].update(error_kind="client_abort", session_key="s1")
+    out[5].update(replayable=False)
+    out[6].update(replayable=None, writer_id=None)
+    out[7].update(
+        stream=True, chunk_offsets_us=[5, 9, 12], status=200, req_headers=[("a", "1")],
+        resp_start_ns=T0 + 7 * MS + 3000, resp_end_ns=T0 + 7 * MS + 90_000,
+        response_id="resp_1", tool_call_ids=["call_1", "call_2"], finish_reason="stop",
+        completion_tokens=3, answer_hash="h", model="m", api="chat", query="q=1",
+    )  # fmt: skip
+    out[8].update(chunk_offsets_us=[4], first_token_us=None, tool_call_ids=["call_3"])
+    out[9].update(chunk_offsets_us=[4, 8], first_token_us=6, stream=True, req_body=b"{}")
+    out[10].update(req_content_encoding="gzip", req_headers=None, response_id="r2")
+    return out
+
+
+@pytest.mark.parametrize("junk", [False, True])
+def test_a_chunk_is_planned_as_each_of_its_rows_is(junk: bool) -> None:
+    data = _varied_rows()
+    got = planmod.planned_rows(chunk_of(data)[0], junk)
+    want = [
+        (
+            r["req_start_ns"],
+            planmod.not_replayable(r, junk),
+            planmod.request_of(r),
+            r.get("session_key"),
+            (r["writer_id"], r["seq"]) if r.get("writer_id") else None,
+            planmod.recorded_info(r),
+        )
+        for r in data
+    ]
+    assert got == want
+    assert [g[1] for g in got].count(None) == (8 if junk else 6)
+
+
+def test_a_capture_read_as_chunks_plans_as_read_as_rows(tmp_path: Path) -> None:
+    """Two writers interleaved (the merge hands out short ranges of each part's lists) and a
+    window cutting both ends: the chunks give the rows `Capture.rows` gives, and the plan
+    over them the same shots."""
+    recs = [
+        http_record(start_ns=T0_NS + i * 10, path=f"/{i}", session_key=f"s{i % 3}")
+        for i in range(3000)
+    ]
+    cap = write_capture(tmp_path / "cap", recs[0::2], writer_id="wa")
+    write_capture(cap, recs[1::2], writer_id="wb")
+    write_capture(cap, [http_record(start_ns=T0_NS + 40_000 + i, path="/late") for i in range(5)])
+    c = Capture(cap)
+    f = RowFilter(start_ns=T0_NS + 55, end_ns=T0_NS + 29_995)
+    by_rows = list(c.rows(planmod.PLAN_COLUMNS, f, batch_size=7))
+    chunks = list(c.chunks(planmod.PLAN_COLUMNS, f, batch_size=7))
+    assert max(j - i for _, i, j in chunks) <= 7 and min(j - i for _, i, j in chunks) == 1
+    assert [r for chunk in chunks for r in column_rows(*chunk, planmod.PLAN_COLUMNS)] == by_rows
+    assert [r["path"] for r in by_rows] == [f"/{i}" for i in range(6, 3000)]
+    planned = list(plan_replay(lambda lo, hi: chunks, T0_NS, PlanOptions()))
+    assert [(s.request, s.source, s.session, s.recorded) for s in planned] == [
+        (
+            planmod.request_of(r),
+            (r["writer_id"], r["seq"]),
+            r["session_key"],
+            planmod.recorded_info(r),
+        )
+        for r in by_rows
+    ]
