@@ -55,7 +55,10 @@ def per_batch(chunks: Iterable[Chunk], convert: Callable[[Columns], list[T]]) ->
         if hit is None or hit[0] is not cols:
             hit = done[id(cols)] = (cols, convert(cols))
         items = hit[1]
-        yield from items[i:j] if i or j < len(items) else items
+        if j - i == 1:  # rows alternating: no slice
+            yield items[i]
+        else:
+            yield from items[i:j] if i or j < len(items) else items
         if j >= len(items):
             del done[id(cols)]
 
