@@ -24,20 +24,21 @@ class TimedStandIn:
     """Records submit_at; `answer(i, sent)` completes the i-th request at the next collect."""
 
     def __init__(self) -> None:
-        self.handed: list[tuple[int, Callable[[Outcome], None], Callable[[], None] | None]] = []
+        self.handed: list[tuple[int, Any, Callable[[Any, Outcome], None], Any]] = []
         self.ready: list[Callable[[], None]] = []
         self.unsent_asked = 0
         self.gone: set[int] = set()
 
     def submit_at(
-        self, req: Any, done: Callable[[Outcome], None], due_ns: int, unsent: Any = None
+        self, req: Any, due_ns: int, tag: Any, done: Callable[[Any, Outcome], None], unsent: Any
     ) -> None:
-        self.handed.append((due_ns, done, unsent))
+        self.handed.append((due_ns, tag, done, unsent))
 
     def answer(self, i: int, sent: int) -> None:
-        done = self.handed[i][1]
+        _, tag, done, _ = self.handed[i]
         self.gone.add(i)
-        self.ready.append(lambda: done(Outcome(sent_ns=sent, end_ns=sent + 50_000, status=200)))
+        out = Outcome(sent_ns=sent, end_ns=sent + 50_000, status=200)
+        self.ready.append(lambda: done(tag, out))
 
     def collect(self) -> int:
         ready, self.ready = self.ready, []
@@ -47,10 +48,10 @@ class TimedStandIn:
 
     def unsend(self) -> None:
         self.unsent_asked += 1
-        for i, (_, _, unsent) in enumerate(self.handed):
+        for i, (_, tag, _, unsent) in enumerate(self.handed):
             if i not in self.gone and unsent is not None:
                 self.gone.add(i)
-                self.ready.append(unsent)
+                self.ready.append(lambda tag=tag, unsent=unsent: unsent(tag))
 
     @property
     def outstanding(self) -> int:
@@ -93,7 +94,7 @@ def test_shots_go_to_the_client_ahead_with_their_instants_and_the_loop_ticks() -
     disp, client, _, timer = setup([0, 3, 9.9, 10.1, 40], clock)
     assert disp._first_wake(START) == START - 10 * MS  # the first shots handed ahead too
     disp._pump()
-    assert [d for d, _, _ in client.handed] == [START, START + 3 * MS, START + round(9.9 * MS)]
+    assert [h[0] for h in client.handed] == [START, START + 3 * MS, START + round(9.9 * MS)]
     assert timer.armed == [START + 4 * MS]  # requests out: back at the next tick
     clock[0] = START + 4 * MS
     disp._pump()

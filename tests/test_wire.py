@@ -16,7 +16,7 @@ import time
 import pytest
 from faultserver import FaultServer
 from rawserver import Peer, raw_server
-from wired import needs_wire
+from wired import needs_wire, resolve
 
 from replay.mock.config import GatewayConfig
 from replay.mock.gateway import MockGateway
@@ -59,7 +59,7 @@ async def test_each_request_goes_at_its_instant_never_before() -> None:
             for due in reversed(dues):  # handed over out of order: sent in order of instant
                 fut: asyncio.Future[Outcome] = loop.create_future()
                 futs.insert(0, fut)
-                c.submit_at(prepared(gw.url, "/health"), fut.set_result, due)
+                c.submit_at(prepared(gw.url, "/health"), due, fut, resolve)
             await gather(c, futs)
         finally:
             await c.close()
@@ -82,7 +82,7 @@ async def test_a_streams_token_gaps_are_the_reads_stamps_not_the_batchs() -> Non
         )
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         try:
-            c.submit_at(prepared(gw.url, "/v1/chat/completions", "POST", body), fut.set_result, 0)
+            c.submit_at(prepared(gw.url, "/v1/chat/completions", "POST", body), 0, fut, resolve)
             end = time.monotonic() + 10
             while not fut.done() and time.monotonic() < end:
                 await asyncio.sleep(0.05)
@@ -136,7 +136,7 @@ async def test_the_engines_framing_of_every_shape_of_answer() -> None:
         try:
             for p in [*paths, "/upgrade"]:  # one at a time: each on the connection left
                 fut: asyncio.Future[Outcome] = loop.create_future()
-                c.submit_at(prepared(url, p, "HEAD" if p == "/head" else "GET"), fut.set_result, 0)
+                c.submit_at(prepared(url, p, "HEAD" if p == "/head" else "GET"), 0, fut, resolve)
                 await gather(c, [fut])
                 outs.append(fut.result())
         finally:
@@ -170,7 +170,7 @@ async def test_a_stale_keep_alive_connection_takes_the_request_on_a_new_one() ->
             for _ in range(3):
                 fut: asyncio.Future[Outcome] = loop.create_future()
                 t0 = time.monotonic_ns()
-                c.submit_at(prepared(url, "/ok"), fut.set_result, t0)
+                c.submit_at(prepared(url, "/ok"), t0, fut, resolve)
                 await gather(c, [fut])
                 outs.append(fut.result())
         finally:
@@ -187,8 +187,9 @@ async def test_unsent_requests_come_back_and_in_flight_ones_are_abandoned() -> N
         later: asyncio.Future[Outcome] = loop.create_future()
         far = time.monotonic_ns() + 60 * 1_000_000_000
         for k in range(3):
+            # the tag k comes back to unsent
             c.submit_at(
-                prepared(gw.url, "/health"), later.set_result, far, lambda k=k: unsent.append(k)
+                prepared(gw.url, "/health"), far, k, lambda _, o: later.set_result(o), unsent.append
             )
         c.unsend()
         assert c.collect() == 3 and sorted(unsent) == [0, 1, 2] and not later.done()
@@ -197,7 +198,7 @@ async def test_unsent_requests_come_back_and_in_flight_ones_are_abandoned() -> N
     async with FaultServer() as srv:  # a request the target never answers, when closed
         c = WireClient(parse_target(srv.url), timeout=5)
         held: asyncio.Future[Outcome] = loop.create_future()
-        c.submit_at(prepared(srv.url, "/hang"), held.set_result, 0)
+        c.submit_at(prepared(srv.url, "/hang"), 0, held, resolve)
         await asyncio.sleep(0.1)
         await c.close()
     o = held.result()
@@ -228,7 +229,7 @@ async def test_a_body_answered_early_does_not_become_the_next_request() -> None:
         try:
             for i, n in enumerate(sizes):
                 fut: asyncio.Future[Outcome] = loop.create_future()
-                c.submit_at(prepared(url, f"/r{i}", "POST", b"x" * n), fut.set_result, 0)
+                c.submit_at(prepared(url, f"/r{i}", "POST", b"x" * n), 0, fut, resolve)
                 await gather(c, [fut])
                 outs.append(fut.result())
         finally:
@@ -265,7 +266,7 @@ async def test_of_several_addresses_the_one_that_takes_a_connection(
         c = WireClient(parse_target(url), timeout=5)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         try:
-            c.submit_at(prepared(url, "/ok"), fut.set_result, 0)
+            c.submit_at(prepared(url, "/ok"), 0, fut, resolve)
             await gather(c, [fut])
         finally:
             await c.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from rawserver import Peer, raw_server
-from wired import needs_wire
+from wired import needs_wire, resolve
 
 from captures.testing import T0_NS, http_record, write_capture
 from replay.mock.threaded import running_gateway
@@ -63,7 +63,7 @@ async def burst(c: WireClient, url: str, sizes: list[int], due: int) -> list[Out
     for i, n in enumerate(sizes):
         fut: asyncio.Future[Outcome] = loop.create_future()
         futs.append(fut)
-        c.submit_at(post(url, f"/r{i}", n), fut.set_result, due)
+        c.submit_at(post(url, f"/r{i}", n), due, fut, resolve)
     end = time.monotonic() + 10
     while not all(f.done() for f in futs):
         assert time.monotonic() < end, "results did not come"

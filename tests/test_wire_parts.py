@@ -13,7 +13,7 @@ from typing import Any
 
 from rawserver import Peer, raw_server
 from test_wire import gather, prepared
-from wired import needs_wire
+from wired import needs_wire, resolve
 
 from replay.send import wire
 from replay.send.client import FastClient
@@ -94,7 +94,7 @@ def _request(url: str, path: str) -> Any:
 async def _one(client: Any, url: str, path: str) -> Outcome:
     fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     if isinstance(client, wire.WireClient):
-        client.submit_at(_request(url, path), fut.set_result, 0)
+        client.submit_at(_request(url, path), 0, fut, resolve)
         await gather(client, [fut], 20)
     else:
         client.submit(_request(url, path), fut.set_result)
@@ -149,7 +149,7 @@ async def test_the_engine_stops_reading_while_its_parts_wait_to_be_taken() -> No
         c._engine = spy
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         try:
-            c.submit_at(prepared(url, "/big"), fut.set_result, 0)
+            c.submit_at(prepared(url, "/big"), 0, fut, resolve)
             await asyncio.sleep(0.5)
             c.collect()
             first = sum(size for _, size in spy.takes[0])
@@ -198,7 +198,7 @@ async def test_a_long_answer_paused_for_the_taker_is_abandoned_whole_at_the_clos
     with raw_server(big) as url:
         c = wire.WireClient(parse_target(url), timeout=20)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        c.submit_at(prepared(url, "/big"), fut.set_result, 0)
+        c.submit_at(prepared(url, "/big"), 0, fut, resolve)
         await asyncio.sleep(0.3)  # nothing taken: paused at HOLD_BYTES
         await c.close()
     o = fut.result()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from captures.errors import UserError
 from replay.rewrite import Prepared
@@ -112,11 +112,12 @@ class Router:
     def submit_at(
         self,
         req: Prepared,
-        done: Callable[[Outcome], None],
         due_ns: int,
-        unsent: Callable[[], None] | None = None,
+        tag: Any,
+        done: Callable[[Any, Outcome], None],
+        unsent: Callable[[Any], None] | None = None,
     ) -> None:
-        self._client(req.target).submit_at(req, done, due_ns, unsent)  # type: ignore[attr-defined]
+        self._client(req.target).submit_at(req, due_ns, tag, done, unsent)  # type: ignore[attr-defined]
 
     def collect(self) -> int:
         return sum(c.collect() for c in self.clients.values())  # type: ignore[attr-defined]

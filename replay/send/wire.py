@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httptools
 
@@ -47,12 +48,17 @@ PART_BYTES = _wire.PART_BYTES if _wire is not None else 0
 HOLD_BYTES = _wire.HOLD_BYTES if _wire is not None else 0
 PART = _wire.PART if _wire is not None else -1
 
-Done = Callable[[Outcome], None]
-Unsent = Callable[[], None]
+Done = Callable[[Any, Outcome], None]  # (the request's tag, its outcome)
+Unsent = Callable[[Any], None]  # (the request's tag)
 
 
 def available() -> bool:
     return _wire is not None
+
+
+def _call(done: Callable[[Outcome], None], out: Outcome) -> None:
+    """`submit`'s way: the tag is the callback itself."""
+    done(out)
 
 
 class _Reader(ResponseHead):
@@ -169,26 +175,32 @@ class WireClient:
         host = _address(target.host, target.port)
         self._engine = _wire.Engine(host, target.port, int(timeout * 1e9) if timeout else 0)
         self._ids = itertools.count()
-        self._out: dict[int, tuple[Prepared, Done, Unsent | None]] = {}
+        self._out: dict[int, tuple[Prepared, Any, Done, Unsent | None]] = {}
         # a long answer's reader while its parts come in (the engine holds no more than a part)
         self._parts: dict[int, _Reader] = {}
         self._closed = False
 
     # -- sending ---------------------------------------------------------------------------------
     def submit_at(
-        self, req: Prepared, done: Done, due_ns: int, unsent: Unsent | None = None
+        self,
+        req: Prepared,
+        due_ns: int,
+        tag: Any,
+        done: Done,
+        unsent: Unsent | None = None,
     ) -> None:
-        """Send at monotonic `due_ns` (at once if it has passed); `unsent()` if it never goes
-        (unsend(), or the client closed first)."""
+        """Send at monotonic `due_ns` (at once if it has passed): `done(tag, outcome)` with its
+        result, or `unsent(tag)` if it never goes (unsend(), or the client closed first). The
+        caller's `tag` says which request it was: one tuple a request, not a closure."""
         i = next(self._ids)
-        self._out[i] = (req, done, unsent)
+        self._out[i] = (req, tag, done, unsent)
         self._engine.submit(i, due_ns, req.raw, req.method == "HEAD")
 
-    def submit(self, req: Prepared, done: Done) -> bool:
-        self.submit_at(req, done, time.monotonic_ns())
+    def submit(self, req: Prepared, done: Callable[[Outcome], None]) -> bool:
+        self.submit_at(req, time.monotonic_ns(), done, _call)
         return False
 
-    def stage(self, req: Prepared, done: Done) -> None:
+    def stage(self, req: Prepared, done: Callable[[Outcome], None]) -> None:
         return None  # the engine's thread times every send: nothing to ready on the loop
 
     def unsend(self) -> None:
@@ -213,19 +225,19 @@ class WireClient:
                     reader.feed(answer, stamps)
                 continue
             n += 1
-            req, done, unsent = out_map.pop(i)
+            req, tag, done, unsent = out_map.pop(i)
             if kind == _wire.UNSENT:
                 if unsent is not None:
-                    unsent()
+                    unsent(tag)
                 else:
-                    done(Outcome(sent_ns=end, end_ns=end, error="interrupted",
-                                 error_msg=INTERRUPTED_MSG))  # fmt: skip
+                    done(tag, Outcome(sent_ns=end, end_ns=end, error="interrupted",
+                                      error_msg=INTERRUPTED_MSG))  # fmt: skip
                 continue
             reader = parts.pop(i, None)
             if head is not None and reader is None:  # a plain answer: llhttp is not needed
                 out = Outcome(sent_ns=sent, end_ns=end)
                 read_plain(out, req.surface or PLAIN, answer, stamps, head)
-                done(out)
+                done(tag, out)
                 continue
             out = Outcome(sent_ns=sent) if reader is None else reader.out
             if not (
@@ -236,7 +248,7 @@ class WireClient:
                 if out.error is None or kind == _wire.PROTOCOL:  # the engine's word first
                     out.error, out.error_msg = self._error(kind, err, msg)
                 out.end_ns = end
-            done(out)
+            done(tag, out)
         return n
 
     def _error(self, kind: int, err: int, msg: str | None) -> tuple[str, str]:
