@@ -244,17 +244,37 @@ def _recorded(
     )
 
 
+# a Request's fields in its order, as the capture's columns name them
+REQUEST_COLUMNS = (
+    "method",
+    "path",
+    "query",
+    "req_headers",
+    "req_body",
+    "req_content_encoding",
+    "model",
+    "stream",
+    "api",
+)
+
+
 def request_of(row: Record) -> Request:
+    return _request(*(row.get(c) for c in REQUEST_COLUMNS))
+
+
+def _request(
+    method: Any,  # a str in every capture row (Any: read from a row or a column list)
+    path: Any,
+    query: str | None,
+    headers: Headers | None,
+    body: bytes | None,
+    content_encoding: str | None,
+    model: str | None,
+    stream: bool | None,
+    api: str | None,
+) -> Request:
     return Request(
-        method=row["method"],
-        path=row["path"],
-        query=row.get("query"),
-        headers=list(row.get("req_headers") or ()),
-        body=row.get("req_body"),
-        content_encoding=row.get("req_content_encoding"),
-        model=row.get("model"),
-        stream=row.get("stream"),
-        api=row.get("api"),
+        method, path, query, list(headers or ()), body, content_encoding, model, stream, api
     )
 
 
@@ -286,20 +306,7 @@ def planned_rows(cols: Columns, include_junk: bool = False) -> list[Planned]:
             itertools.repeat(include_junk),
         )
     )
-    requests = list(
-        map(
-            Request,
-            col("method"),
-            col("path"),
-            col("query"),
-            [list(h) if h else [] for h in col("req_headers")],
-            col("req_body"),
-            col("req_content_encoding"),
-            col("model"),
-            col("stream"),
-            col("api"),
-        )
-    )
+    requests = list(map(_request, *(col(c) for c in REQUEST_COLUMNS)))
     recorded = list(map(_recorded, *(col(c) for c in RECORDED_COLUMNS)))
     sources = [(w, q) if w else None for w, q in zip(col("writer_id"), col("seq"), strict=True)]
     return list(
