@@ -32,7 +32,8 @@ import uvloop  # noqa: E402
 from _targets import Nginx  # noqa: E402
 
 from replay.dispatch import DIAL_BATCH, SEND_BATCH, Dispatcher  # noqa: E402
-from replay.plan import Request, Shot  # noqa: E402
+from replay.plan import Shot  # noqa: E402
+from replay.planrows import Request  # noqa: E402
 from replay.rewrite import Rewriter  # noqa: E402
 from replay.schedule import Scheduler  # noqa: E402
 from replay.send import client as fast  # noqa: E402

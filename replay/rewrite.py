@@ -27,7 +27,8 @@ from captures.markers import MARKER_RE
 from captures.protocols import PLAIN, Surface
 from captures.schema import Headers
 
-from .plan import Request, Shot
+from .plan import Shot
+from .planrows import Request
 from .targets import Target
 
 HEADER_CACHE = 4096  # distinct recorded header lists kept prepared (per target's rewriter)

@@ -12,7 +12,8 @@ from fakeloop import FakeLoop, FakeTimer
 
 from replay.ahead import BOUND_TICK_NS, AheadDispatcher
 from replay.dispatch import AFTER_BURST_NS
-from replay.plan import Request, Shot
+from replay.plan import Shot
+from replay.planrows import Request
 from replay.schedule import Scheduler
 from replay.send.outcome import Outcome
 

@@ -17,7 +17,7 @@ from wired import needs_wire
 
 from replay.mock.config import GatewayConfig
 from replay.mock.gateway import MockGateway
-from replay.plan import Request
+from replay.planrows import Request
 from replay.rewrite import Rewriter
 from replay.send.client import FastClient
 from replay.send.client_aiohttp import AiohttpClient

@@ -12,7 +12,8 @@ from captures import protocols as P
 from captures.conversations import Tracker
 from captures.protocols.canonical import Msg, msg_hash
 from replay.decide.diff import verdict
-from replay.plan import Recorded, Request, Shot
+from replay.plan import Shot
+from replay.planrows import Recorded, Request
 from replay.rewrite import Rewriter
 from replay.send.outcome import Outcome
 from replay.state import SessionState

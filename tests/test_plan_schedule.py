@@ -17,6 +17,7 @@ from captures.rows import Chunk, chunk_of, column_rows
 from captures.schema import Record
 from captures.testing import T0_NS, http_record, write_capture
 from replay import plan as planmod
+from replay import planrows
 from replay.dispatch import (
     AFTER_BURST_NS,
     DIAL_BATCH,
@@ -29,7 +30,8 @@ from replay.dispatch import (
     SEND_BATCH,
     Dispatcher,
 )
-from replay.plan import PlanOptions, PlanStats, Request, Shot, plan_replay
+from replay.plan import PlanOptions, PlanStats, Shot, plan_replay
+from replay.planrows import Request
 from replay.schedule import Scheduler, simulate
 from replay.send.outcome import Outcome
 
@@ -755,15 +757,15 @@ def _varied_rows() -> list[Record]:
 @pytest.mark.parametrize("junk", [False, True])
 def test_a_chunk_is_planned_as_each_of_its_rows_is(junk: bool) -> None:
     data = _varied_rows()
-    got = planmod.planned_rows(chunk_of(data)[0], junk)
+    got = planrows.planned_rows(chunk_of(data)[0], junk)
     want = [
         (
             r["req_start_ns"],
-            planmod.not_replayable(r, junk),
-            planmod.request_of(r),
+            planrows.not_replayable(r, junk),
+            planrows.request_of(r),
             r.get("session_key"),
             (r["writer_id"], r["seq"]) if r.get("writer_id") else None,
-            planmod.recorded_info(r),
+            planrows.recorded_info(r),
         )
         for r in data
     ]
@@ -784,18 +786,18 @@ def test_a_capture_read_as_chunks_plans_as_read_as_rows(tmp_path: Path) -> None:
     write_capture(cap, [http_record(start_ns=T0_NS + 40_000 + i, path="/late") for i in range(5)])
     c = Capture(cap)
     f = RowFilter(start_ns=T0_NS + 55, end_ns=T0_NS + 29_995)
-    by_rows = list(c.rows(planmod.PLAN_COLUMNS, f, batch_size=7))
-    chunks = list(c.chunks(planmod.PLAN_COLUMNS, f, batch_size=7))
+    by_rows = list(c.rows(planrows.PLAN_COLUMNS, f, batch_size=7))
+    chunks = list(c.chunks(planrows.PLAN_COLUMNS, f, batch_size=7))
     assert max(j - i for _, i, j in chunks) <= 7 and min(j - i for _, i, j in chunks) == 1
-    assert [r for chunk in chunks for r in column_rows(*chunk, planmod.PLAN_COLUMNS)] == by_rows
+    assert [r for chunk in chunks for r in column_rows(*chunk, planrows.PLAN_COLUMNS)] == by_rows
     assert [r["path"] for r in by_rows] == [f"/{i}" for i in range(6, 3000)]
     planned = list(plan_replay(lambda lo, hi: chunks, T0_NS, PlanOptions()))
     assert [(s.request, s.source, s.session, s.recorded) for s in planned] == [
         (
-            planmod.request_of(r),
+            planrows.request_of(r),
             (r["writer_id"], r["seq"]),
             r["session_key"],
-            planmod.recorded_info(r),
+            planrows.recorded_info(r),
         )
         for r in by_rows
     ]

@@ -12,7 +12,8 @@ import pytest
 from replay.measure.metrics import Metrics
 from replay.measure.results import Expect
 from replay.measure.writer import ResultWriter
-from replay.plan import Request, Shot
+from replay.plan import Shot
+from replay.planrows import Request
 from replay.rewrite import Rewriter
 from replay.send.outcome import Outcome
 from replay.targets import parse_target

@@ -9,7 +9,7 @@ import pytest
 
 from captures import codec
 from captures.errors import UserError
-from replay.plan import Request
+from replay.planrows import Request
 from replay.rewrite import Rewriter
 from replay.targets import parse_header_args, parse_model_map, parse_target
 

@@ -17,7 +17,8 @@ from captures.errors import UserError
 from captures.testing import T0_NS, chat_record, write_capture
 from replay.api import run_scenario
 from replay.mock.threaded import running_gateway
-from replay.plan import Request, Shot
+from replay.plan import Shot
+from replay.planrows import Request
 from replay.rewrite import Rewriter
 from replay.settings import RunSettings, StreamPlan
 from replay.targets import parse_target

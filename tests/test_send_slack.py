@@ -23,7 +23,8 @@ from replay.dispatch import EARLY_NS, IDLE_MARGIN_NS, IDLE_TURN_NS, Dispatcher
 from replay.measure.resultsdir import Results
 from replay.mock.testing import make_results
 from replay.mock.threaded import running_gateway
-from replay.plan import Request, Shot
+from replay.plan import Shot
+from replay.planrows import Request
 from replay.schedule import LOOKAHEAD, Scheduler
 
 US = 1_000

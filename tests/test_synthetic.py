@@ -16,7 +16,8 @@ from captures.arrivals import Arrival, offsets, parse_arrival, parse_dist, parse
 from captures.errors import UserError
 from captures.filler import filler
 from captures.testing import T0_NS, chat_record, write_capture
-from replay.plan import Request, Shot
+from replay.plan import Shot
+from replay.planrows import Request
 from replay.workload.makers import PromptsMaker, SampleMaker, TemplateMaker, load_sharegpt_prompts
 from replay.workload.synthetic import amplify, plan_synthetic
 

@@ -21,7 +21,7 @@ from replay.api import run_replay
 from replay.mock.config import GatewayConfig
 from replay.mock.gateway import MockGateway
 from replay.mock.threaded import running_gateway
-from replay.plan import Request, Shot
+from replay.plan import Shot
 from replay.planahead import (
     START_LEAD_NS,
     WARM_TIMEOUT_S,
@@ -30,6 +30,7 @@ from replay.planahead import (
     start_instant,
     warm_timeout_s,
 )
+from replay.planrows import Request
 from replay.rewrite import Prepared, Rewriter
 from replay.schedule import Scheduler
 from replay.send.client import FastClient

@@ -20,7 +20,7 @@ from wired import needs_wire, resolve
 
 from replay.mock.config import GatewayConfig
 from replay.mock.gateway import MockGateway
-from replay.plan import Request
+from replay.planrows import Request
 from replay.rewrite import Prepared, Rewriter
 from replay.send.outcome import Outcome
 from replay.send.wire import WireClient

@@ -22,7 +22,7 @@ from wired import needs_wire, resolve
 
 from captures.testing import T0_NS, http_record, write_capture
 from replay.mock.threaded import running_gateway
-from replay.plan import Request
+from replay.planrows import Request
 from replay.rewrite import Prepared, Rewriter
 from replay.send.outcome import Outcome
 from replay.send.wire import WireClient

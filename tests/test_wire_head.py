@@ -20,7 +20,7 @@ from wired import needs_wire
 from captures.protocols import BY_NAME, PLAIN, Surface
 from captures.snapshot import Snapshot
 from captures.testing import chat_snapshot
-from replay.plan import Request
+from replay.planrows import Request
 from replay.rewrite import Prepared, Rewriter
 from replay.send import client as client_mod
 from replay.send import wire

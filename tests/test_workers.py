@@ -23,7 +23,8 @@ from captures.testing import T0_NS, chat_record, http_record, write_capture
 from replay.api import run_replay
 from replay.measure.resultsdir import Results
 from replay.mock.threaded import running_gateway
-from replay.plan import Request, Shot
+from replay.plan import Shot
+from replay.planrows import Request
 from replay.timeline import session_shard, sharded
 from replay.workload.replaying import ReplayOptions
 

@@ -25,7 +25,14 @@ from captures.importers import trace_lengths
 from captures.importers.traces import sharegpt_pairs
 from captures.reader import Capture
 from captures.schema import Headers
-from replay.plan import PLAN_COLUMNS, Recorded, Request, not_replayable, recorded_info, request_of
+from replay.planrows import (
+    PLAN_COLUMNS,
+    Recorded,
+    Request,
+    not_replayable,
+    recorded_info,
+    request_of,
+)
 
 JSON_HEADERS: Headers = [("Content-Type", "application/json")]
 

@@ -16,6 +16,7 @@ from captures.filters import RowFilter
 from captures.reader import Capture
 from captures.rows import Chunk
 from replay import plan as planmod
+from replay import planrows
 from replay.measure.results import Expect
 from replay.rewrite import Rewriter
 from replay.settings import RunSettings, StreamPlan
@@ -54,7 +55,7 @@ def capture_source(
         )
         # small slices: a slice's Python lists are made holding the GIL (larger ones measured
         # no cheaper a row: 128, 512 and 2048 rows alike within the noise)
-        return cap.chunks(planmod.PLAN_COLUMNS, f, batch_size=128)
+        return cap.chunks(planrows.PLAN_COLUMNS, f, batch_size=128)
 
     return source
 
