@@ -36,10 +36,12 @@ def run_document(
     run_info: dict[str, Any] | None = None,
     state: SessionState | None = None,
     client: str | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The document of one process's run. outcomes: (ok, expected, failed); rates: (scheduled,
     achieved) per second; run_info: what the caller adds (the capture, the options); client:
-    the sender that ran (`--client auto` picks one)."""
+    the sender that ran (`--client auto` picks one); machine: the machine's CPUs over the run
+    (hostcpu.machine_use)."""
     targets = list(dict.fromkeys(s.rewriter.target for s in streams))
     skipped: dict[str, int] = {}
     for s in streams:
@@ -86,5 +88,6 @@ def run_document(
         "client": client or settings.client,
         "connections": connections,
         "uvloop": uvloop,
+        "machine": machine,
         **(run_info or {}),
     }

@@ -26,6 +26,7 @@ from replay.measure.resultsdir import write_histograms, write_run_json
 from replay.measure.writer import ResultWriter
 from replay.send.router import Router, make_client, pick_client
 
+from . import hostcpu
 from . import plan as planmod
 from .ahead import AheadDispatcher
 from .dispatch import Dispatcher
@@ -231,6 +232,7 @@ def _run_streams(
     interrupted = {"flag": False}
     rates: dict[str, float | None] = {}
     client_stats: dict[str, int | None] = {}
+    cpu_at: dict[str, hostcpu.CpuSample | None] = {}  # the machine's CPUs at the start and end
 
     async def main() -> tuple[DispatchStats, int]:
         router = Router(
@@ -294,6 +296,7 @@ def _run_streams(
             tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size, due)
         )
         t0 = time.monotonic_ns()
+        cpu_at["start"] = hostcpu.sample()
         switch = sys.getswitchinterval()
         if not closed:
             # Open loop keeps a schedule: the loop waits at most this for the GIL. (Closed loop
@@ -305,6 +308,7 @@ def _run_streams(
                 for tid in router.sender_threads or [0]:
                     raised.enter_context(realtime(settings.rt_priority, tid))
                 stats = await disp.run(start)
+            cpu_at["end"] = hostcpu.sample()
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(
                 connects=router.connects,
@@ -349,6 +353,7 @@ def _run_streams(
         run_info=run_info,
         state=state,
         client=client,
+        machine=hostcpu.machine_use(cpu_at.get("start"), cpu_at.get("end")),
     )
     if settings.part is None:  # a worker's run.json is its runner's to write
         write_run_json(out_dir, run_doc)

@@ -14,6 +14,7 @@ from typing import Any
 
 from captures.store import mkdir_private, seal_private
 from replay.dispatchstats import DispatchStats
+from replay.hostcpu import merged_use
 from replay.measure.groups import add_counts
 from replay.measure.metrics import Metrics
 from replay.measure.resultsdir import write_run_json
@@ -172,6 +173,7 @@ def merge(
             k: sum((r.get("connections") or {}).get(k) or 0 for r in runs.values())
             for k in ("connects", "resends", "warmed")
         },
+        "machine": merged_use([r["machine"] for r in runs.values() if r.get("machine")]),
         "workers": {"count": len(exits), "backend": backend, "per_worker": per_worker},
         **(extra or {}),
     }

@@ -35,6 +35,7 @@ RUN_KEYS = (
     "achieved_rate",
     "max_lag_ms",
     "interrupted",
+    "machine",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from replay.hostcpu import BUSY_SHARE, STEAL_SHARE, shares
 from replay.measure.metrics import METRICS
 
 METRIC_TITLES = {
@@ -168,12 +169,46 @@ def notes(report: dict[str, Any]) -> list[str]:
             f"sent from a real-time thread (SCHED_FIFO priority {run['rt_priority']}): other "
             "work on the machine could not take its CPU while it sent"
         )
+    machine = machine_note(report)
+    if machine:
+        out.append(machine)
     targets = run.get("targets") or {}
     if targets:
         out.append("targets: " + ", ".join(f"{k}={v}" for k, v in sorted(targets.items())))
     elif run.get("target"):
         out.append(f"target: {run['target']}")
     return out
+
+
+# The open loop's lag p99 above this, with other work busy, is put down to the machine.
+LATE_MS = 1.0
+
+
+def machine_note(report: dict[str, Any]) -> str | None:
+    """Other work busy on the replay's machine (the target, when it runs there) or a VM's host
+    taking its CPU time, and, where the open loop's sends went late meanwhile, the cure."""
+    run = report["run"]
+    got = shares(run.get("machine"))
+    if got is None:
+        return None
+    others, steal = got
+    said = []
+    if others >= BUSY_SHARE:
+        said.append(
+            f"other work used {others:.0%} of this machine's {run['machine']['cpus']} CPUs "
+            "during the run (the target's work too, where it runs here)"
+        )
+    if steal >= STEAL_SHARE:
+        said.append(f"the VM's host took {steal:.0%} of its CPU time (steal)")
+    if not said:
+        return None
+    lag = report["total"]["metrics"]["lag"]["p99"]
+    if run.get("mode") == "open" and not run.get("rt_priority") and lag and lag > LATE_MS:
+        said.append(
+            f"sends went late at times (lag p99 {fmt_ms(lag)} ms): --rt-priority 10 keeps the "
+            "sending thread on a CPU (Linux, root or CAP_SYS_NICE)"
+        )
+    return "; ".join(said)
 
 
 def session_wait(report: dict[str, Any]) -> str | None:
