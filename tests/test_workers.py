@@ -96,6 +96,10 @@ def test_two_workers_send_what_one_does(tmp_path: Path) -> None:
     ]
     for key in ("planned", "sent", "ok", "failed"):
         assert one.run["counts"][key] == two.run["counts"][key], key
+    if one.run["machine"] is not None:  # Linux: the machine's CPUs, the workers' time together
+        use = two.run["machine"]
+        assert use["cpus"] == one.run["machine"]["cpus"] and use["span_s"] > 0
+        assert 0 < use["loadtape_s"] <= use["busy_s"] + 0.1
     assert set(one.metrics.hists) == set(two.metrics.hists)
     for k in one.metrics.hists:
         assert one.metrics.stats[k].count == two.metrics.stats[k].count
