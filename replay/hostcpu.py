@@ -1,19 +1,22 @@
 """The machine's CPUs over a run: how much of them the replay used, how much other work took (the
-target among it, when it runs on the same machine), and how much the host took from a VM
-(steal). A sender that shares its CPUs with busy work sends late at times: against LiteLLM on
-the same two cores, the proxy busy with one core's worth of work, 7% of bursts began 0.5-2.8 ms
-late, and 1% with `--rt-priority 10` (docs/performance.md). The report says when other work was
-busy and the sends were late, with that cure.
+target among it, when it runs on the same machine), how much the host took from a VM (steal),
+how long the sending thread waited for a CPU while it had work, and how long the CPU limit of
+the replay's cgroup (a container's) held it back. A sender that shares its CPUs with busy work
+sends late at times: against LiteLLM on the same two cores, the proxy busy with one core's worth
+of work, 8% of bursts began 0.5-3.3 ms late, and 2% with `--rt-priority 10`
+(docs/performance.md). The report says when other work was busy or the limit throttled the
+replay, and, where the sends were late, the cure.
 
-Linux only (/proc/stat); elsewhere nothing is recorded. The figures are seconds of CPU (all
-CPUs together) over the run's span, from the kernel's tick counts (10 ms on most kernels): a
-run shorter than MIN_SPAN_S says nothing of them.
+Linux only (/proc/stat, /proc/self/task/TID/schedstat, the cgroup's cpu.stat); elsewhere
+nothing is recorded, and each part missing here is left out. The machine's figures are seconds
+of CPU (all CPUs together) over the run's span, from the kernel's tick counts (10 ms on most
+kernels): a run shorter than MIN_SPAN_S says nothing of them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +25,22 @@ MIN_SPAN_S = 1.0
 BUSY_SHARE = 0.25
 # The host took at least this share of the VM's CPU time: the report says so.
 STEAL_SHARE = 0.05
+# The cgroup's CPU limit held the replay back at least this long: the report says so.
+THROTTLED_S = 0.01
+# The sending thread waited for a CPU at least this share of the run, and the sends were late:
+# the report says so, though the machine's ticks showed no other work busy (work in short
+# wakeups, a target's at a high rate, is missed by them).
+WAIT_SHARE = 0.02
+
+Read = Callable[[str], "str | None"]
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read()
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +50,8 @@ class CpuSample:
     total_s: float  # every CPU's time since boot, idle, iowait and steal included
     steal_s: float  # time the host ran something else on this VM's vCPUs
     own_s: float  # this process's CPU time, all its threads
+    sender_wait_s: float | None = None  # the sending threads' time runnable, not running
+    throttled_s: float | None = None  # the cgroup's time held back by its CPU limit
 
 
 def read_stat(text: str, tick_s: float) -> tuple[int, float, float, float] | None:
@@ -51,12 +72,44 @@ def read_stat(text: str, tick_s: float) -> tuple[int, float, float, float] | Non
     return max(cpus, 1), busy * tick_s, sum(f) * tick_s, f[7] * tick_s
 
 
-def _proc_stat() -> str | None:
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            return fh.read()
-    except OSError:
+def waited_s(tids: Sequence[int], read: Read = _read) -> float | None:
+    """How long the threads `tids` of this process have been runnable and not running (the
+    second figure of their schedstat, ns), together; None where the kernel does not say."""
+    total = 0
+    for tid in tids:
+        text = read(f"/proc/self/task/{tid}/schedstat")
+        fields = text.split() if text else []
+        if len(fields) < 2 or not fields[1].isdigit():
+            return None
+        total += int(fields[1])
+    return total / 1e9
+
+
+def throttled_s(read: Read = _read) -> float | None:
+    """How long this process's cgroup has been held back by its CPU limit: cgroup v2's
+    cpu.stat `throttled_usec`, or v1's `throttled_time` (ns) in the cpu controller's
+    hierarchy; None where neither is found (no limit set still reads 0)."""
+    groups = read("/proc/self/cgroup")
+    if groups is None:
         return None
+    for line in groups.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2
+            stat, key, scale = f"/sys/fs/cgroup{path}/cpu.stat", "throttled_usec", 1e6
+        elif "cpu" in controllers.split(","):  # v1
+            mount = ",".join(c for c in controllers.split(",") if c in ("cpu", "cpuacct"))
+            stat, key, scale = f"/sys/fs/cgroup/{mount}{path}/cpu.stat", "throttled_time", 1e9
+        else:
+            continue
+        text = read(stat.replace("//", "/"))
+        for row in (text or "").splitlines():
+            name, _, value = row.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value) / scale
+    return None
 
 
 def _own_s() -> float:
@@ -65,10 +118,13 @@ def _own_s() -> float:
 
 
 def sample(
-    read: Callable[[], str | None] = _proc_stat, own: Callable[[], float] = _own_s
+    senders: Sequence[int] = (),
+    read: Read = _read,
+    own: Callable[[], float] = _own_s,
 ) -> CpuSample | None:
-    """The machine's CPU counters now; None where there is no /proc/stat."""
-    text = read()
+    """The machine's CPU counters now, with the wait of the sending threads `senders` (kernel
+    thread ids of this process) and the cgroup's throttled time; None without /proc/stat."""
+    text = read("/proc/stat")
     if text is None:
         return None
     try:
@@ -79,11 +135,17 @@ def sample(
     if stat is None:
         return None
     cpus, busy, total, steal = stat
-    return CpuSample(cpus, busy, total, steal, own())
+    wait = waited_s(senders, read) if senders else None
+    return CpuSample(cpus, busy, total, steal, own(), wait, throttled_s(read))
+
+
+def _less(b: float | None, a: float | None) -> float | None:
+    return None if a is None or b is None else round(max(b - a, 0.0), 4)
 
 
 def machine_use(a: CpuSample | None, b: CpuSample | None) -> dict[str, Any] | None:
-    """What run.json records of the span from `a` to `b`: seconds of CPU, all CPUs together."""
+    """What run.json records of the span from `a` to `b`: seconds of CPU, all CPUs together;
+    the sending threads' wait and the cgroup's throttled time (null where not known)."""
     if a is None or b is None or b.total_s <= a.total_s:
         return None
     return {
@@ -92,20 +154,35 @@ def machine_use(a: CpuSample | None, b: CpuSample | None) -> dict[str, Any] | No
         "busy_s": round(b.busy_s - a.busy_s, 3),
         "loadtape_s": round(b.own_s - a.own_s, 3),
         "steal_s": round(b.steal_s - a.steal_s, 3),
+        "sender_wait_s": _less(b.sender_wait_s, a.sender_wait_s),
+        "throttled_s": _less(b.throttled_s, a.throttled_s),
     }
+
+
+def _most(uses: list[Mapping[str, Any]], key: str) -> Any:
+    vals = [u[key] for u in uses if u.get(key) is not None]
+    return max(vals) if vals else None
+
+
+def _sum(uses: list[Mapping[str, Any]], key: str) -> Any:
+    vals = [u[key] for u in uses if u.get(key) is not None]
+    return round(sum(vals), 4) if vals else None
 
 
 def merged_use(uses: list[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The workers' records as one: they ran over the same span on the same machine (the busy
-    time is each one's view of the whole machine, the replay's own is theirs together)."""
+    time is each one's view of the whole machine; the replay's own time and its senders' wait
+    are theirs together; the cgroup, where they share one, each one's view of it)."""
     if not uses:
         return None
     return {
-        "cpus": max(u["cpus"] for u in uses),
-        "span_s": max(u["span_s"] for u in uses),
-        "busy_s": max(u["busy_s"] for u in uses),
-        "loadtape_s": round(sum(u["loadtape_s"] for u in uses), 3),
-        "steal_s": max(u["steal_s"] for u in uses),
+        "cpus": _most(uses, "cpus"),
+        "span_s": _most(uses, "span_s"),
+        "busy_s": _most(uses, "busy_s"),
+        "loadtape_s": _sum(uses, "loadtape_s"),
+        "steal_s": _most(uses, "steal_s"),
+        "sender_wait_s": _sum(uses, "sender_wait_s"),
+        "throttled_s": _most(uses, "throttled_s"),
     }
 
 

@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -296,7 +297,8 @@ def _run_streams(
             tick(disp, writer, metrics, on_progress, should_stop, interrupted, plan_size, due)
         )
         t0 = time.monotonic_ns()
-        cpu_at["start"] = hostcpu.sample()
+        senders = router.sender_threads or [threading.get_native_id()]
+        cpu_at["start"] = hostcpu.sample(senders)
         switch = sys.getswitchinterval()
         if not closed:
             # Open loop keeps a schedule: the loop waits at most this for the GIL. (Closed loop
@@ -308,7 +310,7 @@ def _run_streams(
                 for tid in router.sender_threads or [0]:
                     raised.enter_context(realtime(settings.rt_priority, tid))
                 stats = await disp.run(start)
-            cpu_at["end"] = hostcpu.sample()
+            cpu_at["end"] = hostcpu.sample(senders)
             rates["scheduled"], rates["achieved"] = disp.rates()
             client_stats.update(
                 connects=router.connects,

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ import pytest
 from captures.testing import T0_NS, http_record, write_capture
 from replay import hostcpu
 from replay.decide.report.text import LATE_MS, machine_note
-from replay.hostcpu import CpuSample, machine_use, merged_use, read_stat, sample, shares
+from replay.hostcpu import (
+    CpuSample,
+    machine_use,
+    merged_use,
+    read_stat,
+    sample,
+    shares,
+    throttled_s,
+    waited_s,
+)
 from replay.mock.threaded import running_gateway
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
@@ -53,40 +63,118 @@ def test_proc_stat_is_read_into_seconds(
     assert got[1:] == pytest.approx(want[1:])
 
 
+def _files(**by_path: str) -> Any:
+    return lambda path: by_path.get(path)
+
+
 def test_a_sample_needs_proc_stat() -> None:
-    assert sample(read=lambda: None) is None
-    got = sample(read=lambda: STAT, own=lambda: 1.5)
+    assert sample(read=_files()) is None
+    got = sample(read=_files(**{"/proc/stat": STAT}), own=lambda: 1.5)
     tick = 1.0 / os.sysconf("SC_CLK_TCK")
-    assert got == CpuSample(2, 160 * tick, 1010 * tick, 40 * tick, 1.5)
+    assert got == CpuSample(2, 160 * tick, 1010 * tick, 40 * tick, 1.5, None, None)
 
 
-def _s(busy: float, total: float, steal: float, own: float, cpus: int = 2) -> CpuSample:
-    return CpuSample(cpus, busy, total, steal, own)
+def test_a_sample_has_the_senders_wait_and_the_cgroups_throttled_time() -> None:
+    files = {
+        "/proc/stat": STAT,
+        "/proc/self/task/11/schedstat": "5000 2500000 7\n",
+        "/proc/self/task/12/schedstat": "5000 500000 7\n",
+        "/proc/self/cgroup": "0::/pod/replay\n",
+        "/sys/fs/cgroup/pod/replay/cpu.stat": "usage_usec 10\nthrottled_usec 250000\n",
+    }
+    got = sample([11, 12], read=lambda p: files.get(p), own=lambda: 0.0)
+    assert got is not None
+    assert got.sender_wait_s == pytest.approx(0.003)
+    assert got.throttled_s == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("files", "want"),
+    [
+        ({"/proc/self/task/7/schedstat": "1 2000000000 3"}, 2.0),
+        ({"/proc/self/task/7/schedstat": "1 x 3"}, None),
+        ({"/proc/self/task/7/schedstat": "1"}, None),
+        ({}, None),  # no schedstat: the kernel does not keep it
+    ],
+)
+def test_a_threads_wait_for_a_cpu_is_its_schedstat(files: dict[str, str], want: Any) -> None:
+    assert waited_s([7], read=lambda p: files.get(p)) == want
+
+
+V1 = "2:cpu,cpuacct:/lt\n1:name=systemd:/\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "want"),
+    [
+        ({"/proc/self/cgroup": "0::/\n", "/sys/fs/cgroup/cpu.stat": "throttled_usec 5\n"}, 5e-6),
+        (  # v1: the cpu controller's hierarchy, nanoseconds
+            {
+                "/proc/self/cgroup": V1,
+                "/sys/fs/cgroup/cpu,cpuacct/lt/cpu.stat": "nr_throttled 2\nthrottled_time 3000000\n",
+            },
+            0.003,
+        ),
+        (  # hybrid: the unified hierarchy mounted elsewhere; the v1 cpu controller answers
+            {
+                "/proc/self/cgroup": "0::/\n1:cpu:/\n",
+                "/sys/fs/cgroup/cpu/cpu.stat": "throttled_time 0\n",
+            },
+            0.0,
+        ),
+        ({"/proc/self/cgroup": "0::/\n", "/sys/fs/cgroup/cpu.stat": "usage_usec 9\n"}, None),
+        ({"/proc/self/cgroup": "garbage\n3:memory:/x\n"}, None),
+        ({}, None),
+    ],
+)
+def test_the_cgroups_throttled_time(files: dict[str, str], want: float | None) -> None:
+    got = throttled_s(read=lambda p: files.get(p))
+    assert got == (pytest.approx(want) if want is not None else None)
+
+
+def _s(
+    busy: float,
+    total: float,
+    steal: float,
+    own: float,
+    wait: float | None = None,
+    throttled: float | None = None,
+) -> CpuSample:
+    return CpuSample(2, busy, total, steal, own, wait, throttled)
 
 
 def test_the_record_is_the_span_between_two_samples() -> None:
-    a, b = _s(100, 1000, 5, 2), _s(106, 1010, 5.5, 3)
+    a, b = _s(100, 1000, 5, 2, 0.5, 1.0), _s(106, 1010, 5.5, 3, 0.75, 1.5)
     assert machine_use(a, b) == {
         "cpus": 2,
         "span_s": 5.0,
         "busy_s": 6.0,
         "loadtape_s": 1.0,
         "steal_s": 0.5,
+        "sender_wait_s": 0.25,
+        "throttled_s": 0.5,
     }
+    unknown = machine_use(_s(100, 1000, 5, 2), _s(106, 1010, 5.5, 3, 0.75, 1.5))
+    assert unknown is not None
+    assert unknown["sender_wait_s"] is None and unknown["throttled_s"] is None
     assert machine_use(None, b) is None
     assert machine_use(a, None) is None
     assert machine_use(b, b) is None  # no time passed: nothing to say
 
 
 def test_workers_share_the_machine_and_add_their_own_time() -> None:
-    one = {"cpus": 2, "span_s": 5.0, "busy_s": 6.0, "loadtape_s": 1.0, "steal_s": 0.5}
-    two = {"cpus": 2, "span_s": 5.2, "busy_s": 6.4, "loadtape_s": 1.5, "steal_s": 0.4}
+    one: dict[str, Any] = {"cpus": 2, "span_s": 5.0, "busy_s": 6.0, "loadtape_s": 1.0}
+    two: dict[str, Any] = {"cpus": 2, "span_s": 5.2, "busy_s": 6.4, "loadtape_s": 1.5}
+    one |= {"steal_s": 0.5, "sender_wait_s": 0.1, "throttled_s": 0.0}
+    two |= {"steal_s": 0.4, "sender_wait_s": 0.2, "throttled_s": None}
     assert merged_use([one, two]) == {
         "cpus": 2,
         "span_s": 5.2,
         "busy_s": 6.4,
         "loadtape_s": 2.5,
         "steal_s": 0.5,
+        "sender_wait_s": pytest.approx(0.3),
+        "throttled_s": 0.0,
     }
     assert merged_use([]) is None
 
@@ -106,13 +194,22 @@ def test_shares_of_the_machine(use: dict[str, Any] | None, want: Any) -> None:
     assert got == (pytest.approx(want) if want is not None else None)
 
 
-def _report(others: float, steal: float, lag_p99: float | None, **run: Any) -> dict[str, Any]:
+def _report(
+    others: float,
+    steal: float,
+    lag_p99: float | None,
+    wait: float | None = None,
+    throttled: float | None = None,
+    **run: Any,
+) -> dict[str, Any]:
     use = {
         "cpus": 2,
         "span_s": 10.0,
         "busy_s": 20 * others + 1.0,
         "loadtape_s": 1.0,
         "steal_s": 20 * steal,
+        "sender_wait_s": wait,
+        "throttled_s": throttled,
     }
     return {
         "run": {"mode": "open", "rt_priority": 0, "machine": use, **run},
@@ -133,6 +230,23 @@ def _report(others: float, steal: float, lag_p99: float | None, **run: Any) -> d
         (_report(0.5, 0.0, 3.0, mode="closed"), ["other work used 50%"]),  # no schedule
         (_report(0.0, 0.1, 3.0), ["host took 10% of its CPU time (steal)", "--rt-priority"]),
         (_report(0.9, 0.0, 3.0, machine=None), None),  # run before this was recorded
+        (  # other work busy: how long the sending thread waited for a CPU meanwhile
+            _report(0.5, 0.0, 3.0, wait=0.1815),
+            ["other work used 50%", "sending thread waited 181.5 ms in all", "--rt-priority"],
+        ),
+        # the ticks saw no other work, the wait was long and the sends late: said alone
+        (_report(0.0, 0.0, 3.0, wait=0.2), ["waited 200.0 ms in all", "--rt-priority 10"]),
+        (_report(0.0, 0.0, 0.3, wait=0.2), None),  # waited, but on time: nothing to say
+        (_report(0.0, 0.0, 3.0, wait=0.1), None),  # late, a short wait (1%): not the machine
+        (  # the cgroup's limit: raise it; real-time priority is not the cure
+            _report(0.0, 0.0, 3.0, throttled=0.5),
+            [
+                "CPU limit of this replay's cgroup (a container's) held it back for 0.50 s of the "
+                "run's 10.0 s",
+                "a higher CPU limit, or a lower --speed",
+            ],
+        ),
+        (_report(0.0, 0.0, 3.0, throttled=0.001), None),  # a millisecond throttled: nothing
     ],
 )
 def test_the_report_puts_late_sends_down_to_a_busy_machine(
@@ -147,6 +261,16 @@ def test_the_report_puts_late_sends_down_to_a_busy_machine(
         assert part in note
     if not any("--rt-priority" in part for part in says):
         assert "--rt-priority" not in note
+
+
+def test_a_short_run_says_its_throttling_not_its_shares() -> None:
+    """The ticks say nothing of half a second; the cgroup's throttled time is exact."""
+    report = _report(0.9, 0.0, 0.2, throttled=0.3)
+    report["run"]["machine"]["span_s"] = 0.5
+    note = machine_note(report)
+    assert note is not None
+    assert "held it back for 0.30 s of the run's 0.5 s" in note
+    assert "other work" not in note
 
 
 HOG = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end: pass\n"
@@ -206,6 +330,68 @@ def test_a_quiet_run_records_the_machine_too(tmp_path: Path) -> None:
         )
     assert p.returncode == 0, p.stderr
     use = json.loads((tmp_path / "run" / "run.json").read_text())["machine"]
-    assert set(use) == {"cpus", "span_s", "busy_s", "loadtape_s", "steal_s"}
+    assert set(use) == {
+        "cpus",
+        "span_s",
+        "busy_s",
+        "loadtape_s",
+        "steal_s",
+        "sender_wait_s",
+        "throttled_s",
+    }
+    if Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists():
+        assert use["sender_wait_s"] is not None and 0 <= use["sender_wait_s"] < use["span_s"]
     assert use["span_s"] >= 1.1
     assert 0 < use["loadtape_s"] <= use["busy_s"] + 0.05
+
+
+def _limited_cgroup(name: str, share: float) -> tuple[Path, Path] | None:
+    """A cgroup of the cpu controller limited to `share` of a CPU, made for the test (root:
+    cgroup v1's cpu hierarchy or v2 with the cpu controller on); (it, its procs file) or None."""
+    period = 100_000
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            group = v1 / name
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(int(share * period)))
+        elif "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+            group = v2 / name
+            group.mkdir()
+            (group / "cpu.max").write_text(f"{int(share * period)} {period}")
+        else:
+            return None
+    except OSError:
+        return None
+    return group, group / "cgroup.procs"
+
+
+def test_a_replay_held_back_by_its_cgroups_cpu_limit_says_so(tmp_path: Path) -> None:
+    """A real replay in a cgroup limited to 15% of a CPU (2000 GETs at 1000/s against the mock
+    gateway, outside the group): throttled, its run.json says for how long, and its report says
+    what to do; the sending thread's wait is there too."""
+    made = _limited_cgroup(f"loadtape-test-{os.getpid()}", 0.15)
+    if made is None:
+        pytest.skip("no cpu cgroup this test may make (needs root)")
+    group, procs = made
+    cap = write_capture(
+        tmp_path / "cap",
+        [http_record(start_ns=T0_NS + i * 1_000_000, path="/echo/x") for i in range(2000)],
+    )
+    try:
+        with running_gateway(default_profile="instant") as gw:
+            p = subprocess.run(
+                [*CLI, "replay", str(cap), "--target", gw.url, "--out", str(tmp_path / "run")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                preexec_fn=lambda: procs.write_text(str(os.getpid())),
+            )
+    finally:
+        group.rmdir()
+    assert p.returncode == 0, p.stderr
+    use = json.loads((tmp_path / "run" / "run.json").read_text())["machine"]
+    assert use["throttled_s"] >= hostcpu.THROTTLED_S
+    assert use["throttled_s"] < use["span_s"]
+    assert "CPU limit of this replay's cgroup (a container's) held it back" in p.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from replay.hostcpu import BUSY_SHARE, STEAL_SHARE, shares
+from replay.hostcpu import BUSY_SHARE, STEAL_SHARE, THROTTLED_S, WAIT_SHARE, shares
 from replay.measure.metrics import METRICS
 
 METRIC_TITLES = {
@@ -185,29 +185,47 @@ LATE_MS = 1.0
 
 
 def machine_note(report: dict[str, Any]) -> str | None:
-    """Other work busy on the replay's machine (the target, when it runs there) or a VM's host
-    taking its CPU time, and, where the open loop's sends went late meanwhile, the cure."""
+    """The replay held back by its cgroup's CPU limit, other work busy on its machine (the
+    target, when it runs there) or a VM's host taking its CPU time; how long the sending thread
+    waited for a CPU meanwhile, and, where the open loop's sends went late, the cure."""
     run = report["run"]
-    got = shares(run.get("machine"))
-    if got is None:
-        return None
-    others, steal = got
+    use = run.get("machine") or {}
     said = []
-    if others >= BUSY_SHARE:
+    throttled = use.get("throttled_s")
+    if throttled is not None and throttled >= THROTTLED_S:
         said.append(
-            f"other work used {others:.0%} of this machine's {run['machine']['cpus']} CPUs "
-            "during the run (the target's work too, where it runs here)"
+            f"the CPU limit of this replay's cgroup (a container's) held it back for "
+            f"{throttled:.2f} s of the run's {use['span_s']:.1f} s"
         )
-    if steal >= STEAL_SHARE:
-        said.append(f"the VM's host took {steal:.0%} of its CPU time (steal)")
-    if not said:
-        return None
+    got = shares(use)
+    if got is not None:
+        others, steal = got
+        if others >= BUSY_SHARE:
+            said.append(
+                f"other work used {others:.0%} of this machine's {use['cpus']} CPUs during the "
+                "run (the target's work too, where it runs here)"
+            )
+        if steal >= STEAL_SHARE:
+            said.append(f"the VM's host took {steal:.0%} of its CPU time (steal)")
     lag = report["total"]["metrics"]["lag"]["p99"]
-    if run.get("mode") == "open" and not run.get("rt_priority") and lag and lag > LATE_MS:
-        said.append(
-            f"sends went late at times (lag p99 {fmt_ms(lag)} ms): --rt-priority 10 keeps the "
-            "sending thread on a CPU (Linux, root or CAP_SYS_NICE)"
-        )
+    late = run.get("mode") == "open" and lag is not None and lag > LATE_MS
+    wait = use.get("sender_wait_s")
+    # the machine's busy time is the kernel's ticks, which miss work done in short wakeups;
+    # the sending thread's wait is exact: a late run where it waited long says so alone
+    waited = bool(wait) and wait >= WAIT_SHARE * use.get("span_s", 0)
+    if not said and not (late and waited):
+        return None
+    if wait:
+        said.append(f"the sending thread waited {wait * 1e3:.1f} ms in all for a CPU")
+    if late:
+        late_at = f"sends went late at times (lag p99 {fmt_ms(lag)} ms)"
+        if throttled is not None and throttled >= THROTTLED_S:
+            said.append(f"{late_at}: a higher CPU limit, or a lower --speed, keeps them on time")
+        elif not run.get("rt_priority"):
+            said.append(
+                f"{late_at}: --rt-priority 10 keeps the sending thread on a CPU (Linux, root or "
+                "CAP_SYS_NICE)"
+            )
     return "; ".join(said)
 
 
