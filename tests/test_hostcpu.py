@@ -29,6 +29,7 @@ from replay.hostcpu import (
     waited_s,
 )
 from replay.mock.threaded import running_gateway
+from replay.scale.shards import merged_machine
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 STAT = """cpu  100 20 30 800 10 5 5 40 7 0
@@ -395,3 +396,13 @@ def test_a_replay_held_back_by_its_cgroups_cpu_limit_says_so(tmp_path: Path) -> 
     assert use["throttled_s"] >= hostcpu.THROTTLED_S
     assert use["throttled_s"] < use["span_s"]
     assert "CPU limit of this replay's cgroup (a container's) held it back" in p.stdout
+
+
+def test_workers_on_several_machines_keep_their_records_apart() -> None:
+    """Ray's workers may run on several hosts: their machines are not one."""
+    use = {"cpus": 2, "span_s": 5.0, "busy_s": 6.0, "loadtape_s": 1.0, "steal_s": 0.0}
+    same = [{"host": "a", "machine": use}, {"host": "a", "machine": use}]
+    merged = merged_machine(same)
+    assert merged is not None and merged["loadtape_s"] == 2.0
+    assert merged_machine([{"host": "a", "machine": use}, {"host": "b", "machine": use}]) is None
+    assert merged_machine([{"host": "a", "machine": None}]) is None  # not Linux

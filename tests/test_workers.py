@@ -100,6 +100,8 @@ def test_two_workers_send_what_one_does(tmp_path: Path) -> None:
         use = two.run["machine"]
         assert use["cpus"] == one.run["machine"]["cpus"] and use["span_s"] > 0
         assert 0 < use["loadtape_s"] <= use["busy_s"] + 0.1
+        each = [w["machine"]["loadtape_s"] for w in two.run["workers"]["per_worker"]]
+        assert use["loadtape_s"] == pytest.approx(sum(each))
     assert set(one.metrics.hists) == set(two.metrics.hists)
     for k in one.metrics.hists:
         assert one.metrics.stats[k].count == two.metrics.stats[k].count

@@ -113,6 +113,14 @@ def _achieved(runs: Any, sent: int) -> float | None:
     return sent / max(spans) if spans else None
 
 
+def merged_machine(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The workers' records of their machine as one, where they ran on one machine (the local
+    backend; Ray's may not): on several, each worker's is in its run only."""
+    if len({r.get("host") for r in runs}) != 1:
+        return None
+    return merged_use([r["machine"] for r in runs if r.get("machine")])
+
+
 def merge(
     out_dir: Path,
     settings: RunSettings,
@@ -134,7 +142,16 @@ def merge(
         run = runs.get(k)
         err = results.get(k, (None, None, None))[2]
         sent = run["counts"]["sent"] if run else (latest[k].sent if k in latest else 0)
-        per_worker.append({"index": k, "exitcode": code, "sent": sent, "error": err})
+        per_worker.append(
+            {
+                "index": k,
+                "exitcode": code,
+                "sent": sent,
+                "error": err,
+                "host": run.get("host") if run else None,
+                "machine": run.get("machine") if run else None,
+            }
+        )
         if run is None:
             failures.append(
                 f"worker {k} died (exit code {code}) after sending about {sent} requests"
@@ -173,7 +190,7 @@ def merge(
             k: sum((r.get("connections") or {}).get(k) or 0 for r in runs.values())
             for k in ("connects", "resends", "warmed")
         },
-        "machine": merged_use([r["machine"] for r in runs.values() if r.get("machine")]),
+        "machine": merged_machine(list(runs.values())),
         "workers": {"count": len(exits), "backend": backend, "per_worker": per_worker},
         **(extra or {}),
     }
