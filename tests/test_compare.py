@@ -172,3 +172,27 @@ def test_results_written_before_newer_columns_still_compare(tmp_path: Path) -> N
         [parse_rule(r) for r in DEFAULT_RULES],
     )
     assert len(doc["groups"]) == 2 and doc["regressions"] == []
+
+
+def test_a_run_on_a_busy_machine_is_said_beside_the_verdict(tmp_path: Path) -> None:
+    """The current run's machine was busy and its sends late: the comparison says so in every
+    format, as its own report does; the baseline's quiet machine says nothing."""
+    from replay.decide.compare import DEFAULT_RULES, compare
+    from replay.decide.report.comparison import render_markdown, render_text
+    from replay.measure.resultsdir import Results
+    from replay.mock.testing import make_results
+
+    for name, seed in (("a", 1), ("b", 2)):
+        make_results(tmp_path / name, n=200, seed=seed)
+    busy = {"cpus": 2, "span_s": 10.0, "busy_s": 11.0, "loadtape_s": 1.0, "steal_s": 0.0}
+    busy |= {"sender_wait_s": 0.2, "throttled_s": 0.0}
+    f = tmp_path / "b" / "run.json"
+    f.write_text(json.dumps(json.loads(f.read_text()) | {"machine": busy, "mode": "open"}))
+    rules = [parse_rule(r) for r in DEFAULT_RULES]
+    doc = compare(Results.open(tmp_path / "a"), Results.open(tmp_path / "b"), rules)
+    assert doc["machine_notes"]["baseline"] is None
+    note = doc["machine_notes"]["current"]
+    assert note is not None and "other work used 50% of this machine's 2 CPUs" in note
+    assert f"current run: {note}" in render_text(doc)
+    assert f"> current run: {note}" in render_markdown(doc)
+    assert "baseline run:" not in render_text(doc)

@@ -81,8 +81,15 @@ def headline(doc: dict[str, Any]) -> str:
     )
 
 
+def machine_lines(doc: dict[str, Any]) -> list[str]:
+    """Each run's machine, where its report has a word on it: a change may be the machine's."""
+    notes = doc.get("machine_notes") or {}
+    return [f"{which} run: {notes[which]}" for which in ("baseline", "current") if notes.get(which)]
+
+
 def render_text(doc: dict[str, Any]) -> str:
     lines = [headline(doc), "  (ms; a regression exceeds its rule and its interval is above 0)"]
+    lines += [f"  {line}" for line in machine_lines(doc)]
     widths = [14, 10, 10, 9, 18, 26, 10]
     for title, table in rows(doc):
         lines += ["", f"== {title}"]
@@ -101,6 +108,7 @@ def render_text(doc: dict[str, Any]) -> str:
 
 def render_markdown(doc: dict[str, Any]) -> str:
     lines = ["## loadtape compare", "", headline(doc), ""]
+    lines += [f"> {line}\n" for line in machine_lines(doc)]
     for title, table in rows(doc):
         lines += [f"### {title}", ""]
         if table:
@@ -124,6 +132,7 @@ def render_html(doc: dict[str, Any], base: Results, cur: Results) -> str:
     parts.append(f'<h2 class="{"fail" if n else "pass"}">Verdict: {verdict}</h2>')
     if n:
         parts.append("<ul>" + "".join(f"<li>{h.esc(r)}</li>" for r in doc["regressions"]) + "</ul>")
+    parts += [f'<p class="note">{h.esc(line)}</p>' for line in machine_lines(doc)]
     parts.append(
         '<p class="note">A regression exceeds its rule and the 95% bootstrap interval of the '
         "difference is above zero (noise does not fail a build); changes under "
