@@ -128,8 +128,14 @@ def test_closed_loop_sweep_finds_the_ceiling_and_the_knee(tmp_path: Path) -> Non
     # is 16 (8 on a machine slow enough to push 62 ms past 90), never at or below capacity
     assert doc["knee"] in (8, 16)
     assert levels[16]["latency_p99"] > 90 > levels[4]["latency_p99"]
+    from replay.decide.report import build
+    from replay.decide.report.text import machine_note
+    from replay.measure.resultsdir import Results
+
     for lv in levels.values():
         assert (Path(lv["dir"]) / "results.parquet").exists()
+        # each level's word on its machine is its own report's
+        assert lv["machine"] == machine_note(build(Results.open(Path(lv["dir"])), by=[]))
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["knee"] == doc["knee"]
     if CHROMIUM is None and not os.environ.get("LOADTAPE_REQUIRE_CHROMIUM"):
         return
@@ -263,3 +269,26 @@ def test_one_metrics_endpoint_follows_the_whole_sweep(tmp_path: Path) -> None:
     assert total(final, "loadtape_sent_total") == sum(counts)  # both levels, not the last one
     assert total(final, "loadtape_scheduled_total") == sum(counts)
     assert sent_seen == sorted(sent_seen)  # a counter: it never went back at a new level
+
+
+def test_a_level_on_a_busy_machine_is_said_in_the_verdicts() -> None:
+    """A level whose report had a word on its machine (a busy one, a throttled cgroup): the
+    sweep's verdicts repeat it for that level, and only for it."""
+    from replay.decide.report.sweepview import verdicts
+
+    note = "other work used 60% of this machine's 2 CPUs during the run"
+    doc = {
+        "kind": "concurrency",
+        "levels": [
+            {"level": 1.0, "machine": None},
+            {"level": 50.0, "machine": note},
+        ],
+        "ceiling": None,
+        "max_throughput": None,
+        "p99_limit_ms": None,
+        "slo": [],
+        "stopped": None,
+        "tolerance": 0.05,
+    }
+    said = [v for v in verdicts(doc) if "other work" in v]
+    assert len(said) == 1 and said[0].endswith(f"50: {note}") and "1:" not in said[0]

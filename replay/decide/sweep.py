@@ -23,6 +23,7 @@ from replay.settings import RunSummary
 from replay.workload.replaying import ReplayOptions
 
 from .report import build
+from .report.text import machine_note
 from .slo import evaluate
 
 KINDS = {"concurrency": "concurrency", "speeds": "speed", "rates": "rate"}
@@ -125,6 +126,8 @@ def level_figures(kind: str, value: float, results: Results) -> dict[str, Any]:
         "lag_p99": lag["p99"],
         "tokens_per_s": t["tokens_per_s"],
         "interrupted": bool(results.run.get("interrupted")),
+        # its machine busy or its cgroup throttled: the level's figures may be the machine's
+        "machine": machine_note(rep),
     }
 
 

@@ -62,6 +62,7 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
         )
     if doc["stopped"]:
         out.append(f"stopped early: {doc['stopped']}")
+    out += [f"at {unit} {f['level']:g}: {f['machine']}" for f in doc["levels"] if f.get("machine")]
     return out
 
 
