@@ -143,6 +143,17 @@ def _less(b: float | None, a: float | None) -> float | None:
     return None if a is None or b is None else round(max(b - a, 0.0), 4)
 
 
+def since(
+    start: CpuSample | None, senders: Sequence[int], read: Read = _read
+) -> tuple[float | None, float | None]:
+    """The sending threads' wait for a CPU and the cgroup's throttled time since `start`, read
+    afresh (for the live metrics: the two cheap parts of a sample)."""
+    if start is None:
+        return None, None
+    wait = waited_s(senders, read) if senders else None
+    return _less(wait, start.sender_wait_s), _less(throttled_s(read), start.throttled_s)
+
+
 def machine_use(a: CpuSample | None, b: CpuSample | None) -> dict[str, Any] | None:
     """What run.json records of the span from `a` to `b`: seconds of CPU, all CPUs together;
     the sending threads' wait and the cgroup's throttled time (null where not known)."""

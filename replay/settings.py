@@ -127,6 +127,10 @@ class Progress:
     behind_s: float = 0.0  # how late the oldest shot due and not yet sent is (0: on schedule)
     scheduled: int | None = None  # shots due so far by the plan (None: closed loop)
     planning: int | None = None  # before the start: shots planned ahead so far
+    # since the start (replay/hostcpu.py; None where the kernel does not say): how long the
+    # sending thread waited for a CPU, how long the cgroup's CPU limit held the replay back
+    sender_wait_s: float | None = None
+    throttled_s: float | None = None
 
 
 @dataclass

@@ -25,11 +25,14 @@ from replay.hostcpu import (
     read_stat,
     sample,
     shares,
+    since,
     throttled_s,
     waited_s,
 )
+from replay.live.exporter import RunObserver
 from replay.mock.threaded import running_gateway
-from replay.scale.shards import merged_machine
+from replay.scale.shards import merged_machine, sum_progress
+from replay.settings import Progress
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 STAT = """cpu  100 20 30 800 10 5 5 40 7 0
@@ -406,3 +409,52 @@ def test_workers_on_several_machines_keep_their_records_apart() -> None:
     assert merged is not None and merged["loadtape_s"] == 2.0
     assert merged_machine([{"host": "a", "machine": use}, {"host": "b", "machine": use}]) is None
     assert merged_machine([{"host": "a", "machine": None}]) is None  # not Linux
+
+
+def test_the_live_figures_are_read_afresh_since_the_start() -> None:
+    start = CpuSample(2, 0.0, 1.0, 0.0, 0.0, 0.5, 2.0)
+    files = {
+        "/proc/self/task/9/schedstat": "1 750000000 3",
+        "/proc/self/cgroup": "0::/g\n",
+        "/sys/fs/cgroup/g/cpu.stat": "throttled_usec 2500000\n",
+    }
+    assert since(start, [9], read=lambda p: files.get(p)) == (0.25, 0.5)
+    assert since(None, [9], read=lambda p: files.get(p)) == (None, None)
+    assert since(start, [9], read=lambda p: None) == (None, None)
+
+
+def _progress(wait: float | None, throttled: float | None) -> Progress:
+    return Progress(
+        elapsed_s=1.0,
+        scheduled_s=1.0,
+        planned=10,
+        planned_approx=False,
+        planned_end_s=None,
+        sent=5,
+        ok=5,
+        expected=0,
+        failed=0,
+        in_flight=0,
+        rate=5.0,
+        p99_ms=None,
+        lag_p99_ms=None,
+        sender_wait_s=wait,
+        throttled_s=throttled,
+    )
+
+
+def test_workers_progress_adds_their_waits_and_shares_the_cgroup() -> None:
+    got = sum_progress({0: _progress(0.25, 0.5), 1: _progress(0.5, 0.75)}, time.monotonic())
+    assert (got.sender_wait_s, got.throttled_s) == (0.75, 0.75)
+    unknown = sum_progress({0: _progress(None, None), 1: _progress(None, None)}, time.monotonic())
+    assert (unknown.sender_wait_s, unknown.throttled_s) == (None, None)
+
+
+def test_a_sweeps_live_counters_carry_on_across_its_levels() -> None:
+    """Each level's run counts from 0; the live counters go on from the last level's end."""
+    obs = RunObserver()
+    obs.progress(_progress(0.25, 0.0))
+    obs.next_stage(level="2")
+    obs.progress(_progress(0.5, None))
+    _, p, _ = obs.snapshot()
+    assert p is not None and (p.sender_wait_s, p.throttled_s) == (0.75, 0.0)

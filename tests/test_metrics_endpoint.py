@@ -82,6 +82,15 @@ def test_counters_and_histograms_match_the_results(tmp_path: Path, workers: int)
     ).to_pylist()
     run = json.loads((out / "run.json").read_text())
     assert total(final, "loadtape_sent_total") == run["counts"]["sent"] == 160
+    machine = run["machine"] or {}
+    if machine.get("sender_wait_s") is not None:  # Linux: the sending threads' wait, together
+        assert "loadtape_sender_cpu_wait_seconds_total" in final
+        wait = total(final, "loadtape_sender_cpu_wait_seconds_total")
+        assert machine["sender_wait_s"] - 0.001 <= wait <= machine["sender_wait_s"] + 0.05
+    if machine.get("throttled_s") is not None:
+        assert "loadtape_cgroup_throttled_seconds_total" in final
+        throttled = total(final, "loadtape_cgroup_throttled_seconds_total")
+        assert machine["throttled_s"] - 0.001 <= throttled <= machine["throttled_s"] + 0.05
     assert total(final, "loadtape_scheduled_total") == 160  # all due by the plan, at the end
     by = Counter((r["model"], r["outcome"]) for r in rows)
     for (model, outcome), n in by.items():

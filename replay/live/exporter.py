@@ -180,6 +180,8 @@ class RunObserver:
                 expected=b.expected + p.expected,
                 failed=b.failed + p.failed,
                 scheduled=None if p.scheduled is None else (b.scheduled or 0) + p.scheduled,
+                sender_wait_s=_plus(b.sender_wait_s, p.sender_wait_s),
+                throttled_s=_plus(b.throttled_s, p.throttled_s),
             )
         point: dict[str, Any] = {
             "t": round(p.elapsed_s, 2),
@@ -287,6 +289,11 @@ class RunObserver:
             series[k] = copy = _Series()
             _add_series(copy, s)
         return series
+
+
+def _plus(before: float | None, now: float | None) -> float | None:
+    """A counter across a sweep's levels (each level's starts at 0)."""
+    return now if before is None else before + (now or 0.0)
 
 
 def _add_series(into: _Series, s: _Series) -> None:

@@ -114,3 +114,15 @@ def _progress_families(p: Progress) -> Iterable[Metric]:
                 p.behind_s)  # fmt: skip
     yield gauge("loadtape_lag_p99_seconds", "Schedule lag p99 so far.",
                 None if p.lag_p99_ms is None else p.lag_p99_ms / 1000)  # fmt: skip
+    if p.sender_wait_s is not None:  # Linux (replay/hostcpu.py)
+        yield CounterMetricFamily(
+            "loadtape_sender_cpu_wait_seconds",
+            "How long the sending thread was ready to send and waited for a CPU (its schedstat).",
+            value=p.sender_wait_s,
+        )
+    if p.throttled_s is not None:
+        yield CounterMetricFamily(
+            "loadtape_cgroup_throttled_seconds",
+            "How long the CPU limit of the replay's cgroup (a container's) held it back.",
+            value=p.throttled_s,
+        )
