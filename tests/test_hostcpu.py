@@ -251,6 +251,15 @@ def _report(
             ],
         ),
         (_report(0.0, 0.0, 3.0, throttled=0.001), None),  # a millisecond throttled: nothing
+        # the demo's case: ordered sessions at 5x, lag p99 3.3 s of turns waiting for the turn
+        # before; the thread waited 155 ms in all: not the machine's lag, nothing to say
+        (_report(0.0, 0.0, 3310.0, wait=0.2, sessions="ordered"), None),
+        (_report(0.0, 0.0, 3310.0, wait=0.2), None),  # no send waited longer than 0.2 s in all
+        (_report(0.0, 0.0, 150.0, wait=0.2), ["waited 200.0 ms", "lag p99 150", "--rt-priority"]),
+        (  # busy, said; the order's lag is not put down to it
+            _report(0.5, 0.0, 40.0, wait=0.2, sessions="ordered"),
+            ["other work used 50%", "waited 200.0 ms"],
+        ),
     ],
 )
 def test_the_report_puts_late_sends_down_to_a_busy_machine(

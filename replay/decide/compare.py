@@ -28,7 +28,7 @@ import numpy as np
 
 from captures import hdr
 from captures.errors import UserError
-from replay.decide.report.model import groups, parse_by, several_targets
+from replay.decide.report.model import groups, parse_by, run_view, several_targets
 from replay.decide.report.text import machine_note
 from replay.measure.metrics import METRICS
 from replay.measure.resultsdir import Results
@@ -270,11 +270,9 @@ def compare(
 
 def _machine_note(res: Results) -> str | None:
     """What the run's report says of its machine (report/text.py machine_note)."""
-    run = dict(res.run)
-    run["rt_priority"] = (run.get("settings") or {}).get("rt_priority") or 0
     lag = res.metrics.total()[0].get("lag")
     p99 = hdr.value_at_percentile(lag, 99.0) / 1000 if lag is not None and lag.total_count else None
-    return machine_note({"run": run, "total": {"metrics": {"lag": {"p99": p99}}}})
+    return machine_note({"run": run_view(res.run), "total": {"metrics": {"lag": {"p99": p99}}}})
 
 
 def _order(g: dict[str, Any]) -> tuple[int, int]:

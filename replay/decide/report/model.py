@@ -164,6 +164,16 @@ def over_time(metrics: Metrics) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def run_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """The report's `run`: run.json's RUN_KEYS and the settings the notes read."""
+    run = {k: doc.get(k) for k in RUN_KEYS}
+    settings = doc.get("settings") or {}
+    run["sessions"] = settings.get("sessions")
+    run["send_slack_s"] = settings.get("send_slack_s") or 0.0
+    run["rt_priority"] = settings.get("rt_priority") or 0
+    return run
+
+
 def build(results: Results, by: str | Sequence[str] | None = None) -> dict[str, Any]:
     metrics = results.metrics
     dims = parse_by(by, metrics)
@@ -172,16 +182,11 @@ def build(results: Results, by: str | Sequence[str] | None = None) -> dict[str, 
         hs, st = metrics.merged(keys)
         docs.append(group_doc(dict(zip(dims, proj, strict=True)), hs, st))
     hs, st = metrics.total()
-    run = {k: results.run.get(k) for k in RUN_KEYS}
-    settings = results.run.get("settings") or {}
-    run["sessions"] = settings.get("sessions")
-    run["send_slack_s"] = settings.get("send_slack_s") or 0.0
-    run["rt_priority"] = settings.get("rt_priority") or 0
     return {
         "format": "loadtape-report",
         "version": REPORT_VERSION,
         "results": str(results.path),
-        "run": run,
+        "run": run_view(results.run),
         "by": list(dims),
         "groups": docs,
         "total": group_doc({}, hs, st),
