@@ -46,18 +46,16 @@ ctxt 999
 @pytest.mark.parametrize(
     ("text", "want"),
     [
-        # busy: user + nice + system + irq + softirq; total: the first eight; steal the eighth
-        (STAT, (2, 1.60, 10.10, 0.40)),
-        ("cpu  100 0 0 100\ncpu0 100 0 0 100\n", (1, 1.0, 2.0, 0.0)),  # an old kernel's four
-        ("cpu  1 2 3 4 5 6 7 8\n", (1, 0.19, 0.36, 0.08)),  # no per-CPU lines: one CPU
+        # idle: idle + iowait (the fourth and fifth); steal the eighth; the busy fields unread
+        (STAT, (2, 8.10, 0.40)),
+        ("cpu  100 0 0 100\ncpu0 100 0 0 100\n", (1, 1.0, 0.0)),  # an old kernel's four
+        ("cpu  1 2 3 4 5 6 7 8\n", (1, 0.09, 0.08)),  # no per-CPU lines: one CPU
         ("intr 1 2 3\n", None),
         ("cpu  1 2\n", None),
         ("", None),
     ],
 )
-def test_proc_stat_is_read_into_seconds(
-    text: str, want: tuple[int, float, float, float] | None
-) -> None:
+def test_proc_stat_is_read_into_seconds(text: str, want: tuple[int, float, float] | None) -> None:
     got = read_stat(text, 0.01)
     if want is None:
         assert got is None
@@ -73,9 +71,9 @@ def _files(**by_path: str) -> Any:
 
 def test_a_sample_needs_proc_stat() -> None:
     assert sample(read=_files()) is None
-    got = sample(read=_files(**{"/proc/stat": STAT}), own=lambda: 1.5)
+    got = sample(read=_files(**{"/proc/stat": STAT}), own=lambda: 1.5, clock=lambda: 7.0)
     tick = 1.0 / os.sysconf("SC_CLK_TCK")
-    assert got == CpuSample(2, 160 * tick, 1010 * tick, 40 * tick, 1.5, None, None)
+    assert got == CpuSample(2, 7.0, 810 * tick, 40 * tick, 1.5, None, None)
 
 
 def test_a_sample_has_the_senders_wait_and_the_cgroups_throttled_time() -> None:
@@ -137,18 +135,19 @@ def test_the_cgroups_throttled_time(files: dict[str, str], want: float | None) -
 
 
 def _s(
-    busy: float,
-    total: float,
+    wall: float,
+    idle: float,
     steal: float,
     own: float,
     wait: float | None = None,
     throttled: float | None = None,
 ) -> CpuSample:
-    return CpuSample(2, busy, total, steal, own, wait, throttled)
+    return CpuSample(2, wall, idle, steal, own, wait, throttled)
 
 
 def test_the_record_is_the_span_between_two_samples() -> None:
-    a, b = _s(100, 1000, 5, 2, 0.5, 1.0), _s(106, 1010, 5.5, 3, 0.75, 1.5)
+    """Busy: the span's CPU time (2 CPUs x 5 s) less what was idle (3.5 s) or stolen (0.5 s)."""
+    a, b = _s(100, 1000, 5, 2, 0.5, 1.0), _s(105, 1003.5, 5.5, 3, 0.75, 1.5)
     assert machine_use(a, b) == {
         "cpus": 2,
         "span_s": 5.0,
@@ -158,12 +157,14 @@ def test_the_record_is_the_span_between_two_samples() -> None:
         "sender_wait_s": 0.25,
         "throttled_s": 0.5,
     }
-    unknown = machine_use(_s(100, 1000, 5, 2), _s(106, 1010, 5.5, 3, 0.75, 1.5))
+    unknown = machine_use(_s(100, 1000, 5, 2), _s(105, 1003.5, 5.5, 3, 0.75, 1.5))
     assert unknown is not None
     assert unknown["sender_wait_s"] is None and unknown["throttled_s"] is None
     assert machine_use(None, b) is None
     assert machine_use(a, None) is None
     assert machine_use(b, b) is None  # no time passed: nothing to say
+    idle = machine_use(_s(100, 1000, 5, 2), _s(101, 1002.5, 5, 2))  # idle counted past the span
+    assert idle is not None and idle["busy_s"] == 0.0
 
 
 def test_workers_share_the_machine_and_add_their_own_time() -> None:

@@ -219,8 +219,8 @@ def machine_note(report: dict[str, Any]) -> str | None:
         and lag > LATE_MS
         and (wait is None or lag <= wait * 1e3)
     )
-    # the machine's busy time is the kernel's ticks, which miss work done in short wakeups;
-    # the sending thread's wait is exact: a late run where it waited long says so alone
+    # the sending thread's wait is exact, whoever kept it waiting (other work, the replay's
+    # own threads): a late run where it waited long says so alone
     waited = bool(wait) and wait >= WAIT_SHARE * use.get("span_s", 0)
     if not said and not (late and waited):
         return None
