@@ -189,8 +189,13 @@ def loadtape_run(
         out / "results.parquet", columns=["endpoint", "intended_ns", "sent_ns", "status"]
     )
     rows = list(zip(*(t[c].to_pylist() for c in t.column_names), strict=True))
-    batched = json.loads((out / "run.json").read_text())["connections"].get("batched", 0)
-    print(f"  ({label}: {batched} of {len(rows)} heads went in io_uring batches)", flush=True)
+    run = json.loads((out / "run.json").read_text())
+    batched = run["connections"].get("batched", 0)
+    wait = (run.get("machine") or {}).get("sender_wait_s")
+    waited = "" if wait is None else f"; the sending thread waited {wait * 1e3:.1f} ms for a CPU"
+    print(
+        f"  ({label}: {batched} of {len(rows)} heads went in io_uring batches{waited})", flush=True
+    )
     return {p: (i, s, wire.get(p), st) for p, i, s, st in rows}
 
 
