@@ -62,7 +62,11 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
         )
     if doc["stopped"]:
         out.append(f"stopped early: {doc['stopped']}")
-    out += [f"at {unit} {f['level']:g}: {f['machine']}" for f in doc["levels"] if f.get("machine")]
+    out += [
+        f"at {unit} {f['level']:g}: {f['machine']}"
+        for f in doc.get("levels", ())
+        if f.get("machine")
+    ]
     return out
 
 
