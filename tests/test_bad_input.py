@@ -186,3 +186,14 @@ def test_argument_parsers_answer_or_refuse_in_one_line(args: list[str]) -> None:
             parse(args)
         except UserError as exc:
             assert str(exc) and "\n" not in str(exc).strip()
+
+
+def test_a_header_with_a_newline_in_a_name_is_one_line(tmp_path: Path) -> None:
+    """Found by the fuzz test above: a CSV whose header is an open quote holds a name with a
+    newline in it; the error named it raw, on two lines."""
+    src = tmp_path / "input"
+    src.write_bytes(b'"\n')
+    with pytest.raises(UserError) as got:
+        import_file("azure", src, tmp_path / "cap", ImportOptions())
+    assert "\n" not in str(got.value)
+    assert "no 'TIMESTAMP' column; found '\\n'" in str(got.value)

@@ -61,7 +61,8 @@ def _csv_rows(
         for ours, names in want.items():
             idx = next((norm[n.lower()] for n in names if n.lower() in norm), None)
             if idx is None and not ours.endswith("?"):
-                found = ", ".join(header)[:200]
+                # each name as Python writes it: a quote in the header leaves newlines in them
+                found = ", ".join(map(repr, header))[:200]
                 raise UserError(f"{path}: not a {what} CSV (no {names[0]!r} column; found {found})")
             if idx is not None:
                 cols[ours.rstrip("?")] = idx
