@@ -328,7 +328,7 @@ def test_a_replay_beside_cpu_bound_processes_says_they_were_busy(tmp_path: Path)
 
 
 def test_a_quiet_run_records_the_machine_too(tmp_path: Path) -> None:
-    """Without the processes: the record is there, the replay's own time within the busy."""
+    """Without the processes: the record is there, each figure within what the span holds."""
     if hostcpu.sample() is None:
         pytest.skip("no /proc/stat here")
     cap = write_capture(
@@ -356,7 +356,9 @@ def test_a_quiet_run_records_the_machine_too(tmp_path: Path) -> None:
     if Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists():
         assert use["sender_wait_s"] is not None and 0 <= use["sender_wait_s"] < use["span_s"]
     assert use["span_s"] >= 1.1
-    assert 0 < use["loadtape_s"] <= use["busy_s"] + 0.05
+    # not loadtape_s <= busy_s: on this VM the machine's idle and stolen time came out once in
+    # about forty such runs as all of the span (busy 0.0 against the replay's own 0.11 s)
+    assert use["loadtape_s"] > 0 and 0 <= use["busy_s"] <= use["cpus"] * use["span_s"]
 
 
 def _limited_cgroup(name: str, share: float) -> tuple[Path, Path] | None:
@@ -468,3 +470,12 @@ def test_a_sweeps_live_counters_carry_on_across_its_levels() -> None:
     obs.progress(_progress(0.5, None))
     _, p, _ = obs.snapshot()
     assert p is not None and (p.sender_wait_s, p.throttled_s) == (0.75, 0.0)
+
+
+def test_idle_counts_that_jump_keep_busy_within_the_span() -> None:
+    """The kernel's idle can come out above the span (busy 0) or go back (busy clamped to the
+    span's CPU time): other work is never made more than the span holds."""
+    over = machine_use(_s(0, 100, 0, 0), _s(1, 103, 0, 0.1))
+    back = machine_use(_s(0, 100, 0, 0), _s(1, 99, 0, 0.1))
+    assert over is not None and back is not None
+    assert (over["busy_s"], back["busy_s"]) == (0.0, 2.0)
