@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,8 +140,13 @@ def sample(
     if stat is None:
         return None
     cpus, idle, steal = stat
-    wait = waited_s(senders, read) if senders else None
-    return CpuSample(cpus, clock(), idle, steal, own(), wait, throttled_s(read))
+    return CpuSample(cpus, clock(), idle, steal, own(), *_waits(senders, read))
+
+
+def _waits(senders: Sequence[int], read: Read) -> tuple[float | None, float | None]:
+    """(the sending threads' wait, the cgroup's throttled time) now: the parts of a sample the
+    live metrics read again."""
+    return (waited_s(senders, read) if senders else None), throttled_s(read)
 
 
 def _less(b: float | None, a: float | None) -> float | None:
@@ -155,8 +160,8 @@ def since(
     afresh (for the live metrics: the two cheap parts of a sample)."""
     if start is None:
         return None, None
-    wait = waited_s(senders, read) if senders else None
-    return _less(wait, start.sender_wait_s), _less(throttled_s(read), start.throttled_s)
+    wait, throttled = _waits(senders, read)
+    return _less(wait, start.sender_wait_s), _less(throttled, start.throttled_s)
 
 
 def machine_use(a: CpuSample | None, b: CpuSample | None) -> dict[str, Any] | None:
@@ -180,14 +185,24 @@ def machine_use(a: CpuSample | None, b: CpuSample | None) -> dict[str, Any] | No
     }
 
 
+def most(values: Iterable[Any]) -> Any:
+    """The largest of the values known (None: none is)."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def summed(values: Iterable[Any]) -> Any:
+    """The sum of the values known (None: none is)."""
+    known = [v for v in values if v is not None]
+    return round(sum(known), 4) if known else None
+
+
 def _most(uses: list[Mapping[str, Any]], key: str) -> Any:
-    vals = [u[key] for u in uses if u.get(key) is not None]
-    return max(vals) if vals else None
+    return most(u.get(key) for u in uses)
 
 
 def _sum(uses: list[Mapping[str, Any]], key: str) -> Any:
-    vals = [u[key] for u in uses if u.get(key) is not None]
-    return round(sum(vals), 4) if vals else None
+    return summed(u.get(key) for u in uses)
 
 
 def merged_use(uses: list[Mapping[str, Any]]) -> dict[str, Any] | None:

@@ -324,7 +324,7 @@ def _run_streams(
         start = start_instant(settings.start_wall_ns, closed, time.monotonic_ns(), time.time_ns())
         try:
             with contextlib.ExitStack() as raised:  # the sending threads only, while they send
-                for tid in router.sender_threads or [0]:
+                for tid in senders:
                     raised.enter_context(realtime(settings.rt_priority, tid))
                 stats = await disp.run(start)
             cpu_at["end"] = hostcpu.sample(senders)

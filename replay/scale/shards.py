@@ -14,7 +14,7 @@ from typing import Any
 
 from captures.store import mkdir_private, seal_private
 from replay.dispatchstats import DispatchStats
-from replay.hostcpu import merged_use
+from replay.hostcpu import merged_use, most, summed
 from replay.measure.groups import add_counts
 from replay.measure.metrics import Metrics
 from replay.measure.resultsdir import write_run_json
@@ -100,14 +100,9 @@ def sum_progress(latest: dict[int, Progress], start: float) -> Progress:
         scheduled=None
         if any(p.scheduled is None for p in ps)
         else sum(p.scheduled or 0 for p in ps),
-        sender_wait_s=_total([p.sender_wait_s for p in ps]),
-        throttled_s=max((p.throttled_s for p in ps if p.throttled_s is not None), default=None),
+        sender_wait_s=summed(p.sender_wait_s for p in ps),
+        throttled_s=most(p.throttled_s for p in ps),
     )
-
-
-def _total(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
 
 
 def _achieved(runs: Any, sent: int) -> float | None:

@@ -192,7 +192,8 @@ def machine_note(report: dict[str, Any]) -> str | None:
     use = run.get("machine") or {}
     said = []
     throttled = use.get("throttled_s")
-    if throttled is not None and throttled >= THROTTLED_S:
+    limited = throttled is not None and throttled >= THROTTLED_S
+    if limited:
         said.append(
             f"the CPU limit of this replay's cgroup (a container's) held it back for "
             f"{throttled:.2f} s of the run's {use['span_s']:.1f} s"
@@ -228,7 +229,7 @@ def machine_note(report: dict[str, Any]) -> str | None:
         said.append(f"the sending thread waited {wait * 1e3:.1f} ms in all for a CPU")
     if late:
         late_at = f"sends went late at times (lag p99 {fmt_ms(lag)} ms)"
-        if throttled is not None and throttled >= THROTTLED_S:
+        if limited:
             said.append(f"{late_at}: a higher CPU limit, or a lower --speed, keeps them on time")
         elif not run.get("rt_priority"):
             said.append(
